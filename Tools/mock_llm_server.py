@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""Deterministic mock of an OpenAI-compatible LLM server, for saelabel's tests and benchmarks.
+
+Python 3 standard library only. Usage:
+
+    python3 Tools/mock_llm_server.py --port 0 --latency-ms 200 \
+        [--fault-rate-500 0.1 --fault-rate-429 0.05 --fault-rate-malformed 0.02 \
+         --fault-rate-hang 0.01 --fault-rate-reset 0 --seed 1 --hang-seconds 30]
+
+With --port 0 a free port is bound; the server prints exactly one line `LISTENING <port>` to stdout.
+HTTP/1.1 keep-alive; one daemon thread per connection; each /v1 request sleeps --latency-ms in its
+own thread, so concurrent requests overlap.
+
+Answers are deterministic: the same request always gets the same answer.
+
+mock_activation(t) -- the mock "model's" activation for a token string t:
+
+    def mock_activation(t):                  # FNV-1a 32-bit over the UTF-8 bytes, modulo 11
+        h = 0x811c9dc5
+        for b in t.encode("utf-8"):
+            h ^= b
+            h = (h * 0x01000193) & 0xFFFFFFFF
+        return h % 11
+
+Kinds of request (detected from the content, checked in this order):
+
+* detect (chat; the LAST user message contains `<examples count=N>`): the answer is a JSON list of
+  N integers, e.g. `[1, 0, 0, 1, 0]`. The examples are the texts between `<example K>` and
+  `</example>` (any K), taken in order of appearance; entry i is 1 if example i's text, split on
+  whitespace, holds a token t with mock_activation(t) >= 8, else 0 (missing examples give 0).
+* simulate (chat with a `response_format` whose type is json_object; the LAST user message holds a
+  JSON array of token strings between `<tokens>` and `</tokens>`): the answer is
+  `{"activations":[{"token":t,"activation":mock_activation(t)}, ...]}`, one entry per token.
+  The `wrong_length` fault drops the last entry.
+* explain (chat without response_format; the LAST user message has lines `token<TAB>N`, N an
+  integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
+  stripped) with the highest total N over all such lines; ties go to the lexicographically
+  smallest token. Without such lines the answer is `nothing in particular`.
+* chat (any other chat request): `mock answer <8 hex digits of FNV-1a of the last message>`.
+* logprobs (completions with `echo: true` and `logprobs: k`): the prompt is split with the regex
+  `\\S+|\\s+` (whitespace runs are tokens too); `max_tokens` extra tokens "\\n" are generated.
+  Following OpenAI's convention, entry i of `top_logprobs` is the distribution of token i given the
+  tokens before it, and entry 0 (and `token_logprobs[0]`) is null. At a position whose token is
+  `unknown`, the distribution is over the strings "0".."10": with p = mock_activation of the
+  nearest previous non-whitespace token, logit(v) = -1.5*|v - p|, log-softmaxed over 0..10; the k
+  most likely are returned (k capped at 11). So for a line `tok<TAB>unknown`, the expected value is
+  close to mock_activation("tok"). Elsewhere the entry is {token: -0.1}. `text_offset` holds each
+  token's character offset.
+* completion (any other completions request): text `mock completion`.
+
+Usage counts: prompt_tokens = whitespace-split words of all message contents (or of the prompt),
+completion_tokens = whitespace-split words of the answer.
+
+Faults. POST /_control with `{"script": ["ok","500","429:2","malformed","truncated","reset",
+"hang","wrong_length","400",...]}` replaces the fault script: the next /v1 requests consume its
+entries in order; after it runs out, random faults per the --fault-rate-* options, else ok.
+  NNN          HTTP status NNN with a JSON error body (e.g. 400, 401, 500, 503)
+  429:S        HTTP 429 with `Retry-After: S` (plain `429` means Retry-After 1)
+  malformed    200 with a body that is not valid JSON
+  truncated    200 whose Content-Length exceeds the body sent; then the connection is closed
+  reset        the socket is closed abruptly (SO_LINGER 0 → RST) without a response
+  hang         sleep --hang-seconds, then answer normally
+  wrong_length simulate answers one entry too few (other kinds answer normally)
+
+GET /_stats → {"requests": N, "by_kind": {...}, "by_outcome": {...}, "auth_seen": [distinct
+Authorization header values], "connections": accepted connections}; POST /_reset_stats zeroes it.
+"""
+
+import argparse
+import json
+import math
+import random
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def mock_activation(token):
+    h = 0x811C9DC5
+    for b in token.encode("utf-8"):
+        h ^= b
+        h = (h * 0x01000193) & 0xFFFFFFFF
+    return h % 11
+
+
+def fnv_hex(text):
+    h = 0x811C9DC5
+    for b in text.encode("utf-8"):
+        h ^= b
+        h = (h * 0x01000193) & 0xFFFFFFFF
+    return "%08x" % h
+
+
+def words(text):
+    return len(text.split())
+
+
+class State:
+    def __init__(self, args):
+        self.args = args
+        self.lock = threading.Lock()
+        self.rng = random.Random(args.seed)
+        self.script = []
+        self.reset_stats()
+
+    def reset_stats(self):
+        self.requests = 0
+        self.by_kind = {}
+        self.by_outcome = {}
+        self.auth_seen = set()
+        self.connections = 0
+
+    def next_fault(self):
+        with self.lock:
+            if self.script:
+                return self.script.pop(0)
+            a = self.args
+            r = self.rng.random()
+            for name, rate in (("500", a.fault_rate_500), ("429:1", a.fault_rate_429),
+                               ("malformed", a.fault_rate_malformed), ("hang", a.fault_rate_hang),
+                               ("reset", a.fault_rate_reset)):
+                if r < rate:
+                    return name
+                r -= rate
+            return "ok"
+
+
+def last_user(messages):
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return str(m.get("content") or "")
+    return str(messages[-1].get("content") or "") if messages else ""
+
+
+EXPLAIN_LINE = re.compile(r"^(.*)\t(\d+)\s*$")
+
+
+def classify(path, req):
+    if path.endswith("/chat/completions"):
+        msgs = req.get("messages") or []
+        user = last_user(msgs)
+        if re.search(r"<examples count=\d+>", user):
+            return "detect"
+        rf = req.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "json_object" and "<tokens>" in user:
+            return "simulate"
+        if rf is None and any(EXPLAIN_LINE.match(l) for l in user.split("\n")):
+            return "explain"
+        return "chat"
+    if req.get("echo") and req.get("logprobs"):
+        return "logprobs"
+    return "completion"
+
+
+def answer_chat(kind, req, fault):
+    user = last_user(req.get("messages") or [])
+    if kind == "detect":
+        n = int(re.search(r"<examples count=(\d+)>", user).group(1))
+        texts = [m.group(1) for m in re.finditer(r"<example [^>]*>(.*?)</example>", user, re.S)]
+        out = []
+        for i in range(n):
+            text = texts[i] if i < len(texts) else ""
+            out.append(1 if any(mock_activation(t) >= 8 for t in text.split()) else 0)
+        return json.dumps(out)
+    if kind == "simulate":
+        m = re.search(r"<tokens>(.*?)</tokens>", user, re.S)
+        try:
+            tokens = json.loads(m.group(1)) if m else []
+            if not isinstance(tokens, list):
+                tokens = []
+        except ValueError:
+            tokens = []
+        entries = [{"token": str(t), "activation": mock_activation(str(t))} for t in tokens]
+        if fault == "wrong_length" and entries:
+            entries = entries[:-1]
+        return json.dumps({"activations": entries}, ensure_ascii=False)
+    if kind == "explain":
+        totals = {}
+        for line in user.split("\n"):
+            m = EXPLAIN_LINE.match(line)
+            if m and 0 <= int(m.group(2)) <= 10:
+                tok = m.group(1).strip()
+                totals[tok] = totals.get(tok, 0) + int(m.group(2))
+        if not totals:
+            return "nothing in particular"
+        best = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        return 'the token "%s"' % best
+    return "mock answer " + fnv_hex(user)
+
+
+def logprobs_choice(req):
+    prompt = str(req.get("prompt") or "")
+    k = max(1, min(11, int(req.get("logprobs") or 1)))
+    n_gen = max(0, int(req.get("max_tokens") or 0))
+    tokens = re.findall(r"\S+|\s+", prompt) + ["\n"] * n_gen
+    token_lps, tops, offsets = [], [], []
+    offset = 0
+    prev_word = ""
+    for i, tok in enumerate(tokens):
+        offsets.append(offset)
+        offset += len(tok)
+        if i == 0:
+            token_lps.append(None)
+            tops.append(None)
+        elif tok == "unknown":
+            p = mock_activation(prev_word)
+            logits = [-1.5 * abs(v - p) for v in range(11)]
+            mx = max(logits)
+            z = mx + math.log(sum(math.exp(l - mx) for l in logits))
+            lps = sorted(((str(v), logits[v] - z) for v in range(11)), key=lambda x: (-x[1], int(x[0])))
+            tops.append({t: round(lp, 6) for t, lp in lps[:k]})
+            token_lps.append(-5.0)
+        else:
+            tops.append({tok: -0.1})
+            token_lps.append(-0.1)
+        if tok.strip():
+            prev_word = tok
+    text = prompt + "\n" * n_gen
+    logprobs = {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+    return text, logprobs, words("\n" * n_gen)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "MockLLM/1.0"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def setup(self):
+        super().setup()
+        st = self.server.state
+        with st.lock:
+            st.connections += 1
+
+    def finish(self):
+        try:
+            super().finish()
+        except (OSError, ValueError):
+            pass
+
+    def send_json(self, status, obj, extra_headers=()):
+        body = json.dumps(obj).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra_headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def do_GET(self):
+        st = self.server.state
+        if self.path == "/_stats":
+            with st.lock:
+                obj = {"requests": st.requests, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
+                       "auth_seen": sorted(st.auth_seen), "connections": st.connections}
+            self.send_json(200, obj)
+        else:
+            self.send_json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self):
+        st = self.server.state
+        raw = self.read_body()
+        if self.path == "/_control":
+            try:
+                script = json.loads(raw or b"{}").get("script") or []
+            except ValueError:
+                return self.send_json(400, {"error": {"message": "bad control JSON"}})
+            with st.lock:
+                st.script = [str(s) for s in script]
+            return self.send_json(200, {"ok": True, "script": len(script)})
+        if self.path == "/_reset_stats":
+            with st.lock:
+                st.reset_stats()
+            return self.send_json(200, {"ok": True})
+        if not self.path.startswith("/v1/") or not self.path.endswith("completions"):
+            return self.send_json(404, {"error": {"message": "unknown path " + self.path}})
+
+        auth = self.headers.get("Authorization")
+        try:
+            req = json.loads(raw)
+            if not isinstance(req, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            req = None
+        kind = classify(self.path, req) if req is not None else "invalid"
+        fault = st.next_fault()
+        with st.lock:
+            st.requests += 1
+            st.by_kind[kind] = st.by_kind.get(kind, 0) + 1
+            st.by_outcome[fault] = st.by_outcome.get(fault, 0) + 1
+            if auth:
+                st.auth_seen.add(auth)
+
+        if self.server.args.latency_ms > 0:
+            time.sleep(self.server.args.latency_ms / 1000.0)
+
+        if req is None:
+            return self.send_json(400, {"error": {"message": "request body is not a JSON object"}})
+        if fault == "reset":
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            except OSError:
+                pass
+            return
+        if fault == "hang":
+            time.sleep(self.server.args.hang_seconds)
+        if fault.startswith("429"):
+            retry = fault.split(":", 1)[1] if ":" in fault else "1"
+            return self.send_json(429, {"error": {"message": "rate limited (mock)", "type": "rate_limit"}},
+                                  [("Retry-After", retry)])
+        if fault.isdigit():
+            return self.send_json(int(fault), {"error": {"message": "mock fault %s" % fault}})
+        if fault == "malformed":
+            body = b'{"choices": [{"message": {"content": "oops'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+
+        model = str(req.get("model") or "mock")
+        if self.path.endswith("/chat/completions"):
+            content = answer_chat(kind, req, fault)
+            prompt_tokens = sum(words(str(m.get("content") or "")) for m in (req.get("messages") or []))
+            obj = {"id": "chatcmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "chat.completion",
+                   "created": 0, "model": model,
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words(content),
+                             "total_tokens": prompt_tokens + words(content)}}
+        else:
+            prompt = str(req.get("prompt") or "")
+            if kind == "logprobs":
+                text, logprobs, gen = logprobs_choice(req)
+            else:
+                text, logprobs, gen = "mock completion", None, 2
+            obj = {"id": "cmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "text_completion",
+                   "created": 0, "model": model,
+                   "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}],
+                   "usage": {"prompt_tokens": words(prompt), "completion_tokens": gen,
+                             "total_tokens": words(prompt) + gen}}
+        if fault == "truncated":
+            body = json.dumps(obj).encode("utf-8")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body) + 100))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_json(200, obj)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+def main():
+    p = argparse.ArgumentParser(description="Deterministic mock OpenAI-compatible server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--latency-ms", type=float, default=0)
+    p.add_argument("--fault-rate-500", type=float, default=0)
+    p.add_argument("--fault-rate-429", type=float, default=0)
+    p.add_argument("--fault-rate-malformed", type=float, default=0)
+    p.add_argument("--fault-rate-hang", type=float, default=0)
+    p.add_argument("--fault-rate-reset", type=float, default=0)
+    p.add_argument("--hang-seconds", type=float, default=30)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    server = Server((args.host, args.port), Handler)
+    server.args = args
+    server.state = State(args)
+    sys.stdout.write("LISTENING %d\n" % server.server_address[1])
+    sys.stdout.flush()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
