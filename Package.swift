@@ -1,0 +1,80 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One module per pipeline stage over a small core; the LLM client and the C shims stand apart,
+// and the `saelabel` executable is a thin layer over SAELabelRun.
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "saelabel",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "saelabel", targets: ["saelabel"]),
+        .library(name: "SAELabelRun", targets: ["SAELabelRun"]),
+        .library(name: "LLMClient", targets: ["LLMClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.1.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
+    targets: [
+        // C shims
+        .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+
+        // Core types shared by every stage
+        .target(name: "SAELabelCore",
+                dependencies: [.product(name: "Mustache", package: "swift-mustache"),
+                               .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: strict),
+        .target(name: "SAELabelStore",
+                dependencies: ["SAELabelCore", .product(name: "GRDB", package: "GRDB.swift")],
+                swiftSettings: strict),
+
+        // Pipeline stages
+        .target(name: "SAELabelCollect",
+                dependencies: ["SAELabelCore", "SAELabelStore", "COpenBLAS"],
+                swiftSettings: strict + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+        .target(name: "LLMClient",
+                dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .target(name: "SAELabelExplain",
+                dependencies: ["SAELabelCore", "SAELabelStore", "LLMClient"],
+                swiftSettings: strict),
+        .target(name: "SAELabelScore",
+                dependencies: ["SAELabelCore", "SAELabelStore", "LLMClient"],
+                swiftSettings: strict),
+        .target(name: "SAELabelExport",
+                dependencies: ["SAELabelCore", "SAELabelStore"],
+                swiftSettings: strict),
+        .target(name: "SAELabelRun",
+                dependencies: ["SAELabelCore", "SAELabelStore", "SAELabelCollect", "LLMClient",
+                               "SAELabelExplain", "SAELabelScore", "SAELabelExport",
+                               "TOMLKit", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+
+        // Executables
+        .executableTarget(name: "saelabel",
+                          dependencies: ["SAELabelRun",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: strict),
+        .executableTarget(name: "saelabel-bench",
+                          dependencies: ["SAELabelCollect", "SAELabelStore", "LLMClient", "COpenBLAS"],
+                          swiftSettings: strict),
+
+        // Tests
+        .testTarget(name: "CoreTests", dependencies: ["SAELabelCore"], swiftSettings: strict),
+        .testTarget(name: "StoreTests", dependencies: ["SAELabelStore", "SAELabelRun"], swiftSettings: strict),
+        .testTarget(name: "CollectTests", dependencies: ["SAELabelCollect", "SAELabelStore"], swiftSettings: strict),
+        .testTarget(name: "LLMClientTests", dependencies: ["LLMClient"], swiftSettings: strict),
+        .testTarget(name: "LabelingTests",
+                    dependencies: ["SAELabelExplain", "SAELabelScore", "SAELabelStore", "LLMClient"],
+                    swiftSettings: strict),
+        .testTarget(name: "ExportTests", dependencies: ["SAELabelExport", "SAELabelStore"], swiftSettings: strict),
+        .testTarget(name: "RunTests", dependencies: ["SAELabelRun"], swiftSettings: strict),
+    ]
+)

@@ -1,0 +1,167 @@
+import Foundation
+import GRDB
+import SAELabelCore
+
+/// One example window as stored.
+public struct StoredExample: Sendable, Equatable {
+    public var split: ExampleSplit
+    public var ordinal: Int
+    public var window: ActivationWindow
+}
+
+/// The feature row as stored.
+public struct FeatureRecord: Sendable, Equatable {
+    public var index: Int
+    public var state: FeatureState
+    public var failedStage: String?
+    public var failureReason: String?
+    public var attempts: Int
+    public var note: String?
+    public var statistics: FeatureStatistics?
+}
+
+extension JobStore {
+    /// Adds `pending` rows for features not yet in the store; existing rows are left as they are.
+    public func registerFeatures(_ indices: [Int]) throws(SAELabelError) {
+        try write { db in
+            let now = Date()
+            for index in indices {
+                try db.execute(sql: "INSERT OR IGNORE INTO feature(id, state, updated_at) VALUES (?, 'pending', ?)",
+                               arguments: [index, now])
+            }
+        }
+    }
+
+    /// Stores one feature's statistics and examples and moves it to its collected state, atomically.
+    /// Re-collecting a feature replaces its examples (the explain/held-out split is reproducible from the seed).
+    public func saveCollected(_ feature: CollectedFeature) throws(SAELabelError) {
+        try saveCollected([feature])
+    }
+
+    /// Stores several features in one transaction (collect finishes all features of a pass together).
+    public func saveCollected(_ features: [CollectedFeature]) throws(SAELabelError) {
+        let encoder = JSONEncoder()
+        try write { db in
+            let now = Date()
+            for feature in features {
+                let stats = feature.statistics
+                let histogram = String(decoding: try encoder.encode(stats.histogram), as: UTF8.self)
+                try db.execute(sql: """
+                    INSERT INTO feature(id, state, note, frequency, max_activation, mean_activation, activating_tokens,
+                                        activating_windows, histogram, updated_at, failed_stage, failure_reason)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)
+                    ON CONFLICT(id) DO UPDATE SET state = excluded.state, note = excluded.note,
+                        frequency = excluded.frequency, max_activation = excluded.max_activation,
+                        mean_activation = excluded.mean_activation, activating_tokens = excluded.activating_tokens,
+                        activating_windows = excluded.activating_windows, histogram = excluded.histogram,
+                        updated_at = excluded.updated_at, failed_stage = NULL, failure_reason = NULL
+                    """, arguments: [feature.index, feature.state.rawValue, feature.note, stats.frequency,
+                                     Double(stats.maxActivation), Double(stats.meanActivation), stats.activatingTokens,
+                                     stats.activatingWindows, histogram, now])
+                try db.execute(sql: "DELETE FROM example WHERE feature = ?", arguments: [feature.index])
+                for (split, windows) in [(ExampleSplit.explain, feature.explain), (.heldout, feature.heldout)] {
+                    for (ordinal, window) in windows.enumerated() {
+                        try db.execute(sql: """
+                            INSERT INTO example(feature, split, kind, ordinal, sequence, start, tokens, activations)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                            """, arguments: [feature.index, split.rawValue, window.kind.rawValue, ordinal, window.sequence,
+                                             window.start, String(decoding: try encoder.encode(window.tokens), as: UTF8.self),
+                                             String(decoding: try encoder.encode(window.activations), as: UTF8.self)])
+                    }
+                }
+            }
+        }
+    }
+
+    public func examples(feature: Int, split: ExampleSplit? = nil) throws(SAELabelError) -> [StoredExample] {
+        try read { db in
+            var sql = "SELECT split, kind, ordinal, sequence, start, tokens, activations FROM example WHERE feature = ?"
+            var arguments: StatementArguments = [feature]
+            if let split {
+                sql += " AND split = ?"
+                arguments += [split.rawValue]
+            }
+            sql += " ORDER BY split, ordinal"
+            let decoder = JSONDecoder()
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+                let tokensText: String = row["tokens"]
+                let activationsText: String = row["activations"]
+                let window = ActivationWindow(
+                    tokens: try decoder.decode([String].self, from: Data(tokensText.utf8)),
+                    activations: try decoder.decode([Float].self, from: Data(activationsText.utf8)),
+                    kind: ExampleKind(rawValue: row["kind"]) ?? .top,
+                    sequence: row["sequence"], start: row["start"])
+                return StoredExample(split: ExampleSplit(rawValue: row["split"]) ?? .explain, ordinal: row["ordinal"], window: window)
+            }
+        }
+    }
+
+    /// Feature indices in `state` (ascending), optionally restricted to a selection.
+    public func features(in states: [FeatureState], selection: FeatureSelection = .all) throws(SAELabelError) -> [Int] {
+        let placeholders = states.map { _ in "?" }.joined(separator: ",")
+        let ids = try read { db in
+            try Int.fetchAll(db, sql: "SELECT id FROM feature WHERE state IN (\(placeholders)) ORDER BY id",
+                             arguments: StatementArguments(states.map(\.rawValue)))
+        }
+        return ids.filter(selection.contains)
+    }
+
+    public func feature(_ index: Int) throws(SAELabelError) -> FeatureRecord? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM feature WHERE id = ?", arguments: [index]).map(Self.featureRecord)
+        }
+    }
+
+    /// Every feature row, in index order, for exports; `body` is called per row so memory stays flat.
+    public func forEachFeature(selection: FeatureSelection = .all, _ body: (FeatureRecord) throws -> Void) throws(SAELabelError) {
+        try read { db in
+            let cursor = try Row.fetchCursor(db, sql: "SELECT * FROM feature ORDER BY id")
+            while let row = try cursor.next() {
+                let record = Self.featureRecord(row)
+                if selection.contains(record.index) { try body(record) }
+            }
+        }
+    }
+
+    static func featureRecord(_ row: Row) -> FeatureRecord {
+        var statistics: FeatureStatistics?
+        if let frequency: Double = row["frequency"] {
+            let histogramText: String = row["histogram"] ?? "[]"
+            statistics = FeatureStatistics(
+                frequency: frequency,
+                maxActivation: Float(row["max_activation"] as Double? ?? 0),
+                meanActivation: Float(row["mean_activation"] as Double? ?? 0),
+                activatingTokens: row["activating_tokens"] ?? 0,
+                activatingWindows: row["activating_windows"] ?? 0,
+                histogram: (try? JSONDecoder().decode([Int].self, from: Data(histogramText.utf8))) ?? [])
+        }
+        return FeatureRecord(index: row["id"], state: FeatureState(rawValue: row["state"]) ?? .pending,
+                             failedStage: row["failed_stage"], failureReason: row["failure_reason"],
+                             attempts: row["attempts"], note: row["note"], statistics: statistics)
+    }
+
+    /// Marks a feature failed at `stage`; `attempts` counts failures so a later run can retry it.
+    public func markFailed(feature: Int, stage: String, reason: String) throws(SAELabelError) {
+        try write { db in
+            try db.execute(sql: """
+                UPDATE feature SET state = 'failed', failed_stage = ?, failure_reason = ?, attempts = attempts + 1, updated_at = ?
+                WHERE id = ?
+                """, arguments: [stage, reason, Date(), feature])
+        }
+    }
+
+    /// Failed features go back to the state before their failed stage so the next run retries them.
+    public func requeueFailed() throws(SAELabelError) {
+        try write { db in
+            try db.execute(sql: "UPDATE feature SET state = 'collected' WHERE state = 'failed' AND failed_stage = 'explain'")
+            try db.execute(sql: "UPDATE feature SET state = 'explained' WHERE state = 'failed' AND failed_stage = 'score'")
+            try db.execute(sql: "UPDATE feature SET state = 'pending' WHERE state = 'failed' AND failed_stage = 'collect'")
+        }
+    }
+
+    public func setState(feature: Int, _ state: FeatureState) throws(SAELabelError) {
+        try write { db in
+            try db.execute(sql: "UPDATE feature SET state = ?, updated_at = ? WHERE id = ?", arguments: [state.rawValue, Date(), feature])
+        }
+    }
+}

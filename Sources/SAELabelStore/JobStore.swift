@@ -1,0 +1,136 @@
+import Foundation
+import GRDB
+import SAELabelCore
+
+/// One SQLite database per job (WAL mode). Every stage commits per feature, so a kill loses at most
+/// the work in flight, and any stage can resume alone from what the store holds.
+public final class JobStore: Sendable {
+    public let path: String
+    let pool: DatabasePool
+
+    /// Opens (creating if needed) and migrates the store at `path`.
+    public init(path: String) throws(SAELabelError) {
+        self.path = path
+        do {
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(30)
+            configuration.prepareDatabase { db in
+                try db.execute(sql: "PRAGMA foreign_keys = ON")
+                try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            }
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Schema.migrator.migrate(pool)
+        } catch let error as DatabaseError {
+            throw .store("cannot open \(path): \(error.message ?? error.description); is it a saelabel job store?")
+        } catch {
+            throw .store("cannot open \(path): \(error)")
+        }
+    }
+
+    /// The schema migrations applied, oldest first.
+    public func appliedMigrations() throws(SAELabelError) -> [String] {
+        try read { db in try Schema.migrator.appliedMigrations(db) }
+    }
+
+    // MARK: - Access helpers that map GRDB errors to user-facing ones
+
+    func read<T>(_ body: (Database) throws -> T) throws(SAELabelError) -> T {
+        do { return try pool.read(body) } catch { throw Self.wrap(error) }
+    }
+
+    func write<T>(_ body: (Database) throws -> T) throws(SAELabelError) -> T {
+        do { return try pool.write(body) } catch { throw Self.wrap(error) }
+    }
+
+    static func wrap(_ error: any Error) -> SAELabelError {
+        if let error = error as? SAELabelError { return error }
+        if let error = error as? DatabaseError { return .store(error.message ?? error.description) }
+        return .store("\(error)")
+    }
+
+    // MARK: - Job settings
+
+    public func setting(_ key: String) throws(SAELabelError) -> String? {
+        try read { db in try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = ?", arguments: [key]) }
+    }
+
+    public func setSetting(_ key: String, _ value: String) throws(SAELabelError) {
+        try write { db in
+            try db.execute(sql: "INSERT INTO job_setting(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                           arguments: [key, value])
+        }
+    }
+
+    public func settings() throws(SAELabelError) -> [String: String] {
+        try read { db in
+            var result: [String: String] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT key, value FROM job_setting") {
+                result[row["key"]] = row["value"]
+            }
+            return result
+        }
+    }
+
+    // MARK: - Input fingerprints
+
+    /// Records the inputs on first use; afterwards refuses any input whose content changed, unless
+    /// `acceptChanges` (a new labeling version) is set, in which case the new fingerprints replace the old.
+    public func verifyInputs(_ inputs: [InputFingerprint], acceptChanges: Bool = false) throws(SAELabelError) {
+        try write { db in
+            for input in inputs {
+                let row = try Row.fetchOne(db, sql: "SELECT path, size, sha256, version FROM input_fingerprint WHERE role = ?",
+                                           arguments: [input.role])
+                if let row {
+                    let oldHash: String = row["sha256"]
+                    let oldSize: Int64 = row["size"]
+                    guard oldHash != input.sha256 else { continue }
+                    if !acceptChanges {
+                        throw SAELabelError.inputChanged(
+                            path: input.path,
+                            detail: "\(input.role): was \(oldSize) bytes sha256 \(oldHash.prefix(12))…, now \(input.size) bytes sha256 \(input.sha256.prefix(12))…")
+                    }
+                    let version: Int = row["version"]
+                    try db.execute(sql: "UPDATE input_fingerprint SET path = ?, size = ?, sha256 = ?, version = ? WHERE role = ?",
+                                   arguments: [input.path, input.size, input.sha256, version + 1, input.role])
+                } else {
+                    try db.execute(sql: "INSERT INTO input_fingerprint(role, path, size, sha256) VALUES (?, ?, ?, ?)",
+                                   arguments: [input.role, input.path, input.size, input.sha256])
+                }
+            }
+        }
+    }
+
+    public func fingerprints() throws(SAELabelError) -> [InputFingerprint] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT role, path, size, sha256 FROM input_fingerprint ORDER BY role").map {
+                InputFingerprint(role: $0["role"], path: $0["path"], size: $0["size"], sha256: $0["sha256"])
+            }
+        }
+    }
+}
+
+/// A content hash of one input file under a role name ("sae_weights", "activations.0", …).
+public struct InputFingerprint: Sendable, Equatable, Codable {
+    public var role: String
+    public var path: String
+    public var size: Int64
+    public var sha256: String
+
+    public init(role: String, path: String, size: Int64, sha256: String) {
+        self.role = role
+        self.path = path
+        self.size = size
+        self.sha256 = sha256
+    }
+
+    public static func of(file path: String, role: String) throws(SAELabelError) -> InputFingerprint {
+        let attributes: [FileAttributeKey: Any]
+        do {
+            attributes = try FileManager.default.attributesOfItem(atPath: path)
+        } catch {
+            throw .badInput(location: path, problem: "input file not found")
+        }
+        let size = (attributes[.size] as? NSNumber)?.int64Value ?? 0
+        return InputFingerprint(role: role, path: path, size: size, sha256: try Hashing.sha256Hex(fileAt: path))
+    }
+}

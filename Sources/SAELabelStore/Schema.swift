@@ -1,0 +1,94 @@
+import GRDB
+
+/// The job store's versioned schema. Add a migration for every change; never edit a shipped one.
+enum Schema {
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            // Key/value settings of the job: its configuration, SAE name, hook, corpus counts.
+            try db.create(table: "job_setting") { t in
+                t.primaryKey("key", .text)
+                t.column("value", .text).notNull()
+            }
+            // What the inputs were when the job started, so a resumed job refuses changed files.
+            try db.create(table: "input_fingerprint") { t in
+                t.primaryKey("role", .text)
+                t.column("path", .text).notNull()
+                t.column("size", .integer).notNull()
+                t.column("sha256", .text).notNull()
+                t.column("version", .integer).notNull().defaults(to: 1)
+            }
+            try db.create(table: "feature") { t in
+                t.primaryKey("id", .integer)
+                t.column("state", .text).notNull().indexed()
+                t.column("failed_stage", .text)
+                t.column("failure_reason", .text)
+                t.column("attempts", .integer).notNull().defaults(to: 0)
+                t.column("note", .text)
+                t.column("frequency", .double)
+                t.column("max_activation", .double)
+                t.column("mean_activation", .double)
+                t.column("activating_tokens", .integer)
+                t.column("activating_windows", .integer)
+                t.column("histogram", .text)
+                t.column("updated_at", .datetime).notNull()
+            }
+            try db.create(table: "example") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("feature", .integer).notNull().references("feature", onDelete: .cascade)
+                t.column("split", .text).notNull()
+                t.column("kind", .text).notNull()
+                t.column("ordinal", .integer).notNull()
+                t.column("sequence", .integer).notNull()
+                t.column("start", .integer).notNull()
+                t.column("tokens", .text).notNull()        // JSON array of strings
+                t.column("activations", .text).notNull()   // JSON array of numbers
+                t.uniqueKey(["feature", "split", "ordinal"])
+            }
+            // A labeling pass: one (explainer, prompt, SAE version). Old passes' labels are kept.
+            try db.create(table: "explanation") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("feature", .integer).notNull().references("feature", onDelete: .cascade)
+                t.column("pass", .text).notNull()
+                t.column("text", .text).notNull()
+                t.column("explainer_model", .text).notNull()
+                t.column("prompt_hash", .text).notNull()
+                t.column("raw_response", .text)
+                t.column("created_at", .datetime).notNull()
+                t.uniqueKey(["feature", "pass"])
+            }
+            try db.create(table: "score") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("explanation", .integer).notNull().references("explanation", onDelete: .cascade)
+                t.column("feature", .integer).notNull()
+                t.column("scorer", .text).notNull()        // simulation | detection | fuzzing
+                t.column("value", .double)                 // NULL = could not be computed
+                t.column("model", .text).notNull()
+                t.column("prompt_hash", .text).notNull()
+                t.column("details", .text).notNull()       // JSON: secondary metrics, per-window simulated values, failures
+                t.column("created_at", .datetime).notNull()
+                t.uniqueKey(["explanation", "scorer"])
+            }
+            // Content-addressed LLM responses: a finished call is never paid for twice.
+            try db.create(table: "llm_response") { t in
+                t.primaryKey("key", .text)
+                t.column("body", .blob).notNull()
+                t.column("created_at", .datetime).notNull()
+            }
+            try db.create(table: "llm_call") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("key", .text).notNull()
+                t.column("endpoint", .text).notNull()
+                t.column("model", .text).notNull()
+                t.column("tag", .text).notNull()
+                t.column("prompt_tokens", .integer).notNull()
+                t.column("completion_tokens", .integer).notNull()
+                t.column("latency_ms", .double).notNull()
+                t.column("outcome", .text).notNull()
+                t.column("attempt", .integer).notNull()
+                t.column("created_at", .datetime).notNull()
+            }
+        }
+        return migrator
+    }
+}

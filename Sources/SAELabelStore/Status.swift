@@ -1,0 +1,77 @@
+import Foundation
+import GRDB
+import SAELabelCore
+
+/// What `saelabel status` reports.
+public struct JobStatus: Sendable, Equatable, Codable {
+    public struct Failure: Sendable, Equatable, Codable {
+        public var feature: Int
+        public var stage: String
+        public var reason: String
+        public var attempts: Int
+    }
+
+    public struct LLMUsage: Sendable, Equatable, Codable {
+        /// Calls that reached a server and got an answer (successful or not).
+        public var calls: Int
+        public var cacheHits: Int
+        public var failedAttempts: Int
+        public var promptTokens: Int
+        public var completionTokens: Int
+    }
+
+    public var path: String
+    public var currentPass: String?
+    public var features: Int
+    /// Count per state; every state is present (0 when none).
+    public var states: [String: Int]
+    public var explanations: Int
+    public var scores: [String: Int]
+    public var failures: [Failure]
+    public var llm: LLMUsage
+    public var meanSimulationScore: Double?
+}
+
+extension JobStore {
+    public func status(maxFailuresListed: Int = 50) throws(SAELabelError) -> JobStatus {
+        try read { db in
+            var states: [String: Int] = [:]
+            for state in FeatureState.allCases { states[state.rawValue] = 0 }
+            for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM feature GROUP BY state") {
+                states[row["state"]] = row["n"]
+            }
+            let total = states.values.reduce(0, +)
+            let pass = try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'")
+            let explanations = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM explanation WHERE pass = ?", arguments: [pass ?? "default"]) ?? 0
+            var scores: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: """
+                SELECT s.scorer, COUNT(*) AS n FROM score s JOIN explanation e ON e.id = s.explanation
+                WHERE e.pass = ? GROUP BY s.scorer
+                """, arguments: [pass ?? "default"]) {
+                scores[row["scorer"]] = row["n"]
+            }
+            let failures = try Row.fetchAll(db, sql: """
+                SELECT id, failed_stage, failure_reason, attempts FROM feature WHERE state = 'failed' ORDER BY id LIMIT ?
+                """, arguments: [maxFailuresListed]).map {
+                JobStatus.Failure(feature: $0["id"], stage: $0["failed_stage"] ?? "?", reason: $0["failure_reason"] ?? "", attempts: $0["attempts"])
+            }
+            let usageRow = try Row.fetchOne(db, sql: """
+                SELECT SUM(CASE WHEN outcome NOT IN ('cache_hit', 'transport', 'timeout') THEN 1 ELSE 0 END) AS calls,
+                       SUM(CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END) AS hits,
+                       SUM(CASE WHEN outcome NOT IN ('ok', 'cache_hit') THEN 1 ELSE 0 END) AS failed,
+                       SUM(CASE WHEN outcome = 'ok' THEN prompt_tokens ELSE 0 END) AS prompt,
+                       SUM(CASE WHEN outcome = 'ok' THEN completion_tokens ELSE 0 END) AS completion
+                FROM llm_call
+                """)
+            let usage = JobStatus.LLMUsage(calls: usageRow?["calls"] ?? 0, cacheHits: usageRow?["hits"] ?? 0,
+                                           failedAttempts: usageRow?["failed"] ?? 0, promptTokens: usageRow?["prompt"] ?? 0,
+                                           completionTokens: usageRow?["completion"] ?? 0)
+            let mean = try Double.fetchOne(db, sql: """
+                SELECT AVG(s.value) FROM score s JOIN explanation e ON e.id = s.explanation
+                WHERE e.pass = ? AND s.scorer = 'simulation' AND s.value IS NOT NULL
+                """, arguments: [pass ?? "default"])
+            return JobStatus(path: path, currentPass: pass, features: total, states: states, explanations: explanations,
+                             scores: scores, failures: failures, llm: usage, meanSimulationScore: mean)
+        }
+    }
+}
