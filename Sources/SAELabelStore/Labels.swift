@@ -18,6 +18,14 @@ public struct StoredScore: Sendable, Equatable {
     public var promptHash: String
     /// JSON object: secondary metrics and per-window simulated values.
     public var details: String
+
+    public init(scorer: String, value: Double?, model: String, promptHash: String, details: String) {
+        self.scorer = scorer
+        self.value = value
+        self.model = model
+        self.promptHash = promptHash
+        self.details = details
+    }
 }
 
 extension JobStore {
