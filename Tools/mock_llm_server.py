@@ -71,6 +71,7 @@ import json
 import math
 import random
 import re
+import signal
 import socket
 import struct
 import sys
@@ -384,6 +385,10 @@ def main():
     p.add_argument("--hang-seconds", type=float, default=30)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
+    # A parent may spawn us with signals blocked (Foundation's Process on Linux does): unblock them
+    # so SIGTERM/SIGINT stop the server.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = Server((args.host, args.port), Handler)
     server.args = args
     server.state = State(args)

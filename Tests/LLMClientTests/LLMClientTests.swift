@@ -1,0 +1,387 @@
+import Foundation
+import Testing
+@testable import LLMClient
+
+@Suite("SHA-256 and request encoding")
+struct EncodingTests {
+    @Test("SHA-256 matches FIPS / hashlib vectors, including padding boundaries")
+    func sha256Vectors() {
+        let vectors: [(String, String)] = [
+            ("", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            ("abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            ("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+            (String(repeating: "a", count: 55), "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"),
+            (String(repeating: "a", count: 56), "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"),
+            (String(repeating: "a", count: 64), "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"),
+        ]
+        for (input, expected) in vectors {
+            #expect(SHA256.hex(Array(input.utf8)) == expected, "length \(input.utf8.count)")
+        }
+        #expect(SHA256.hex([UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000))
+                == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    }
+
+    @Test("request bodies are canonical JSON, so equal requests share a cache key")
+    func canonicalBodies() throws {
+        let schema = #"{"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"string"}}}"#
+        let r1 = ChatRequest(model: "m", messages: [ChatMessage(role: "user", content: "hi/there")], maxTokens: 5,
+                             responseFormat: .jsonObject(schema: schema), seed: 3)
+        let b1 = try Wire.chatBody(r1)
+        let b2 = try Wire.chatBody(r1)
+        #expect(b1 == b2)
+        let text = String(decoding: b1, as: UTF8.self)
+        #expect(text == #"{"max_tokens":5,"messages":[{"content":"hi/there","role":"user"}],"model":"m","# +
+                #""response_format":{"schema":{"properties":{"a":{"type":"string"},"b":{"type":"integer"}},"type":"object"},"# +
+                #""type":"json_object"},"seed":3,"temperature":0}"#)
+        var r2 = r1
+        r2.temperature = 0.5
+        let k1 = LLMClient.cacheKey(baseURL: "http://a/v1", path: "/chat/completions", body: b1)
+        #expect(k1 == LLMClient.cacheKey(baseURL: "http://b:9/v1", path: "/chat/completions", body: b1))
+        #expect(k1 != LLMClient.cacheKey(baseURL: "http://a/v1", path: "/chat/completions", body: try Wire.chatBody(r2)))
+        #expect(k1 != LLMClient.cacheKey(baseURL: "http://a/v1", path: "/completions", body: b1))
+        #expect(k1.count == 64)
+    }
+
+    @Test("an invalid schema is rejected before anything is sent")
+    func invalidSchema() {
+        let r = ChatRequest(model: "m", messages: [], responseFormat: .jsonObject(schema: "{nope"))
+        #expect(throws: LLMError.self) { try Wire.chatBody(r) }
+    }
+
+    @Test("Retry-After parses delta-seconds and HTTP dates")
+    func retryAfter() {
+        #expect(LLMClient.parseRetryAfter("2") == 2)
+        #expect(LLMClient.parseRetryAfter(" 1.5 ") == 1.5)
+        let now = Date(timeIntervalSince1970: 1_445_412_480)  // Wed, 21 Oct 2015 07:28:00 GMT
+        let seconds = LLMClient.parseRetryAfter("Wed, 21 Oct 2015 07:28:30 GMT", now: now)
+        #expect(seconds.map { abs($0 - 30) < 0.001 } == true)
+        #expect(LLMClient.parseRetryAfter("soon") == nil)
+    }
+
+    @Test("URLs lose their userinfo before they are shown")
+    func userinfo() {
+        #expect(LLMClient.withoutUserinfo("http://u:pw@host:1/v1/x") == "http://host:1/v1/x")
+        #expect(LLMClient.withoutUserinfo("http://host/v1/a@b") == "http://host/v1/a@b")
+    }
+}
+
+@Suite("LLMClient against the mock server")
+struct ClientTests {
+    @Test("explain, simulate and logprobs answers parse; usage is read")
+    func happyPaths() async throws {
+        let server = try MockServer()
+        defer { server.stop() }
+        let client = makeClient(testConfiguration(server))
+        defer { client.shutdown() }
+
+        let explain = try await client.chat(explainRequest())
+        #expect(explain.text == #"the token "cat""#)
+        #expect(explain.usage.promptTokens > 0 && explain.usage.completionTokens == 3)
+        #expect(!explain.fromCache)
+
+        let tokens = ["The", " cat", " sat", "\n", "日本"]
+        let tokenJSON = String(decoding: try JSONSerialization.data(withJSONObject: tokens), as: UTF8.self)
+        let sim = try await client.chat(ChatRequest(
+            model: "mock", messages: [ChatMessage(role: "user", content: "Simulate <tokens>\(tokenJSON)</tokens>")],
+            responseFormat: .jsonObject(schema: #"{"type":"object"}"#)))
+        let obj = try JSONSerialization.jsonObject(with: Data(sim.text.utf8)) as? [String: Any]
+        let entries = obj?["activations"] as? [[String: Any]] ?? []
+        #expect(entries.map { $0["token"] as? String ?? "" } == tokens)
+        #expect(entries.map { $0["activation"] as? Int ?? -1 } == tokens.map(mockActivation))
+
+        let prompt = "few shot\n<start>\nThe\tunknown\n cat\tunknown\n<end>\n"
+        let lp = try await client.complete(CompletionRequest(model: "mock", prompt: prompt, maxTokens: 1, echo: true,
+                                                             logprobs: 11))
+        #expect(lp.tokens.joined() == lp.text)
+        #expect(lp.tokens.count == lp.topLogprobs.count)
+        #expect(lp.topLogprobs[0].isEmpty)  // OpenAI sends null for the first token
+        let unknownPositions = lp.tokens.indices.filter { lp.tokens[$0] == "unknown" }
+        #expect(unknownPositions.count == 2)
+        for (position, word) in zip(unknownPositions, ["The", "cat"]) {
+            let top = lp.topLogprobs[position]
+            #expect(top.count == 11)
+            #expect(zip(top, top.dropFirst()).allSatisfy { $0.logprob >= $1.logprob })
+            #expect(top.first?.token == String(mockActivation(word)))
+        }
+        #expect(client.statistics.requestsSent == 3)
+        #expect(try await server.stats().authSeen.isEmpty)  // no key configured → no header
+    }
+
+    @Test("HTTP 500 then ok: retried and succeeds")
+    func retries500() async throws {
+        let server = try MockServer()
+        defer { server.stop() }
+        try await server.script(["500", "503"])
+        let cache = MemoryCache()
+        let client = makeClient(testConfiguration(server), cache: cache)
+        defer { client.shutdown() }
+        let r = try await client.chat(explainRequest())
+        #expect(r.text == #"the token "cat""#)
+        #expect(try await server.stats().requests == 3)
+        #expect(client.statistics.retries == 2)
+        #expect(cache.records.map(\.outcome) == ["http_500", "http_503", "ok"])
+        #expect(cache.records.map(\.attempt) == [1, 2, 3])
+    }
+
+    @Test("HTTP 429 with Retry-After: the client waits at least that long")
+    func retryAfterHonoured() async throws {
+        let server = try MockServer()
+        defer { server.stop() }
+        try await server.script(["429:1"])
+        let client = makeClient(testConfiguration(server))
+        defer { client.shutdown() }
+        let start = ContinuousClock.now
+        _ = try await client.chat(explainRequest())
+        let elapsed = start.duration(to: .now)
+        #expect(elapsed >= .seconds(1))
+        #expect(try await server.stats().requests == 2)
+    }
+
+    @Test("HTTP 400 is not retried and throws a typed error")
+    func noRetryOn400() async throws {
+        let server = try MockServer()
+        defer { server.stop() }
+        try await server.script(["400"])
+        let client = makeClient(testConfiguration(server))
+        defer { client.shutdown() }
+        do {
+            _ = try await client.chat(explainRequest())
+            Issue.record("expected an error")
+        } catch {
+            guard case .http(let status, let body) = error else { Issue.record("got \(error)"); return }
+            #expect(status == 400)
+            #expect(body.contains("mock fault 400"))
+            #expect(error.description.hasPrefix("HTTP 400"))
+        }
+        #expect(try await server.stats().requests == 1)
+        #expect(client.statistics.failuresByKind["http"] == 1)
+    }
+
+    @Test("connection reset, malformed and truncated bodies are retried")
+    func resetMalformedTruncated() async throws {
+        let server = try MockServer()
+        defer { server.stop() }
+        try await server.script(["reset", "malformed", "truncated"])
+        let cache = MemoryCache()
+        let client = makeClient(testConfiguration(server), cache: cache)
+        defer { client.shutdown() }
+        let r = try await client.chat(explainRequest())
+        #expect(r.text == #"the token "cat""#)
+        #expect(cache.records.map(\.outcome) == ["transport", "malformed", "truncated", "ok"])
+        #expect(try await server.stats().requests == 4)
+        // Only the good body was stored.
+        #expect(cache.bodies.count == 1)
+        #expect(cache.storedRecords.map(\.outcome) == ["ok"])
+    }
+
+    @Test("a hanging server times out per attempt, then the retry succeeds")
+    func hangTimesOut() async throws {
+        let server = try MockServer(["--hang-seconds", "5"])
+        defer { server.stop() }
+        try await server.script(["hang"])
+        let cache = MemoryCache()
+        let client = makeClient(testConfiguration(server, timeout: 0.5), cache: cache)
+        defer { client.shutdown() }
+        let start = ContinuousClock.now
+        _ = try await client.chat(explainRequest())
+        #expect(start.duration(to: .now) < .seconds(4))
+        #expect(cache.records.map(\.outcome) == ["timeout", "ok"])
+    }
+
+    @Test("retries exhausted: typed errors with clear messages")
+    func retriesExhausted() async throws {
+        let server = try MockServer(["--hang-seconds", "3"])
+        defer { server.stop() }
+        let client = makeClient(testConfiguration(server, timeout: 0.3, retries: 2))
+        defer { client.shutdown() }
+
+        try await server.script(["500", "500", "500", "ok"])
+        do {
+            _ = try await client.chat(explainRequest())
+            Issue.record("expected an error")
+        } catch {
+            #expect(error == .http(status: 500, body: #"{"error": {"message": "mock fault 500"}}"#))
+            #expect(error.description.contains("HTTP 500"))
+            #expect(error.description.contains("server"))
+        }
+        #expect(try await server.stats().requests == 3)  // 1 + 2 retries
+
+        try await server.script(["hang", "hang", "hang"])
+        do {
+            _ = try await client.chat(explainRequest("other"))
+            Issue.record("expected an error")
+        } catch {
+            #expect(error == .timeout(seconds: 0.3))
+        }
+
+        try await server.script(["malformed", "malformed", "malformed"])
+        do {
+            _ = try await client.chat(explainRequest("third"))
+            Issue.record("expected an error")
+        } catch {
+            guard case .malformedResponse(let message) = error else { Issue.record("got \(error)"); return }
+            #expect(message.contains("invalid JSON"))
+        }
+        #expect(client.statistics.failuresByKind == ["http": 1, "timeout": 1, "malformed": 1])
+    }
+
+    @Test("connection refused: transport error after retries")
+    func transportError() async throws {
+        // Bind-then-stop a mock to get a port that nothing listens on.
+        let dead = try MockServer()
+        let port = dead.port
+        dead.stop()
+        var config = LLMClientConfiguration(baseURL: "http://127.0.0.1:\(port)/v1",
+                                            apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY")
+        config.maxRetries = 1
+        config.backoffBase = 0.01
+        let client = makeClient(config)
+        defer { client.shutdown() }
+        do {
+            _ = try await client.chat(explainRequest())
+            Issue.record("expected an error")
+        } catch {
+            guard case .transport = error else { Issue.record("got \(error)"); return }
+            #expect(error.description.contains("cannot reach"))
+            #expect(error.description.contains("127.0.0.1:\(port)"))
+        }
+        #expect(client.statistics.requestsSent == 2)
+    }
+
+    @Test("response cache: hits never touch the network, also after a restart")
+    func cache() async throws {
+        let server = try MockServer()
+        defer { server.stop() }
+        let cache = MemoryCache()
+        var client: LLMClient? = makeClient(testConfiguration(server), cache: cache)
+        let first = try await client!.chat(explainRequest())
+        let second = try await client!.chat(explainRequest())
+        #expect(!first.fromCache && second.fromCache)
+        #expect(first.text == second.text && first.usage == second.usage && first.rawBody == second.rawBody)
+        #expect(try await server.stats().requests == 1)
+        #expect(client!.statistics.cacheHits == 1)
+
+        // "Crash": drop the client, make a new one with the same cache.
+        client = nil
+        let restarted = makeClient(testConfiguration(server), cache: cache)
+        defer { restarted.shutdown() }
+        let third = try await restarted.chat(explainRequest())
+        #expect(third.fromCache && third.text == first.text)
+        let lp = CompletionRequest(model: "mock", prompt: "a\tunknown\n", maxTokens: 1, echo: true, logprobs: 5)
+        let c1 = try await restarted.complete(lp)
+        let c2 = try await restarted.complete(lp)
+        #expect(!c1.fromCache && c2.fromCache && c1.topLogprobs == c2.topLogprobs)
+        #expect(try await server.stats().requests == 2)
+        #expect(cache.records.map(\.outcome) == ["ok", "cache_hit", "cache_hit", "ok", "cache_hit"])
+    }
+
+    @Test("64 concurrent requests overlap, and connections are reused")
+    func concurrency() async throws {
+        let server = try MockServer(["--latency-ms", "200"])
+        defer { server.stop() }
+        var config = testConfiguration(server)
+        config.maxInFlight = 64
+        let client = makeClient(config)
+        defer { client.shutdown() }
+        for round in 0..<2 {
+            let start = ContinuousClock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<64 {
+                    group.addTask {
+                        let r = try await client.chat(explainRequest("round \(round) request \(i)"))
+                        #expect(r.text == #"the token "cat""#)
+                    }
+                }
+                try await group.waitForAll()
+            }
+            // Serial would take 64 × 0.2 s = 12.8 s.
+            #expect(start.duration(to: .now) < .seconds(6.4))
+        }
+        let stats = try await server.stats()
+        #expect(stats.requests == 128)
+        #expect(stats.connections <= 80, "keep-alive: \(stats.connections) connections for 128 requests")
+    }
+
+    @Test("maxInFlight bounds the requests in flight")
+    func maxInFlight() async throws {
+        let server = try MockServer(["--latency-ms", "200"])
+        defer { server.stop() }
+        var config = testConfiguration(server)
+        config.maxInFlight = 4
+        let client = makeClient(config)
+        defer { client.shutdown() }
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<12 {
+                group.addTask { _ = try await client.chat(explainRequest("\(i)")) }
+            }
+            try await group.waitForAll()
+        }
+        #expect(start.duration(to: .now) >= .seconds(0.6))  // 3 waves of 4 × 200 ms
+    }
+
+    @Test("cancelling the calling task aborts the request")
+    func cancellation() async throws {
+        let server = try MockServer(["--hang-seconds", "5"])
+        defer { server.stop() }
+        try await server.script(["hang"])
+        let client = makeClient(testConfiguration(server))
+        defer { client.shutdown() }
+        let start = ContinuousClock.now
+        let task = Task { () async throws(LLMError) -> ChatResponse in try await client.chat(explainRequest()) }
+        try await Task.sleep(for: .milliseconds(300))
+        task.cancel()
+        let result = await task.result
+        #expect(throws: LLMError.cancelled) { try result.get() }
+        #expect(start.duration(to: .now) < .seconds(3))
+    }
+
+    @Test("after shutdown, calls fail with .cancelled")
+    func afterShutdown() async throws {
+        let server = try MockServer()
+        defer { server.stop() }
+        let client = makeClient(testConfiguration(server))
+        client.shutdown()
+        client.shutdown()
+        await #expect(throws: LLMError.cancelled) { try await client.chat(explainRequest()) }
+    }
+
+    @Test("the API key is sent but appears in no error, record or cached body")
+    func apiKeyNeverLeaks() async throws {
+        let secret = "sk-test-SECRET-\(UInt64.random(in: 0...UInt64.max))"
+        let variable = "SAELABEL_TEST_KEY_\(UInt32.random(in: 0...UInt32.max))"
+        setEnvironment(variable, secret)
+        let server = try MockServer(["--hang-seconds", "2"])
+        defer { server.stop() }
+        let cache = MemoryCache()
+        var config = testConfiguration(server, timeout: 0.3, retries: 1)
+        config.apiKeyEnvironmentVariable = variable
+        let client = makeClient(config, cache: cache)
+        defer { client.shutdown() }
+
+        var errors: [LLMError] = []
+        for (i, script) in [["401"], ["500", "500"], ["hang", "hang"], ["malformed", "truncated"], ["reset", "reset"]]
+            .enumerated() {
+            try await server.script(script)
+            do { _ = try await client.chat(explainRequest("case \(i)")) } catch { errors.append(error) }
+        }
+        #expect(errors.count == 5)
+        _ = try await client.chat(explainRequest("ok"))
+        _ = try await client.complete(CompletionRequest(model: "mock", prompt: "x y", maxTokens: 1))
+
+        for e in errors {
+            #expect(!e.description.contains(secret))
+            #expect(!"\(e)".contains(secret) && !String(reflecting: e).contains(secret))
+        }
+        #expect(cache.records.count >= 11)
+        for r in cache.records + cache.storedRecords {
+            #expect(!String(reflecting: r).contains(secret))
+        }
+        #expect(cache.bodies.count == 2)
+        for body in cache.bodies.values {
+            #expect(body.range(of: Data(secret.utf8)) == nil)
+        }
+        #expect(try await server.stats().authSeen == ["Bearer \(secret)"])
+    }
+}
