@@ -1,0 +1,325 @@
+import COpenBLAS
+import Foundation
+import SAELabelCore
+import SAELabelStore
+
+/// What to collect and how (see SPEC §2–§3). Defaults follow the project's brief.
+public struct CollectOptions: Sendable {
+    /// SAELens SAE directory (`cfg.json`, `sae_weights.safetensors`); nil when `latentsDirectory` is set.
+    public var saeDirectory: String?
+    /// Dense activation shards (`tokens` [n_seq, ctx], `activations` [n_seq, ctx, d_in]), in corpus order.
+    public var activationFiles: [String]
+    /// A delphi sparse latent cache directory (`<start>_<end>.safetensors`), instead of SAE + activations.
+    public var latentsDirectory: String?
+    public var tokenizerPath: String
+    public var selection: FeatureSelection = .all
+    public var seed: UInt64 = 0
+    /// Windows are non-overlapping blocks of this many tokens of each sequence, aligned at position 0.
+    public var windowLength = 32
+    public var explainTop = 10, explainQuantile = 10, heldoutTop = 5, heldoutQuantile = 5, heldoutRandom = 5
+    /// A feature that fires in fewer windows is stored as `.sparse`.
+    public var minActivatingWindows = 10
+    /// Skip tokenizer special tokens (added_tokens with special=true: BOS, EOS, …), which are often attention sinks.
+    public var excludeSpecialTokens = true
+    /// Skip these positions of every sequence (e.g. [0]).
+    public var excludePositions: [Int] = []
+    /// Skip tokens whose activation vector has an L2 norm above this (dense activations only).
+    public var excludeNormAbove: Float? = nil
+    /// Tokens encoded per GEMM (rounded down to whole windows).
+    public var batchTokens = 512
+
+    public init(saeDirectory: String? = nil, activationFiles: [String] = [], latentsDirectory: String? = nil,
+                tokenizerPath: String, selection: FeatureSelection = .all, seed: UInt64 = 0, windowLength: Int = 32,
+                explainTop: Int = 10, explainQuantile: Int = 10, heldoutTop: Int = 5, heldoutQuantile: Int = 5,
+                heldoutRandom: Int = 5, minActivatingWindows: Int = 10, excludeSpecialTokens: Bool = true,
+                excludePositions: [Int] = [], excludeNormAbove: Float? = nil, batchTokens: Int = 512) {
+        self.saeDirectory = saeDirectory
+        self.activationFiles = activationFiles
+        self.latentsDirectory = latentsDirectory
+        self.tokenizerPath = tokenizerPath
+        self.selection = selection
+        self.seed = seed
+        self.windowLength = windowLength
+        self.explainTop = explainTop
+        self.explainQuantile = explainQuantile
+        self.heldoutTop = heldoutTop
+        self.heldoutQuantile = heldoutQuantile
+        self.heldoutRandom = heldoutRandom
+        self.minActivatingWindows = minActivatingWindows
+        self.excludeSpecialTokens = excludeSpecialTokens
+        self.excludePositions = excludePositions
+        self.excludeNormAbove = excludeNormAbove
+        self.batchTokens = batchTokens
+    }
+
+    var selectionParameters: SelectionParameters {
+        SelectionParameters(windowLength: windowLength, explainTop: explainTop, explainQuantile: explainQuantile,
+                            heldoutTop: heldoutTop, heldoutQuantile: heldoutQuantile, heldoutRandom: heldoutRandom,
+                            minActivatingWindows: minActivatingWindows, seed: seed)
+    }
+}
+
+/// Everything `plan` validated, before any store write.
+public struct CollectPlan: Sendable {
+    /// d_sae.
+    public var featureCount: Int
+    /// The selected features, ascending.
+    public var features: [Int]
+    public var dIn: Int
+    public var totalTokens: Int
+    public var saeName: String
+    public var hookName: String
+    public var modelName: String
+    /// Roles "sae_weights", "sae_cfg", "activations.0"…, "tokenizer", "latents.<file>".
+    public var fingerprints: [InputFingerprint]
+    /// Set when the SAE cfg names a Neuronpedia id.
+    public var neuronpediaID: String?
+}
+
+public struct CollectSummary: Sendable, Equatable {
+    /// Tokens counted (excluded tokens are not counted).
+    public var tokens: Int
+    public var excludedTokens: Int
+    public var collected: Int
+    public var dead: Int
+    public var sparse: Int
+}
+
+/// One dense activation shard.
+struct DenseShard {
+    var file: SafetensorsFile
+    var tokens: TensorInfo
+    var activations: TensorInfo
+    var sequences: Int
+    var context: Int
+    var firstSequence: Int
+}
+
+/// One file of a delphi latent cache, holding latents `first...last`.
+struct LatentShard {
+    var file: SafetensorsFile
+    var first: Int
+    var last: Int
+    var locations: TensorInfo
+    var activations: TensorInfo
+    var tokens: TensorInfo
+}
+
+/// The opened, validated inputs.
+struct CollectInputs {
+    var sae: SAEModel?
+    var dense: [DenseShard] = []
+    var latents: [LatentShard] = []
+    var decoder: TokenDecoder
+    var featureCount: Int
+    var dIn: Int
+    var totalTokens: Int
+    var saeName: String
+    var hookName: String
+    var modelName: String
+
+    static func open(_ options: CollectOptions) throws(SAELabelError) -> CollectInputs {
+        guard options.windowLength >= 1 else { throw .usage("window length must be at least 1 token") }
+        for (name, value) in [("explain top", options.explainTop), ("explain quantile", options.explainQuantile),
+                              ("held-out top", options.heldoutTop), ("held-out quantile", options.heldoutQuantile),
+                              ("held-out random", options.heldoutRandom), ("minimum activating windows", options.minActivatingWindows)]
+            where value < 0 {
+            throw .usage("\(name) count must not be negative")
+        }
+        let decoder = try TokenDecoder(path: options.tokenizerPath)
+        if let latentsDirectory = options.latentsDirectory {
+            guard options.saeDirectory == nil, options.activationFiles.isEmpty else {
+                throw .usage("give either --latents, or --sae with --activations, not both")
+            }
+            guard options.excludeNormAbove == nil else {
+                throw .usage("excluding tokens by activation norm needs dense activations; a latent cache holds none")
+            }
+            return try openLatents(directory: latentsDirectory, decoder: decoder)
+        }
+        guard let saeDirectory = options.saeDirectory else { throw .usage("give --sae SAE_DIR with --activations FILE…, or --latents CACHE_DIR") }
+        guard !options.activationFiles.isEmpty else { throw .usage("give at least one --activations FILE") }
+        let sae = try SAEModel.open(directory: saeDirectory)
+        var shards: [DenseShard] = []
+        var sequences = 0
+        var tokens = 0
+        for path in options.activationFiles {
+            let file = try SafetensorsFile(path: path)
+            let tokenInfo = try file.tensor("tokens", rank: 2, floating: false)
+            let activationInfo = try file.tensor("activations", rank: 3, floating: true)
+            guard activationInfo.shape[2] == sae.config.dIn else {
+                throw .badInput(location: file.location("activations"),
+                                problem: "d_in \(activationInfo.shape[2]) does not match the SAE's d_in \(sae.config.dIn) (\(sae.configPath))")
+            }
+            guard Array(activationInfo.shape[0..<2]) == tokenInfo.shape else {
+                throw .badInput(location: file.location("activations"),
+                                problem: "shape \(activationInfo.shape) does not match tokens \(tokenInfo.shape); expected [n_seq, ctx, d_in] with the same n_seq and ctx")
+            }
+            shards.append(DenseShard(file: file, tokens: tokenInfo, activations: activationInfo, sequences: tokenInfo.shape[0],
+                                     context: tokenInfo.shape[1], firstSequence: sequences))
+            sequences += tokenInfo.shape[0]
+            tokens += tokenInfo.elementCount
+        }
+        let name = sae.config.neuronpediaID ?? URL(fileURLWithPath: saeDirectory).standardizedFileURL.lastPathComponent
+        return CollectInputs(sae: sae, dense: shards, decoder: decoder, featureCount: sae.config.dSAE, dIn: sae.config.dIn,
+                             totalTokens: tokens, saeName: name, hookName: sae.config.hookName, modelName: sae.config.modelName)
+    }
+
+    static func openLatents(directory: String, decoder: TokenDecoder) throws(SAELabelError) -> CollectInputs {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        } catch {
+            throw .badInput(location: directory, problem: "cannot list the latent cache directory")
+        }
+        var shards: [LatentShard] = []
+        for name in names.sorted() where name.hasSuffix(".safetensors") {
+            let path = (directory as NSString).appendingPathComponent(name)
+            let stem = name.dropLast(".safetensors".count).split(separator: "_")
+            guard stem.count == 2, let first = Int(stem[0]), let last = Int(stem[1]), first >= 0, last >= first else {
+                throw .badInput(location: path, problem: "latent cache files must be named <start>_<end>.safetensors (end inclusive)")
+            }
+            let file = try SafetensorsFile(path: path)
+            let locations = try file.tensor("locations", rank: 2, floating: false)
+            guard locations.shape[1] == 3 else {
+                throw .badInput(location: file.location("locations"), problem: "shape \(locations.shape), expected [N, 3] (sequence, position, latent)")
+            }
+            let activations = try file.tensor("activations", rank: 1, floating: true)
+            guard activations.shape[0] == locations.shape[0] else {
+                throw .badInput(location: file.location("activations"), problem: "\(activations.shape[0]) values for \(locations.shape[0]) locations")
+            }
+            let tokens = try file.tensor("tokens", rank: 2, floating: false)
+            if let previous = shards.last {
+                guard tokens.shape == previous.tokens.shape else {
+                    throw .badInput(location: file.location("tokens"), problem: "shape \(tokens.shape) differs from \(previous.tokens.shape) in \(previous.file.path)")
+                }
+            }
+            shards.append(LatentShard(file: file, first: first, last: last, locations: locations, activations: activations, tokens: tokens))
+        }
+        guard let firstShard = shards.first else {
+            throw .badInput(location: directory, problem: "no <start>_<end>.safetensors files; is this a delphi latent cache directory?")
+        }
+        shards.sort { $0.first < $1.first }
+        for (previous, next) in zip(shards, shards.dropFirst()) where next.first <= previous.last {
+            throw .badInput(location: next.file.path, problem: "latent range overlaps \(previous.file.path)")
+        }
+        let hook = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
+        return CollectInputs(sae: nil, latents: shards, decoder: decoder, featureCount: shards.map(\.last).max()! + 1, dIn: 0,
+                             totalTokens: firstShard.tokens.elementCount, saeName: hook, hookName: hook, modelName: "")
+    }
+
+    /// Token id tensors in corpus order, each with its file and context length.
+    var tokenTensors: [(file: SafetensorsFile, info: TensorInfo)] {
+        if !dense.isEmpty { return dense.map { ($0.file, $0.tokens) } }
+        return latents.first.map { [($0.file, $0.tokens)] } ?? []
+    }
+
+    func checkTokenCoverage() throws(SAELabelError) {
+        for (file, info) in tokenTensors {
+            let context = info.shape[1]
+            for index in 0..<info.elementCount {
+                let id = file.readInteger(info, at: index)
+                if !decoder.contains(id) {
+                    throw .badInput(location: file.location("tokens"),
+                                    problem: "token id \(id) (sequence \(index / max(1, context)), position \(index % max(1, context))) is not in the tokenizer \(decoder.path) (\(decoder.vocabularySize) ids); is it the model's tokenizer?")
+                }
+            }
+        }
+    }
+
+    /// Decoded token strings of a window of global sequence `sequence`.
+    func windowTokens(sequence: Int, start: Int, length: Int) -> [String] {
+        if let shard = dense.last(where: { $0.firstSequence <= sequence }) {
+            let base = (sequence - shard.firstSequence) * shard.context + start
+            return decoder.decodeWindow(shard.file.readIntegers(shard.tokens, start: base, count: length))
+        }
+        guard let shard = latents.first else { return [] }
+        let base = sequence * shard.tokens.shape[1] + start
+        return decoder.decodeWindow(shard.file.readIntegers(shard.tokens, start: base, count: length))
+    }
+}
+
+public enum Collector {
+    /// Opens and validates every input (shapes, d_in, tokens vs activations, tokenizer coverage) and fingerprints
+    /// the files. Touches no store.
+    public static func plan(_ options: CollectOptions) throws(SAELabelError) -> CollectPlan {
+        let inputs = try CollectInputs.open(options)
+        let missing = options.selection.outOfRange(featureCount: inputs.featureCount)
+        if let first = missing.first {
+            throw .usage("--features: feature \(first) does not exist; the SAE has \(inputs.featureCount) features (0..\(inputs.featureCount))")
+        }
+        try inputs.checkTokenCoverage()
+        var fingerprints: [InputFingerprint] = []
+        if let sae = inputs.sae {
+            fingerprints.append(try InputFingerprint.of(file: sae.weightsPath, role: "sae_weights"))
+            fingerprints.append(try InputFingerprint.of(file: sae.configPath, role: "sae_cfg"))
+            for (index, shard) in inputs.dense.enumerated() {
+                fingerprints.append(try InputFingerprint.of(file: shard.file.path, role: "activations.\(index)"))
+            }
+        }
+        for shard in inputs.latents {
+            fingerprints.append(try InputFingerprint.of(file: shard.file.path, role: "latents.\((shard.file.path as NSString).lastPathComponent)"))
+        }
+        fingerprints.append(try InputFingerprint.of(file: options.tokenizerPath, role: "tokenizer"))
+        return CollectPlan(featureCount: inputs.featureCount, features: options.selection.features(featureCount: inputs.featureCount),
+                           dIn: inputs.dIn, totalTokens: inputs.totalTokens, saeName: inputs.saeName, hookName: inputs.hookName,
+                           modelName: inputs.modelName, fingerprints: fingerprints, neuronpediaID: inputs.sae?.config.neuronpediaID)
+    }
+
+    /// Streams the corpus once, then stores every selected feature in one transaction and the job settings.
+    /// Any input error (e.g. NaN/Inf activations) is thrown before anything is written.
+    public static func run(_ options: CollectOptions, plan: CollectPlan, store: JobStore,
+                           progress: @Sendable (Int, Int) -> Void = { _, _ in }) throws(SAELabelError) -> CollectSummary {
+        let (features, counted, excluded) = try collect(options, plan: plan, progress: progress)
+        try store.saveCollected(features)
+        try store.setSetting(JobSettingKey.saeName, plan.saeName)
+        try store.setSetting(JobSettingKey.hookName, plan.hookName)
+        try store.setSetting(JobSettingKey.modelName, plan.modelName)
+        if let id = plan.neuronpediaID { try store.setSetting(JobSettingKey.neuronpediaId, id) }
+        try store.setSetting(JobSettingKey.featureCount, String(plan.featureCount))
+        try store.setSetting(JobSettingKey.tokensCounted, String(counted))
+        try store.setSetting(JobSettingKey.tokensExcluded, String(excluded))
+        try store.setSetting(JobSettingKey.seed, String(options.seed))
+        return CollectSummary(tokens: counted, excludedTokens: excluded,
+                              collected: features.count { $0.state == .collected },
+                              dead: features.count { $0.state == .dead }, sparse: features.count { $0.state == .sparse })
+    }
+
+    /// The collection without the store: the features' records, tokens counted, tokens excluded.
+    static func collect(_ options: CollectOptions, plan: CollectPlan,
+                        progress: @Sendable (Int, Int) -> Void) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
+        let inputs = try CollectInputs.open(options)
+        guard inputs.featureCount == plan.featureCount, inputs.totalTokens == plan.totalTokens else {
+            throw .inputChanged(path: options.saeDirectory ?? options.latentsDirectory ?? "", detail: "shapes differ from the plan")
+        }
+        let accumulators = FeatureAccumulators(features: plan.features, parameters: options.selectionParameters)
+        let excluded: Int
+        if inputs.sae != nil {
+            excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress)
+        } else {
+            excluded = try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress)
+        }
+        let counted = inputs.totalTokens - excluded
+        let records = plan.features.indices.map { slot in
+            accumulators.finish(slot, countedTokens: counted) { inputs.windowTokens(sequence: $0, start: $1, length: $2) }
+        }
+        return (records, counted, excluded)
+    }
+}
+
+/// Decides which tokens are left out (special tokens, positions, large-norm vectors).
+struct TokenExclusion {
+    var special: Set<Int>
+    var positions: Set<Int>
+    var normAbove: Float?
+
+    init(options: CollectOptions, decoder: TokenDecoder) {
+        special = options.excludeSpecialTokens ? decoder.specialTokenIDs : []
+        positions = Set(options.excludePositions)
+        normAbove = options.excludeNormAbove
+    }
+
+    @inline(__always)
+    func excludes(token: Int, position: Int) -> Bool {
+        (!special.isEmpty && special.contains(token)) || (!positions.isEmpty && positions.contains(position))
+    }
+}

@@ -1,0 +1,406 @@
+import Foundation
+import SAELabelCore
+
+/// SplitMix64: a small, fast, seedable generator; `(seed, feature, purpose)` keys an independent stream.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+
+    init(seed: UInt64, feature: Int, purpose: UInt64) {
+        var mixer = SplitMix64(state: seed)
+        state = mixer.next() ^ SplitMix64.mix(UInt64(truncatingIfNeeded: feature) &+ 0x632B_E59B_D9B4_E019) ^ SplitMix64.mix(purpose)
+    }
+
+    init(state: UInt64) { self.state = state }
+
+    static func mix(_ value: UInt64) -> UInt64 {
+        var z = value &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in the open interval (0, 1).
+    mutating func unit() -> Double { (Double(next() >> 11) + 0.5) * 0x1p-53 }
+}
+
+/// How many windows of each kind a feature keeps, and the window geometry.
+struct SelectionParameters: Sendable {
+    var windowLength: Int
+    var explainTop: Int
+    var explainQuantile: Int
+    var heldoutTop: Int
+    var heldoutQuantile: Int
+    var heldoutRandom: Int
+    var minActivatingWindows: Int
+    var seed: UInt64
+
+    var topCapacity: Int { explainTop + heldoutTop }
+    /// A uniform sample of activating windows large enough to cut into the quantile bins of both sets.
+    var reservoirCapacity: Int {
+        let quantiles = explainQuantile + heldoutQuantile
+        return quantiles == 0 ? 0 : max(16, 4 * quantiles)
+    }
+}
+
+/// A fixed number of window slots per feature: where each window came from, its max, and (optionally) its values.
+final class WindowSlots {
+    let capacity: Int
+    let window: Int
+    let sequence: UnsafeMutablePointer<Int32>
+    let start: UnsafeMutablePointer<Int32>
+    let length: UnsafeMutablePointer<Int32>
+    let maximum: UnsafeMutablePointer<Float>
+    let order: UnsafeMutablePointer<Int64>
+    let values: UnsafeMutablePointer<Float16>?
+
+    init(features: Int, capacity: Int, window: Int, storesValues: Bool) {
+        self.capacity = capacity
+        self.window = window
+        let slots = max(1, features * capacity)
+        sequence = .allocate(capacity: slots)
+        start = .allocate(capacity: slots)
+        length = .allocate(capacity: slots)
+        maximum = .allocate(capacity: slots)
+        order = .allocate(capacity: slots)
+        values = storesValues ? .allocate(capacity: slots * window) : nil
+    }
+
+    deinit {
+        sequence.deallocate(); start.deallocate(); length.deallocate(); maximum.deallocate(); order.deallocate()
+        values?.deallocate()
+    }
+
+    @inline(__always)
+    func store(slot: Int, sequence seq: Int, start position: Int, length count: Int, maximum peak: Float, order ordinal: Int64,
+               values source: UnsafePointer<Float>?) {
+        sequence[slot] = Int32(truncatingIfNeeded: seq)
+        start[slot] = Int32(truncatingIfNeeded: position)
+        length[slot] = Int32(count)
+        maximum[slot] = peak
+        order[slot] = ordinal
+        if let values, let source {
+            let destination = values + slot * window
+            for index in 0..<count { destination[index] = Float16(source[index]) }
+        }
+    }
+
+    @inline(__always)
+    func swapSlots(_ a: Int, _ b: Int) {
+        sequence.swapAt(a, b); start.swapAt(a, b); length.swapAt(a, b); maximum.swapAt(a, b); order.swapAt(a, b)
+        if let values {
+            let first = values + a * window, second = values + b * window
+            for index in 0..<window {
+                let saved = first[index]
+                first[index] = second[index]
+                second[index] = saved
+            }
+        }
+    }
+
+    func windowValues(slot: Int) -> [Float] {
+        let count = Int(length[slot])
+        guard let values else { return [Float](repeating: 0, count: count) }
+        return (0..<count).map { Float(values[slot * window + $0]) }
+    }
+}
+
+private extension UnsafeMutablePointer {
+    @inline(__always) func swapAt(_ i: Int, _ j: Int) {
+        let t = self[i]; self[i] = self[j]; self[j] = t
+    }
+}
+
+/// Bounded, one-pass per-feature state (memory ∝ selected features × windows kept, never corpus size):
+/// statistics, a top-K min-heap of windows by max, a seeded reservoir (Algorithm L) of activating windows
+/// for the quantile sets, and a seeded reservoir of non-activating windows for the random held-out set.
+final class FeatureAccumulators {
+    static let fineBins = 256
+    static let histogramBins = 20
+
+    let parameters: SelectionParameters
+    let features: [Int]
+    let activeTokens: UnsafeMutablePointer<Int>
+    let sums: UnsafeMutablePointer<Double>
+    let maxima: UnsafeMutablePointer<Float>
+    let activeWindows: UnsafeMutablePointer<Int>
+    /// Per-feature fine histogram over (0, range], range a power of two ≥ the running max (bins merge pairwise as it grows).
+    let histogramRange: UnsafeMutablePointer<Float>
+    let histogram: UnsafeMutablePointer<UInt32>
+    let top: WindowSlots
+    let topCount: UnsafeMutablePointer<Int>
+    let reservoir: WindowSlots
+    let reservoirState: UnsafeMutablePointer<ReservoirState>
+    let random: WindowSlots
+    let randomState: UnsafeMutablePointer<ReservoirState>
+    let generators: UnsafeMutablePointer<SplitMix64>
+
+    struct ReservoirState {
+        var seen = 0
+        var next = 0
+        var weight = 0.0
+    }
+
+    init(features: [Int], parameters: SelectionParameters) {
+        self.features = features
+        self.parameters = parameters
+        let n = max(1, features.count)
+        activeTokens = .allocate(capacity: n); activeTokens.initialize(repeating: 0, count: n)
+        sums = .allocate(capacity: n); sums.initialize(repeating: 0, count: n)
+        maxima = .allocate(capacity: n); maxima.initialize(repeating: 0, count: n)
+        activeWindows = .allocate(capacity: n); activeWindows.initialize(repeating: 0, count: n)
+        histogramRange = .allocate(capacity: n); histogramRange.initialize(repeating: 0, count: n)
+        histogram = .allocate(capacity: n * Self.fineBins); histogram.initialize(repeating: 0, count: n * Self.fineBins)
+        top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true)
+        topCount = .allocate(capacity: n); topCount.initialize(repeating: 0, count: n)
+        reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
+        reservoirState = .allocate(capacity: n); reservoirState.initialize(repeating: ReservoirState(), count: n)
+        random = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false)
+        randomState = .allocate(capacity: n); randomState.initialize(repeating: ReservoirState(), count: n)
+        generators = .allocate(capacity: n)
+        for (slot, feature) in features.enumerated() {
+            (generators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: feature, purpose: 1))
+        }
+    }
+
+    deinit {
+        activeTokens.deallocate(); sums.deallocate(); maxima.deallocate(); activeWindows.deallocate()
+        histogramRange.deallocate(); histogram.deallocate(); topCount.deallocate()
+        reservoirState.deallocate(); randomState.deallocate(); generators.deallocate()
+    }
+
+    /// A window on which feature `slot` fires (`peak` > 0). `values` are the feature's activations on its tokens.
+    @inline(__always)
+    func observeActive(_ slot: Int, values: UnsafePointer<Float>, length: Int, peak: Float,
+                       sequence: Int, start: Int, order: Int64) {
+        // Statistics.
+        var range = histogramRange[slot]
+        if peak > range { range = growHistogram(slot, to: peak) }
+        let bins = histogram + slot * Self.fineBins
+        let scale = Float(Self.fineBins) / range
+        var fired = 0
+        var sum = 0.0
+        for index in 0..<length {
+            let value = values[index]
+            if value > 0 {
+                fired += 1
+                sum += Double(value)
+                let bin = min(Self.fineBins - 1, max(0, Int((value * scale).rounded(.up)) - 1))
+                bins[bin] &+= 1
+            }
+        }
+        activeTokens[slot] += fired
+        sums[slot] += sum
+        if peak > maxima[slot] { maxima[slot] = peak }
+        activeWindows[slot] += 1
+
+        // Top-K min-heap keyed by (max, earlier first): the root is the weakest kept window. A later window
+        // with an equal max never displaces an earlier one, so ties resolve to the earliest window.
+        let capacity = top.capacity
+        if capacity > 0 {
+            let base = slot * capacity
+            let count = topCount[slot]
+            if count < capacity {
+                top.store(slot: base + count, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
+                topCount[slot] = count + 1
+                siftUp(base: base, index: count)
+            } else if peak > top.maximum[base] {
+                top.store(slot: base, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
+                siftDown(base: base, count: capacity)
+            }
+        }
+
+        // Reservoir of activating windows.
+        let reservoirCapacity = reservoir.capacity
+        if reservoirCapacity > 0 {
+            let base = slot * reservoirCapacity
+            if let target = admit(state: reservoirState + slot, capacity: reservoirCapacity, generator: generators + slot) {
+                reservoir.store(slot: base + target, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
+            }
+        }
+    }
+
+    /// A window on which feature `slot` never fires.
+    @inline(__always)
+    func observeInactive(_ slot: Int, length: Int, sequence: Int, start: Int, order: Int64) {
+        let capacity = random.capacity
+        guard capacity > 0 else { return }
+        let state = randomState + slot
+        if state.pointee.seen >= capacity && state.pointee.seen != state.pointee.next {
+            state.pointee.seen += 1
+            return
+        }
+        if let target = admit(state: state, capacity: capacity, generator: generators + slot) {
+            random.store(slot: slot * capacity + target, sequence: sequence, start: start, length: length, maximum: 0, order: order, values: nil)
+        }
+    }
+
+    /// Algorithm L (Li 1994): a uniform reservoir sample that draws random numbers only when an item is admitted.
+    /// Returns the slot (within the feature's reservoir) the current item goes to, or nil.
+    @inline(__always)
+    private func admit(state: UnsafeMutablePointer<ReservoirState>, capacity: Int,
+                       generator: UnsafeMutablePointer<SplitMix64>) -> Int? {
+        let seen = state.pointee.seen
+        state.pointee.seen = seen + 1
+        if seen < capacity {
+            if seen == capacity - 1 {
+                state.pointee.weight = Foundation.exp(Foundation.log(generator.pointee.unit()) / Double(capacity))
+                state.pointee.next = seen + skip(weight: state.pointee.weight, generator: generator) + 1
+            }
+            return seen
+        }
+        guard seen == state.pointee.next else { return nil }
+        let target = Int(generator.pointee.next() % UInt64(capacity))
+        state.pointee.weight *= Foundation.exp(Foundation.log(generator.pointee.unit()) / Double(capacity))
+        state.pointee.next = seen + skip(weight: state.pointee.weight, generator: generator) + 1
+        return target
+    }
+
+    private func skip(weight: Double, generator: UnsafeMutablePointer<SplitMix64>) -> Int {
+        let value = (Foundation.log(generator.pointee.unit()) / Foundation.log(1 - weight)).rounded(.down)
+        guard value.isFinite, value >= 0 else { return value.isNaN || value < 0 ? 0 : Int.max / 4 }
+        return value < Double(Int.max / 4) ? Int(value) : Int.max / 4
+    }
+
+    @inline(__always)
+    private func weaker(_ a: Int, _ b: Int) -> Bool {
+        let ma = top.maximum[a], mb = top.maximum[b]
+        return ma < mb || (ma == mb && top.order[a] > top.order[b])
+    }
+
+    private func siftUp(base: Int, index: Int) {
+        var child = index
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard weaker(base + child, base + parent) else { break }
+            top.swapSlots(base + child, base + parent)
+            child = parent
+        }
+    }
+
+    private func siftDown(base: Int, count: Int) {
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1
+            guard left < count else { break }
+            var weakest = left
+            if left + 1 < count, weaker(base + left + 1, base + left) { weakest = left + 1 }
+            guard weaker(base + weakest, base + parent) else { break }
+            top.swapSlots(base + weakest, base + parent)
+            parent = weakest
+        }
+    }
+
+    private func growHistogram(_ slot: Int, to peak: Float) -> Float {
+        var range = histogramRange[slot]
+        let bins = histogram + slot * Self.fineBins
+        if range == 0 {
+            range = Float(bitPattern: 0x0080_0000)  // smallest normal; doubled below up to peak
+            if peak.isFinite { range = max(range, Float(sign: .plus, exponent: peak.exponent, significand: 1)) }
+        }
+        while range < peak {
+            let half = Self.fineBins / 2
+            for index in 0..<half { bins[index] = bins[2 * index] &+ bins[2 * index + 1] }
+            for index in half..<Self.fineBins { bins[index] = 0 }
+            range *= 2
+        }
+        histogramRange[slot] = range
+        return range
+    }
+
+    // MARK: - Final selection
+
+    /// Splits `ranked` between two sets in proportion to their quotas: each next window goes to the set that is
+    /// less full relative to its quota (explain on ties). Every window goes to exactly one pool, so windows
+    /// chosen from different pools can never coincide.
+    static func partition<T>(_ ranked: [T], explainQuota: Int, heldoutQuota: Int) -> (explain: [T], heldout: [T]) {
+        var explain: [T] = [], heldout: [T] = []
+        for item in ranked {
+            if heldoutQuota == 0 { explain.append(item); continue }
+            if explainQuota == 0 { heldout.append(item); continue }
+            if explain.count * heldoutQuota <= heldout.count * explainQuota { explain.append(item) } else { heldout.append(item) }
+        }
+        return (explain, heldout)
+    }
+
+    /// One window drawn from each of `count` equal rank bins of `ranked` (all of them when there are too few).
+    static func quantileSample<T>(_ ranked: [T], count: Int, generator: inout SplitMix64) -> [T] {
+        guard count > 0 else { return [] }
+        guard ranked.count > count else { return ranked }
+        var picked: [T] = []
+        for bin in 0..<count {
+            let lower = bin * ranked.count / count, upper = (bin + 1) * ranked.count / count
+            picked.append(ranked[lower + Int(generator.next() % UInt64(upper - lower))])
+        }
+        return picked
+    }
+
+    /// The stored record of feature `slot`. `tokens(sequence, start, length)` decodes a window's token strings.
+    func finish(_ slot: Int, countedTokens: Int, tokens: (Int, Int, Int) -> [String]) -> CollectedFeature {
+        let feature = features[slot]
+        let fired = activeTokens[slot]
+        let peak = maxima[slot]
+        var coarse = [Int](repeating: 0, count: Self.histogramBins)
+        if fired > 0 {
+            let range = histogramRange[slot]
+            for bin in 0..<Self.fineBins {
+                let count = Int(histogram[slot * Self.fineBins + bin])
+                guard count > 0 else { continue }
+                let center = (Float(bin) + 0.5) * range / Float(Self.fineBins)
+                let target = min(Self.histogramBins - 1, max(0, Int((center / peak * Float(Self.histogramBins)).rounded(.up)) - 1))
+                coarse[target] += count
+            }
+        }
+        let statistics = FeatureStatistics(
+            frequency: countedTokens > 0 ? Double(fired) / Double(countedTokens) : 0, maxActivation: peak,
+            meanActivation: fired > 0 ? Float(sums[slot] / Double(fired)) : 0, activatingTokens: fired,
+            activatingWindows: activeWindows[slot], histogram: coarse)
+        guard fired > 0 else {
+            return CollectedFeature(index: feature, state: .dead, statistics: statistics, explain: [], heldout: [],
+                                    note: "never fired on \(countedTokens) counted tokens")
+        }
+        let p = parameters
+
+        // Top windows, ranked by max (earlier first on ties), split between the sets by rank.
+        let topSlots = (0..<topCount[slot]).map { slot * top.capacity + $0 }
+            .sorted { top.maximum[$0] > top.maximum[$1] || (top.maximum[$0] == top.maximum[$1] && top.order[$0] < top.order[$1]) }
+        let topSplit = Self.partition(topSlots, explainQuota: p.explainTop, heldoutQuota: p.heldoutTop)
+        let topOrders = Set(topSlots.map { top.order[$0] })
+
+        // Quantile windows: the reservoir minus the top windows, ranked, partitioned into two pools, binned.
+        let seen = reservoirState[slot].seen
+        let kept = min(seen, reservoir.capacity)
+        let rankedReservoir = (0..<kept).map { slot * reservoir.capacity + $0 }
+            .filter { !topOrders.contains(reservoir.order[$0]) }
+            .sorted { reservoir.maximum[$0] > reservoir.maximum[$1] || (reservoir.maximum[$0] == reservoir.maximum[$1] && reservoir.order[$0] < reservoir.order[$1]) }
+        let pools = Self.partition(rankedReservoir, explainQuota: p.explainQuantile, heldoutQuota: p.heldoutQuantile)
+        var generator = SplitMix64(seed: p.seed, feature: feature, purpose: 2)
+        let explainQuantile = Self.quantileSample(pools.explain, count: p.explainQuantile, generator: &generator)
+        let heldoutQuantile = Self.quantileSample(pools.heldout, count: p.heldoutQuantile, generator: &generator)
+
+        let randomKept = min(randomState[slot].seen, random.capacity)
+        let randomSlots = (0..<randomKept).map { slot * random.capacity + $0 }.sorted { random.order[$0] < random.order[$1] }
+
+        func window(_ slots: WindowSlots, _ index: Int, _ kind: ExampleKind) -> ActivationWindow {
+            let sequence = Int(slots.sequence[index]), start = Int(slots.start[index]), length = Int(slots.length[index])
+            return ActivationWindow(tokens: tokens(sequence, start, length), activations: slots.windowValues(slot: index),
+                                    kind: kind, sequence: sequence, start: start)
+        }
+        let explain = topSplit.explain.map { window(top, $0, .top) } + explainQuantile.map { window(reservoir, $0, .quantile) }
+        let heldout = topSplit.heldout.map { window(top, $0, .top) } + heldoutQuantile.map { window(reservoir, $0, .quantile) }
+            + randomSlots.map { window(random, $0, .random) }
+        let windows = activeWindows[slot]
+        if windows < p.minActivatingWindows {
+            return CollectedFeature(index: feature, state: .sparse, statistics: statistics, explain: explain, heldout: heldout,
+                                    note: "fired in \(windows) window\(windows == 1 ? "" : "s"), fewer than the \(p.minActivatingWindows) needed to explain and score")
+        }
+        return CollectedFeature(index: feature, state: .collected, statistics: statistics, explain: explain, heldout: heldout)
+    }
+}
