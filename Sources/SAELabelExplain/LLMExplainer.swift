@@ -1,0 +1,119 @@
+import Foundation
+import LLMClient
+import SAELabelCore
+
+public enum ExplainerStyle: String, Sendable, CaseIterable {
+    /// OpenAI's `token<TAB>N` records (SPEC §4), template `explainer`.
+    case openai
+    /// delphi's `<<token>>` highlights, template `explainer-highlighted`.
+    case highlighted
+
+    public var templateName: String {
+        switch self {
+        case .openai: return "explainer"
+        case .highlighted: return "explainer-highlighted"
+        }
+    }
+}
+
+/// Asks a chat model for a label. Messages: an optional system message from
+/// `Prompts/explainer.system.mustache` and the user message from the style's template.
+public struct LLMExplainer: Explainer {
+    public let name: String
+    public let model: String
+    public let promptHash: String
+    public let style: ExplainerStyle
+    public let maxTokens: Int
+    /// At most this many windows (the strongest first) go into the prompt; nil = all of them.
+    public let maxExamples: Int?
+    private let client: LLMClient
+    private let system: PromptTemplate?
+    private let user: PromptTemplate
+
+    public init(client: LLMClient, model: String, prompts: PromptLibrary, style: ExplainerStyle = .openai,
+                maxTokens: Int = 60, maxExamples: Int? = nil) throws(SAELabelError) {
+        self.client = client
+        self.model = model
+        self.style = style
+        self.maxTokens = maxTokens
+        self.maxExamples = maxExamples
+        self.name = "llm-\(style.rawValue)"
+        self.user = try prompts.template(style.templateName)
+        self.system = try Self.optionalTemplate(prompts, "explainer.system")
+        var parts = [name, "max_tokens=\(maxTokens)", "max_examples=\(maxExamples.map(String.init) ?? "all")",
+                     user.source]
+        if let system { parts.append(system.source) }
+        self.promptHash = String(Hashing.sha256Hex(parts.joined(separator: "\u{0}")).prefix(16))
+    }
+
+    static func optionalTemplate(_ prompts: PromptLibrary, _ name: String) throws(SAELabelError) -> PromptTemplate? {
+        let path = (prompts.directory as NSString).appendingPathComponent("\(name).mustache")
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        return try prompts.template(name)
+    }
+
+    /// The windows that go into the prompt: all, or the `maxExamples` strongest (ties keep store order).
+    public func selectedExamples(_ examples: [ActivationWindow]) -> [ActivationWindow] {
+        guard let maxExamples, examples.count > maxExamples else { return examples }
+        let ranked = examples.enumerated().sorted { a, b in
+            a.element.maxActivation != b.element.maxActivation
+                ? a.element.maxActivation > b.element.maxActivation : a.offset < b.offset
+        }
+        return ranked.prefix(max(0, maxExamples)).sorted { $0.offset < $1.offset }.map(\.element)
+    }
+
+    /// The exact messages sent for these windows.
+    public func messages(for examples: [ActivationWindow]) -> [ChatMessage] {
+        let windows = selectedExamples(examples)
+        let context: [String: Any]
+        switch style {
+        case .openai:
+            context = Self.recordContext(windows)
+        case .highlighted:
+            let items: [[String: Any]] = windows.enumerated().map { index, window in
+                ["index": index + 1,
+                 "text": ActivationFormat.highlighted(tokens: window.tokens, activations: window.activations)]
+            }
+            context = ["examples": items, "count": windows.count]
+        }
+        var messages: [ChatMessage] = []
+        if let system { messages.append(ChatMessage(role: "system", content: Self.trimmed(system.render(context)))) }
+        messages.append(ChatMessage(role: "user", content: Self.trimmed(user.render(context))))
+        return messages
+    }
+
+    /// SPEC §4: values normalized with the max over all the windows shown (floor), records as
+    /// `token<TAB>N`, wrapped in `<start>`/`<end>`, plus the sparse list when < 20% are non-zero.
+    static func recordContext(_ windows: [ActivationWindow]) -> [String: Any] {
+        let maxActivation = ActivationFormat.maxActivation(windows.map(\.activations))
+        let tokens = windows.map { $0.tokens.map(TokenDisplay.line) }
+        let values = windows.map { ActivationFormat.normalize($0.activations, maxActivation: maxActivation) }
+        let records = zip(tokens, values).map { ActivationFormat.recordLines(tokens: $0, values: $1.map { Optional($0) }) }
+        let sparse = ActivationFormat.sparseSummary(tokens: tokens, values: values)
+        return ["records": ActivationFormat.wrapRecords(records), "hasSparse": sparse != nil, "sparse": sparse ?? "",
+                "count": windows.count]
+    }
+
+    /// Drops trailing whitespace and the final newline Mustache leaves, keeping inner layout.
+    static func trimmed(_ text: String) -> String {
+        var result = text
+        while let last = result.last, last == "\n" || last == " " { result.removeLast() }
+        return result
+    }
+
+    public func explain(feature: Int, examples: [ActivationWindow]) async throws(SAELabelError) -> ExplanationResult {
+        let request = ChatRequest(model: model, messages: messages(for: examples), temperature: 0, maxTokens: maxTokens)
+        let response: ChatResponse
+        do {
+            response = try await client.chat(request, tag: "explain:\(feature)")
+        } catch {
+            throw .llm(error.description)
+        }
+        guard let text = ExplanationParser.parse(response.text) else {
+            let shown = response.text.count > 120 ? String(response.text.prefix(120)) + "…" : response.text
+            throw .feature(index: feature, stage: "explain",
+                           reason: "the explainer's answer is not a usable label: \"\(shown)\"")
+        }
+        return ExplanationResult(text: text, raw: response.text)
+    }
+}

@@ -1,0 +1,251 @@
+import Foundation
+import LLMClient
+import SAELabelCore
+
+/// SPEC §5's JSON simulator: one chat request per held-out window, temperature 0, with a
+/// `json_object` response format whose schema fixes the array length and each entry's token
+/// (llama.cpp enforces both).
+///
+/// Retry: when an answer does not parse, has the wrong number of entries, or holds a value that is
+/// not a number in 0–10, the bad answer is sent back as the assistant's turn followed by a user
+/// message that says what was wrong (and repeats the token list). If the second answer parses with
+/// the right length, its out-of-range or non-numeric values become 0 (SPEC §5); if it does not, the
+/// first answer is used the same way when it had the right length; otherwise the window is scored
+/// as all zeros and counted in `failedWindows`.
+///
+/// Score: Pearson r between the true raw activations and the simulated values, over all held-out
+/// tokens concatenated (top + quantile + random); no variance → 0 with `undefinedReason`.
+/// `rsquared` and `absoluteDevExplained` (SPEC §6 formulas) are computed on the simulator's scale:
+/// the true values are first mapped to 0–10 as `10·relu(a)/max`, max over the held-out windows
+/// (continuous, no flooring), so that t and p are comparable; Pearson r is scale-free anyway.
+public struct JSONSimulationScorer: Scorer {
+    public let name = "simulation"
+    public let model: String
+    public let promptHash: String
+    private let client: LLMClient
+    private let system: PromptTemplate?
+    private let user: PromptTemplate
+
+    public init(client: LLMClient, model: String, prompts: PromptLibrary) throws(SAELabelError) {
+        self.client = client
+        self.model = model
+        self.user = try prompts.template("simulator")
+        self.system = try ScoringSupport.optionalTemplate(prompts, "simulator.system")
+        var parts = ["json-simulator-v1", user.source]
+        if let system { parts.append(system.source) }
+        self.promptHash = ScoringSupport.hash(parts)
+    }
+
+    // MARK: Requests
+
+    /// The JSON list of tokens placed between `<tokens>` and `</tokens>`.
+    public static func tokenList(_ tokens: [String]) -> String {
+        ScoringSupport.json(tokens)
+    }
+
+    /// The messages of the first request for one window.
+    public func messages(explanation: String, tokens: [String]) -> [ChatMessage] {
+        let context: [String: Any] = ["explanation": explanation, "tokens": Self.tokenList(tokens), "count": tokens.count]
+        var messages: [ChatMessage] = []
+        if let system { messages.append(ChatMessage(role: "system", content: ScoringSupport.trimmed(system.render(context)))) }
+        messages.append(ChatMessage(role: "user", content: ScoringSupport.trimmed(user.render(context))))
+        return messages
+    }
+
+    /// JSON schema: an object with `activations`, an array of exactly `tokens.count` entries; entry i
+    /// is `{"token": tokens[i], "activation": one of 0…10}` (`prefixItems` plus min/maxItems).
+    public static func schema(tokens: [String]) -> String {
+        let values = Array(0...10)
+        let items: [[String: Any]] = tokens.map { token in
+            ["type": "object",
+             "properties": ["token": ["type": "string", "enum": [token]],
+                            "activation": ["type": "integer", "enum": values]],
+             "required": ["token", "activation"],
+             "additionalProperties": false]
+        }
+        let schema: [String: Any] = [
+            "type": "object",
+            "properties": ["activations": ["type": "array", "prefixItems": items,
+                                           "minItems": tokens.count, "maxItems": tokens.count]],
+            "required": ["activations"],
+            "additionalProperties": false,
+        ]
+        guard let data = try? JSONSerialization.data(withJSONObject: schema, options: [.sortedKeys, .withoutEscapingSlashes]) else {
+            return "{\"type\":\"object\"}"
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    private func request(_ messages: [ChatMessage], tokens: [String]) -> ChatRequest {
+        ChatRequest(model: model, messages: messages, temperature: 0, maxTokens: 64 + 24 * tokens.count,
+                    responseFormat: .jsonObject(schema: Self.schema(tokens: tokens)))
+    }
+
+    // MARK: Parsing
+
+    public struct ParsedAnswer: Sendable, Equatable {
+        /// One value per token; bad values already replaced by 0.
+        public var values: [Double]
+        /// Entries whose value was not a number in 0–10.
+        public var badValues: Int
+    }
+
+    public enum AnswerProblem: Error, Sendable, Equatable, CustomStringConvertible {
+        case notJSON
+        case noActivations
+        case wrongLength(got: Int, expected: Int)
+
+        public var description: String {
+            switch self {
+            case .notJSON: return "the answer is not valid JSON"
+            case .noActivations: return "the answer has no \"activations\" list"
+            case .wrongLength(let got, let expected):
+                return "the answer has \(got) entries but there are \(expected) tokens"
+            }
+        }
+    }
+
+    /// Parses `{"activations":[{"token":…,"activation":…},…]}`. Also accepted: text around the JSON
+    /// object, a bare list of entries or of numbers. Numeric strings count as numbers.
+    public static func parseAnswer(_ text: String, expectedCount: Int) -> Result<ParsedAnswer, AnswerProblem> {
+        guard let object = jsonValue(in: text) else { return .failure(.notJSON) }
+        let entries: [Any]
+        if let dict = object as? [String: Any] {
+            guard let list = dict["activations"] as? [Any] else { return .failure(.noActivations) }
+            entries = list
+        } else if let list = object as? [Any] {
+            entries = list
+        } else {
+            return .failure(.noActivations)
+        }
+        guard entries.count == expectedCount else { return .failure(.wrongLength(got: entries.count, expected: expectedCount)) }
+        var values: [Double] = []
+        var bad = 0
+        for entry in entries {
+            let raw: Any? = (entry as? [String: Any]).map { $0["activation"] as Any } ?? entry
+            if let value = number(raw), value >= 0, value <= 10 {
+                values.append(value)
+            } else {
+                values.append(0)
+                bad += 1
+            }
+        }
+        return .success(ParsedAnswer(values: values, badValues: bad))
+    }
+
+    private static func number(_ value: Any?) -> Double? {
+        switch value {
+        case let number as NSNumber:
+            let double = number.doubleValue
+            return double.isFinite ? double : nil
+        case let string as String:
+            guard let double = Double(string.trimmingCharacters(in: .whitespaces)), double.isFinite else { return nil }
+            return double
+        default:
+            return nil
+        }
+    }
+
+    /// The JSON value in `text`: the whole text, else the span from the first `{`/`[` to the last `}`/`]`.
+    static func jsonValue(in text: String) -> Any? {
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let value = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8), options: [.fragmentsAllowed]),
+           value is [String: Any] || value is [Any] {
+            return value
+        }
+        for (open, close) in [("{", "}"), ("[", "]")] {
+            guard let start = trimmed.firstIndex(of: Character(open)), let end = trimmed.lastIndex(of: Character(close)),
+                  start < end else { continue }
+            if let value = try? JSONSerialization.jsonObject(with: Data(trimmed[start...end].utf8)) { return value }
+        }
+        return nil
+    }
+
+    // MARK: Simulation
+
+    public struct WindowSimulation: Sendable, Equatable {
+        /// nil when the window failed twice (scored as zeros).
+        public var values: [Double]?
+        public var retried: Bool
+        public var error: String?
+    }
+
+    /// Simulates one window (with at most one retry). Throws only when the LLM call itself fails.
+    public func simulate(feature: Int, ordinal: Int, explanation: String, tokens: [String]) async throws(SAELabelError) -> WindowSimulation {
+        guard !tokens.isEmpty else { return WindowSimulation(values: [], retried: false, error: nil) }
+        let first = messages(explanation: explanation, tokens: tokens)
+        let tag = "simulate:\(feature):\(ordinal)"
+        let answer = try await ScoringSupport.chat(client, request(first, tokens: tokens), tag: tag).text
+        let parsed = Self.parseAnswer(answer, expectedCount: tokens.count)
+        let problem: String
+        switch parsed {
+        case .success(let result) where result.badValues == 0:
+            return WindowSimulation(values: result.values, retried: false, error: nil)
+        case .success(let result):
+            problem = "\(result.badValues) of the activations are not integers from 0 to 10"
+        case .failure(let error):
+            problem = error.description
+        }
+        let correction = "That answer cannot be used: \(problem). Reply again with JSON only, "
+            + "{\"activations\": [{\"token\": \"...\", \"activation\": 0}, ...]}, with exactly \(tokens.count) entries, "
+            + "one per token in this order, each activation an integer from 0 to 10.\n<tokens>\(Self.tokenList(tokens))</tokens>"
+        let retryMessages = first + [ChatMessage(role: "assistant", content: ScoringSupport.shown(answer)),
+                                     ChatMessage(role: "user", content: correction)]
+        let second = try await ScoringSupport.chat(client, request(retryMessages, tokens: tokens), tag: tag + ":retry").text
+        switch Self.parseAnswer(second, expectedCount: tokens.count) {
+        case .success(let result):
+            let note = result.badValues > 0 ? "\(result.badValues) values outside 0–10 or not numbers were set to 0" : nil
+            return WindowSimulation(values: result.values, retried: true, error: note)
+        case .failure(let error):
+            if case .success(let result) = parsed {
+                return WindowSimulation(values: result.values, retried: true,
+                                        error: "\(result.badValues) values outside 0–10 or not numbers were set to 0; retry: \(error)")
+            }
+            return WindowSimulation(values: nil, retried: true, error: "first answer: \(problem); retry: \(error)")
+        }
+    }
+
+    public func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult {
+        var windows: [SimulationDetails.Window] = []
+        var simulated: [[Double]] = []
+        var failed = 0, retried = 0
+        // Windows run one after another: the caller runs features in parallel, and local servers
+        // answer one request at a time anyway.
+        for (ordinal, window) in heldout.enumerated() {
+            let result = try await simulate(feature: feature, ordinal: ordinal, explanation: explanation, tokens: window.tokens)
+            if result.retried { retried += 1 }
+            if result.values == nil { failed += 1 }
+            simulated.append(result.values ?? Array(repeating: 0, count: window.tokens.count))
+            windows.append(SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: result.values, error: result.error))
+        }
+        return SimulationScoring.result(heldout: heldout, simulated: simulated, windows: windows,
+                                        failedWindows: failed, retriedWindows: retried)
+    }
+}
+
+/// The score and details from simulated values, shared by the JSON and logprob simulators.
+enum SimulationScoring {
+    static func result(heldout: [ActivationWindow], simulated: [[Double]], windows: [SimulationDetails.Window],
+                       failedWindows: Int, retriedWindows: Int) -> ScoreResult {
+        let truth = heldout.flatMap { $0.activations.map(Double.init) }
+        let predicted = simulated.flatMap { $0 }
+        let correlation = ScoreMath.correlation(truth, predicted)
+        var reason: String?
+        if correlation == nil {
+            if truth.count < 2 {
+                reason = "fewer than 2 held-out tokens"
+            } else if Set(truth).count <= 1 {
+                reason = "the true activations are constant over the held-out tokens"
+            } else {
+                reason = "the simulated activations are constant over the held-out tokens"
+            }
+        }
+        let maxActivation = Double(ActivationFormat.maxActivation(heldout.map(\.activations)))
+        let scaled = truth.map { maxActivation > 0 ? 10 * max(0, $0) / maxActivation : 0 }
+        let details = SimulationDetails(rsquared: ScoreMath.rsquared(scaled, predicted),
+                                        absoluteDevExplained: ScoreMath.absoluteDevExplained(scaled, predicted),
+                                        failedWindows: failedWindows, retriedWindows: retriedWindows,
+                                        undefinedReason: reason, windows: windows)
+        return ScoreResult(value: correlation ?? 0, details: ScoringSupport.json(details))
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import LLMClient
+import SAELabelCore
+import SAELabelStore
+
+/// Scores one explanation against a feature's held-out windows.
+public protocol Scorer: Sendable {
+    /// "simulation" | "detection" | "fuzzing" — the score's name in the store and the exports.
+    var name: String { get }
+    var model: String { get }
+    /// Hash of the templates and settings that shape the requests.
+    var promptHash: String { get }
+    /// `heldout` is the feature's held-out split in ordinal order: element i is held-out ordinal i.
+    func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult
+}
+
+public struct ScoreResult: Sendable, Equatable {
+    /// The headline number (Pearson r, or balanced accuracy); nil when it cannot be computed.
+    public var value: Double?
+    /// JSON object: `SimulationDetails` or `ClassificationDetails`.
+    public var details: String
+
+    public init(value: Double?, details: String) {
+        self.value = value
+        self.details = details
+    }
+}
+
+public enum ScoreStep {
+    /// Scores the feature's current explanation with every scorer that has no stored score for it yet
+    /// (so a resumed run skips finished scorers). Each score is saved as soon as it is computed; the
+    /// last save moves the feature to `scored`. Throws on failure; the caller marks the feature failed.
+    public static func run(feature: Int, store: JobStore, scorers: [any Scorer]) async throws(SAELabelError) {
+        guard let explanation = try store.currentExplanation(feature: feature) else {
+            throw .feature(index: feature, stage: "score", reason: "no explanation in the current pass; run explain first")
+        }
+        let done = Set(try store.scores(explanation: explanation).map(\.scorer))
+        var seen = Set<String>()
+        let todo = scorers.filter { !done.contains($0.name) && seen.insert($0.name).inserted }
+        guard !todo.isEmpty else {
+            if try store.feature(feature)?.state != .scored { try store.setState(feature: feature, .scored) }
+            return
+        }
+        let heldout = try store.examples(feature: feature, split: .heldout).map(\.window)
+        guard !heldout.isEmpty else {
+            throw .feature(index: feature, stage: "score", reason: "no held-out examples in the store; run collect first")
+        }
+        for (position, scorer) in todo.enumerated() {
+            let result = try await scorer.score(feature: feature, explanation: explanation.text, heldout: heldout)
+            let score = StoredScore(scorer: scorer.name, value: result.value, model: scorer.model,
+                                    promptHash: scorer.promptHash, details: result.details)
+            try store.saveScore(explanation: explanation, score: score, completesFeature: position == todo.count - 1)
+        }
+    }
+}
+
+/// Helpers shared by the scorers.
+enum ScoringSupport {
+    static func optionalTemplate(_ prompts: PromptLibrary, _ name: String) throws(SAELabelError) -> PromptTemplate? {
+        let path = (prompts.directory as NSString).appendingPathComponent("\(name).mustache")
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        return try prompts.template(name)
+    }
+
+    static func hash(_ parts: [String]) -> String {
+        String(Hashing.sha256Hex(parts.joined(separator: "\u{0}")).prefix(16))
+    }
+
+    /// Drops the trailing whitespace Mustache leaves after the last line.
+    static func trimmed(_ text: String) -> String {
+        var result = text
+        while let last = result.last, last == "\n" || last == " " { result.removeLast() }
+        return result
+    }
+
+    static func chat(_ client: LLMClient, _ request: ChatRequest, tag: String) async throws(SAELabelError) -> ChatResponse {
+        do {
+            return try await client.chat(request, tag: tag)
+        } catch {
+            throw .llm(error.description)
+        }
+    }
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(value) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// A token as written on a `token<TAB>N` line: newlines and tabs would break the line format,
+    /// so they are written as the visible escapes `\n`, `\r` and `\t`.
+    static func lineToken(_ token: String) -> String {
+        token.replacingOccurrences(of: "\r\n", with: "\\r\\n").replacingOccurrences(of: "\n", with: "\\n")
+            .replacingOccurrences(of: "\r", with: "\\r").replacingOccurrences(of: "\t", with: "\\t")
+    }
+
+    /// A bad answer as shown back to the model in a retry (long answers are cut).
+    static func shown(_ answer: String, limit: Int = 2000) -> String {
+        answer.count > limit ? String(answer.prefix(limit)) + "…" : answer
+    }
+}
+
+/// SplitMix64: a small seeded generator, so shuffles are reproducible across platforms.
+struct SeededGenerator: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
