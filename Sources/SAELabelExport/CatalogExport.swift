@@ -1,0 +1,59 @@
+import Foundation
+import SAELabelCore
+import SAELabelStore
+
+/// CONTRACT.md's catalog: one JSON object per line per feature.
+enum CatalogExport {
+    static func run(store: JobStore, job: JobInfo, path: String, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
+        try AtomicOutput.checkParent(of: path)
+        let temporary = AtomicOutput.temporaryPath(for: path)
+        let writer = try OutputWriter(path: temporary)
+        var count = 0
+        do {
+            var line = ""
+            try Exporter.forEachRow(store: store, filter: filter, includeExamples: true) { row throws(SAELabelError) in
+                line.removeAll(keepingCapacity: true)
+                object(row, job: job).write(into: &line, scriptSafe: false)
+                line += "\n"
+                try writer.write(line)
+                count += 1
+            }
+            try writer.close()
+        } catch {
+            AtomicOutput.discard(temporary)
+            throw error
+        }
+        try AtomicOutput.commit(temporary, to: path)
+        return ExportSummary(features: count, files: [path])
+    }
+
+    static func object(_ row: ExportRow, job: JobInfo) -> JSONValue {
+        let record = row.feature.record
+        var members: [(String, JSONValue)] = [
+            ("sae", .text(job.sae)),
+            ("hook", .text(job.hook)),
+            ("feature", .int(row.index)),
+            ("status", .string(row.state.rawValue)),
+            ("explanation", .text(row.label)),
+            ("explainer_model", .text(row.explainerModel)),
+            ("scores", row.scoresJSON),
+            ("frequency", .number(row.frequency)),
+            ("max_activation", row.maxActivation.map(JSONValue.float) ?? .null),
+            ("examples", row.examplesJSON),
+            // Additions beyond the contract.
+            ("prompt_hash", .text(row.feature.explanation?.promptHash)),
+            ("score_details", row.scoreDetailsJSON),
+        ]
+        if let statistics = record.statistics {
+            members += [("mean_activation", .float(statistics.meanActivation)),
+                        ("activating_tokens", .int(statistics.activatingTokens)),
+                        ("activating_windows", .int(statistics.activatingWindows)),
+                        ("histogram", .array(statistics.histogram.map(JSONValue.int)))]
+        }
+        if let note = record.note { members.append(("note", .string(note))) }
+        if record.state == .failed {
+            members += [("failed_stage", .text(record.failedStage)), ("failure_reason", .text(record.failureReason))]
+        }
+        return .object(members)
+    }
+}
