@@ -228,12 +228,16 @@ def logprobs_choice(req):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockLLM/1.0"
+    # Buffered writes: headers and body leave in one segment when the handler returns (an
+    # unbuffered header write followed by a body write meets Nagle + delayed ACK: ~40 ms stalls).
+    wbufsize = -1
 
     def log_message(self, fmt, *args):  # quiet
         pass
 
     def setup(self):
         super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         st = self.server.state
         with st.lock:
             st.connections += 1
