@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 
-/// Token buckets for requests/minute and tokens/minute, refilled continuously. A request waits
+/// Token buckets for requests/minute and tokens/minute, refilled continuously (capacity: 10 s of refill). A request waits
 /// until every bucket holds its cost (or is full, so a request larger than a bucket still runs).
 /// Token costs are estimates; `correct(by:)` adds the difference once the usage is known, which
 /// may drive the bucket negative so later requests wait longer.
@@ -26,8 +26,11 @@ final class RateLimiter: Sendable {
     init?(requestsPerMinute: Int?, tokensPerMinute: Int?) {
         func bucket(_ perMinute: Int?) -> Bucket? {
             guard let perMinute, perMinute > 0 else { return nil }
-            let capacity = Double(perMinute)
-            return Bucket(capacity: capacity, level: capacity, perSecond: capacity / 60)
+            // Burst of at most 10 seconds' allowance, so a minute's quota is not spent at once
+            // (servers often enforce per-minute limits over shorter windows).
+            let perSecond = Double(perMinute) / 60
+            let capacity = max(1, perSecond * 10)
+            return Bucket(capacity: capacity, level: capacity, perSecond: perSecond)
         }
         let r = bucket(requestsPerMinute), t = bucket(tokensPerMinute)
         if r == nil && t == nil { return nil }

@@ -25,14 +25,23 @@ struct SHA256 {
     init() {}
 
     mutating func update<S: Sequence>(_ bytes: S) where S.Element == UInt8 {
-        for byte in bytes {
-            pending.append(byte)
-            totalBytes &+= 1
+        let array = Array(bytes)
+        totalBytes &+= UInt64(array.count)
+        var index = 0
+        if !pending.isEmpty {
+            let take = min(64 - pending.count, array.count)
+            pending.append(contentsOf: array[0..<take])
+            index = take
             if pending.count == 64 {
-                compress(pending)
+                compress(pending[...])
                 pending.removeAll(keepingCapacity: true)
             }
         }
+        while array.count - index >= 64 {
+            compress(array[index..<index + 64])
+            index += 64
+        }
+        pending.append(contentsOf: array[index...])
     }
 
     mutating func finalize() -> [UInt8] {
@@ -44,7 +53,7 @@ struct SHA256 {
             tail.append(UInt8(truncatingIfNeeded: bitLength >> UInt64(shift)))
         }
         for start in stride(from: 0, to: tail.count, by: 64) {
-            compress(Array(tail[start..<start + 64]))
+            compress(tail[start..<start + 64])
         }
         pending.removeAll()
         var out: [UInt8] = []
@@ -75,11 +84,12 @@ struct SHA256 {
         (x >> n) | (x << (32 - n))
     }
 
-    private mutating func compress(_ block: [UInt8]) {
+    private mutating func compress(_ block: ArraySlice<UInt8>) {
         var w = [UInt32](repeating: 0, count: 64)
+        let base = block.startIndex
         for i in 0..<16 {
-            w[i] = UInt32(block[4 * i]) << 24 | UInt32(block[4 * i + 1]) << 16
-                | UInt32(block[4 * i + 2]) << 8 | UInt32(block[4 * i + 3])
+            w[i] = UInt32(block[base + 4 * i]) << 24 | UInt32(block[base + 4 * i + 1]) << 16
+                | UInt32(block[base + 4 * i + 2]) << 8 | UInt32(block[base + 4 * i + 3])
         }
         for i in 16..<64 {
             let s0 = Self.rotr(w[i - 15], 7) ^ Self.rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)

@@ -59,6 +59,26 @@ struct EncodingTests {
         #expect(LLMClient.parseRetryAfter("soon") == nil)
     }
 
+    @Test("rate limiter: a burst of 10 s allowance, then the per-minute rate")
+    func rateLimiter() async throws {
+        let requests = try #require(RateLimiter(requestsPerMinute: 120, tokensPerMinute: nil))  // 2/s, burst 20
+        var start = ContinuousClock.now
+        for _ in 0..<20 { try await requests.acquire(tokens: 1) }
+        #expect(start.duration(to: .now) < .seconds(0.5))
+        try await requests.acquire(tokens: 1)
+        try await requests.acquire(tokens: 1)
+        #expect(start.duration(to: .now) >= .seconds(0.9))
+
+        let tokens = try #require(RateLimiter(requestsPerMinute: nil, tokensPerMinute: 600))  // 10/s, burst 100
+        start = ContinuousClock.now
+        try await tokens.acquire(tokens: 500)  // larger than the bucket: runs when the bucket is full
+        #expect(start.duration(to: .now) < .seconds(0.5))
+        tokens.correct(by: -395)  // the call used 105 tokens, not 500: level 100 - 500 + 395 = -5
+        try await tokens.acquire(tokens: 5)  // needs 10 tokens of refill ≈ 1 s
+        #expect(start.duration(to: .now) >= .seconds(0.9))
+        #expect(RateLimiter(requestsPerMinute: nil, tokensPerMinute: nil) == nil)
+    }
+
     @Test("URLs lose their userinfo before they are shown")
     func userinfo() {
         #expect(LLMClient.withoutUserinfo("http://u:pw@host:1/v1/x") == "http://host:1/v1/x")
@@ -70,7 +90,7 @@ struct EncodingTests {
 struct ClientTests {
     @Test("explain, simulate and logprobs answers parse; usage is read")
     func happyPaths() async throws {
-        let server = try MockServer()
+        let server = try await MockServer.start()
         defer { server.stop() }
         let client = makeClient(testConfiguration(server))
         defer { client.shutdown() }
@@ -110,7 +130,7 @@ struct ClientTests {
 
     @Test("HTTP 500 then ok: retried and succeeds")
     func retries500() async throws {
-        let server = try MockServer()
+        let server = try await MockServer.start()
         defer { server.stop() }
         try await server.script(["500", "503"])
         let cache = MemoryCache()
@@ -126,7 +146,7 @@ struct ClientTests {
 
     @Test("HTTP 429 with Retry-After: the client waits at least that long")
     func retryAfterHonoured() async throws {
-        let server = try MockServer()
+        let server = try await MockServer.start()
         defer { server.stop() }
         try await server.script(["429:1"])
         let client = makeClient(testConfiguration(server))
@@ -140,7 +160,7 @@ struct ClientTests {
 
     @Test("HTTP 400 is not retried and throws a typed error")
     func noRetryOn400() async throws {
-        let server = try MockServer()
+        let server = try await MockServer.start()
         defer { server.stop() }
         try await server.script(["400"])
         let client = makeClient(testConfiguration(server))
@@ -160,7 +180,7 @@ struct ClientTests {
 
     @Test("connection reset, malformed and truncated bodies are retried")
     func resetMalformedTruncated() async throws {
-        let server = try MockServer()
+        let server = try await MockServer.start()
         defer { server.stop() }
         try await server.script(["reset", "malformed", "truncated"])
         let cache = MemoryCache()
@@ -177,7 +197,7 @@ struct ClientTests {
 
     @Test("a hanging server times out per attempt, then the retry succeeds")
     func hangTimesOut() async throws {
-        let server = try MockServer(["--hang-seconds", "5"])
+        let server = try await MockServer.start(["--hang-seconds", "5"])
         defer { server.stop() }
         try await server.script(["hang"])
         let cache = MemoryCache()
@@ -191,7 +211,7 @@ struct ClientTests {
 
     @Test("retries exhausted: typed errors with clear messages")
     func retriesExhausted() async throws {
-        let server = try MockServer(["--hang-seconds", "3"])
+        let server = try await MockServer.start(["--hang-seconds", "3"])
         defer { server.stop() }
         let client = makeClient(testConfiguration(server, timeout: 0.3, retries: 2))
         defer { client.shutdown() }
@@ -229,7 +249,7 @@ struct ClientTests {
     @Test("connection refused: transport error after retries")
     func transportError() async throws {
         // Bind-then-stop a mock to get a port that nothing listens on.
-        let dead = try MockServer()
+        let dead = try await MockServer.start()
         let port = dead.port
         dead.stop()
         var config = LLMClientConfiguration(baseURL: "http://127.0.0.1:\(port)/v1",
@@ -251,7 +271,7 @@ struct ClientTests {
 
     @Test("response cache: hits never touch the network, also after a restart")
     func cache() async throws {
-        let server = try MockServer()
+        let server = try await MockServer.start()
         defer { server.stop() }
         let cache = MemoryCache()
         var client: LLMClient? = makeClient(testConfiguration(server), cache: cache)
@@ -278,7 +298,7 @@ struct ClientTests {
 
     @Test("64 concurrent requests overlap, and connections are reused")
     func concurrency() async throws {
-        let server = try MockServer(["--latency-ms", "200"])
+        let server = try await MockServer.start(["--latency-ms", "200"])
         defer { server.stop() }
         var config = testConfiguration(server)
         config.maxInFlight = 64
@@ -305,7 +325,7 @@ struct ClientTests {
 
     @Test("maxInFlight bounds the requests in flight")
     func maxInFlight() async throws {
-        let server = try MockServer(["--latency-ms", "200"])
+        let server = try await MockServer.start(["--latency-ms", "200"])
         defer { server.stop() }
         var config = testConfiguration(server)
         config.maxInFlight = 4
@@ -323,7 +343,7 @@ struct ClientTests {
 
     @Test("cancelling the calling task aborts the request")
     func cancellation() async throws {
-        let server = try MockServer(["--hang-seconds", "5"])
+        let server = try await MockServer.start(["--hang-seconds", "5"])
         defer { server.stop() }
         try await server.script(["hang"])
         let client = makeClient(testConfiguration(server))
@@ -339,7 +359,7 @@ struct ClientTests {
 
     @Test("after shutdown, calls fail with .cancelled")
     func afterShutdown() async throws {
-        let server = try MockServer()
+        let server = try await MockServer.start()
         defer { server.stop() }
         let client = makeClient(testConfiguration(server))
         client.shutdown()
@@ -352,7 +372,7 @@ struct ClientTests {
         let secret = "sk-test-SECRET-\(UInt64.random(in: 0...UInt64.max))"
         let variable = "SAELABEL_TEST_KEY_\(UInt32.random(in: 0...UInt32.max))"
         setEnvironment(variable, secret)
-        let server = try MockServer(["--hang-seconds", "2"])
+        let server = try await MockServer.start(["--hang-seconds", "2"])
         defer { server.stop() }
         let cache = MemoryCache()
         var config = testConfiguration(server, timeout: 0.3, retries: 1)

@@ -33,28 +33,39 @@ final class MockServer: @unchecked Sendable {  // Process is used only from init
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }
 
-    init(_ arguments: [String] = []) throws {
-        let script = Self.repoRoot.appendingPathComponent("Tools/mock_llm_server.py").path
+    private init(process: Process, port: Int) {
+        self.process = process
+        self.port = port
+    }
+
+    /// Launches the mock and waits for its `LISTENING <port>` line. The blocking pipe read runs on
+    /// a Dispatch thread, not on Swift's small cooperative pool (2 threads on a 2-core machine).
+    static func start(_ arguments: [String] = []) async throws -> MockServer {
+        let script = repoRoot.appendingPathComponent("Tools/mock_llm_server.py").path
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = ["python3", script, "--port", "0"] + arguments
         let out = Pipe()
         p.standardOutput = out
         try environmentLock.withLock { _ in try p.run() }
-        process = p
-        var line = Data()
         let handle = out.fileHandleForReading
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = handle.availableData
-            if chunk.isEmpty { break }
-            line.append(chunk)
+        let text = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            DispatchQueue.global().async {
+                var line = Data()
+                while !line.contains(UInt8(ascii: "\n")) {
+                    let chunk = handle.availableData
+                    if chunk.isEmpty { break }
+                    line.append(chunk)
+                }
+                continuation.resume(returning: String(decoding: line, as: UTF8.self)
+                    .trimmingCharacters(in: .whitespacesAndNewlines))
+            }
         }
-        let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard text.hasPrefix("LISTENING "), let port = Int(text.dropFirst("LISTENING ".count)) else {
-            p.terminate()
+            kill(p.processIdentifier, SIGKILL)
             throw MockError(message: "mock server did not start: \(text)")
         }
-        self.port = port
+        return MockServer(process: p, port: port)
     }
 
     func stop() {
