@@ -26,12 +26,11 @@ public enum ExplanationParser {
         return nil
     }
 
-    /// Phrases that restate the prompt or the subject; removed from the start, repeatedly.
-    private static let prefixes: [String] = [
-        "the main thing this neuron does is find",
-        "the main thing this neuron does is",
-        "final answer", "explanation", "answer", "label", "description", "summary", "phrase", "short phrase",
-    ]
+    /// The prompt's own ending, echoed back; removed when followed by a space, ':' or nothing.
+    private static let echoes = ["the main thing this neuron does is find", "the main thing this neuron does is"]
+    /// Labels of the answer; removed only when followed by ':' or '-' ("Explanation: …").
+    private static let labels = ["final answer", "explanation", "answer", "label", "description", "summary",
+                                 "short phrase", "phrase"]
 
     private static let subjects = ["this neuron", "the neuron", "this feature", "the feature", "this latent",
                                    "the latent", "this detector", "the detector", "it"]
@@ -54,12 +53,11 @@ public enum ExplanationParser {
             changed = false
             text = text.trimmingCharacters(in: .whitespaces)
             let lower = text.lowercased()
-            for prefix in prefixes where lower.hasPrefix(prefix) {
+            for prefix in echoes + labels where lower.hasPrefix(prefix) {
                 let rest = text.dropFirst(prefix.count)
-                // Only whole words, optionally followed by ':' or '-' ("Explanation: …").
-                guard rest.isEmpty || rest.first == ":" || rest.first == " " || rest.first == "-" else { continue }
-                text = String(rest)
-                text = stripLeading(text, while: { $0 == ":" || $0 == "-" || $0 == " " || $0 == "–" })
+                let separators: String = echoes.contains(prefix) ? ": -" : ":-"
+                guard rest.isEmpty || separators.contains(rest.first!) else { continue }
+                text = stripLeading(String(rest), while: { $0 == ":" || $0 == "-" || $0 == " " || $0 == "–" })
                 changed = true
                 break
             }
@@ -95,7 +93,9 @@ public enum ExplanationParser {
             for verb in verbs where rest.hasPrefix(verb + " ") || rest.hasPrefix(verb + ":") {
                 consumed += verb.count + 1
                 let remainder = String(text.dropFirst(consumed))
-                return remainder.contains(where: { $0.isLetter || $0.isNumber }) ? remainder : nil
+                // "This neuron fires on" with nothing after it says nothing.
+                let bare = remainder.trimmingCharacters(in: .whitespacesAndNewlines.union(.punctuationCharacters)).lowercased()
+                return ["", "on", "for", "to", "by", "in", "when"].contains(bare) ? "" : remainder
             }
         }
         return nil

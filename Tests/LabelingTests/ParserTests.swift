@@ -1,0 +1,89 @@
+import Foundation
+import LLMClient
+import SAELabelCore
+import SAELabelExplain
+import SAELabelScore
+import Testing
+
+@Suite struct ExplanationParserTests {
+    static let table: [(String, String?)] = [
+        ("the token \"import\"", "the token \"import\""),
+        ("the main thing this neuron does is find the word \"import\".", "the word \"import\""),
+        ("The main thing this neuron does is find: dates in text", "dates in text"),
+        ("Explanation: Python import statements", "Python import statements"),
+        ("This neuron fires on references to cats.", "references to cats"),
+        ("The feature mainly detects dates", "dates"),
+        ("It responds to closing brackets", "closing brackets"),
+        ("\"closing parentheses\"", "closing parentheses"),
+        ("“curly quoted phrase”.", "curly quoted phrase"),
+        ("**Numbers in lists**", "Numbers in lists"),
+        ("> **Explanation:** the letter e", "the letter e"),
+        ("Sure! Here is the explanation:\nmonths of the year\nThese tokens are all months.", "months of the year"),
+        ("Explanation:\n\nfunction definitions", "function definitions"),
+        ("- Years and dates", "Years and dates"),
+        ("1. Legal terminology", "Legal terminology"),
+        ("```\ncode keywords\n```", "code keywords"),
+        ("phrase endings", "phrase endings"),
+        ("answers to questions", "answers to questions"),
+        ("items in a list", "items in a list"),
+        ("   \n  ", nil),
+        ("", nil),
+        ("...", nil),
+        ("\"\"", nil),
+        ("I'm sorry, I can't help with that.", nil),
+        ("nothing in particular", nil),
+        ("This neuron fires on", nil),
+    ]
+
+    @Test(arguments: table.indices)
+    func parsesChattyAnswer(_ index: Int) {
+        let (raw, expected) = Self.table[index]
+        #expect(ExplanationParser.parse(raw) == expected, "input: \(raw.debugDescription)")
+    }
+
+    @Test func capsLength() throws {
+        let long = Array(repeating: "word", count: 100).joined(separator: " ")
+        let parsed = try #require(ExplanationParser.parse(long))
+        #expect(parsed.count <= ExplanationParser.maxCharacters)
+        #expect(parsed.hasSuffix("word"))
+    }
+}
+
+@Suite struct AnswerParsingTests {
+    @Test func simulatorAnswers() throws {
+        let good = JSONSimulationScorer.parseAnswer(#"{"activations":[{"token":"a","activation":3},{"token":"b","activation":0}]}"#, expectedCount: 2)
+        #expect(try good.get().values == [3, 0])
+        // chatty wrapper, numeric string, out-of-range and non-numeric values → 0 and counted
+        let wrapped = try JSONSimulationScorer.parseAnswer(
+            "Here you go: {\"activations\":[{\"token\":\"a\",\"activation\":\"7\"},{\"token\":\"b\",\"activation\":12},{\"token\":\"c\",\"activation\":\"high\"},{\"token\":\"d\",\"activation\":-1},{\"token\":\"e\",\"activation\":2.5}]} done",
+            expectedCount: 5).get()
+        #expect(wrapped.values == [7, 0, 0, 0, 2.5])
+        #expect(wrapped.badValues == 3)
+        #expect(JSONSimulationScorer.parseAnswer(#"{"activations":[{"token":"a","activation":1}]}"#, expectedCount: 2)
+            == .failure(.wrongLength(got: 1, expected: 2)))
+        #expect(JSONSimulationScorer.parseAnswer("not json", expectedCount: 1) == .failure(.notJSON))
+        #expect(JSONSimulationScorer.parseAnswer(#"{"values":[1]}"#, expectedCount: 1) == .failure(.noActivations))
+        #expect(try JSONSimulationScorer.parseAnswer("[1, 2]", expectedCount: 2).get().values == [1, 2])
+    }
+
+    @Test func schemaFixesLengthAndTokens() throws {
+        let schema = JSONSimulationScorer.schema(tokens: ["a", "\"b\""])
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(schema.utf8)) as? [String: Any])
+        let activations = try #require((object["properties"] as? [String: Any])?["activations"] as? [String: Any])
+        #expect(activations["minItems"] as? Int == 2 && activations["maxItems"] as? Int == 2)
+        let items = try #require(activations["prefixItems"] as? [[String: Any]])
+        #expect(items.count == 2)
+        let second = try #require(items[1]["properties"] as? [String: Any])
+        #expect((second["token"] as? [String: Any])?["enum"] as? [String] == ["\"b\""])
+        #expect((second["activation"] as? [String: Any])?["enum"] as? [Int] == Array(0...10))
+    }
+
+    @Test func expectedValueOverDigits() {
+        let top = [TopLogprob(token: "3", logprob: log(0.5)), TopLogprob(token: "7", logprob: log(0.25)),
+                   TopLogprob(token: " the", logprob: log(0.25))]
+        // (3·0.5 + 7·0.25) / 0.75 = 3.25 / 0.75
+        #expect(abs((LogprobSimulationScorer.expectedValue(top) ?? -1) - 3.25 / 0.75) < 1e-12)
+        #expect(LogprobSimulationScorer.expectedValue([TopLogprob(token: "x", logprob: 0)]) == nil)
+        #expect(LogprobSimulationScorer.expectedValue([TopLogprob(token: "10", logprob: -0.1)]) == 10)
+    }
+}

@@ -1,0 +1,160 @@
+import Foundation
+import LLMClient
+import SAELabelCore
+import SAELabelExplain
+import SAELabelScore
+import Testing
+
+/// A client that is never called (prompt rendering only).
+func idleClient() -> LLMClient {
+    LLMClient(configuration: LLMClientConfiguration(baseURL: "http://127.0.0.1:9/v1", apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY"))
+}
+
+@Suite struct NormalizationTests {
+    @Test func floorNormalizationWithSharedMax() {
+        let windows: [[Float]] = [[0, 2, 4], [1, 0], [-3, 3.99]]
+        let max = ActivationFormat.maxActivation(windows)
+        #expect(max == 4)
+        #expect(ActivationFormat.normalize(windows[0], maxActivation: max) == [0, 5, 10])
+        #expect(ActivationFormat.normalize(windows[1], maxActivation: max) == [2, 0])
+        // negatives are relu'd; 9.975 floors to 9
+        #expect(ActivationFormat.normalize(windows[2], maxActivation: max) == [0, 9])
+        // all zero / all negative: max 0 → all zeros
+        #expect(ActivationFormat.maxActivation([[0, 0], [-1]]) == 0)
+        #expect(ActivationFormat.normalize([0, -1, 0], maxActivation: 0) == [0, 0, 0])
+        // values above the max (a window not in the max's set) cap at 10
+        #expect(ActivationFormat.normalize([8], maxActivation: 4) == [10])
+    }
+
+    @Test func recordFormatting() {
+        #expect(ActivationFormat.recordLines(tokens: ["a", " b"], values: [3, nil]) == "a\t3\n b\tunknown")
+        #expect(ActivationFormat.wrapRecords(["x\t1", "y\t2"]) == "\n<start>\nx\t1\n<end>\n<start>\ny\t2\n<end>\n")
+        #expect(ActivationFormat.sparseSummary(tokens: [["a", "b", "c", "d", "e", "f"]], values: [[0, 0, 7, 0, 0, 0]]) == "c\t7")
+        // exactly 20% non-zero is not "fewer than 20%"
+        #expect(ActivationFormat.sparseSummary(tokens: [["a", "b", "c", "d", "e"]], values: [[0, 0, 7, 0, 0]]) == nil)
+    }
+}
+
+@Suite struct PromptRenderingTests {
+    static let system = "You study single neurons inside a language model and name, in a few words, the pattern each one responds to. Reply with one short phrase and nothing else."
+    static let question = "What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens; name what they have in common.\nthe main thing this neuron does is find"
+    static let intro = "Below are text excerpts, one token per line. After each token, separated by a tab, is how strongly the neuron fired on it, from 0 (not at all) to 10 (its strongest).\n"
+
+    @Test func explainerPromptForKnownInput() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        let explainer = try LLMExplainer(client: client, model: "m", prompts: prompts)
+        let messages = explainer.messages(for: [window(["a", "b", "c"], [0, 2, 4]), window(["d", "e"], [1, 0])])
+        #expect(messages.count == 2)
+        #expect(messages[0] == ChatMessage(role: "system", content: Self.system))
+        let expected = Self.intro + "\n<start>\na\t0\nb\t5\nc\t10\n<end>\n<start>\nd\t2\ne\t0\n<end>\n\n" + Self.question
+        #expect(messages[1].role == "user")
+        #expect(messages[1].content == expected)
+    }
+
+    @Test func explainerPromptAddsSparseListAndEscapesLineBreaks() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        let explainer = try LLMExplainer(client: client, model: "m", prompts: prompts)
+        let tokens = ["x", "\n", "y", "z", "w", "v"]
+        let messages = explainer.messages(for: [window(tokens, [0, 5, 0, 0, 0, 0]), window(["q", "r", "s", "t"], [0, 0, 0, 0])])
+        let expected = Self.intro
+            + "\n<start>\nx\t0\n\\n\t10\ny\t0\nz\t0\nw\t0\nv\t0\n<end>\n<start>\nq\t0\nr\t0\ns\t0\nt\t0\n<end>\n\n"
+            + "The same excerpts again, keeping only the tokens where the neuron fired:\n<start>\n\\n\t10\n<end>\n\n"
+            + Self.question
+        #expect(messages[1].content == expected)
+    }
+
+    @Test func highlightedStyleAndHashes() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        let openai = try LLMExplainer(client: client, model: "m", prompts: prompts)
+        let highlighted = try LLMExplainer(client: client, model: "m", prompts: prompts, style: .highlighted)
+        #expect(openai.promptHash != highlighted.promptHash)
+        #expect(openai.promptHash.count == 16)
+        let user = highlighted.messages(for: [window(["import", " os", "\n"], [5, 1, 0])]).last!.content
+        #expect(user.contains("Excerpt 1: <<import>> os\n"))
+        #expect(user.hasSuffix("The neuron fires on"))
+        #expect(try LLMExplainer(client: client, model: "m", prompts: prompts, maxTokens: 61).promptHash != openai.promptHash)
+    }
+
+    @Test func maxExamplesKeepsTheStrongest() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        let explainer = try LLMExplainer(client: client, model: "m", prompts: prompts, maxExamples: 2)
+        let windows = [window(["a"], [1]), window(["b"], [3]), window(["c"], [2])]
+        #expect(explainer.selectedExamples(windows).map(\.tokens) == [["b"], ["c"]])
+    }
+
+    @Test func simulatorPromptHoldsTokensAsJSON() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        let scorer = try JSONSimulationScorer(client: client, model: "m", prompts: prompts)
+        let messages = scorer.messages(explanation: "cats", tokens: ["the", " \"cat\"", "\n"])
+        #expect(messages.first?.role == "system")
+        let user = try #require(messages.last?.content)
+        #expect(user.hasPrefix("The neuron responds to: cats\n"))
+        #expect(user.hasSuffix(#"<tokens>["the"," \"cat\"","\n"]</tokens>"#))
+        #expect(user.contains("exactly 3 entries"))
+    }
+
+    @Test func detectionAndFuzzingPrompts() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        var heldout: [ActivationWindow] = []
+        for i in 0..<7 {
+            let activations: [Float] = i < 4 ? [0, Float(i + 1), 0] : [0, 0, 0]
+            heldout.append(window(["w\(i)", " x", " y"], activations, i < 4 ? .top : .random))
+        }
+        let detection = try DetectionScorer(client: client, model: "m", prompts: prompts, seed: 3)
+        let batches = detection.prompts(feature: 1, explanation: "the letter x", heldout: heldout)
+        let truths: [[Bool]] = batches.map { $0.truth }
+        #expect(truths.map { $0.count } == [5, 2])
+        #expect(truths.flatMap { $0 }.filter { $0 }.count == 4)
+        let user = batches[0].messages.last?.content ?? ""
+        #expect(user.contains("<examples count=5>\n<example 1>"))
+        #expect(user.contains("</example>\n<example 2>"))
+        // the shuffle is reproducible and depends on the seed
+        let again: [[Bool]] = detection.prompts(feature: 1, explanation: "e", heldout: heldout).map { $0.truth }
+        #expect(again == truths)
+        let fuzzing = try FuzzingScorer(client: client, model: "m", prompts: prompts, seed: 3)
+        let texts = fuzzing.prompts(feature: 1, explanation: "e", heldout: heldout).flatMap { batch in
+            Self.examples(batch.messages.last!.content)
+        }
+        #expect(texts.count == 7)
+        // activating windows mark the firing token; every window has exactly one marked token here
+        #expect(texts.filter { $0.contains("<< x>>") }.count >= 4)
+        #expect(texts.allSatisfy { $0.components(separatedBy: "<<").count == 2 })
+    }
+
+    static func examples(_ prompt: String) -> [String] {
+        var result: [String] = []
+        var rest = Substring(prompt)
+        while let open = rest.range(of: "<example "), let close = rest[open.upperBound...].range(of: ">"),
+              let end = rest[close.upperBound...].range(of: "</example>") {
+            result.append(String(rest[close.upperBound..<end.lowerBound]))
+            rest = rest[end.upperBound...]
+        }
+        return result
+    }
+}
+
+@Suite struct BaselineExplainerTests {
+    @Test func deterministicWeightedTokens() async throws {
+        let windows = [
+            window([" import", " os", "\n", "from"], [4, 1, 0, 2.5]),
+            window(["import", " sys", "from", " x"], [4, 0.5, 1, 0]),
+            window(["def", "\n"], [0, 3]),
+        ]
+        let explainer = BaselineExplainer()
+        let result = try await explainer.explain(feature: 0, examples: windows)
+        // import 8, from 3.5, \n 3, os 1, sys 0.5
+        #expect(result == ExplanationResult(text: #"tokens like "import", "from", "\n""#, raw: nil))
+        let again = try await explainer.explain(feature: 0, examples: windows.reversed())
+        #expect(again == result)
+        #expect(explainer.name == "baseline")
+        await #expect(throws: SAELabelError.self) {
+            try await explainer.explain(feature: 0, examples: [window(["a"], [0])])
+        }
+    }
+}
