@@ -59,7 +59,7 @@ let package = Package(
 
         // Executables
         .executableTarget(name: "saelabel",
-                          dependencies: ["SAELabelRun",
+                          dependencies: ["SAELabelRun", "SAELabelCore", "SAELabelStore", "SAELabelCollect", "SAELabelExport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .executableTarget(name: "saelabel-bench",
@@ -68,7 +68,7 @@ let package = Package(
 
         // Tests
         .testTarget(name: "CoreTests", dependencies: ["SAELabelCore"], swiftSettings: strict),
-        .testTarget(name: "StoreTests", dependencies: ["SAELabelStore", "SAELabelRun"], swiftSettings: strict),
+        .testTarget(name: "StoreTests", dependencies: ["SAELabelStore", "SAELabelCore"], swiftSettings: strict),
         .testTarget(name: "CollectTests", dependencies: ["SAELabelCollect", "SAELabelStore"], swiftSettings: strict),
         .testTarget(name: "LLMClientTests", dependencies: ["LLMClient"], swiftSettings: strict),
         .testTarget(name: "LabelingTests",

@@ -9,6 +9,13 @@ public struct JobStatus: Sendable, Equatable, Codable {
         public var stage: String
         public var reason: String
         public var attempts: Int
+
+        public init(feature: Int, stage: String, reason: String, attempts: Int) {
+            self.feature = feature
+            self.stage = stage
+            self.reason = reason
+            self.attempts = attempts
+        }
     }
 
     public struct LLMUsage: Sendable, Equatable, Codable {

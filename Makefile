@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Everything they need is installed by
+# Tools/install_deps.sh; nothing here hides a failure.
+SWIFT ?= swift
+PORT ?= 8081
+ENDPOINT = http://127.0.0.1:$(PORT)/v1
+
+.PHONY: demo test test-fast build release bench deps clean-demo
+
+deps:
+	Tools/install_deps.sh
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release --product saelabel
+
+# Labels the bundled demo SAE's features with the real local LLM, then writes the catalogs.
+# Running it again resumes: finished features and LLM calls are not repeated.
+demo: release
+	Tools/install_deps.sh --llm
+	Tools/llm_server.sh start $(PORT)
+	status=0; .build/release/saelabel run --config Datasets/demo/job.toml || status=$$?; \
+	  Tools/llm_server.sh stop; \
+	  test $$status -le 1 && .build/release/saelabel status --db demo-out/demo.sqlite; exit $$status
+
+# The whole suite, including the real-LLM end-to-end test and the headless-browser catalog test.
+test:
+	Tools/install_deps.sh --browser --llm
+	$(SWIFT) build --build-tests
+	Tools/llm_server.sh start $(PORT)
+	status=0; SAELABEL_LLM_ENDPOINT=$(ENDPOINT) SAELABEL_LLM_MODEL=smollm2 $(SWIFT) test --skip-build || status=$$?; \
+	  Tools/llm_server.sh stop; exit $$status
+
+# Without the real LLM (seconds instead of minutes).
+test-fast: deps
+	$(SWIFT) test
+
+bench:
+	$(SWIFT) build -c release --product saelabel-bench
+	.build/release/saelabel-bench collect
+	.build/release/saelabel-bench llm
+
+clean-demo:
+	rm -rf demo-out

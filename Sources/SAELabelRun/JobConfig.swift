@@ -1,0 +1,335 @@
+import Foundation
+import SAELabelCore
+import TOMLKit
+
+/// The job file (`saelabel run --config JOB.toml`). Every key is documented in the README; unknown keys,
+/// wrong types and missing input paths are refused with one line naming the key or path.
+public struct JobConfig: Sendable, Equatable {
+    public struct Inputs: Sendable, Equatable {
+        public init() {}
+
+        public var sae: String?
+        public var activations: [String] = []
+        public var latents: String?
+        public var tokenizer: String = ""
+    }
+
+    public struct Collect: Sendable, Equatable {
+        public init() {}
+
+        public var features: FeatureSelection.Set = .all
+        public var window = 32
+        public var explainTop = 10
+        public var explainQuantile = 10
+        public var heldoutTop = 5
+        public var heldoutQuantile = 5
+        public var heldoutRandom = 5
+        public var minActivatingWindows = 10
+        public var excludeSpecialTokens = true
+        public var excludePositions: [Int] = []
+        public var excludeNormAbove: Double?
+        public var batchTokens = 512
+    }
+
+    public struct Endpoint: Sendable, Equatable {
+        public init() {}
+
+        public var endpoint: String = ""
+        public var model: String = ""
+        public var apiKeyEnv = "OPENAI_API_KEY"
+        public var maxTokens: Int?
+    }
+
+    public struct Explainer: Sendable, Equatable {
+        public init() {}
+
+        public var llm = Endpoint()
+        /// `openai` (token<TAB>N records), `highlighted` (<<token>>), or `baseline` (no LLM).
+        public var style = "openai"
+    }
+
+    public struct Scoring: Sendable, Equatable {
+        public init() {}
+
+        public var llm = Endpoint()
+        /// Any of `simulation`, `detection`, `fuzzing`.
+        public var scorers = ["simulation"]
+        /// `json` (any chat model) or `logprobs` (servers that return prompt logprobs).
+        public var simulator = "json"
+    }
+
+    public struct Limits: Sendable, Equatable {
+        public init() {}
+
+        public var concurrency = 64
+        public var requestsPerMinute: Int?
+        public var tokensPerMinute: Int?
+        public var timeoutSeconds = 120.0
+        public var maxRetries = 5
+    }
+
+    public struct Export: Sendable, Equatable {
+        public init() {}
+
+        public var catalog: String?
+        public var csv: String?
+        public var neuronpedia: String?
+        public var html: String?
+    }
+
+    public var path: String = ""
+    public var store = ""
+    public var seed: UInt64 = 0
+    public var promptsDirectory: String?
+    public var inputs = Inputs()
+    public var collect = Collect()
+    public var explainer = Explainer()
+    public var scoring = Scoring()
+    public var limits = Limits()
+    public var export = Export()
+
+    public init() {}
+
+    /// Reads and checks a job file. Relative paths are taken from the job file's folder.
+    public static func load(path: String) throws(SAELabelError) -> JobConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .badInput(location: path, problem: "job file not found or unreadable")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw .badInput(location: path, problem: "job file is not UTF-8 text")
+        }
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw .badInput(location: "\(path):\(error.source.begin.line)", problem: "not valid TOML: \(error.description)")
+        } catch {
+            throw .badInput(location: path, problem: "not valid TOML: \(error)")
+        }
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        var config = try JobConfigReader(file: path, base: base).read(table)
+        config.path = path
+        return config
+    }
+}
+
+/// Walks the TOML tables with the list of known keys, so every mistake names its key.
+struct JobConfigReader {
+    let file: String
+    let base: String
+
+    func read(_ root: TOMLTable) throws(SAELabelError) -> JobConfig {
+        var config = JobConfig()
+        try allow(root, "", ["job", "inputs", "collect", "explainer", "simulator", "limits", "export"])
+
+        let job = try table(root, "job")
+        try allow(job, "job", ["store", "seed", "prompts_dir"])
+        guard let store = try string(job, "job", "store") else {
+            throw .badInput(location: "\(file): [job] store", problem: "missing; set the path of the job's SQLite store, e.g. store = \"out/job.sqlite\"")
+        }
+        config.store = resolve(store)
+        if let seed = try int(job, "job", "seed") {
+            guard seed >= 0 else { throw .badInput(location: "\(file): [job] seed", problem: "must be ≥ 0") }
+            config.seed = UInt64(seed)
+        }
+        config.promptsDirectory = try string(job, "job", "prompts_dir").map(resolve)
+
+        let inputs = try table(root, "inputs")
+        try allow(inputs, "inputs", ["sae", "activations", "latents", "tokenizer"])
+        config.inputs.sae = try string(inputs, "inputs", "sae").map(resolve)
+        config.inputs.activations = try (stringArray(inputs, "inputs", "activations") ?? []).map(resolve)
+        config.inputs.latents = try string(inputs, "inputs", "latents").map(resolve)
+        guard let tokenizer = try string(inputs, "inputs", "tokenizer") else {
+            throw .badInput(location: "\(file): [inputs] tokenizer", problem: "missing; name the model's Hugging Face tokenizer.json")
+        }
+        config.inputs.tokenizer = resolve(tokenizer)
+        if config.inputs.latents == nil {
+            guard config.inputs.sae != nil else {
+                throw .badInput(location: "\(file): [inputs] sae", problem: "missing; name the SAELens SAE folder, or set latents for a delphi latent cache")
+            }
+            guard !config.inputs.activations.isEmpty else {
+                throw .badInput(location: "\(file): [inputs] activations", problem: "missing; list the activation safetensors files")
+            }
+        }
+        for (key, value) in [("sae", config.inputs.sae), ("latents", config.inputs.latents), ("tokenizer", config.inputs.tokenizer)] {
+            if let value { try mustExist(value, key: "[inputs] \(key)") }
+        }
+        for value in config.inputs.activations { try mustExist(value, key: "[inputs] activations") }
+
+        let collect = try table(root, "collect")
+        try allow(collect, "collect", ["features", "window", "explain_top", "explain_quantile", "heldout_top", "heldout_quantile",
+                                       "heldout_random", "min_activating_windows", "exclude_special_tokens", "exclude_positions",
+                                       "exclude_norm_above", "batch_tokens"])
+        if let features = try string(collect, "collect", "features") {
+            do {
+                config.collect.features = try FeatureSelection.parseRange(features, flag: "[collect] features")
+            } catch {
+                throw .badInput(location: "\(file): [collect] features", problem: error.description)
+            }
+        }
+        let c = config.collect
+        config.collect.window = try positive(collect, "window") ?? c.window
+        config.collect.explainTop = try nonNegative(collect, "explain_top") ?? c.explainTop
+        config.collect.explainQuantile = try nonNegative(collect, "explain_quantile") ?? c.explainQuantile
+        config.collect.heldoutTop = try nonNegative(collect, "heldout_top") ?? c.heldoutTop
+        config.collect.heldoutQuantile = try nonNegative(collect, "heldout_quantile") ?? c.heldoutQuantile
+        config.collect.heldoutRandom = try nonNegative(collect, "heldout_random") ?? c.heldoutRandom
+        config.collect.minActivatingWindows = try nonNegative(collect, "min_activating_windows") ?? c.minActivatingWindows
+        config.collect.excludeSpecialTokens = try bool(collect, "collect", "exclude_special_tokens") ?? c.excludeSpecialTokens
+        config.collect.excludePositions = try intArray(collect, "collect", "exclude_positions") ?? []
+        config.collect.excludeNormAbove = try double(collect, "collect", "exclude_norm_above")
+        config.collect.batchTokens = try positive(collect, "batch_tokens") ?? c.batchTokens
+
+        let explainer = try table(root, "explainer")
+        try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "style"])
+        config.explainer.llm = try endpoint(explainer, "explainer")
+        if let style = try string(explainer, "explainer", "style") {
+            guard ["openai", "highlighted", "baseline"].contains(style) else {
+                throw .badInput(location: "\(file): [explainer] style", problem: "'\(style)' is not one of openai, highlighted, baseline")
+            }
+            config.explainer.style = style
+        }
+
+        let simulator = try table(root, "simulator")
+        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "scorers", "mode"])
+        config.scoring.llm = try endpoint(simulator, "simulator")
+        if let scorers = try stringArray(simulator, "simulator", "scorers") {
+            for scorer in scorers where !["simulation", "detection", "fuzzing"].contains(scorer) {
+                throw .badInput(location: "\(file): [simulator] scorers", problem: "'\(scorer)' is not one of simulation, detection, fuzzing")
+            }
+            config.scoring.scorers = scorers
+        }
+        if let mode = try string(simulator, "simulator", "mode") {
+            guard ["json", "logprobs"].contains(mode) else {
+                throw .badInput(location: "\(file): [simulator] mode", problem: "'\(mode)' is not one of json, logprobs")
+            }
+            config.scoring.simulator = mode
+        }
+
+        let limits = try table(root, "limits")
+        try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries"])
+        config.limits.concurrency = try positive(limits, "concurrency", section: "limits") ?? config.limits.concurrency
+        config.limits.requestsPerMinute = try positive(limits, "requests_per_minute", section: "limits")
+        config.limits.tokensPerMinute = try positive(limits, "tokens_per_minute", section: "limits")
+        config.limits.timeoutSeconds = try double(limits, "limits", "timeout_seconds") ?? config.limits.timeoutSeconds
+        config.limits.maxRetries = try nonNegative(limits, "max_retries", section: "limits") ?? config.limits.maxRetries
+
+        let export = try table(root, "export")
+        try allow(export, "export", ["catalog", "csv", "neuronpedia", "html"])
+        config.export.catalog = try string(export, "export", "catalog").map(resolve)
+        config.export.csv = try string(export, "export", "csv").map(resolve)
+        config.export.neuronpedia = try string(export, "export", "neuronpedia").map(resolve)
+        config.export.html = try string(export, "export", "html").map(resolve)
+        return config
+    }
+
+    // MARK: - Typed accessors
+
+    private func location(_ section: String, _ key: String) -> String {
+        section.isEmpty ? "\(file): \(key)" : "\(file): [\(section)] \(key)"
+    }
+
+    private func allow(_ table: TOMLTable, _ section: String, _ known: [String]) throws(SAELabelError) {
+        for key in table.keys.sorted() where !known.contains(key) {
+            throw .badInput(location: location(section, key), problem: "unknown key; known keys here: \(known.joined(separator: ", "))")
+        }
+    }
+
+    private func table(_ root: TOMLTable, _ name: String) throws(SAELabelError) -> TOMLTable {
+        guard let value = root[name] else { return TOMLTable() }
+        guard let table = value.table else {
+            throw .badInput(location: location("", name), problem: "expected a table [\(name)]")
+        }
+        return table
+    }
+
+    private func typeError(_ section: String, _ key: String, _ expected: String, _ value: any TOMLValueConvertible) -> SAELabelError {
+        .badInput(location: location(section, key), problem: "expected \(expected), got \(value.type)")
+    }
+
+    private func string(_ table: TOMLTable, _ section: String, _ key: String) throws(SAELabelError) -> String? {
+        guard let value = table[key] else { return nil }
+        guard let string = value.string else { throw typeError(section, key, "a string", value) }
+        return string
+    }
+
+    private func int(_ table: TOMLTable, _ section: String, _ key: String) throws(SAELabelError) -> Int? {
+        guard let value = table[key] else { return nil }
+        guard value.type == .int, let int = value.int else { throw typeError(section, key, "an integer", value) }
+        return int
+    }
+
+    private func double(_ table: TOMLTable, _ section: String, _ key: String) throws(SAELabelError) -> Double? {
+        guard let value = table[key] else { return nil }
+        if value.type == .int, let int = value.int { return Double(int) }
+        guard value.type == .double, let double = value.double else { throw typeError(section, key, "a number", value) }
+        return double
+    }
+
+    private func bool(_ table: TOMLTable, _ section: String, _ key: String) throws(SAELabelError) -> Bool? {
+        guard let value = table[key] else { return nil }
+        guard value.type == .bool, let bool = value.bool else { throw typeError(section, key, "true or false", value) }
+        return bool
+    }
+
+    private func stringArray(_ table: TOMLTable, _ section: String, _ key: String) throws(SAELabelError) -> [String]? {
+        guard let value = table[key] else { return nil }
+        if let single = value.string { return [single] }
+        guard let array = value.array else { throw typeError(section, key, "an array of strings", value) }
+        var result: [String] = []
+        for element in array {
+            guard let string = element.string else { throw typeError(section, key, "an array of strings", value) }
+            result.append(string)
+        }
+        return result
+    }
+
+    private func intArray(_ table: TOMLTable, _ section: String, _ key: String) throws(SAELabelError) -> [Int]? {
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw typeError(section, key, "an array of integers", value) }
+        var result: [Int] = []
+        for element in array {
+            guard element.type == .int, let int = element.int else { throw typeError(section, key, "an array of integers", value) }
+            result.append(int)
+        }
+        return result
+    }
+
+    private func positive(_ table: TOMLTable, _ key: String, section: String = "collect") throws(SAELabelError) -> Int? {
+        guard let value = try int(table, section, key) else { return nil }
+        guard value > 0 else { throw .badInput(location: location(section, key), problem: "must be > 0, got \(value)") }
+        return value
+    }
+
+    private func nonNegative(_ table: TOMLTable, _ key: String, section: String = "collect") throws(SAELabelError) -> Int? {
+        guard let value = try int(table, section, key) else { return nil }
+        guard value >= 0 else { throw .badInput(location: location(section, key), problem: "must be ≥ 0, got \(value)") }
+        return value
+    }
+
+    private func endpoint(_ table: TOMLTable, _ section: String) throws(SAELabelError) -> JobConfig.Endpoint {
+        var endpoint = JobConfig.Endpoint()
+        endpoint.endpoint = try string(table, section, "endpoint") ?? ""
+        endpoint.model = try string(table, section, "model") ?? ""
+        endpoint.apiKeyEnv = try string(table, section, "api_key_env") ?? endpoint.apiKeyEnv
+        endpoint.maxTokens = try positive(table, "max_tokens", section: section)
+        if !endpoint.endpoint.isEmpty {
+            guard let url = URL(string: endpoint.endpoint), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
+                throw .badInput(location: location(section, "endpoint"), problem: "'\(endpoint.endpoint)' is not an http(s) URL like http://127.0.0.1:8081/v1")
+            }
+        }
+        return endpoint
+    }
+
+    private func resolve(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        if path.hasPrefix("~/") { return NSString(string: path).expandingTildeInPath }
+        return URL(fileURLWithPath: base).appendingPathComponent(path).standardized.path
+    }
+
+    private func mustExist(_ path: String, key: String) throws(SAELabelError) {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw .badInput(location: "\(file): \(key)", problem: "\(path) does not exist")
+        }
+    }
+}

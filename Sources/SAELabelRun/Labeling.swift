@@ -1,0 +1,149 @@
+import Foundation
+import SAELabelCore
+import SAELabelExplain
+import SAELabelScore
+import SAELabelStore
+
+/// Runs explain and score over the store with both queues kept full: a feature goes to the scorers
+/// as soon as its explanation is stored, so the explainer and simulator servers work side by side.
+public struct LabelingRun: Sendable {
+    public var store: JobStore
+    public var explainer: (any Explainer)?
+    public var scorers: [any Scorer]
+    public var selection: FeatureSelection
+    /// Features worked on at once per stage. The LLM client separately caps requests in flight.
+    public var concurrency: Int
+    public var progress: ProgressReporter
+
+    public init(store: JobStore, explainer: (any Explainer)?, scorers: [any Scorer], selection: FeatureSelection,
+                concurrency: Int, progress: ProgressReporter) {
+        self.store = store
+        self.explainer = explainer
+        self.scorers = scorers
+        self.selection = selection
+        self.concurrency = max(1, concurrency)
+        self.progress = progress
+    }
+
+    public struct Outcome: Sendable, Equatable {
+        public var explained = 0
+        public var scored = 0
+        public var failed: [Int: String] = [:]
+    }
+
+    /// One pass over what the store says is left to do. Failed features of earlier runs are retried.
+    public func run() async throws(SAELabelError) -> Outcome {
+        try store.requeueFailed()
+        let toExplain = explainer == nil ? [] : try store.features(in: [.collected], selection: selection)
+        let toScore = scorers.isEmpty ? [] : try store.features(in: [.explained], selection: selection)
+        let queue = WorkQueue(explain: toExplain, score: toScore, scoring: !scorers.isEmpty)
+        if explainer != nil { progress.begin(stage: "explain", total: toExplain.count) }
+        if !scorers.isEmpty { progress.begin(stage: "score", total: toScore.count + toExplain.count) }
+
+        let workers = concurrency
+        let outcome = await withTaskGroup(of: Outcome.self) { group in
+            if let explainer {
+                for _ in 0..<workers {
+                    group.addTask { await explainWorker(explainer, queue) }
+                }
+            }
+            if !scorers.isEmpty {
+                for _ in 0..<workers {
+                    group.addTask { await scoreWorker(queue) }
+                }
+            }
+            var total = Outcome()
+            for await part in group {
+                total.explained += part.explained
+                total.scored += part.scored
+                total.failed.merge(part.failed) { first, _ in first }
+            }
+            return total
+        }
+        progress.finish()
+        return outcome
+    }
+
+    private func explainWorker(_ explainer: any Explainer, _ queue: WorkQueue) async -> Outcome {
+        var outcome = Outcome()
+        while let feature = await queue.nextToExplain() {
+            do {
+                try await ExplainStep.run(feature: feature, store: store, explainer: explainer)
+                outcome.explained += 1
+                progress.advance(stage: "explain")
+                await queue.explained(feature)
+            } catch {
+                outcome.failed[feature] = error.description
+                try? store.markFailed(feature: feature, stage: "explain", reason: error.description)
+                progress.advance(stage: "explain", failed: true)
+                progress.add(stage: "score", total: -1)
+                await queue.explainFailed()
+            }
+        }
+        return outcome
+    }
+
+    private func scoreWorker(_ queue: WorkQueue) async -> Outcome {
+        var outcome = Outcome()
+        while let feature = await queue.nextToScore() {
+            do {
+                try await ScoreStep.run(feature: feature, store: store, scorers: scorers)
+                outcome.scored += 1
+                progress.advance(stage: "score")
+            } catch {
+                outcome.failed[feature] = error.description
+                try? store.markFailed(feature: feature, stage: "score", reason: error.description)
+                progress.advance(stage: "score", failed: true)
+            }
+        }
+        return outcome
+    }
+}
+
+/// The two queues. Score workers wait for explanations until every explain worker has finished.
+actor WorkQueue {
+    private var explainQueue: [Int]
+    private var scoreQueue: [Int]
+    private var explainPending: Int
+    private var waiters: [CheckedContinuation<Int?, Never>] = []
+    private let scoring: Bool
+
+    init(explain: [Int], score: [Int], scoring: Bool) {
+        explainQueue = explain.reversed()
+        scoreQueue = score.reversed()
+        explainPending = explain.count
+        self.scoring = scoring
+    }
+
+    func nextToExplain() -> Int? {
+        explainQueue.popLast()
+    }
+
+    func explained(_ feature: Int) {
+        explainPending -= 1
+        guard scoring else { return }
+        if let waiter = waiters.popLast() {
+            waiter.resume(returning: feature)
+        } else {
+            scoreQueue.insert(feature, at: 0)
+        }
+        wakeIfFinished()
+    }
+
+    func explainFailed() {
+        explainPending -= 1
+        wakeIfFinished()
+    }
+
+    func nextToScore() async -> Int? {
+        if let next = scoreQueue.popLast() { return next }
+        if explainPending <= 0 { return nil }
+        return await withCheckedContinuation { waiters.append($0) }
+    }
+
+    private func wakeIfFinished() {
+        guard explainPending <= 0, scoreQueue.isEmpty else { return }
+        for waiter in waiters { waiter.resume(returning: nil) }
+        waiters.removeAll()
+    }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import LLMClient
+import Logging
+import SAELabelCollect
+import SAELabelCore
+import SAELabelExplain
+import SAELabelExport
+import SAELabelScore
+import SAELabelStore
+
+public enum Stage: String, Sendable, CaseIterable {
+    case collect, explain, score, all
+}
+
+/// What `run` did, for the summary and the exit status.
+public struct RunReport: Sendable {
+    public var collect: CollectSummary?
+    public var labeling: LabelingRun.Outcome?
+    public var status: JobStatus
+    public var scoreValues: [Double]
+    public var wallSeconds: Double
+    public var exports: [String]
+
+    public var exitCode: Int32 { status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0 }
+}
+
+/// The whole nightly job: collect → explain → score (overlapped) → exports. Every step reads and
+/// writes the store, so running the same command again continues where the last one stopped.
+public enum Pipeline {
+    public static func collectOptions(_ config: JobConfig, selection: FeatureSelection) -> CollectOptions {
+        var options = CollectOptions(saeDirectory: config.inputs.sae, activationFiles: config.inputs.activations,
+                                     latentsDirectory: config.inputs.latents, tokenizerPath: config.inputs.tokenizer)
+        options.selection = selection
+        options.seed = config.seed
+        options.windowLength = config.collect.window
+        options.explainTop = config.collect.explainTop
+        options.explainQuantile = config.collect.explainQuantile
+        options.heldoutTop = config.collect.heldoutTop
+        options.heldoutQuantile = config.collect.heldoutQuantile
+        options.heldoutRandom = config.collect.heldoutRandom
+        options.minActivatingWindows = config.collect.minActivatingWindows
+        options.excludeSpecialTokens = config.collect.excludeSpecialTokens
+        options.excludePositions = config.collect.excludePositions
+        options.excludeNormAbove = config.collect.excludeNormAbove.map { Float($0) }
+        options.batchTokens = config.collect.batchTokens
+        return options
+    }
+
+    /// Validates every input (nothing written on bad input), checks the fingerprints against the store,
+    /// and collects the selected features that are still pending.
+    public static func collect(options: CollectOptions, store: JobStore, plan: CollectPlan, newVersion: Bool,
+                               progress: ProgressReporter) throws(SAELabelError) -> CollectSummary? {
+        try store.verifyInputs(plan.fingerprints, acceptChanges: newVersion)
+        if newVersion {
+            // New inputs: every selected feature is collected again and relabeled in a new pass.
+            try store.registerFeatures(plan.features)
+            for feature in plan.features { try store.setState(feature: feature, .pending) }
+        } else {
+            try store.registerFeatures(plan.features)
+        }
+        let pending = try store.features(in: [.pending]).filter(Set(plan.features).contains)
+        guard !pending.isEmpty else { return nil }
+        var pendingOptions = options
+        pendingOptions.selection = FeatureSelection(set: .list(pending))
+        progress.begin(stage: "collect", total: plan.totalTokens)
+        let summary = try Collector.run(pendingOptions, plan: plan, store: store) { done, _ in
+            progress.setDone(stage: "collect", done: done)
+        }
+        progress.finish()
+        return summary
+    }
+
+    public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore,
+                              progress: ProgressReporter? = nil) -> LLMClient {
+        var configuration = LLMClientConfiguration(baseURL: endpoint.endpoint, apiKeyEnvironmentVariable: endpoint.apiKeyEnv)
+        configuration.maxInFlight = limits.concurrency
+        configuration.requestsPerMinute = limits.requestsPerMinute
+        configuration.tokensPerMinute = limits.tokensPerMinute
+        configuration.requestTimeout = limits.timeoutSeconds
+        configuration.maxRetries = limits.maxRetries
+        return LLMClient(configuration: configuration, cache: StoreResponseCache(store: store, progress: progress),
+                         logger: Logger(label: "saelabel.llm"))
+    }
+
+    public static func explainer(_ config: JobConfig.Explainer, client: LLMClient?, prompts: PromptLibrary)
+        throws(SAELabelError) -> any Explainer {
+        if config.style == "baseline" { return BaselineExplainer() }
+        guard let client, !config.llm.model.isEmpty else {
+            throw .usage("the explainer needs an endpoint and a model: set [explainer] endpoint and model, or pass --endpoint and --model")
+        }
+        let style = ExplainerStyle(rawValue: config.style) ?? .openai
+        return try LLMExplainer(client: client, model: config.llm.model, prompts: prompts, style: style,
+                                maxTokens: config.llm.maxTokens ?? 60)
+    }
+
+    public static func scorers(_ config: JobConfig.Scoring, client: LLMClient, prompts: PromptLibrary, seed: UInt64)
+        throws(SAELabelError) -> [any Scorer] {
+        guard !config.llm.model.isEmpty else {
+            throw .usage("scoring needs a simulator endpoint and model: set [simulator] endpoint and model, or pass --endpoint and --model")
+        }
+        var result: [any Scorer] = []
+        for name in config.scorers {
+            switch name {
+            case "simulation":
+                if config.simulator == "logprobs" {
+                    result.append(try LogprobSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+                } else {
+                    result.append(try JSONSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+                }
+            case "detection":
+                result.append(try DetectionScorer(client: client, model: config.llm.model, prompts: prompts, seed: seed))
+            case "fuzzing":
+                result.append(try FuzzingScorer(client: client, model: config.llm.model, prompts: prompts, seed: seed))
+            default:
+                throw .usage("unknown scorer '\(name)'; use simulation, detection or fuzzing")
+            }
+        }
+        return result
+    }
+
+    /// A labeling pass is one (inputs, explainer, scorers, prompts) combination; changing any of them
+    /// starts a new pass over the same store and keeps the old labels.
+    public static func passKey(store: JobStore, explainer: (any Explainer)?, scorers: [any Scorer]) throws(SAELabelError) -> String {
+        var parts = try store.fingerprints().filter { $0.role.hasPrefix("sae") || $0.role.hasPrefix("latents") }.map(\.sha256)
+        if let explainer { parts += [explainer.name, explainer.model, explainer.promptHash] }
+        for scorer in scorers { parts += [scorer.name, scorer.model, scorer.promptHash] }
+        return String(Hashing.sha256Hex(parts.joined(separator: "|")).prefix(16))
+    }
+
+    /// Runs explain and/or score on what the store holds. With `pass`, the store moves to that labeling
+    /// pass first; without it, scoring continues the store's current pass.
+    public static func label(store: JobStore, pass: String?, explainer: (any Explainer)?, scorers: [any Scorer],
+                             selection: FeatureSelection, concurrency: Int, progress: ProgressReporter)
+        async throws(SAELabelError) -> LabelingRun.Outcome {
+        if let pass {
+            try store.beginPass(pass)
+        } else if try store.currentPass() == nil {
+            throw .usage("nothing is explained in \(store.path) yet; run `saelabel explain` first")
+        }
+        let run = LabelingRun(store: store, explainer: explainer, scorers: scorers, selection: selection,
+                              concurrency: concurrency, progress: progress)
+        return try await run.run()
+    }
+
+    /// Simulation scores of the current pass, for the summary's distribution.
+    public static func simulationScores(store: JobStore, selection: FeatureSelection) throws(SAELabelError) -> [Double] {
+        var values: [Double] = []
+        for feature in try store.features(in: [.scored], selection: selection) {
+            guard let explanation = try store.currentExplanation(feature: feature) else { continue }
+            if let value = try store.scores(explanation: explanation).first(where: { $0.scorer == "simulation" })?.value {
+                values.append(value)
+            }
+        }
+        return values
+    }
+
+    /// The exports named in the job file.
+    public static func exports(_ config: JobConfig, store: JobStore) throws(SAELabelError) -> [String] {
+        var written: [String] = []
+        let targets: [(ExportFormat, String?)] = [(.catalog, config.export.catalog), (.csv, config.export.csv),
+                                                  (.neuronpedia, config.export.neuronpedia), (.html, config.export.html)]
+        for (format, path) in targets {
+            guard let path else { continue }
+            _ = try Exporter.export(store: store, format: format, to: path, filter: ExportFilter())
+            written.append(path)
+        }
+        return written
+    }
+}

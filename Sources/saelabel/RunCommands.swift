@@ -1,0 +1,259 @@
+import ArgumentParser
+import Foundation
+import SAELabelCore
+import SAELabelCollect
+import SAELabelExport
+import SAELabelRun
+import SAELabelStore
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the whole job from a job file: collect → explain → score (overlapped) → exports.",
+        discussion: "Run the same command again after a kill: it resumes. Flags override the job file.")
+
+    @Option(help: ArgumentHelp("The job file (TOML); every key is documented in the README.", valueName: "JOB.toml"))
+    var config: String
+
+    @Option(help: "Stop after one stage: collect, explain, score, or all.")
+    var stage: Stage = .all
+
+    @OptionGroup var selection: SelectionOptions
+
+    @Flag(help: "Print the features and the estimated LLM calls and tokens, then exit without calling anything.")
+    var dryRun = false
+
+    @Flag(help: "Accept changed inputs (new SAE weights or activations): recollect and label in a new pass, keeping the old labels.")
+    var newVersion = false
+
+    @Flag(help: "No progress display.")
+    var quiet = false
+
+    func run() async throws {
+        let jobConfig = try JobConfig.load(path: config)
+        let chosen = try selection.selection(default: jobConfig.collect.features)
+        let request = JobRequest(config: jobConfig, stage: stage, features: chosen.set, shard: chosen.shard,
+                                 dryRun: dryRun, newVersion: newVersion)
+        if dryRun {
+            print(Reporting.dryRun(try JobRunner.dryRun(request)))
+            return
+        }
+        let report = try await JobRunner.run(request, progress: ProgressReporter(enabled: !quiet))
+        print(Reporting.summary(report))
+        if report.exitCode != 0 { throw ExitCode(report.exitCode) }
+    }
+}
+
+struct Collect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stream activations through the SAE and store each feature's examples and statistics.")
+
+    @Option(help: ArgumentHelp("The job store (SQLite); created if missing.", valueName: "DB"))
+    var db: String
+
+    @Option(help: ArgumentHelp("SAELens SAE folder (cfg.json + sae_weights.safetensors).", valueName: "SAE_DIR"))
+    var sae: String?
+
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Activation safetensors files (tokens + activations), in order.", valueName: "FILE"))
+    var activations: [String] = []
+
+    @Option(help: ArgumentHelp("A delphi-style sparse latent cache folder, instead of --sae and --activations.", valueName: "CACHE_DIR"))
+    var latents: String?
+
+    @Option(help: ArgumentHelp("Hugging Face tokenizer.json of the model, to store readable tokens.", valueName: "tokenizer.json"))
+    var tokenizer: String
+
+    @OptionGroup var selection: SelectionOptions
+
+    @Option(help: "Seed of the example selection: the same seed gives the same explain and held-out sets.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Window length in tokens.")
+    var window = 32
+
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Token positions to exclude (e.g. 0 for attention sinks). Special tokens are always excluded.", valueName: "POS"))
+    var excludePositions: [Int] = []
+
+    @Option(help: ArgumentHelp("Exclude tokens whose activation vector's L2 norm is above this.", valueName: "NORM"))
+    var excludeNormAbove: Float?
+
+    @Flag(help: "Accept changed inputs and recollect every selected feature (a new labeling pass).")
+    var newVersion = false
+
+    func run() async throws {
+        if latents == nil && (sae == nil || activations.isEmpty) {
+            throw SAELabelError.usage("collect needs --sae and --activations, or --latents")
+        }
+        guard window > 0 else { throw SAELabelError.usage("--window must be > 0") }
+        var options = CollectOptions(saeDirectory: sae, activationFiles: activations, latentsDirectory: latents, tokenizerPath: tokenizer)
+        options.selection = try selection.selection()
+        options.seed = seed
+        options.windowLength = window
+        options.excludePositions = excludePositions
+        options.excludeNormAbove = excludeNormAbove
+        let plan = try Collector.plan(options)
+        let store = try JobStore(path: db)
+        let summary = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: newVersion,
+                                           progress: ProgressReporter())
+        if let summary {
+            print("collected \(summary.collected) features (\(summary.dead) dead, \(summary.sparse) too sparse) from \(summary.tokens) tokens; \(summary.excludedTokens) tokens excluded")
+        } else {
+            print("nothing to collect: every selected feature is already collected in \(db)")
+        }
+    }
+}
+
+struct Explain: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Explain every collected feature with an explainer LLM.")
+
+    @Option(help: ArgumentHelp("The job store.", valueName: "DB"))
+    var db: String
+
+    @OptionGroup var llm: LLMOptions
+    @OptionGroup var selection: SelectionOptions
+
+    @Option(help: "Prompt style: openai (token<TAB>activation records), highlighted (<<token>>), or baseline (no LLM).")
+    var style = "openai"
+
+    @Option(help: "Longest explanation in tokens.")
+    var maxTokens = 60
+
+    func run() async throws {
+        let store = try JobStore(path: db)
+        let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        var explainerConfig = JobConfig.Explainer()
+        explainerConfig.llm = try llm.endpointConfig(maxTokens: maxTokens)
+        explainerConfig.style = style
+        guard ["openai", "highlighted", "baseline"].contains(style) else {
+            throw SAELabelError.usage("--style \(style): use openai, highlighted or baseline")
+        }
+        let progress = ProgressReporter()
+        let client = style == "baseline" ? nil : Pipeline.client(explainerConfig.llm, limits: llm.limits, store: store, progress: progress)
+        defer { client?.shutdown() }
+        let explainer = try Pipeline.explainer(explainerConfig, client: client, prompts: prompts)
+        let pass = try Pipeline.passKey(store: store, explainer: explainer, scorers: [])
+        let outcome = try await Pipeline.label(store: store, pass: pass, explainer: explainer, scorers: [],
+                                               selection: try selection.selection(), concurrency: llm.concurrency,
+                                               progress: progress)
+        print("explained \(outcome.explained) features; \(outcome.failed.count) failed")
+        if !outcome.failed.isEmpty { throw ExitCode(1) }
+    }
+}
+
+struct Score: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Score every explained feature's label against held-out activations.")
+
+    @Option(help: ArgumentHelp("The job store.", valueName: "DB"))
+    var db: String
+
+    @OptionGroup var llm: LLMOptions
+    @OptionGroup var selection: SelectionOptions
+
+    @Option(parsing: .upToNextOption, help: "Scorers: simulation (correlation of simulated activations, the label's confidence), detection, fuzzing.")
+    var scorer: [String] = ["simulation"]
+
+    @Option(help: "Simulator: json (any chat model) or logprobs (servers that return prompt logprobs).")
+    var simulator = "json"
+
+    @Option(help: "Seed for the order of windows in detection and fuzzing prompts.")
+    var seed: UInt64 = 0
+
+    func run() async throws {
+        let store = try JobStore(path: db)
+        let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        var scoring = JobConfig.Scoring()
+        scoring.llm = try llm.endpointConfig()
+        scoring.scorers = scorer
+        scoring.simulator = simulator
+        let progress = ProgressReporter()
+        let client = Pipeline.client(scoring.llm, limits: llm.limits, store: store, progress: progress)
+        defer { client.shutdown() }
+        let scorers = try Pipeline.scorers(scoring, client: client, prompts: prompts, seed: seed)
+        let outcome = try await Pipeline.label(store: store, pass: nil, explainer: nil, scorers: scorers,
+                                               selection: try selection.selection(), concurrency: llm.concurrency,
+                                               progress: progress)
+        print("scored \(outcome.scored) features; \(outcome.failed.count) failed")
+        if !outcome.failed.isEmpty { throw ExitCode(1) }
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show per-stage counts, failures with reasons, and tokens spent.")
+
+    @Option(help: ArgumentHelp("The job store.", valueName: "DB"))
+    var db: String
+
+    @Flag(help: "Print JSON for scripts.")
+    var json = false
+
+    func run() async throws {
+        guard FileManager.default.fileExists(atPath: db) else {
+            throw SAELabelError.badInput(location: db, problem: "no job store here")
+        }
+        let status = try JobStore(path: db).status()
+        print(json ? try Reporting.json(status) : Reporting.status(status))
+    }
+}
+
+struct Export: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Export labeled features: catalog (JSONL), csv, neuronpedia, or html.")
+
+    @Option(help: ArgumentHelp("The job store.", valueName: "DB"))
+    var db: String
+
+    @Option(help: "catalog (JSONL, one feature per line), csv, neuronpedia (batch files), or html (static catalog).")
+    var format: String
+
+    @Option(help: ArgumentHelp("Output file (catalog, csv) or folder (neuronpedia, html).", valueName: "PATH"))
+    var out: String
+
+    @Option(help: ArgumentHelp("Only features whose simulation score is at least X.", valueName: "X"))
+    var minScore: Double?
+
+    @Option(parsing: .upToNextOption, help: "Only features in these states (scored, explained, collected, dead, sparse, failed, pending).")
+    var status: [String] = []
+
+    @OptionGroup var selection: SelectionOptions
+
+    func run() async throws {
+        guard FileManager.default.fileExists(atPath: db) else {
+            throw SAELabelError.badInput(location: db, problem: "no job store here")
+        }
+        guard let exportFormat = ExportFormat(rawValue: format) else {
+            throw SAELabelError.usage("--format \(format): use catalog, csv, neuronpedia or html")
+        }
+        var states: [FeatureState]?
+        if !status.isEmpty {
+            states = try status.map { name throws(SAELabelError) in
+                guard let state = FeatureState(rawValue: name) else {
+                    throw .usage("--status \(name): use one of \(FeatureState.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return state
+            }
+        }
+        let filter = ExportFilter(minScore: minScore, states: states, selection: try selection.selection())
+        let summary = try Exporter.export(store: try JobStore(path: db), format: exportFormat, to: out, filter: filter)
+        print("exported \(summary.features) features to \(out)")
+    }
+}
+
+struct Merge: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Merge the stores of sharded runs into one store.")
+
+    @Option(help: ArgumentHelp("The store to merge into (created if missing).", valueName: "DB"))
+    var into: String
+
+    @Argument(help: ArgumentHelp("Shard stores, e.g. out/shard-0.sqlite out/shard-1.sqlite.", valueName: "SHARD_DB"))
+    var shards: [String]
+
+    func run() async throws {
+        guard !shards.isEmpty else { throw SAELabelError.usage("merge needs at least one SHARD_DB") }
+        for shard in shards where !FileManager.default.fileExists(atPath: shard) {
+            throw SAELabelError.badInput(location: shard, problem: "shard store not found")
+        }
+        let store = try JobStore(path: into)
+        for shard in shards {
+            let summary = try store.merge(shardAt: shard)
+            print("\(shard): \(summary.features) features, \(summary.explanations) explanations, \(summary.scores) scores merged")
+        }
+    }
+}

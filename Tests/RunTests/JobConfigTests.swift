@@ -1,0 +1,100 @@
+import Foundation
+import SAELabelCore
+import SAELabelRun
+import Testing
+
+@Suite struct JobConfigTests {
+    func validJob(_ dir: TempDir, extra: String = "", collect: String = "") throws -> String {
+        _ = try dir.write("sae/cfg.json", "{}")
+        _ = try dir.write("acts.safetensors", "x")
+        _ = try dir.write("tokenizer.json", "{}")
+        return try dir.write("job.toml", """
+            [job]
+            store = "out/job.sqlite"
+            seed = 7
+
+            [inputs]
+            sae = "sae"
+            activations = ["acts.safetensors"]
+            tokenizer = "tokenizer.json"
+
+            [collect]
+            features = "0..10"
+            window = 16
+            \(collect)
+
+            [explainer]
+            endpoint = "http://127.0.0.1:8081/v1"
+            model = "smollm2"
+
+            [simulator]
+            endpoint = "http://127.0.0.1:8081/v1"
+            model = "smollm2"
+            scorers = ["simulation", "detection"]
+            \(extra)
+            """)
+    }
+
+    @Test func readsEveryKeyAndResolvesPathsFromTheJobFile() throws {
+        let dir = TempDir()
+        let config = try JobConfig.load(path: try validJob(dir, collect: "exclude_positions = [0]\nexclude_norm_above = 250"))
+        #expect(config.store == dir.path("out/job.sqlite"))
+        #expect(config.seed == 7)
+        #expect(config.inputs.sae == dir.path("sae"))
+        #expect(config.inputs.activations == [dir.path("acts.safetensors")])
+        #expect(config.collect.features == .range(0, 10))
+        #expect(config.collect.window == 16)
+        #expect(config.collect.excludePositions == [0])
+        #expect(config.collect.excludeNormAbove == 250)
+        #expect(config.explainer.llm.model == "smollm2")
+        #expect(config.scoring.scorers == ["simulation", "detection"])
+        #expect(config.limits.concurrency == 64)
+    }
+
+    func expectBadInput(_ path: String, naming fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(sourceLocation: sourceLocation) {
+            _ = try JobConfig.load(path: path)
+        } throws: { error in
+            guard let error = error as? SAELabelError, case .badInput = error else { return false }
+            return error.exitCode == 2 && error.description.contains(fragment) && !error.description.contains("\n")
+        }
+    }
+
+    @Test func unknownKeyIsNamed() throws {
+        let dir = TempDir()
+        expectBadInput(try validJob(dir, extra: "temprature = 0.5"), naming: "[simulator] temprature")
+    }
+
+    @Test func wrongTypeIsNamed() throws {
+        let dir = TempDir()
+        expectBadInput(try validJob(dir, collect: "explain_top = \"ten\""), naming: "[collect] explain_top")
+    }
+
+    @Test func missingInputPathIsNamed() throws {
+        let dir = TempDir()
+        let path = try validJob(dir)
+        try FileManager.default.removeItem(atPath: dir.path("acts.safetensors"))
+        expectBadInput(path, naming: dir.path("acts.safetensors"))
+    }
+
+    @Test func badRangeAndSyntaxAreNamed() throws {
+        let dir = TempDir()
+        expectBadInput(try validJob(dir, collect: "features = \"10..2\""), naming: "[collect] features")
+        let broken = try dir.write("broken.toml", "[job\nstore = 1")
+        expectBadInput(broken, naming: "broken.toml")
+    }
+
+    @Test func featureSelectionAndShards() throws {
+        let selection = FeatureSelection(set: try FeatureSelection.parseRange("0..10"), shard: try FeatureSelection.parseShard("1/3"))
+        #expect(selection.features(featureCount: 100) == [1, 4, 7])
+        #expect(try FeatureSelection.parseRange("5, 1,5") == .list([1, 5]))
+        #expect(throws: SAELabelError.self) { try FeatureSelection.parseShard("3/3") }
+        #expect(throws: SAELabelError.self) { try FeatureSelection.parseRange("a..b") }
+        // The shards of one job cover every feature exactly once.
+        var seen: [Int] = []
+        for index in 0..<4 {
+            seen += FeatureSelection(set: .all, shard: .init(index: index, count: 4)).features(featureCount: 50)
+        }
+        #expect(seen.sorted() == Array(0..<50))
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import SAELabelCore
+import SAELabelStore
+import Testing
+
+/// The demo dataset shipped in Datasets/demo: a real SmolLM2 residual stream and a real SAE.
+enum Demo {
+    static var folder: URL { Repo.root.appendingPathComponent("Datasets/demo") }
+    static var available: Bool {
+        FileManager.default.fileExists(atPath: folder.appendingPathComponent("activations.safetensors").path)
+    }
+
+    /// A job file over the demo data against `endpoint`, written into `dir`.
+    static func job(_ dir: TempDir, endpoint: String, features: String, store: String = "job.sqlite",
+                    scorers: String = "[\"simulation\"]", concurrency: Int = 4, extra: String = "") throws -> String {
+        try dir.write("job.toml", """
+            [job]
+            store = "\(dir.path(store))"
+            seed = 3
+
+            [inputs]
+            sae = "\(folder.appendingPathComponent("sae").path)"
+            activations = ["\(folder.appendingPathComponent("activations.safetensors").path)"]
+            tokenizer = "\(folder.appendingPathComponent("tokenizer.json").path)"
+
+            [collect]
+            features = "\(features)"
+            window = 16
+            explain_top = 4
+            explain_quantile = 2
+            heldout_top = 2
+            heldout_quantile = 1
+            heldout_random = 2
+            min_activating_windows = 3
+
+            [explainer]
+            endpoint = "\(endpoint)"
+            model = "mock"
+
+            [simulator]
+            endpoint = "\(endpoint)"
+            model = "mock"
+            scorers = \(scorers)
+
+            [limits]
+            concurrency = \(concurrency)
+            timeout_seconds = 5
+            max_retries = 3
+            \(extra)
+            """)
+    }
+}
+
+@Suite(.serialized) struct CommandLineTests {
+    @Test func everyCommandExplainsItsFlags() throws {
+        let top = try runSAELabel(["--help"])
+        #expect(top.status == 0)
+        for command in ["run", "collect", "explain", "score", "status", "export", "merge"] {
+            #expect(top.stdout.contains(command))
+            let help = try runSAELabel([command, "--help"])
+            #expect(help.status == 0, "\(command) --help")
+            // Every option line carries a description, on the same line or the next.
+            let lines = help.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            var options = 0
+            for (index, line) in lines.enumerated() {
+                let trimmed = line.trimmingCharacters(in: .whitespaces)
+                guard trimmed.hasPrefix("-"), !trimmed.hasPrefix("-h, --help") else { continue }
+                options += 1
+                let words = trimmed.split(separator: " ", omittingEmptySubsequences: true)
+                let flagWords = words.prefix { $0.hasPrefix("-") || $0.hasPrefix("<") }
+                let next = index + 1 < lines.count ? lines[index + 1].trimmingCharacters(in: .whitespaces) : ""
+                let described = words.count > flagWords.count || (!next.isEmpty && !next.hasPrefix("-"))
+                #expect(described, "\(command): undocumented option \(trimmed)")
+            }
+            #expect(options > 0, "\(command) has options")
+        }
+    }
+
+    @Test func badJobFileExitsTwoWithOneLineAndWritesNothing() throws {
+        let dir = TempDir()
+        let cases: [(String, String)] = [
+            ("[job]\nstore = \"out/s.sqlite\"\nsurprise = 1\n", "surprise"),
+            ("[job]\nstore = 5\n", "[job] store"),
+            ("[job]\nstore = \"out/s.sqlite\"\n[inputs]\nsae = \"missing-sae\"\nactivations = [\"a.safetensors\"]\ntokenizer = \"t.json\"\n", "missing-sae"),
+        ]
+        for (text, fragment) in cases {
+            let job = try dir.write("bad.toml", text)
+            let result = try runSAELabel(["run", "--config", job])
+            #expect(result.status == 2, "\(fragment): \(result.stderr)")
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "one line on stderr: \(result.stderr)")
+            #expect(result.stderr.contains(fragment))
+            #expect(!FileManager.default.fileExists(atPath: dir.path("out")), "nothing written")
+        }
+        let usage = try runSAELabel(["export", "--db", dir.path("x.sqlite"), "--format", "pdf", "--out", dir.path("o")])
+        #expect(usage.status == 2)
+        let badFlag = try runSAELabel(["status", "--dbb", "x"])
+        #expect(badFlag.status == 2)
+        #expect(badFlag.stderr.split(separator: "\n").count == 1)
+    }
+}
