@@ -81,9 +81,7 @@ final class CurlDriver: @unchecked Sendable {
         // One connection per in-flight request to the same host, all kept alive for reuse.
         _ = ccurl_multi_setopt_long(m, CURLMOPT_MAX_HOST_CONNECTIONS, self.maxInFlight)
         _ = ccurl_multi_setopt_long(m, CURLMOPT_MAXCONNECTS, self.maxInFlight)
-        let thread = Thread { [self] in self.run() }
-        thread.name = "saelabel.llm.curl"
-        thread.start()
+        Thread { [self] in self.run() }.start()
     }
 
     /// Runs one attempt; never throws. Cancelling the calling task aborts the transfer.
@@ -127,6 +125,7 @@ final class CurlDriver: @unchecked Sendable {
     // MARK: - driver thread
 
     private func run() {
+        ccurl_set_thread_name("saelabel-curl")
         inbox.withLock { $0.driverThread = pthread_self(); $0.threadStarted = true }
         var running: Int32 = 0
         while true {

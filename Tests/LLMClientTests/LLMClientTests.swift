@@ -323,6 +323,35 @@ struct ClientTests {
         #expect(stats.connections <= 80, "keep-alive: \(stats.connections) connections for 128 requests")
     }
 
+    @Test("random faults under concurrency: every call still succeeds, exactly once per key")
+    func randomFaults() async throws {
+        let server = try await MockServer.start([
+            "--latency-ms", "20", "--fault-rate-500", "0.1", "--fault-rate-429", "0.03",
+            "--fault-rate-malformed", "0.05", "--fault-rate-reset", "0.05", "--seed", "7",
+        ])
+        defer { server.stop() }
+        let cache = MemoryCache()
+        var config = testConfiguration(server, retries: 10)
+        config.maxInFlight = 16
+        let client = makeClient(config, cache: cache)
+        defer { client.shutdown() }
+        let texts = try await withThrowingTaskGroup(of: String.self) { group in
+            for i in 0..<200 {
+                group.addTask { try await client.chat(explainRequest("stress \(i)")).text }
+            }
+            return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(texts.count == 200 && texts.allSatisfy { $0 == #"the token "cat""# })
+        let stats = try await server.stats()
+        // libcurl itself re-sends a request once on a fresh connection when a *reused* keep-alive
+        // connection closes before any response byte (the mock's `reset`), so the server may count
+        // a few more requests than the client's attempts.
+        #expect(stats.requests >= client.statistics.requestsSent)
+        #expect(stats.requests > 200)  // some faults happened and were retried
+        #expect(cache.bodies.count == 200 && cache.storedRecords.count == 200)
+        #expect(cache.records.filter { $0.outcome == "ok" }.count == 200)
+    }
+
     @Test("maxInFlight bounds the requests in flight")
     func maxInFlight() async throws {
         let server = try await MockServer.start(["--latency-ms", "200"])

@@ -56,6 +56,9 @@ long ccurl_transfer_status(ccurl_transfer *transfer);
 // *result when one was found (the transfer is the one set via CURLOPT_PRIVATE), 0 otherwise.
 int ccurl_multi_next_done(CURLM *multi, ccurl_transfer **transfer, CURLcode *result);
 
+// Names the calling thread (shown by top, gdb and perf); a no-op where unsupported.
+void ccurl_set_thread_name(const char *name);
+
 #ifdef __cplusplus
 }
 #endif
