@@ -79,7 +79,10 @@ import Testing
 
     @Test func badRangeAndSyntaxAreNamed() throws {
         let dir = TempDir()
-        expectBadInput(try validJob(dir, collect: "features = \"10..2\""), naming: "[collect] features")
+        let job = try validJob(dir)
+        let text = try String(contentsOfFile: job, encoding: .utf8).replacingOccurrences(of: "\"0..10\"", with: "\"10..2\"")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: job))
+        expectBadInput(job, naming: "[collect] features")
         let broken = try dir.write("broken.toml", "[job\nstore = 1")
         expectBadInput(broken, naming: "broken.toml")
     }

@@ -67,3 +67,82 @@ func runSAELabel(_ arguments: [String], environment: [String: String] = [:], cur
     return CommandResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
                          stderr: String(decoding: errData, as: UTF8.self))
 }
+
+/// Runs Tools/mock_llm_server.py on a free port for the lifetime of one test.
+final class MockLLM: @unchecked Sendable {
+    let process: Process
+    let port: Int
+    var endpoint: String { "http://127.0.0.1:\(port)/v1" }
+
+    init(_ arguments: [String] = []) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", Repo.root.appendingPathComponent("Tools/mock_llm_server.py").path, "--port", "0"] + arguments
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        self.process = process
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.hasPrefix("LISTENING "), let port = Int(text.dropFirst("LISTENING ".count)) else {
+            process.terminate()
+            throw TestFailure("mock server did not start: \(text)")
+        }
+        self.port = port
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    /// `/_stats` of the mock: total /v1 requests and the Authorization values it saw.
+    func stats() throws -> (requests: Int, authSeen: [String]) {
+        let data = try Data(contentsOf: URL(string: "http://127.0.0.1:\(port)/_stats")!)
+        let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+        return (object["requests"] as? Int ?? -1, object["auth_seen"] as? [String] ?? [])
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Starts `saelabel` without waiting, for the crash test.
+func startSAELabel(_ arguments: [String]) throws -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: Repo.executable)
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    return process
+}
+
+/// A small deterministic generator so a failing crash test can be replayed.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Reads a catalog JSONL export into one dictionary per line.
+func readCatalog(_ path: String) throws -> [[String: Any]] {
+    let text = try String(contentsOfFile: path, encoding: .utf8)
+    return try text.split(separator: "\n").map {
+        try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] ?? [:]
+    }
+}
