@@ -83,6 +83,11 @@ public struct CollectSummary: Sendable, Equatable {
     public var collected: Int
     public var dead: Int
     public var sparse: Int
+    /// Seconds spent streaming (read + encode + per-feature state), finishing the selection (incl. token
+    /// decoding), and writing the store.
+    public var streamSeconds: Double = 0
+    public var finishSeconds: Double = 0
+    public var writeSeconds: Double = 0
 }
 
 /// One dense activation shard.
@@ -269,7 +274,9 @@ public enum Collector {
     /// Any input error (e.g. NaN/Inf activations) is thrown before anything is written.
     public static func run(_ options: CollectOptions, plan: CollectPlan, store: JobStore,
                            progress: @Sendable (Int, Int) -> Void = { _, _ in }) throws(SAELabelError) -> CollectSummary {
-        let (features, counted, excluded) = try collect(options, plan: plan, progress: progress)
+        var timing = (stream: 0.0, finish: 0.0)
+        let (features, counted, excluded) = try collect(options, plan: plan, progress: progress, timing: &timing)
+        let writeStart = DispatchTime.now().uptimeNanoseconds
         try store.saveCollected(features)
         try store.setSetting(JobSettingKey.saeName, plan.saeName)
         try store.setSetting(JobSettingKey.hookName, plan.hookName)
@@ -281,12 +288,21 @@ public enum Collector {
         try store.setSetting(JobSettingKey.seed, String(options.seed))
         return CollectSummary(tokens: counted, excludedTokens: excluded,
                               collected: features.count { $0.state == .collected },
-                              dead: features.count { $0.state == .dead }, sparse: features.count { $0.state == .sparse })
+                              dead: features.count { $0.state == .dead }, sparse: features.count { $0.state == .sparse },
+                              streamSeconds: timing.stream, finishSeconds: timing.finish,
+                              writeSeconds: Double(DispatchTime.now().uptimeNanoseconds - writeStart) / 1e9)
     }
 
     /// The collection without the store: the features' records, tokens counted, tokens excluded.
     static func collect(_ options: CollectOptions, plan: CollectPlan,
                         progress: @Sendable (Int, Int) -> Void) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
+        var timing = (stream: 0.0, finish: 0.0)
+        return try collect(options, plan: plan, progress: progress, timing: &timing)
+    }
+
+    static func collect(_ options: CollectOptions, plan: CollectPlan, progress: @Sendable (Int, Int) -> Void,
+                        timing: inout (stream: Double, finish: Double)) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
+        let streamStart = DispatchTime.now().uptimeNanoseconds
         let inputs = try CollectInputs.open(options)
         guard inputs.featureCount == plan.featureCount, inputs.totalTokens == plan.totalTokens else {
             throw .inputChanged(path: options.saeDirectory ?? options.latentsDirectory ?? "", detail: "shapes differ from the plan")
@@ -299,6 +315,9 @@ public enum Collector {
             excluded = try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress)
         }
         let counted = inputs.totalTokens - excluded
+        let finishStart = DispatchTime.now().uptimeNanoseconds
+        timing.stream = Double(finishStart - streamStart) / 1e9
+        defer { timing.finish = Double(DispatchTime.now().uptimeNanoseconds - finishStart) / 1e9 }
         let records = plan.features.indices.map { slot in
             accumulators.finish(slot, countedTokens: counted) { inputs.windowTokens(sequence: $0, start: $1, length: $2) }
         }

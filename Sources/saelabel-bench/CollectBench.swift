@@ -1,0 +1,293 @@
+import COpenBLAS
+import Foundation
+import SAELabelCollect
+import SAELabelCore
+import SAELabelStore
+
+/// Collect throughput benchmark.
+///
+///     saelabel-bench collect [--tokens 65536] [--features 24576] [--d-in 768] [--batch 512]
+///                            [--baselines | --no-baselines] [--keep] [--numpy PATH/TO/bench_numpy_collect.py]
+///
+/// Synthesizes a standard SAE (d_in × d_sae, float32, b_enc set so ~0.5% of features fire per token) and a float32
+/// activation file (written in chunks, never whole in memory), then measures in one process:
+///   1. plain `cblas_sgemm` of the same shapes (the hardware limit), tokens/s;
+///   2. saelabel's collect (all features selected, default example counts), tokens/s, and its ratio to (1);
+///   3. Tools/bench_numpy_collect.py (numpy encode + per-feature top windows) on the same files, and (2)/(3).
+/// Baselines run by default up to 131,072 tokens; larger runs (e.g. --tokens 1000000) measure collect alone and
+/// report its peak RSS (getrusage ru_maxrss) against the 1 GiB budget.
+func runCollectBenchmark(arguments: [String]) {
+    var tokens = 65_536, features = 24_576, dIn = 768, batch = 512
+    var baselines: Bool? = nil, keep = false
+    var numpyScript: String? = nil
+    var index = 1
+    func value() -> String? {
+        index += 1
+        return index < arguments.count ? arguments[index] : nil
+    }
+    while index < arguments.count {
+        switch arguments[index] {
+        case "--tokens": tokens = value().flatMap(Int.init) ?? tokens
+        case "--features": features = value().flatMap(Int.init) ?? features
+        case "--d-in": dIn = value().flatMap(Int.init) ?? dIn
+        case "--batch": batch = value().flatMap(Int.init) ?? batch
+        case "--baselines": baselines = true
+        case "--no-baselines": baselines = false
+        case "--keep": keep = true
+        case "--numpy": numpyScript = value()
+        default:
+            FileHandle.standardError.write(Data("collect bench: unknown argument \(arguments[index])\n".utf8))
+            exit(2)
+        }
+        index += 1
+    }
+    let runBaselines = baselines ?? (tokens <= 131_072)
+    let context = 128
+    let sequences = (tokens + context - 1) / context
+    tokens = sequences * context
+    let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("saelabel-collect-bench-\(getpid())")
+    try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    defer { if !keep { try? FileManager.default.removeItem(atPath: directory) } }
+
+    print("collect benchmark: d_in \(dIn), d_sae \(features) (standard, float32), \(tokens) tokens (\(sequences) × \(context)), batch \(batch)")
+    for name in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
+        print("  \(name)=\(ProcessInfo.processInfo.environment[name] ?? "(unset)")")
+    }
+    var clock = BenchClock()
+    let saeDirectory = (directory as NSString).appendingPathComponent("bench-sae")
+    let activationPath = (directory as NSString).appendingPathComponent("activations.safetensors")
+    let tokenizerPath = (directory as NSString).appendingPathComponent("tokenizer.json")
+    do {
+        try writeBenchSAE(directory: saeDirectory, dIn: dIn, dSAE: features)
+        try writeBenchActivations(path: activationPath, sequences: sequences, context: context, dIn: dIn)
+        try writeBenchTokenizer(path: tokenizerPath)
+    } catch {
+        print("cannot write the benchmark inputs: \(error)")
+        exit(1)
+    }
+    print(String(format: "  inputs written in %.1f s", clock.lap()))
+
+    var sgemmRates: [Double] = []
+    if runBaselines {
+        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch))
+        print(String(format: "  plain sgemm: %.0f tokens/s", sgemmRates[0]))
+    }
+
+    // saelabel collect.
+    var options = CollectOptions(saeDirectory: saeDirectory, activationFiles: [activationPath], tokenizerPath: tokenizerPath)
+    options.batchTokens = batch
+    let summary: CollectSummary
+    let planSeconds: Double
+    let totalSeconds: Double
+    do {
+        let store = try JobStore(path: (directory as NSString).appendingPathComponent("job.sqlite"))
+        _ = clock.lap()
+        let plan = try Collector.plan(options)
+        planSeconds = clock.lap()
+        summary = try Collector.run(options, plan: plan, store: store)
+        totalSeconds = clock.lap()
+    } catch {
+        print("collect failed: \(error)")
+        exit(1)
+    }
+    let rssMiB = Double(peakRSSKiB()) / 1024
+    let streamRate = Double(tokens) / summary.streamSeconds
+    let endToEndRate = Double(tokens) / (summary.streamSeconds + summary.finishSeconds + summary.writeSeconds)
+    print(String(format: "  collect: plan (validate + SHA-256 fingerprints) %.1f s, stream %.1f s, select+decode %.1f s, store write %.1f s (run %.1f s)",
+                 planSeconds, summary.streamSeconds, summary.finishSeconds, summary.writeSeconds, totalSeconds))
+    print("  features: \(summary.collected) collected, \(summary.sparse) sparse, \(summary.dead) dead; \(summary.excludedTokens) tokens excluded (BOS)")
+
+    var numpyRate: Double? = nil
+    if runBaselines {
+        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch))
+        print(String(format: "  plain sgemm (again, after collect): %.0f tokens/s", sgemmRates[1]))
+        numpyRate = runNumpy(script: numpyScript, sae: saeDirectory, activations: activationPath)
+    }
+
+    print("")
+    print("| measure | tokens/s | ratio |")
+    print("|---|---:|---:|")
+    let hardware = sgemmRates.max()
+    if let hardware { print(String(format: "| (1) plain cblas_sgemm [%d×%d]·[%d×%d], 1 thread (best of 2) | %.0f | 1.00 |", batch, dIn, dIn, features, hardware)) }
+    let ratio1 = hardware.map { String(format: "%.2f of (1)", streamRate / $0) } ?? "–"
+    print(String(format: "| (2) saelabel collect: stream (read, encode, select state) | %.0f | %@ |", streamRate, ratio1))
+    let ratio1e = hardware.map { String(format: "%.2f of (1)", endToEndRate / $0) } ?? "–"
+    print(String(format: "| (2') saelabel collect incl. final selection + store write | %.0f | %@ |", endToEndRate, ratio1e))
+    if let numpyRate {
+        print(String(format: "| (3) numpy collect (Tools/bench_numpy_collect.py) | %.0f | (2)/(3) = %.2f |", numpyRate, streamRate / numpyRate))
+    }
+    print(String(format: "peak RSS (ru_maxrss): %.0f MiB; budget < 1024 MiB at %d features%@", rssMiB, features,
+                 runBaselines ? " (includes the sgemm baseline's buffers)" : ""))
+}
+
+struct BenchClock {
+    var last = DispatchTime.now().uptimeNanoseconds
+    mutating func lap() -> Double {
+        let now = DispatchTime.now().uptimeNanoseconds
+        defer { last = now }
+        return Double(now - last) / 1e9
+    }
+}
+
+func peakRSSKiB() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return usage.ru_maxrss
+}
+
+/// Fast deterministic pseudo-normal numbers (sum of uniforms), good enough for synthetic activations.
+struct BenchRandom {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func normal() -> Float {
+        let bits = next()
+        var sum: Float = 0
+        for lane in 0..<4 { sum += Float((bits >> (16 * UInt64(lane))) & 0xFFFF) / 65536 }
+        return (sum - 2) * 1.7320508
+    }
+}
+
+/// Streams a safetensors file: header first, then each tensor's bytes from a chunk producer.
+func writeStreamingSafetensors(path: String, tensors: [(name: String, dtype: String, shape: [Int], bytes: Int)],
+                               produce: (Int, (Data) -> Void) throws -> Void) throws {
+    var offset = 0
+    var entries: [String] = []
+    for tensor in tensors {
+        entries.append("\"\(tensor.name)\":{\"dtype\":\"\(tensor.dtype)\",\"shape\":[\(tensor.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + tensor.bytes)]}")
+        offset += tensor.bytes
+    }
+    var header = "{\(entries.joined(separator: ","))}"
+    while header.utf8.count % 8 != 0 { header += " " }
+    _ = FileManager.default.createFile(atPath: path, contents: nil)
+    guard let handle = FileHandle(forWritingAtPath: path) else { throw SAELabelError.badInput(location: path, problem: "cannot write") }
+    defer { try? handle.close() }
+    var prefix = Data()
+    withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { prefix.append(contentsOf: $0) }
+    prefix.append(contentsOf: Array(header.utf8))
+    handle.write(prefix)
+    for index in tensors.indices { try produce(index) { handle.write($0) } }
+}
+
+func floatData(_ values: [Float]) -> Data { values.withUnsafeBufferPointer { Data(buffer: $0) } }
+
+func writeBenchSAE(directory: String, dIn: Int, dSAE: Int) throws {
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    var random = BenchRandom(state: 42)
+    let scale = 1 / Float(dIn).squareRoot()
+    try writeStreamingSafetensors(path: (directory as NSString).appendingPathComponent("sae_weights.safetensors"), tensors: [
+        ("W_enc", "F32", [dIn, dSAE], dIn * dSAE * 4), ("b_enc", "F32", [dSAE], dSAE * 4),
+        ("W_dec", "F32", [dSAE, dIn], dIn * dSAE * 4), ("b_dec", "F32", [dIn], dIn * 4),
+    ]) { index, write in
+        switch index {
+        case 0, 2:
+            for _ in 0..<dIn { write(floatData((0..<dSAE).map { _ in random.normal() * scale })) }
+        case 1:
+            write(floatData((0..<dSAE).map { _ in -2.6 + 0.2 * random.normal() }))
+        default:
+            write(floatData((0..<dIn).map { _ in 0.05 * random.normal() }))
+        }
+    }
+    let cfg: [String: Any] = ["d_in": dIn, "d_sae": dSAE, "architecture": "standard", "apply_b_dec_to_input": true,
+                              "normalize_activations": "none", "dtype": "float32",
+                              "metadata": ["model_name": "synthetic", "hook_name": "blocks.6.hook_resid_post"]]
+    try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: (directory as NSString).appendingPathComponent("cfg.json")))
+}
+
+/// Activations in chunks of 64 sequences: a pool of random rows, each token a pool row plus a small
+/// token-dependent offset, so memory stays small at any corpus size.
+func writeBenchActivations(path: String, sequences: Int, context: Int, dIn: Int) throws {
+    var random = BenchRandom(state: 7)
+    let vocabulary = 1000
+    let tokenIDs = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + Int(random.next() % UInt64(vocabulary - 1)) }
+    let poolRows = 4096
+    let pool = (0..<(poolRows * dIn)).map { _ in random.normal() }
+    try writeStreamingSafetensors(path: path, tensors: [
+        ("tokens", "I32", [sequences, context], sequences * context * 4),
+        ("activations", "F32", [sequences, context, dIn], sequences * context * dIn * 4),
+    ]) { index, write in
+        if index == 0 {
+            write(tokenIDs.map { Int32($0) }.withUnsafeBufferPointer { Data(buffer: $0) })
+            return
+        }
+        let chunk = 64
+        var first = 0
+        var buffer = [Float](repeating: 0, count: chunk * context * dIn)
+        while first < sequences {
+            let count = min(chunk, sequences - first)
+            for row in 0..<(count * context) {
+                let poolRow = Int(random.next() % UInt64(poolRows))
+                let token = tokenIDs[first * context + row]
+                for d in 0..<dIn {
+                    buffer[row * dIn + d] = pool[poolRow * dIn + d] + (d == token % dIn ? 2 : 0)
+                }
+            }
+            write(buffer.withUnsafeBufferPointer { Data(buffer: UnsafeBufferPointer(rebasing: $0[0..<(count * context * dIn)])) })
+            first += count
+        }
+    }
+}
+
+func writeBenchTokenizer(path: String) throws {
+    var vocab: [String: Int] = [:]
+    for id in 1..<1000 { vocab["Ġtok\(id)"] = id }
+    let root: [String: Any] = ["added_tokens": [["id": 0, "content": "<|endoftext|>", "special": true]],
+                               "model": ["type": "BPE", "vocab": vocab, "merges": [String]()]]
+    try JSONSerialization.data(withJSONObject: root).write(to: URL(fileURLWithPath: path))
+}
+
+/// Plain `cblas_sgemm` over the same token count: C[batch, d_sae] = X[batch, d_in] · W[d_in, d_sae], 1 thread.
+func measureSGEMM(tokens: Int, dIn: Int, dSAE: Int, batch: Int) -> Double {
+    openblas_set_num_threads(1)
+    var random = BenchRandom(state: 1)
+    let weights = (0..<(dIn * dSAE)).map { _ in random.normal() }
+    let input = (0..<(batch * dIn)).map { _ in random.normal() }
+    var output = [Float](repeating: 0, count: batch * dSAE)
+    var clock = BenchClock()
+    var done = 0
+    while done < tokens {
+        let rows = min(batch, tokens - done)
+        output.withUnsafeMutableBufferPointer { c in
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(dSAE), Int32(dIn), 1,
+                        input, Int32(dIn), weights, Int32(dSAE), 0, c.baseAddress, Int32(dSAE))
+        }
+        done += rows
+    }
+    return Double(tokens) / clock.lap()
+}
+
+func runNumpy(script: String?, sae: String, activations: String) -> Double? {
+    let candidates = [script, "Tools/bench_numpy_collect.py",
+                      URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+                          .appendingPathComponent("../../../Tools/bench_numpy_collect.py").standardizedFileURL.path].compactMap { $0 }
+    guard let path = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+        print("  numpy: Tools/bench_numpy_collect.py not found (pass --numpy PATH)")
+        return nil
+    }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", path, "--sae", sae, "--activations", activations]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    do { try process.run() } catch {
+        print("  numpy: cannot start python3: \(error)")
+        return nil
+    }
+    let output = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let text = String(decoding: output, as: UTF8.self)
+    for line in text.split(separator: "\n") { print("  numpy: \(line)") }
+    guard process.terminationStatus == 0,
+          let last = text.split(separator: "\n").last(where: { $0.hasPrefix("{") }),
+          let object = try? JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any],
+          let rate = (object["tokens_per_second"] as? NSNumber)?.doubleValue else {
+        print("  numpy: failed (status \(process.terminationStatus))")
+        return nil
+    }
+    return rate
+}
