@@ -33,6 +33,7 @@ enum HTMLAssets {
     static let styleCSS = #"""
 :root { --fg: #1d2330; --muted: #6b7280; --line: #e5e7eb; --accent: #2563eb; --bg: #ffffff; --head: #f8fafc; }
 * { box-sizing: border-box; }
+[hidden] { display: none !important; }
 body { margin: 0; padding: 0 24px 48px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", sans-serif; color: var(--fg); background: var(--bg); }
 header { display: flex; align-items: baseline; gap: 16px; flex-wrap: wrap; padding: 16px 0 8px; border-bottom: 1px solid var(--line); }
 h1 { font-size: 20px; margin: 0; }
@@ -80,7 +81,7 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     static let appJS = #"""
 (function () {
   'use strict';
-  // Every piece of data reaches the DOM through textContent or setAttribute: never innerHTML.
+  // Every piece of data reaches the DOM through textContent or setAttribute, never as markup.
   var PAGE = 100;
   var COLS = [
     { key: 'feature', i: 0, title: 'Feature', num: true },
