@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import Synchronization
@@ -49,9 +50,10 @@ public final class LLMClient: Sendable {
     /// `baseURL` is deliberately not hashed: the same call to the same model on a restarted server
     /// (new port) or another shard's host must hit the cache, so a finished call is never paid twice.
     public static func cacheKey(baseURL: String, path: String, body: Data) -> String {
-        var bytes = Array("saelabel-llm-cache-v1\n\(path)\n".utf8)
-        bytes.append(contentsOf: body)
-        return SHA256.hex(bytes)
+        var hasher = SHA256()
+        hasher.update(data: Data("saelabel-llm-cache-v1\n\(path)\n".utf8))
+        hasher.update(data: body)
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
     public func chat(_ request: ChatRequest, tag: String = "") async throws(LLMError) -> ChatResponse {

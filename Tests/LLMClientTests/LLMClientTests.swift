@@ -2,24 +2,16 @@ import Foundation
 import Testing
 @testable import LLMClient
 
-@Suite("SHA-256 and request encoding")
+@Suite("cache keys and request encoding")
 struct EncodingTests {
-    @Test("SHA-256 matches FIPS / hashlib vectors, including padding boundaries")
-    func sha256Vectors() {
-        let vectors: [(String, String)] = [
-            ("", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-            ("abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
-            ("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
-             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
-            (String(repeating: "a", count: 55), "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"),
-            (String(repeating: "a", count: 56), "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"),
-            (String(repeating: "a", count: 64), "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"),
-        ]
-        for (input, expected) in vectors {
-            #expect(SHA256.hex(Array(input.utf8)) == expected, "length \(input.utf8.count)")
-        }
-        #expect(SHA256.hex([UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000))
-                == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    @Test("cache keys depend on the path and the body, not on the host")
+    func cacheKeys() {
+        let body = Data(#"{"model":"m"}"#.utf8)
+        let key = LLMClient.cacheKey(baseURL: "http://a:1/v1", path: "/chat/completions", body: body)
+        #expect(key.count == 64)
+        #expect(key == LLMClient.cacheKey(baseURL: "http://b:2/v1", path: "/chat/completions", body: body))
+        #expect(key != LLMClient.cacheKey(baseURL: "http://a:1/v1", path: "/completions", body: body))
+        #expect(key != LLMClient.cacheKey(baseURL: "http://a:1/v1", path: "/chat/completions", body: Data(#"{"model":"n"}"#.utf8)))
     }
 
     @Test("request bodies are canonical JSON, so equal requests share a cache key")
