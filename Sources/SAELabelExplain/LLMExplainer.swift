@@ -17,7 +17,10 @@ public enum ExplainerStyle: String, Sendable, CaseIterable {
 }
 
 /// Asks a chat model for a label. Messages: an optional system message from
-/// `Prompts/explainer.system.mustache` and the user message from the style's template.
+/// `Prompts/<template>.system.mustache` (sent only when the file exists) and the user message from
+/// the style's template. The highlighted style ships without a system message and with a short
+/// question: the small local model of SPEC §9 labels best from short contexts with the firing
+/// token marked (it still labels poorly; the parser strips its "The detector fires on" preamble).
 public struct LLMExplainer: Explainer {
     public let name: String
     public let model: String
@@ -39,7 +42,7 @@ public struct LLMExplainer: Explainer {
         self.maxExamples = maxExamples
         self.name = "llm-\(style.rawValue)"
         self.user = try prompts.template(style.templateName)
-        self.system = try Self.optionalTemplate(prompts, "explainer.system")
+        self.system = try Self.optionalTemplate(prompts, "\(style.templateName).system")
         var parts = [name, "max_tokens=\(maxTokens)", "max_examples=\(maxExamples.map(String.init) ?? "all")",
                      user.source]
         if let system { parts.append(system.source) }

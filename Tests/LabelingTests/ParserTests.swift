@@ -14,6 +14,8 @@ import Testing
         ("This neuron fires on references to cats.", "references to cats"),
         ("The feature mainly detects dates", "dates"),
         ("It responds to closing brackets", "closing brackets"),
+        ("The detector fires on the path function to import a module.", "the path function to import a module"),
+        ("The detector fires a special type of light called a laser.", "a special type of light called a laser"),
         ("\"closing parentheses\"", "closing parentheses"),
         ("“curly quoted phrase”.", "curly quoted phrase"),
         ("**Numbers in lists**", "Numbers in lists"),

@@ -72,9 +72,9 @@ func idleClient() -> LLMClient {
         let highlighted = try LLMExplainer(client: client, model: "m", prompts: prompts, style: .highlighted)
         #expect(openai.promptHash != highlighted.promptHash)
         #expect(openai.promptHash.count == 16)
-        let user = highlighted.messages(for: [window(["import", " os", "\n"], [5, 1, 0])]).last!.content
-        #expect(user.contains("Excerpt 1: <<import>> os\n"))
-        #expect(user.hasSuffix("The neuron fires on"))
+        let messages = highlighted.messages(for: [window(["import", " os", "\n"], [5, 1, 0]), window(["a", "b"], [0, 1])])
+        #expect(messages.count == 1)  // no explainer-highlighted.system.mustache: no system message
+        #expect(messages[0].content == "Tokens marked <<like this>> are where a detector fires:\nExcerpt 1: <<import>> os\n\nExcerpt 2: a<<b>>\n\nWhat does the detector fire on? Answer in a few words.")
         #expect(try LLMExplainer(client: client, model: "m", prompts: prompts, maxTokens: 61).promptHash != openai.promptHash)
     }
 
