@@ -186,6 +186,11 @@ public struct DetectionScorer: Scorer {
         engine = try ClassificationEngine(mode: .detection, client: client, model: model, prompts: prompts, seed: seed, batchSize: batchSize)
     }
 
+    /// Reads a list of `count` 0/1 answers (JSON list, else the standalone digits 0/1 in order).
+    public static func parseAnswer(_ text: String, count: Int) -> Result<[Bool], ClassificationAnswerProblem> {
+        ClassificationEngine.parseAnswer(text, count: count)
+    }
+
     /// The exact messages of every prompt, in order (for inspection and tests).
     public func prompts(feature: Int, explanation: String, heldout: [ActivationWindow]) -> [(messages: [ChatMessage], truth: [Bool])] {
         engine.batches(feature: feature, explanation: explanation, heldout: heldout)

@@ -170,6 +170,16 @@ public struct JSONSimulationScorer: Scorer {
         public var error: String?
     }
 
+    /// The retry conversation: the first request, the bad answer as the assistant's turn, and a user
+    /// message saying what was wrong that repeats the token list.
+    public func retryMessages(first: [ChatMessage], answer: String, problem: String, tokens: [String]) -> [ChatMessage] {
+        let correction = "That answer cannot be used: \(problem). Reply again with JSON only, "
+            + "{\"activations\": [{\"token\": \"...\", \"activation\": 0}, ...]}, with exactly \(tokens.count) entries, "
+            + "one per token in this order, each activation an integer from 0 to 10.\n<tokens>\(Self.tokenList(tokens))</tokens>"
+        return first + [ChatMessage(role: "assistant", content: ScoringSupport.shown(answer)),
+                        ChatMessage(role: "user", content: correction)]
+    }
+
     /// Simulates one window (with at most one retry). Throws only when the LLM call itself fails.
     public func simulate(feature: Int, ordinal: Int, explanation: String, tokens: [String]) async throws(SAELabelError) -> WindowSimulation {
         guard !tokens.isEmpty else { return WindowSimulation(values: [], retried: false, error: nil) }
@@ -186,11 +196,7 @@ public struct JSONSimulationScorer: Scorer {
         case .failure(let error):
             problem = error.description
         }
-        let correction = "That answer cannot be used: \(problem). Reply again with JSON only, "
-            + "{\"activations\": [{\"token\": \"...\", \"activation\": 0}, ...]}, with exactly \(tokens.count) entries, "
-            + "one per token in this order, each activation an integer from 0 to 10.\n<tokens>\(Self.tokenList(tokens))</tokens>"
-        let retryMessages = first + [ChatMessage(role: "assistant", content: ScoringSupport.shown(answer)),
-                                     ChatMessage(role: "user", content: correction)]
+        let retryMessages = retryMessages(first: first, answer: answer, problem: problem, tokens: tokens)
         let second = try await ScoringSupport.chat(client, request(retryMessages, tokens: tokens), tag: tag + ":retry").text
         switch Self.parseAnswer(second, expectedCount: tokens.count) {
         case .success(let result):

@@ -89,3 +89,14 @@ import Testing
         #expect(LogprobSimulationScorer.expectedValue([TopLogprob(token: "10", logprob: -0.1)]) == 10)
     }
 }
+
+@Suite struct ClassificationAnswerTests {
+    @Test func parsesListsAndDigits() {
+        #expect(DetectionScorer.parseAnswer("[1, 0, 1]", count: 3) == .success([true, false, true]))
+        #expect(DetectionScorer.parseAnswer("Answer: [true, false, \"1\"] — done", count: 3) == .success([true, false, true]))
+        #expect(DetectionScorer.parseAnswer("1 0 0 1", count: 4) == .success([true, false, false, true]))
+        #expect(DetectionScorer.parseAnswer("[1, 0]", count: 3) == .failure(.wrongLength(got: 2, expected: 3)))
+        #expect(DetectionScorer.parseAnswer("[1, 2, 0]", count: 3) == .failure(.notBinary))
+        #expect(DetectionScorer.parseAnswer("no idea", count: 2) == .failure(.noList))
+    }
+}

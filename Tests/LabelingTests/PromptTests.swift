@@ -158,3 +158,29 @@ func idleClient() -> LLMClient {
         }
     }
 }
+
+@Suite struct RetryMessageTests {
+    @Test func simulatorRetryShowsTheBadAnswerAndTheProblem() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        let scorer = try JSONSimulationScorer(client: client, model: "m", prompts: prompts)
+        let tokens = ["a", "b"]
+        let first = scorer.messages(explanation: "x", tokens: tokens)
+        let bad = #"{"activations":[{"token":"a","activation":1}]}"#
+        let problem = try #require(JSONSimulationScorer.parseAnswer(bad, expectedCount: 2).failureDescription)
+        let retry = scorer.retryMessages(first: first, answer: bad, problem: problem, tokens: tokens)
+        #expect(Array(retry.prefix(first.count)) == first)
+        #expect(retry[first.count] == ChatMessage(role: "assistant", content: bad))
+        let correction = try #require(retry.last)
+        #expect(correction.role == "user")
+        #expect(correction.content.contains("the answer has 1 entries but there are 2 tokens"))
+        #expect(correction.content.hasSuffix(#"<tokens>["a","b"]</tokens>"#))  // the mock's simulate contract
+    }
+}
+
+extension Result where Failure: CustomStringConvertible {
+    var failureDescription: String? {
+        if case .failure(let error) = self { return error.description }
+        return nil
+    }
+}
