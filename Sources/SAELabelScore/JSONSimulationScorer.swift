@@ -238,7 +238,9 @@ enum SimulationScoring {
         let correlation = ScoreMath.correlation(truth, predicted)
         var reason: String?
         if correlation == nil {
-            if truth.count < 2 {
+            if truth.count != predicted.count {
+                reason = "the held-out windows hold different numbers of tokens and activations"
+            } else if truth.count < 2 {
                 reason = "fewer than 2 held-out tokens"
             } else if Set(truth).count <= 1 {
                 reason = "the true activations are constant over the held-out tokens"
