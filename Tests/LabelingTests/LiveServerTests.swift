@@ -6,12 +6,12 @@ import SAELabelScore
 import Testing
 
 /// Opt-in checks against a real OpenAI-compatible server (e.g. the local llama.cpp server of SPEC §9):
-/// `SAELABEL_LIVE_LLM_URL=http://127.0.0.1:8081/v1 SAELABEL_LIVE_LLM_MODEL=smollm2 swift test --filter LiveServerTests`.
+/// `SAELABEL_LLM_ENDPOINT=http://127.0.0.1:8081/v1 SAELABEL_LLM_MODEL=smollm2 swift test --filter LiveServerTests`.
 /// Skipped when the variables are not set.
-@Suite(.enabled(if: ProcessInfo.processInfo.environment["SAELABEL_LIVE_LLM_URL"] != nil), .serialized)
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["SAELABEL_LLM_ENDPOINT"] != nil), .serialized)
 struct LiveServerTests {
-    let url = ProcessInfo.processInfo.environment["SAELABEL_LIVE_LLM_URL"] ?? ""
-    let model = ProcessInfo.processInfo.environment["SAELABEL_LIVE_LLM_MODEL"] ?? "default"
+    let url = ProcessInfo.processInfo.environment["SAELABEL_LLM_ENDPOINT"] ?? ""
+    let model = ProcessInfo.processInfo.environment["SAELABEL_LLM_MODEL"] ?? "default"
 
     func client() -> LLMClient {
         LLMClient(configuration: LLMClientConfiguration(baseURL: url, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY",

@@ -151,6 +151,7 @@ struct RealLLMTests {
             .replacingOccurrences(of: "heldout_top = 2", with: "heldout_top = 1")
             .replacingOccurrences(of: "heldout_random = 2", with: "heldout_random = 1")
             .replacingOccurrences(of: "timeout_seconds = 5", with: "timeout_seconds = 180")
+            .replacingOccurrences(of: "[explainer]\n", with: "[explainer]\nstyle = \"highlighted\"\n")
         job = try dir.write("job.toml", text)
         // A second run retries whatever the tiny model fumbled the first time (resume).
         var result = try runSAELabel(["run", "--config", job, "--quiet"])
