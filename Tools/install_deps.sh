@@ -17,7 +17,7 @@ for arg in "$@"; do
 done
 
 packages=(libcurl4-openssl-dev libopenblas-dev libsqlite3-dev pkg-config)
-[ "$want_browser" = 1 ] && packages+=(chromium)
+[ "$want_browser" = 1 ] && packages+=(chromium fonts-liberation fonts-dejavu-core)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
