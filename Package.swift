@@ -67,15 +67,15 @@ let package = Package(
                           dependencies: ["SAELabelCollect", "SAELabelStore", "LLMClient", "COpenBLAS"],
                           swiftSettings: strict),
 
-        // Tests
-        .testTarget(name: "CoreTests", dependencies: ["SAELabelCore"], swiftSettings: strict),
-        .testTarget(name: "StoreTests", dependencies: ["SAELabelStore", "SAELabelCore"], swiftSettings: strict),
+        // Tests, over shared helpers (temporary folders, processes, the mock LLM server)
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "StoreTests", dependencies: ["TestSupport", "SAELabelStore", "SAELabelCore"], swiftSettings: strict),
         .testTarget(name: "CollectTests", dependencies: ["SAELabelCollect", "SAELabelStore"], swiftSettings: strict),
-        .testTarget(name: "LLMClientTests", dependencies: ["LLMClient"], swiftSettings: strict),
+        .testTarget(name: "LLMClientTests", dependencies: ["TestSupport", "LLMClient"], swiftSettings: strict),
         .testTarget(name: "LabelingTests",
-                    dependencies: ["SAELabelExplain", "SAELabelScore", "SAELabelStore", "LLMClient"],
+                    dependencies: ["TestSupport", "SAELabelExplain", "SAELabelScore", "SAELabelStore", "LLMClient"],
                     swiftSettings: strict),
-        .testTarget(name: "ExportTests", dependencies: ["SAELabelExport", "SAELabelStore"], swiftSettings: strict),
-        .testTarget(name: "RunTests", dependencies: ["SAELabelRun"], swiftSettings: strict),
+        .testTarget(name: "ExportTests", dependencies: ["TestSupport", "SAELabelExport", "SAELabelStore"], swiftSettings: strict),
+        .testTarget(name: "RunTests", dependencies: ["TestSupport", "SAELabelRun"], swiftSettings: strict),
     ]
 )

@@ -63,7 +63,8 @@ entries in order; after it runs out, random faults per the --fault-rate-* option
   wrong_length simulate answers one entry too few (other kinds answer normally)
 
 GET /_stats → {"requests": N, "by_kind": {...}, "by_outcome": {...}, "auth_seen": [distinct
-Authorization header values], "connections": accepted connections}; POST /_reset_stats zeroes it.
+Authorization header values], "connections": accepted connections, "max_in_flight": most /v1
+requests inside their latency at once}; POST /_reset_stats zeroes it.
 """
 
 import argparse
@@ -114,6 +115,8 @@ class State:
         self.by_outcome = {}
         self.auth_seen = set()
         self.connections = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     def next_fault(self):
         with self.lock:
@@ -267,7 +270,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_stats":
             with st.lock:
                 obj = {"requests": st.requests, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
-                       "auth_seen": sorted(st.auth_seen), "connections": st.connections}
+                       "auth_seen": sorted(st.auth_seen), "connections": st.connections,
+                       "max_in_flight": st.max_in_flight}
             self.send_json(200, obj)
         else:
             self.send_json(404, {"error": {"message": "not found"}})
@@ -306,8 +310,16 @@ class Handler(BaseHTTPRequestHandler):
             if auth:
                 st.auth_seen.add(auth)
 
-        if self.server.args.latency_ms > 0:
-            time.sleep(self.server.args.latency_ms / 1000.0)
+        # Requests inside their latency at once: shows that a client overlaps its calls.
+        with st.lock:
+            st.in_flight += 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        try:
+            if self.server.args.latency_ms > 0:
+                time.sleep(self.server.args.latency_ms / 1000.0)
+        finally:
+            with st.lock:
+                st.in_flight -= 1
 
         if req is None:
             return self.send_json(400, {"error": {"message": "request body is not a JSON object"}})

@@ -1,17 +1,7 @@
 import Foundation
 import SAELabelCore
 import SAELabelStore
-
-/// A temporary directory removed at deinit.
-final class TempDirectory {
-    let path: String
-    init() {
-        path = (NSTemporaryDirectory() as NSString).appendingPathComponent("saelabel-export-\(UUID().uuidString)")
-        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
+import TestSupport
 
 /// Tokens and labels that break naive CSV, JSON, JS and HTML writers.
 enum Nasty {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 import SAELabelCore
 import SAELabelStore
@@ -71,27 +72,20 @@ enum Chromium {
         return nil
     }()
 
-    static func run(_ arguments: [String]) throws -> String {
+    static func run(_ arguments: [String]) async throws -> String {
         let profile = TempDirectory()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path!)
-        process.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                             "--user-data-dir=\(profile.path)", "--virtual-time-budget=5000"] + arguments
-        let stdout = Pipe()
-        process.standardOutput = stdout
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = stdout.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        let result = try await runProcess(path!, ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                                  "--no-first-run", "--user-data-dir=\(profile.path)",
+                                                  "--virtual-time-budget=5000"] + arguments)
+        return result.stdout
     }
 
-    static func dumpDOM(_ url: String) throws -> String {
-        try run(["--dump-dom", url])
+    static func dumpDOM(_ url: String) async throws -> String {
+        try await run(["--dump-dom", url])
     }
 
-    static func screenshot(_ url: String, to png: String, width: Int = 1280, height: Int = 900) throws {
-        _ = try run(["--screenshot=\(png)", "--window-size=\(width),\(height)", "--hide-scrollbars", url])
+    static func screenshot(_ url: String, to png: String, width: Int = 1280, height: Int = 900) async throws {
+        _ = try await run(["--screenshot=\(png)", "--window-size=\(width),\(height)", "--hide-scrollbars", url])
     }
 }
 
@@ -110,13 +104,13 @@ struct BrowserTests {
         dom.components(separatedBy: "<tr data-feature=\"").dropFirst().compactMap { Int($0.prefix { $0.isNumber }) }
     }
 
-    @Test func indexFilterAndFeatureViewRenderDataAsText() throws {
+    @Test func indexFilterAndFeatureViewRenderDataAsText() async throws {
         let fixture = try NastyStore()
         let out = fixture.directory.file("catalog")
         _ = try Exporter.export(store: fixture.store, format: .html, to: out, filter: .all)
         let index = Self.fileURL(out + "/index.html")
 
-        let dom = try Chromium.dumpDOM(index)
+        let dom = try await Chromium.dumpDOM(index)
         #expect(dom.contains("data-view=\"index\""), "index did not render: \(dom.prefix(600))")
         #expect(dom.contains("data-rows=\"5\""))
         #expect(Self.rowFeatures(dom) == [0, 1, 2, 3, 4])
@@ -126,17 +120,17 @@ struct BrowserTests {
         #expect(dom.contains("<title>saelabel — gpt2-small-res-jb &lt;b&gt;</title>"))
         Self.expectInert(dom)
 
-        let byScore = try Chromium.dumpDOM(index + "?min=0.5")
+        let byScore = try await Chromium.dumpDOM(index + "?min=0.5")
         #expect(byScore.contains("data-rows=\"1\""))
         #expect(Self.rowFeatures(byScore) == [0])
-        let bySearch = try Chromium.dumpDOM(index + "#q=commas")
+        let bySearch = try await Chromium.dumpDOM(index + "#q=commas")
         #expect(Self.rowFeatures(bySearch) == [0, 3])
-        let byStatus = try Chromium.dumpDOM(index + "#status=dead")
+        let byStatus = try await Chromium.dumpDOM(index + "#status=dead")
         #expect(Self.rowFeatures(byStatus) == [2])
-        let sorted = try Chromium.dumpDOM(index + "#sort=simulation&dir=desc")
+        let sorted = try await Chromium.dumpDOM(index + "#sort=simulation&dir=desc")
         #expect(Self.rowFeatures(sorted) == [0, 3, 1, 2, 4])
 
-        let feature = try Chromium.dumpDOM(index + "#feature=0")
+        let feature = try await Chromium.dumpDOM(index + "#feature=0")
         #expect(feature.contains("data-view=\"feature\""), "feature view did not render: \(feature.prefix(600))")
         #expect(feature.contains("data-feature=\"0\""))
         let shaded = feature.components(separatedBy: "<span class=\"tok\"").count - 1
@@ -150,13 +144,13 @@ struct BrowserTests {
         #expect(feature.contains("&lt;/script&gt;&lt;script&gt;document.body.setAttribute('data-pwned','2')&lt;/script&gt;"))
         Self.expectInert(feature)
 
-        let labelled = try Chromium.dumpDOM(index + "#feature=1")
+        let labelled = try await Chromium.dumpDOM(index + "#feature=1")
         #expect(labelled.contains("data-feature=\"1\""))
         #expect(labelled.contains("labels from the LLM: \"&gt;&lt;img src=x"))
         Self.expectInert(labelled)
     }
 
-    @Test func screenshotsOfARealisticCatalog() throws {
+    @Test func screenshotsOfARealisticCatalog() async throws {
         let fixture = try RealisticStore()
         let out = fixture.directory.file("catalog")
         _ = try Exporter.export(store: fixture.store, format: .html, to: out, filter: .all)
@@ -169,12 +163,12 @@ struct BrowserTests {
         for (name, url, height) in shots {
             let png = (target as NSString).appendingPathComponent(name)
             try? FileManager.default.removeItem(atPath: png)
-            try Chromium.screenshot(url, to: png, height: height)
+            try await Chromium.screenshot(url, to: png, height: height)
             let data = try Data(contentsOf: URL(fileURLWithPath: png))
             #expect(data.count > 10_000)
             #expect(data.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]))
         }
-        let dom = try Chromium.dumpDOM(index + "#feature=2")
+        let dom = try await Chromium.dumpDOM(index + "#feature=2")
         #expect(dom.contains("Feature 2"))
         #expect(dom.contains("<section id=\"controls\" hidden"))
     }

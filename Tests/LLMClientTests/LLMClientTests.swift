@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 @testable import LLMClient
 
@@ -189,7 +190,7 @@ struct ClientTests {
 
     @Test("a hanging server times out per attempt, then the retry succeeds")
     func hangTimesOut() async throws {
-        let server = try await MockServer.start(["--hang-seconds", "5"])
+        let server = try await MockServer.start(["--hang-seconds", "60"])
         defer { server.stop() }
         try await server.script(["hang"])
         let cache = MemoryCache()
@@ -197,7 +198,8 @@ struct ClientTests {
         defer { client.shutdown() }
         let start = ContinuousClock.now
         _ = try await client.chat(explainRequest())
-        #expect(start.duration(to: .now) < .seconds(4))
+        // Far below the hang, with room for a loaded machine: the attempt was cut off, not waited out.
+        #expect(start.duration(to: .now) < .seconds(30))
         #expect(cache.records.map(\.outcome) == ["timeout", "ok"])
     }
 
@@ -297,7 +299,6 @@ struct ClientTests {
         let client = makeClient(config)
         defer { client.shutdown() }
         for round in 0..<2 {
-            let start = ContinuousClock.now
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for i in 0..<64 {
                     group.addTask {
@@ -307,10 +308,10 @@ struct ClientTests {
                 }
                 try await group.waitForAll()
             }
-            // Serial would take 64 × 0.2 s = 12.8 s.
-            #expect(start.duration(to: .now) < .seconds(6.4))
         }
         let stats = try await server.stats()
+        // Serial calls would never overlap; the mock saw many of them inside their 200 ms at once.
+        #expect(stats.maxInFlight >= 16, "at most \(stats.maxInFlight) requests overlapped")
         #expect(stats.requests == 128)
         #expect(stats.connections <= 80, "keep-alive: \(stats.connections) connections for 128 requests")
     }
@@ -364,10 +365,10 @@ struct ClientTests {
 
     @Test("cancelling the calling task aborts the request")
     func cancellation() async throws {
-        let server = try await MockServer.start(["--hang-seconds", "5"])
+        let server = try await MockServer.start(["--hang-seconds", "60"])
         defer { server.stop() }
         try await server.script(["hang"])
-        let client = makeClient(testConfiguration(server))
+        let client = makeClient(testConfiguration(server, timeout: 120))
         defer { client.shutdown() }
         let start = ContinuousClock.now
         let task = Task { () async throws(LLMError) -> ChatResponse in try await client.chat(explainRequest()) }
@@ -375,7 +376,8 @@ struct ClientTests {
         task.cancel()
         let result = await task.result
         #expect(throws: LLMError.cancelled) { try result.get() }
-        #expect(start.duration(to: .now) < .seconds(3))
+        // Far below the 60 s hang: the transfer was aborted, not waited out.
+        #expect(start.duration(to: .now) < .seconds(30))
     }
 
     @Test("after shutdown, calls fail with .cancelled")

@@ -5,6 +5,7 @@ import SAELabelExplain
 import SAELabelScore
 import SAELabelStore
 import Synchronization
+import TestSupport
 import Testing
 
 /// Records the tags of every LLM call (a stand-in for the job store's cache; never answers from cache).
@@ -69,7 +70,7 @@ final class TagRecorder: LLMResponseCache {
     }
 
     @Test func explainAndScoreThroughTheMock() async throws {
-        let server = try MockLLMServer()
+        let server = try await MockLLMServer.start()
         defer { server.stop() }
         let recorder = TagRecorder()
         let client = LLMClient(configuration: LLMClientConfiguration(
@@ -138,7 +139,7 @@ final class TagRecorder: LLMResponseCache {
 
     /// Stores an explanation directly and runs only the JSON simulator after scripting faults.
     private func simulate(faults: [String]) async throws -> (StoredScore, SimulationDetails, requests: Int, tags: [String]) {
-        let server = try MockLLMServer()
+        let server = try await MockLLMServer.start()
         defer { server.stop() }
         let recorder = TagRecorder()
         let client = LLMClient(configuration: LLMClientConfiguration(
@@ -184,7 +185,7 @@ final class TagRecorder: LLMResponseCache {
     }
 
     @Test func logprobSimulatorDetectsAlignmentAndTakesExpectedValues() async throws {
-        let server = try MockLLMServer()
+        let server = try await MockLLMServer.start()
         defer { server.stop() }
         let client = server.client()
         defer { client.shutdown() }

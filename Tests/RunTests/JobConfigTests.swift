@@ -1,10 +1,11 @@
 import Foundation
 import SAELabelCore
 import SAELabelRun
+import TestSupport
 import Testing
 
 @Suite struct JobConfigTests {
-    func validJob(_ dir: TempDir, extra: String = "", collect: String = "") throws -> String {
+    func validJob(_ dir: TempDirectory, extra: String = "", collect: String = "") throws -> String {
         _ = try dir.write("sae/cfg.json", "{}")
         _ = try dir.write("acts.safetensors", "x")
         _ = try dir.write("tokenizer.json", "{}")
@@ -35,13 +36,13 @@ import Testing
             """)
     }
 
-    @Test func readsEveryKeyAndResolvesPathsFromTheJobFile() throws {
-        let dir = TempDir()
+    @Test func readsEveryKeyAndResolvesPathsFromTheJobFile() async throws {
+        let dir = TempDirectory()
         let config = try JobConfig.load(path: try validJob(dir, collect: "exclude_positions = [0]\nexclude_norm_above = 250"))
-        #expect(config.store == dir.path("out/job.sqlite"))
+        #expect(config.store == dir.file("out/job.sqlite"))
         #expect(config.seed == 7)
-        #expect(config.inputs.sae == dir.path("sae"))
-        #expect(config.inputs.activations == [dir.path("acts.safetensors")])
+        #expect(config.inputs.sae == dir.file("sae"))
+        #expect(config.inputs.activations == [dir.file("acts.safetensors")])
         #expect(config.collect.features == .range(0, 10))
         #expect(config.collect.window == 16)
         #expect(config.collect.excludePositions == [0])
@@ -60,25 +61,25 @@ import Testing
         }
     }
 
-    @Test func unknownKeyIsNamed() throws {
-        let dir = TempDir()
+    @Test func unknownKeyIsNamed() async throws {
+        let dir = TempDirectory()
         expectBadInput(try validJob(dir, extra: "temprature = 0.5"), naming: "[simulator] temprature")
     }
 
-    @Test func wrongTypeIsNamed() throws {
-        let dir = TempDir()
+    @Test func wrongTypeIsNamed() async throws {
+        let dir = TempDirectory()
         expectBadInput(try validJob(dir, collect: "explain_top = \"ten\""), naming: "[collect] explain_top")
     }
 
-    @Test func missingInputPathIsNamed() throws {
-        let dir = TempDir()
+    @Test func missingInputPathIsNamed() async throws {
+        let dir = TempDirectory()
         let path = try validJob(dir)
-        try FileManager.default.removeItem(atPath: dir.path("acts.safetensors"))
-        expectBadInput(path, naming: dir.path("acts.safetensors"))
+        try FileManager.default.removeItem(atPath: dir.file("acts.safetensors"))
+        expectBadInput(path, naming: dir.file("acts.safetensors"))
     }
 
-    @Test func badRangeAndSyntaxAreNamed() throws {
-        let dir = TempDir()
+    @Test func badRangeAndSyntaxAreNamed() async throws {
+        let dir = TempDirectory()
         let job = try validJob(dir)
         let text = try String(contentsOfFile: job, encoding: .utf8).replacingOccurrences(of: "\"0..10\"", with: "\"10..2\"")
         try Data(text.utf8).write(to: URL(fileURLWithPath: job))
@@ -87,7 +88,7 @@ import Testing
         expectBadInput(broken, naming: "broken.toml")
     }
 
-    @Test func featureSelectionAndShards() throws {
+    @Test func featureSelectionAndShards() async throws {
         let selection = FeatureSelection(set: try FeatureSelection.parseRange("0..10"), shard: try FeatureSelection.parseShard("1/3"))
         #expect(selection.features(featureCount: 100) == [1, 4, 7])
         #expect(try FeatureSelection.parseRange("5, 1,5") == .list([1, 5]))

@@ -1,21 +1,22 @@
 import Foundation
 import SAELabelCore
 import SAELabelStore
+import TestSupport
 import Testing
 
 /// The demo dataset shipped in Datasets/demo: a real SmolLM2 residual stream and a real SAE.
 enum Demo {
-    static var folder: URL { Repo.root.appendingPathComponent("Datasets/demo") }
+    static var folder: URL { Repository.root.appendingPathComponent("Datasets/demo") }
     static var available: Bool {
         FileManager.default.fileExists(atPath: folder.appendingPathComponent("activations.safetensors").path)
     }
 
     /// A job file over the demo data against `endpoint`, written into `dir`.
-    static func job(_ dir: TempDir, endpoint: String, features: String, store: String = "job.sqlite",
-                    scorers: String = "[\"simulation\"]", concurrency: Int = 4, extra: String = "") throws -> String {
+    static func job(_ dir: TempDirectory, endpoint: String, features: String, store: String = "job.sqlite",
+                    scorers: String = "[\"simulation\"]", concurrency: Int = 4, retries: Int = 3, extra: String = "") throws -> String {
         try dir.write("job.toml", """
             [job]
-            store = "\(dir.path(store))"
+            store = "\(dir.file(store))"
             seed = 3
 
             [inputs]
@@ -45,19 +46,19 @@ enum Demo {
             [limits]
             concurrency = \(concurrency)
             timeout_seconds = 5
-            max_retries = 3
+            max_retries = \(retries)
             \(extra)
             """)
     }
 }
 
 @Suite(.serialized) struct CommandLineTests {
-    @Test func everyCommandExplainsItsFlags() throws {
-        let top = try runSAELabel(["--help"])
+    @Test func everyCommandExplainsItsFlags() async throws {
+        let top = try await runSAELabel(["--help"])
         #expect(top.status == 0)
         for command in ["run", "collect", "explain", "score", "status", "export", "merge"] {
             #expect(top.stdout.contains(command))
-            let help = try runSAELabel([command, "--help"])
+            let help = try await runSAELabel([command, "--help"])
             #expect(help.status == 0, "\(command) --help")
             // Every option line carries a description, on the same line or the next.
             let lines = help.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
@@ -76,8 +77,8 @@ enum Demo {
         }
     }
 
-    @Test func badJobFileExitsTwoWithOneLineAndWritesNothing() throws {
-        let dir = TempDir()
+    @Test func badJobFileExitsTwoWithOneLineAndWritesNothing() async throws {
+        let dir = TempDirectory()
         let cases: [(String, String)] = [
             ("[job]\nstore = \"out/s.sqlite\"\nsurprise = 1\n", "surprise"),
             ("[job]\nstore = 5\n", "[job] store"),
@@ -85,16 +86,16 @@ enum Demo {
         ]
         for (text, fragment) in cases {
             let job = try dir.write("bad.toml", text)
-            let result = try runSAELabel(["run", "--config", job])
+            let result = try await runSAELabel(["run", "--config", job])
             #expect(result.status == 2, "\(fragment): \(result.stderr)")
             let lines = result.stderr.split(separator: "\n")
             #expect(lines.count == 1, "one line on stderr: \(result.stderr)")
             #expect(result.stderr.contains(fragment))
-            #expect(!FileManager.default.fileExists(atPath: dir.path("out")), "nothing written")
+            #expect(!FileManager.default.fileExists(atPath: dir.file("out")), "nothing written")
         }
-        let usage = try runSAELabel(["export", "--db", dir.path("x.sqlite"), "--format", "pdf", "--out", dir.path("o")])
+        let usage = try await runSAELabel(["export", "--db", dir.file("x.sqlite"), "--format", "pdf", "--out", dir.file("o")])
         #expect(usage.status == 2)
-        let badFlag = try runSAELabel(["status", "--dbb", "x"])
+        let badFlag = try await runSAELabel(["status", "--dbb", "x"])
         #expect(badFlag.status == 2)
         #expect(badFlag.stderr.split(separator: "\n").count == 1)
     }

@@ -1,6 +1,7 @@
 import Foundation
 import SAELabelCore
 import SAELabelStore
+import TestSupport
 import Testing
 
 /// The nightly-job guarantees, exercised on the real binary, the real demo data and the mock server
@@ -12,26 +13,26 @@ struct ResilienceTests {
         try store.features(in: [.collected, .explained, .scored, .failed, .pending])
     }
 
-    @Test func killNineAtRandomMomentsLosesNothingAndPaysAtMostTheCallsInFlight() throws {
+    @Test func killNineAtRandomMomentsLosesNothingAndPaysAtMostTheCallsInFlight() async throws {
         let concurrency = 4
         // What one uninterrupted run needs.
-        let reference = TempDir()
-        let referenceMock = try MockLLM(["--latency-ms", "60"])
-        let referenceJob = try Demo.job(reference, endpoint: referenceMock.endpoint, features: "0..16", concurrency: concurrency)
-        let clean = try runSAELabel(["run", "--config", referenceJob, "--quiet"])
+        let reference = TempDirectory()
+        let referenceMock = try await MockLLMServer.start(["--latency-ms", "60"])
+        let referenceJob = try Demo.job(reference, endpoint: referenceMock.baseURL, features: "0..16", concurrency: concurrency)
+        let clean = try await runSAELabel(["run", "--config", referenceJob, "--quiet"])
         #expect(clean.status == 0, "\(clean.stderr)")
-        let need = try referenceMock.stats().requests
+        let need = try await referenceMock.stats().requests
         #expect(need > 0)
 
-        let dir = TempDir()
-        let mock = try MockLLM(["--latency-ms", "60"])
-        let job = try Demo.job(dir, endpoint: mock.endpoint, features: "0..16", concurrency: concurrency)
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start(["--latency-ms", "60"])
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..16", concurrency: concurrency)
         var generator = SplitMix(state: 20261125)
         var kills = 0
         for _ in 0..<24 {
             let process = try startSAELabel(["run", "--config", job, "--quiet"])
             let delay = Double.random(in: 0.05...1.2, using: &generator)
-            Thread.sleep(forTimeInterval: delay)
+            try await Task.sleep(nanoseconds: UInt64(delay * 1e9))
             if process.isRunning {
                 kill(process.processIdentifier, SIGKILL)
                 kills += 1
@@ -39,10 +40,10 @@ struct ResilienceTests {
             process.waitUntilExit()
         }
         #expect(kills >= 20, "the job finished too quickly to be killed 20 times (\(kills))")
-        let final = try runSAELabel(["run", "--config", job, "--quiet"])
+        let final = try await runSAELabel(["run", "--config", job, "--quiet"])
         #expect(final.status == 0, "\(final.stderr)")
 
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let store = try JobStore(path: dir.file("job.sqlite"))
         let features = try labelable(store)
         #expect(!features.isEmpty)
         for feature in features {
@@ -51,25 +52,24 @@ struct ResilienceTests {
             let explanation = try #require(try store.currentExplanation(feature: feature))
             #expect(try store.scores(explanation: explanation).map(\.scorer) == ["simulation"])
         }
-        let made = try mock.stats().requests
+        let made = try await mock.stats().requests
         #expect(made >= need)
         #expect(made <= need + kills * concurrency, "made \(made) calls for a need of \(need) with \(kills) kills")
         // The same labels as the uninterrupted run.
-        let referenceStore = try JobStore(path: reference.path("job.sqlite"))
+        let referenceStore = try JobStore(path: reference.file("job.sqlite"))
         for feature in features {
             #expect(try store.currentExplanation(feature: feature)?.text == referenceStore.currentExplanation(feature: feature)?.text)
         }
     }
 
-    @Test func injectedFaultsStillLabelNearlyEverything() throws {
-        let dir = TempDir()
-        let mock = try MockLLM(["--latency-ms", "10", "--fault-rate-500", "0.10", "--fault-rate-429", "0.05",
-                                "--fault-rate-malformed", "0.02", "--fault-rate-hang", "0.01", "--hang-seconds", "4", "--seed", "7"])
-        let job = try Demo.job(dir, endpoint: mock.endpoint, features: "0..48", concurrency: 8,
-                               extra: "")
-        let result = try runSAELabel(["run", "--config", job, "--quiet"])
+    @Test func injectedFaultsStillLabelNearlyEverything() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start(["--latency-ms", "10", "--fault-rate-500", "0.10", "--fault-rate-429", "0.05",
+                                "--fault-rate-malformed", "0.02", "--fault-rate-hang", "0.01", "--hang-seconds", "8", "--seed", "7"])
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..48", concurrency: 8, retries: 5)
+        let result = try await runSAELabel(["run", "--config", job, "--quiet"])
         #expect(result.status == 0 || result.status == 1, "\(result.stderr)")
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let store = try JobStore(path: dir.file("job.sqlite"))
         let features = try labelable(store)
         let scored = try store.features(in: [.scored])
         #expect(Double(scored.count) >= 0.99 * Double(features.count), "\(scored.count) of \(features.count) labeled")
@@ -79,54 +79,59 @@ struct ResilienceTests {
         #expect(result.status == (scored.count == features.count ? 0 : 1))
     }
 
-    @Test func fourShardsMergedEqualOneRun() throws {
-        let dir = TempDir()
-        let mock = try MockLLM(["--latency-ms", "5"])
-        let whole = try Demo.job(dir, endpoint: mock.endpoint, features: "0..20", store: "whole.sqlite")
-        #expect(try runSAELabel(["run", "--config", whole, "--quiet"]).status == 0)
+    @Test func fourShardsMergedEqualOneRun() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start(["--latency-ms", "5"])
+        let whole = try Demo.job(dir, endpoint: mock.baseURL, features: "0..20", store: "whole.sqlite")
+        #expect(try await runSAELabel(["run", "--config", whole, "--quiet"]).status == 0)
         var shards: [String] = []
         for index in 0..<4 {
-            let shardDir = TempDir()
-            let job = try Demo.job(shardDir, endpoint: mock.endpoint, features: "0..20", store: "shard.sqlite")
-            let result = try runSAELabel(["run", "--config", job, "--shard", "\(index)/4", "--quiet"])
+            let shardDir = TempDirectory()
+            let job = try Demo.job(shardDir, endpoint: mock.baseURL, features: "0..20", store: "shard.sqlite")
+            let result = try await runSAELabel(["run", "--config", job, "--shard", "\(index)/4", "--quiet"])
             #expect(result.status == 0, "\(result.stderr)")
-            let path = dir.path("shard-\(index).sqlite")
-            try FileManager.default.copyItem(atPath: shardDir.path("shard.sqlite"), toPath: path)
+            let path = dir.file("shard-\(index).sqlite")
+            try FileManager.default.copyItem(atPath: shardDir.file("shard.sqlite"), toPath: path)
             shards.append(path)
         }
-        let merge = try runSAELabel(["merge", "--into", dir.path("merged.sqlite")] + shards)
+        let merge = try await runSAELabel(["merge", "--into", dir.file("merged.sqlite")] + shards)
         #expect(merge.status == 0, "\(merge.stderr)")
         for name in ["whole", "merged"] {
-            let export = try runSAELabel(["export", "--db", dir.path("\(name).sqlite"), "--format", "catalog", "--out", dir.path("\(name).jsonl")])
+            let export = try await runSAELabel(["export", "--db", dir.file("\(name).sqlite"), "--format", "catalog", "--out", dir.file("\(name).jsonl")])
             #expect(export.status == 0, "\(export.stderr)")
         }
-        let whole1 = try readCatalog(dir.path("whole.jsonl"))
-        let merged = try readCatalog(dir.path("merged.jsonl"))
+        let whole1 = try readCatalog(dir.file("whole.jsonl"))
+        let merged = try readCatalog(dir.file("merged.jsonl"))
         #expect(whole1.count == 20)
         #expect(merged.count == whole1.count)
         for (a, b) in zip(whole1, merged) {
-            #expect(NSDictionary(dictionary: a).isEqual(to: b), "feature \(a["feature"] ?? "?") differs")
+            // Labels, scores, states and examples are identical. Statistics may differ in the last float
+            // bits: each shard multiplies only its own W_enc columns, and sgemm's summation order
+            // depends on the matrix width.
+            let differences = catalogDifferences(a, b, path: "feature \(a["feature"] ?? "?")")
+            #expect(differences.isEmpty, "\(differences.prefix(5))")
+            #expect(a["explanation"] as? String == b["explanation"] as? String)
         }
     }
 
-    @Test func theAPIKeyIsSentButNeverWrittenAnywhere() throws {
-        let dir = TempDir()
+    @Test func theAPIKeyIsSentButNeverWrittenAnywhere() async throws {
+        let dir = TempDirectory()
         let secret = "sk-test-\(UUID().uuidString)"
-        let mock = try MockLLM(["--latency-ms", "5", "--fault-rate-500", "0.2", "--seed", "3"])
-        let job = try Demo.job(dir, endpoint: mock.endpoint, features: "0..6", extra: "")
+        let mock = try await MockLLMServer.start(["--latency-ms", "5", "--fault-rate-500", "0.2", "--seed", "3"])
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..6", extra: "")
         // Point both LLM sections at a custom variable.
         var text = try String(contentsOfFile: job, encoding: .utf8)
         text = text.replacingOccurrences(of: "model = \"mock\"", with: "model = \"mock\"\napi_key_env = \"SAELABEL_TEST_SECRET\"")
-        text += "\n[export]\ncatalog = \"\(dir.path("catalog.jsonl"))\"\ncsv = \"\(dir.path("catalog.csv"))\"\nhtml = \"\(dir.path("html"))\"\n"
+        text += "\n[export]\ncatalog = \"\(dir.file("catalog.jsonl"))\"\ncsv = \"\(dir.file("catalog.csv"))\"\nhtml = \"\(dir.file("html"))\"\n"
         try Data(text.utf8).write(to: URL(fileURLWithPath: job))
-        let result = try runSAELabel(["run", "--config", job], environment: ["SAELABEL_TEST_SECRET": secret])
+        let result = try await runSAELabel(["run", "--config", job], environment: ["SAELABEL_TEST_SECRET": secret])
         #expect(result.status == 0 || result.status == 1)
-        #expect(try mock.stats().authSeen.contains("Bearer \(secret)"), "the key was sent")
+        #expect(try await mock.stats().authSeen.contains("Bearer \(secret)"), "the key was sent")
         #expect(!result.stdout.contains(secret) && !result.stderr.contains(secret))
         let enumerator = FileManager.default.enumerator(atPath: dir.url.path)
         var checked = 0
         while let name = enumerator?.nextObject() as? String {
-            let path = dir.path(name)
+            let path = dir.file(name)
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
             let data = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -141,10 +146,10 @@ struct ResilienceTests {
 @Suite(.serialized, .enabled(if: ProcessInfo.processInfo.environment["SAELABEL_LLM_ENDPOINT"] != nil && Demo.available,
                              "set SAELABEL_LLM_ENDPOINT (make test starts the server)"))
 struct RealLLMTests {
-    @Test func everyFeatureGetsALabelAScoreAndSimulatedValues() throws {
+    @Test func everyFeatureGetsALabelAScoreAndSimulatedValues() async throws {
         let endpoint = ProcessInfo.processInfo.environment["SAELABEL_LLM_ENDPOINT"]!
         let model = ProcessInfo.processInfo.environment["SAELABEL_LLM_MODEL"] ?? "smollm2"
-        let dir = TempDir()
+        let dir = TempDirectory()
         var job = try Demo.job(dir, endpoint: endpoint, features: "0..4", concurrency: 1)
         var text = try String(contentsOfFile: job, encoding: .utf8)
         text = text.replacingOccurrences(of: "model = \"mock\"", with: "model = \"\(model)\"")
@@ -154,12 +159,12 @@ struct RealLLMTests {
             .replacingOccurrences(of: "[explainer]\n", with: "[explainer]\nstyle = \"highlighted\"\n")
         job = try dir.write("job.toml", text)
         // A second run retries whatever the tiny model fumbled the first time (resume).
-        var result = try runSAELabel(["run", "--config", job, "--quiet"])
-        if result.status == 1 { result = try runSAELabel(["run", "--config", job, "--quiet"]) }
+        var result = try await runSAELabel(["run", "--config", job, "--quiet"])
+        if result.status == 1 { result = try await runSAELabel(["run", "--config", job, "--quiet"]) }
         #expect(result.status == 0, "\(result.stdout)\n\(result.stderr)")
-        let export = try runSAELabel(["export", "--db", dir.path("job.sqlite"), "--format", "catalog", "--out", dir.path("catalog.jsonl")])
+        let export = try await runSAELabel(["export", "--db", dir.file("job.sqlite"), "--format", "catalog", "--out", dir.file("catalog.jsonl")])
         #expect(export.status == 0)
-        let catalog = try readCatalog(dir.path("catalog.jsonl"))
+        let catalog = try readCatalog(dir.file("catalog.jsonl"))
         let labeled = catalog.filter { ($0["status"] as? String) != "dead" && ($0["status"] as? String) != "sparse" }
         #expect(!labeled.isEmpty)
         for entry in labeled {

@@ -1,18 +1,8 @@
 import Foundation
 import SAELabelCore
 import SAELabelStore
+import TestSupport
 import Testing
-
-/// A fresh folder per test, removed at the end.
-final class TempDir {
-    let url: URL
-    init() {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("saelabel-store-\(UUID().uuidString)")
-        try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-    deinit { try? FileManager.default.removeItem(at: url) }
-}
 
 func window(_ tokens: [String], _ activations: [Float], kind: ExampleKind = .top, sequence: Int = 0) -> ActivationWindow {
     ActivationWindow(tokens: tokens, activations: activations, kind: kind, sequence: sequence, start: 0)
@@ -29,18 +19,18 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
 
 @Suite struct StoreTests {
     @Test func schemaMigratesFromEmpty() throws {
-        let dir = TempDir()
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let dir = TempDirectory()
+        let store = try JobStore(path: dir.file("job.sqlite"))
         #expect(try store.appliedMigrations() == ["v1"])
         #expect(try store.status().features == 0)
         // Reopening an existing store applies nothing twice.
-        let again = try JobStore(path: dir.path("job.sqlite"))
+        let again = try JobStore(path: dir.file("job.sqlite"))
         #expect(try again.appliedMigrations() == ["v1"])
     }
 
     @Test func notAStoreIsRefusedClearly() throws {
-        let dir = TempDir()
-        let path = dir.path("junk.sqlite")
+        let dir = TempDirectory()
+        let path = dir.file("junk.sqlite")
         try Data("this is not sqlite, just text that is long enough to look like a header".utf8).write(to: URL(fileURLWithPath: path))
         #expect {
             _ = try JobStore(path: path)
@@ -51,10 +41,10 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     }
 
     @Test func changedInputIsRefusedWithClearMessage() throws {
-        let dir = TempDir()
-        let input = dir.path("weights.safetensors")
+        let dir = TempDirectory()
+        let input = dir.file("weights.safetensors")
         try Data("version one".utf8).write(to: URL(fileURLWithPath: input))
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let store = try JobStore(path: dir.file("job.sqlite"))
         try store.verifyInputs([try InputFingerprint.of(file: input, role: "sae_weights")])
         // Same content: accepted again.
         try store.verifyInputs([try InputFingerprint.of(file: input, role: "sae_weights")])
@@ -75,8 +65,8 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     }
 
     @Test func statusCountsAreRight() throws {
-        let dir = TempDir()
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let dir = TempDirectory()
+        let store = try JobStore(path: dir.file("job.sqlite"))
         try store.registerFeatures(Array(0..<6))
         try store.saveCollected([collected(0), collected(1), collected(2), collected(3, state: .dead)])
         try store.beginPass("p1")
@@ -113,8 +103,8 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     }
 
     @Test func examplesRoundTripWithNastyTokens() throws {
-        let dir = TempDir()
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let dir = TempDirectory()
+        let store = try JobStore(path: dir.file("job.sqlite"))
         var feature = collected(7)
         feature.explain = [window(["\"q\"", "\t", "\n", "é日本🙂", "<script>alert(1)</script>"], [0, 1.5, 0, 2.25, -0.5])]
         try store.saveCollected(feature)
@@ -124,8 +114,8 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     }
 
     @Test func oneExplanationPerFeatureAndPass() throws {
-        let dir = TempDir()
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let dir = TempDirectory()
+        let store = try JobStore(path: dir.file("job.sqlite"))
         try store.saveCollected(collected(0))
         try store.beginPass("p1")
         let first = try store.saveExplanation(feature: 0, text: "first", explainerModel: "m", promptHash: "h", rawResponse: nil)
@@ -146,8 +136,8 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     }
 
     @Test func failedFeaturesAreRequeued() throws {
-        let dir = TempDir()
-        let store = try JobStore(path: dir.path("job.sqlite"))
+        let dir = TempDirectory()
+        let store = try JobStore(path: dir.file("job.sqlite"))
         try store.saveCollected([collected(0), collected(1)])
         try store.markFailed(feature: 0, stage: "explain", reason: "x")
         try store.markFailed(feature: 1, stage: "score", reason: "y")
@@ -158,10 +148,10 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     }
 
     @Test func mergeJoinsShardsAndIsIdempotent() throws {
-        let dir = TempDir()
+        let dir = TempDirectory()
         var shards: [String] = []
         for shard in 0..<2 {
-            let path = dir.path("shard-\(shard).sqlite")
+            let path = dir.file("shard-\(shard).sqlite")
             let store = try JobStore(path: path)
             try store.verifyInputs([InputFingerprint(role: "sae_weights", path: "w", size: 1, sha256: "abc")])
             try store.beginPass("p")
@@ -177,7 +167,7 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
                                     latencySeconds: 0.1, outcome: "ok", attempt: 1)
             shards.append(path)
         }
-        let merged = try JobStore(path: dir.path("merged.sqlite"))
+        let merged = try JobStore(path: dir.file("merged.sqlite"))
         for shard in shards { _ = try merged.merge(shardAt: shard) }
         for shard in shards { _ = try merged.merge(shardAt: shard) }
         let status = try merged.status()
@@ -191,7 +181,7 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
         #expect(merged.cachedLLMResponse(key: "key1") != nil)
 
         // A shard run on other inputs is refused.
-        let other = try JobStore(path: dir.path("other.sqlite"))
+        let other = try JobStore(path: dir.file("other.sqlite"))
         try other.verifyInputs([InputFingerprint(role: "sae_weights", path: "w", size: 1, sha256: "zzz")])
         #expect(throws: SAELabelError.self) { _ = try merged.merge(shardAt: other.path) }
     }
