@@ -58,7 +58,7 @@ public struct JSONSimulationScorer: Scorer {
         let values = Array(0...10)
         let items: [[String: Any]] = tokens.map { token in
             ["type": "object",
-             "properties": ["token": ["type": "string", "enum": [token]],
+             "properties": ["token": pinnable(token) ? ["type": "string", "enum": [token]] : ["type": "string"],
                             "activation": ["type": "integer", "enum": values]],
              "required": ["token", "activation"],
              "additionalProperties": false]
@@ -74,6 +74,13 @@ public struct JSONSimulationScorer: Scorer {
             return "{\"type\":\"object\"}"
         }
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Whether a token can be pinned with `enum` in the schema. llama-cpp-python 0.3.36 turns a
+    /// quote, backslash or control character inside an enum string into a grammar it cannot parse,
+    /// and its server then dies; such tokens are left free (the array length still fixes the count).
+    static func pinnable(_ token: String) -> Bool {
+        token.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value != 0x7F && $0 != "\"" && $0 != "\\" }
     }
 
     private func request(_ messages: [ChatMessage], tokens: [String]) -> ChatRequest {

@@ -69,14 +69,21 @@ import Testing
     }
 
     @Test func schemaFixesLengthAndTokens() throws {
-        let schema = JSONSimulationScorer.schema(tokens: ["a", "\"b\""])
+        let schema = JSONSimulationScorer.schema(tokens: ["a", "\"b\"", "\n", "é"])
         let object = try #require(try JSONSerialization.jsonObject(with: Data(schema.utf8)) as? [String: Any])
         let activations = try #require((object["properties"] as? [String: Any])?["activations"] as? [String: Any])
-        #expect(activations["minItems"] as? Int == 2 && activations["maxItems"] as? Int == 2)
+        #expect(activations["minItems"] as? Int == 4 && activations["maxItems"] as? Int == 4)
         let items = try #require(activations["prefixItems"] as? [[String: Any]])
-        #expect(items.count == 2)
+        #expect(items.count == 4)
+        func tokenSchema(_ index: Int) -> [String: Any]? {
+            (items[index]["properties"] as? [String: Any])?["token"] as? [String: Any]
+        }
+        #expect(tokenSchema(0)?["enum"] as? [String] == ["a"])
+        #expect(tokenSchema(3)?["enum"] as? [String] == ["é"])
+        // Quotes and control characters are left free: llama.cpp's schema converter breaks on them.
+        #expect(tokenSchema(1)?["enum"] == nil && tokenSchema(1)?["type"] as? String == "string")
+        #expect(tokenSchema(2)?["enum"] == nil)
         let second = try #require(items[1]["properties"] as? [String: Any])
-        #expect((second["token"] as? [String: Any])?["enum"] as? [String] == ["\"b\""])
         #expect((second["activation"] as? [String: Any])?["enum"] as? [Int] == Array(0...10))
     }
 
