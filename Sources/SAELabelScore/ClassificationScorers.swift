@@ -48,7 +48,7 @@ struct ClassificationEngine: Sendable {
 
     /// The shuffled items with the text shown for each window.
     func items(feature: Int, heldout: [ActivationWindow]) -> [Item] {
-        var generator = SeededGenerator(seed: seed ^ (UInt64(truncatingIfNeeded: feature) &* 0x9E37_79B9_7F4A_7C15))
+        var generator = SplitMix64(state: seed ^ (UInt64(truncatingIfNeeded: feature) &* 0x9E37_79B9_7F4A_7C15))
         let activating = heldout.filter { $0.kind != .random }
         // Fuzzing marks as many random tokens in a non-activating window as an activating one has on average.
         let highlightCounts = activating.map { window in

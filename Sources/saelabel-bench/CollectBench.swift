@@ -137,14 +137,9 @@ func peakRSSKiB() -> Int {
 
 /// Fast deterministic pseudo-normal numbers (sum of uniforms), good enough for synthetic activations.
 struct BenchRandom {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    var generator: SplitMix64
+    init(state: UInt64) { generator = SplitMix64(state: state) }
+    mutating func next() -> UInt64 { generator.next() }
     mutating func normal() -> Float {
         let bits = next()
         var sum: Float = 0

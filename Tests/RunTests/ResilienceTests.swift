@@ -27,7 +27,7 @@ struct ResilienceTests {
         let dir = TempDirectory()
         let mock = try await MockLLMServer.start(["--latency-ms", "60"])
         let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..16", concurrency: concurrency)
-        var generator = SplitMix(state: 20261125)
+        var generator = SplitMix64(state: 20261125)
         var kills = 0
         for _ in 0..<24 {
             let process = try startSAELabel(["run", "--config", job, "--quiet"])

@@ -106,7 +106,8 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
         let dir = TempDirectory()
         let store = try JobStore(path: dir.file("job.sqlite"))
         var feature = collected(7)
-        feature.explain = [window(["\"q\"", "\t", "\n", "é日本🙂", "<script>alert(1)</script>"], [0, 1.5, 0, 2.25, -0.5])]
+        feature.explain = [window(["\"q\"", "\t", "\n", "é日本🙂", "<script>alert(1)</script>", "\u{01}\\\u{7F}\r", "\u{2028}"],
+                                  [0, 1.5, 0, 2.25, -0.5, 1e-7, 3.4e38])]
         try store.saveCollected(feature)
         let explain = try store.examples(feature: 7, split: .explain)
         #expect(explain.map(\.window) == feature.explain)
