@@ -4,7 +4,7 @@ SWIFT ?= swift
 PORT ?= 8081
 ENDPOINT = http://127.0.0.1:$(PORT)/v1
 
-.PHONY: demo test test-fast build release bench deps clean-demo
+.PHONY: demo demo-baseline test test-fast build release bench deps clean-demo
 
 deps:
 	Tools/install_deps.sh
@@ -23,6 +23,15 @@ demo: release
 	status=0; .build/release/saelabel run --config Datasets/demo/job.toml || status=$$?; \
 	  Tools/llm_server.sh stop; \
 	  test $$status -le 1 && .build/release/saelabel status --db demo-out/demo.sqlite; exit $$status
+
+# The same features labeled by the no-LLM baseline explainer and scored by the same simulator,
+# then compared with the LLM labels of `make demo`.
+demo-baseline: release
+	Tools/install_deps.sh --llm
+	Tools/llm_server.sh start $(PORT)
+	status=0; .build/release/saelabel run --config Datasets/demo/job-baseline.toml || status=$$?; \
+	  Tools/llm_server.sh stop; test $$status -le 1 || exit $$status
+	python3 Tools/compare_labels.py demo-out/catalog.jsonl demo-out/baseline-catalog.jsonl
 
 # The whole suite, including the real-LLM end-to-end test and the headless-browser catalog test.
 test:

@@ -64,7 +64,8 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .executableTarget(name: "saelabel-bench",
-                          dependencies: ["SAELabelCollect", "SAELabelStore", "LLMClient", "COpenBLAS"],
+                          dependencies: ["SAELabelCollect", "SAELabelStore", "LLMClient", "COpenBLAS",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
 
         // Tests, over shared helpers (temporary folders, processes, the mock LLM server)

@@ -16,31 +16,9 @@ import SAELabelStore
 ///   3. Tools/bench_numpy_collect.py (numpy encode + per-feature top windows) on the same files, and (2)/(3).
 /// Baselines run by default up to 131,072 tokens; larger runs (e.g. --tokens 1000000) measure collect alone and
 /// report its peak RSS (getrusage ru_maxrss) against the 1 GiB budget.
-func runCollectBenchmark(arguments: [String]) {
-    var tokens = 65_536, features = 24_576, dIn = 768, batch = 512
-    var baselines: Bool? = nil, keep = false
-    var numpyScript: String? = nil
-    var index = 1
-    func value() -> String? {
-        index += 1
-        return index < arguments.count ? arguments[index] : nil
-    }
-    while index < arguments.count {
-        switch arguments[index] {
-        case "--tokens": tokens = value().flatMap(Int.init) ?? tokens
-        case "--features": features = value().flatMap(Int.init) ?? features
-        case "--d-in": dIn = value().flatMap(Int.init) ?? dIn
-        case "--batch": batch = value().flatMap(Int.init) ?? batch
-        case "--baselines": baselines = true
-        case "--no-baselines": baselines = false
-        case "--keep": keep = true
-        case "--numpy": numpyScript = value()
-        default:
-            FileHandle.standardError.write(Data("collect bench: unknown argument \(arguments[index])\n".utf8))
-            exit(2)
-        }
-        index += 1
-    }
+func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, batch: Int, baselines: Bool?,
+                         keep: Bool, numpyScript: String?) {
+    var tokens = requestedTokens
     let runBaselines = baselines ?? (tokens <= 131_072)
     let context = 128
     let sequences = (tokens + context - 1) / context

@@ -11,28 +11,10 @@ import Logging
 /// server), warms up one request per connection (not counted), then keeps `concurrency` requests
 /// in flight until `requests` distinct chat requests are done (no cache). Ideal throughput is
 /// concurrency / latency; the ratio shows what the client and mock lose to overhead.
-func runLLMBenchmark(arguments: [String]) async {
-    var requests = 1280, concurrency = 64, latencyMs = 200.0
-    var mockPath: String? = nil, endpoint: String? = nil
-    var i = 0
-    func value() -> String? {
-        i += 1
-        return i < arguments.count ? arguments[i] : nil
-    }
-    while i < arguments.count {
-        switch arguments[i] {
-        case "llm": break
-        case "--requests": requests = value().flatMap(Int.init) ?? requests
-        case "--concurrency": concurrency = value().flatMap(Int.init) ?? concurrency
-        case "--latency-ms": latencyMs = value().flatMap(Double.init) ?? latencyMs
-        case "--mock": mockPath = value()
-        case "--endpoint": endpoint = value()
-        default:
-            FileHandle.standardError.write(Data("llm bench: unknown argument \(arguments[i])\n".utf8))
-            return
-        }
-        i += 1
-    }
+func runLLMBenchmark(requests requested: Int, concurrency requestedConcurrency: Int, latencyMs: Double,
+                     mockPath: String?, endpoint: String?) async {
+    var requests = requested
+    var concurrency = requestedConcurrency
     requests = max(1, requests)
     concurrency = max(1, concurrency)
     let inFlight = concurrency

@@ -1,0 +1,68 @@
+import ArgumentParser
+
+/// `saelabel-bench`: the benchmarks of BENCHMARKS.md. They report ratios measured within one run;
+/// they assert nothing (tests do that).
+@main
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "saelabel-bench",
+        abstract: "Benchmarks: collect throughput against sgemm and numpy, LLM client throughput against the mock server.",
+        subcommands: [CollectBench.self, LLMBench.self])
+}
+
+struct CollectBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "collect",
+        abstract: "Collect throughput vs plain cblas_sgemm and a numpy collect in the same run; peak memory.")
+
+    @Option(help: "Tokens of synthetic activations (rounded up to whole 128-token sequences).")
+    var tokens = 65_536
+
+    @Option(help: "SAE width (d_sae); every feature is selected.")
+    var features = 24_576
+
+    @Option(name: .customLong("d-in"), help: "Activation width (d_in).")
+    var dIn = 768
+
+    @Option(help: "Tokens per sgemm batch.")
+    var batch = 512
+
+    @Flag(inversion: .prefixedNo, help: "Run the sgemm and numpy baselines (default: only up to 131,072 tokens).")
+    var baselines: Bool?
+
+    @Flag(help: "Keep the synthetic files in the temporary folder.")
+    var keep = false
+
+    @Option(help: ArgumentHelp("Path of Tools/bench_numpy_collect.py.", valueName: "PATH"))
+    var numpy: String?
+
+    func run() {
+        runCollectBenchmark(tokens: tokens, features: features, dIn: dIn, batch: batch, baselines: baselines,
+                            keep: keep, numpyScript: numpy)
+    }
+}
+
+struct LLMBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "llm",
+        abstract: "LLM client throughput at N in flight against the mock server, as a ratio to N / latency.")
+
+    @Option(help: "Chat requests to send (all distinct, no cache).")
+    var requests = 1280
+
+    @Option(help: "Requests in flight.")
+    var concurrency = 64
+
+    @Option(name: .customLong("latency-ms"), help: "The mock's latency per request in milliseconds.")
+    var latencyMs = 200.0
+
+    @Option(help: ArgumentHelp("Path of Tools/mock_llm_server.py.", valueName: "PATH"))
+    var mock: String?
+
+    @Option(help: ArgumentHelp("Use a running OpenAI-compatible server instead of launching the mock.", valueName: "URL"))
+    var endpoint: String?
+
+    func run() async {
+        await runLLMBenchmark(requests: requests, concurrency: concurrency, latencyMs: latencyMs, mockPath: mock, endpoint: endpoint)
+    }
+}
