@@ -48,6 +48,7 @@ public enum JobRunner {
                                                   progress: progress)
         } else {
             try store.verifyInputs(plan.fingerprints, acceptChanges: request.newVersion)
+            try Pipeline.verifySelectionSettings(options, store: store, acceptChanges: request.newVersion)
         }
 
         if wantsExplain || wantsScore {

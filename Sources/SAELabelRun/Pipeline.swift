@@ -51,6 +51,7 @@ public enum Pipeline {
     public static func collect(options: CollectOptions, store: JobStore, plan: CollectPlan, newVersion: Bool,
                                progress: ProgressReporter) throws(SAELabelError) -> CollectSummary? {
         try store.verifyInputs(plan.fingerprints, acceptChanges: newVersion)
+        try verifySelectionSettings(options, store: store, acceptChanges: newVersion)
         if newVersion {
             // New inputs: every selected feature is collected again and relabeled in a new pass.
             try store.registerFeatures(plan.features)
@@ -68,6 +69,24 @@ public enum Pipeline {
         }
         progress.finish()
         return summary
+    }
+
+    /// The settings that decide which examples a feature gets. Changing them on a resumed store would
+    /// silently mix old and new selections, so they are checked like the input files.
+    static func selectionSettings(_ options: CollectOptions) -> String {
+        let exclusion = options.excludeNormAbove.map { "\($0)" } ?? "none"
+        return "seed=\(options.seed) window=\(options.windowLength) explain=\(options.explainTop)+\(options.explainQuantile) "
+            + "heldout=\(options.heldoutTop)+\(options.heldoutQuantile)+\(options.heldoutRandom) "
+            + "min_windows=\(options.minActivatingWindows) special=\(options.excludeSpecialTokens) "
+            + "positions=\(options.excludePositions) norm_above=\(exclusion)"
+    }
+
+    static func verifySelectionSettings(_ options: CollectOptions, store: JobStore, acceptChanges: Bool) throws(SAELabelError) {
+        let current = selectionSettings(options)
+        if let recorded = try store.setting("collect_settings"), recorded != current, !acceptChanges {
+            throw .inputChanged(path: "[collect] settings", detail: "were \(recorded), now \(current)")
+        }
+        try store.setSetting("collect_settings", current)
     }
 
     public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore,

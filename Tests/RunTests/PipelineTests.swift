@@ -99,4 +99,22 @@ enum Demo {
         #expect(badFlag.status == 2)
         #expect(badFlag.stderr.split(separator: "\n").count == 1)
     }
+
+    @Test(.enabled(if: Demo.available)) func changedSelectionSettingsAreRefusedUnlessNewVersion() async throws {
+        let dir = TempDirectory()
+        let job = try Demo.job(dir, endpoint: "http://127.0.0.1:9/v1", features: "0..4")
+        let first = try await runSAELabel(["run", "--config", job, "--stage", "collect", "--quiet"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let text = try String(contentsOfFile: job, encoding: .utf8).replacingOccurrences(of: "window = 16", with: "window = 8")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: job))
+        let refused = try await runSAELabel(["run", "--config", job, "--stage", "collect", "--quiet"])
+        #expect(refused.status == 2)
+        #expect(refused.stderr.contains("window=16") && refused.stderr.contains("window=8"))
+        #expect(refused.stderr.split(separator: "\n").count == 1)
+        let accepted = try await runSAELabel(["run", "--config", job, "--stage", "collect", "--new-version", "--quiet"])
+        #expect(accepted.status == 0, "\(accepted.stderr)")
+        let status = try await runSAELabel(["status", "--db", dir.file("job.sqlite"), "--json"])
+        let object = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+        #expect(object?["features"] as? Int == 4)
+    }
 }
