@@ -1,4 +1,5 @@
 import Foundation
+import SAELabelCore
 
 /// A small JSON tree with ordered keys, serialized by hand so exports control number formatting and
 /// escaping (and can stream one feature at a time).
@@ -24,7 +25,7 @@ indirect enum JSONValue {
         case .int(let value): out += String(value)
         case .double(let value): out += value.isFinite ? String(value) : "null"
         case .float(let value): out += value.isFinite ? String(value) : "null"
-        case .string(let value): Self.writeString(value, into: &out, scriptSafe: scriptSafe)
+        case .string(let value): JSONText.appendString(value, to: &out, scriptSafe: scriptSafe)
         case .array(let values):
             out += "["
             for (i, value) in values.enumerated() {
@@ -36,7 +37,7 @@ indirect enum JSONValue {
             out += "{"
             for (i, (key, value)) in members.enumerated() {
                 if i > 0 { out += "," }
-                Self.writeString(key, into: &out, scriptSafe: scriptSafe)
+                JSONText.appendString(key, to: &out, scriptSafe: scriptSafe)
                 out += ":"
                 value.write(into: &out, scriptSafe: scriptSafe)
             }
@@ -50,35 +51,4 @@ indirect enum JSONValue {
         return out
     }
 
-    private static let hex: [Character] = Array("0123456789abcdef")
-
-    static func writeString(_ value: String, into out: inout String, scriptSafe: Bool) {
-        out += "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "<" where scriptSafe, ">" where scriptSafe, "&" where scriptSafe,
-                 "\u{2028}", "\u{2029}":
-                appendEscape(scalar.value, into: &out)
-            default:
-                if scalar.value < 0x20 {
-                    appendEscape(scalar.value, into: &out)
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        out += "\""
-    }
-
-    private static func appendEscape(_ value: UInt32, into out: inout String) {
-        out += "\\u"
-        for shift in stride(from: 12, through: 0, by: -4) {
-            out.append(hex[Int((value >> UInt32(shift)) & 0xF)])
-        }
-    }
 }

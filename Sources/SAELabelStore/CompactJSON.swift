@@ -1,3 +1,5 @@
+import SAELabelCore
+
 /// JSON text for the plain arrays the store keeps (tokens, activations, histograms), written directly:
 /// Foundation's JSONEncoder costs more than the SQLite insert itself on collect's bulk write.
 /// The output is standard JSON that JSONDecoder reads back.
@@ -7,21 +9,7 @@ enum CompactJSON {
         out.reserveCapacity(values.count * 8)
         for (index, value) in values.enumerated() {
             if index > 0 { out += "," }
-            out += "\""
-            for scalar in value.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                case _ where scalar.value < 0x20:
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                default: out.unicodeScalars.append(scalar)
-                }
-            }
-            out += "\""
+            JSONText.appendString(value, to: &out)
         }
         return out + "]"
     }

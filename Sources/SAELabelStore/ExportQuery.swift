@@ -55,23 +55,12 @@ extension JobStore {
                 let explanation = try Row.fetchOne(explanationStatement, arguments: [record.index, pass]).map(Self.explanation)
                 var scores: [StoredScore] = []
                 if let explanation {
-                    scores = try Row.fetchAll(scoreStatement, arguments: [explanation.id]).map {
-                        StoredScore(scorer: $0["scorer"], value: $0["value"], model: $0["model"],
-                                    promptHash: $0["prompt_hash"], details: $0["details"])
-                    }
+                    scores = try Row.fetchAll(scoreStatement, arguments: [explanation.id]).map(Self.score)
                 }
                 var examples: [StoredExample] = []
                 if includeExamples {
-                    examples = try Row.fetchAll(exampleStatement, arguments: [record.index]).map { row in
-                        let tokensText: String = row["tokens"]
-                        let activationsText: String = row["activations"]
-                        let window = ActivationWindow(
-                            tokens: try decoder.decode([String].self, from: Data(tokensText.utf8)),
-                            activations: try decoder.decode([Float].self, from: Data(activationsText.utf8)),
-                            kind: ExampleKind(rawValue: row["kind"]) ?? .top,
-                            sequence: row["sequence"], start: row["start"])
-                        return StoredExample(split: ExampleSplit(rawValue: row["split"]) ?? .explain,
-                                             ordinal: row["ordinal"], window: window)
+                    examples = try Row.fetchAll(exampleStatement, arguments: [record.index]).map {
+                        try Self.example($0, decoder: decoder)
                     }
                 }
                 try body(ExportFeature(record: record, explanation: explanation, scores: scores, examples: examples))

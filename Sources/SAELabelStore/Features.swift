@@ -86,17 +86,20 @@ extension JobStore {
             }
             sql += " ORDER BY split, ordinal"
             let decoder = JSONDecoder()
-            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
-                let tokensText: String = row["tokens"]
-                let activationsText: String = row["activations"]
-                let window = ActivationWindow(
-                    tokens: try decoder.decode([String].self, from: Data(tokensText.utf8)),
-                    activations: try decoder.decode([Float].self, from: Data(activationsText.utf8)),
-                    kind: ExampleKind(rawValue: row["kind"]) ?? .top,
-                    sequence: row["sequence"], start: row["start"])
-                return StoredExample(split: ExampleSplit(rawValue: row["split"]) ?? .explain, ordinal: row["ordinal"], window: window)
-            }
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { try Self.example($0, decoder: decoder) }
         }
+    }
+
+    /// One `example` row as stored.
+    static func example(_ row: Row, decoder: JSONDecoder) throws -> StoredExample {
+        let tokensText: String = row["tokens"]
+        let activationsText: String = row["activations"]
+        let window = ActivationWindow(
+            tokens: try decoder.decode([String].self, from: Data(tokensText.utf8)),
+            activations: try decoder.decode([Float].self, from: Data(activationsText.utf8)),
+            kind: ExampleKind(rawValue: row["kind"]) ?? .top,
+            sequence: row["sequence"], start: row["start"])
+        return StoredExample(split: ExampleSplit(rawValue: row["split"]) ?? .explain, ordinal: row["ordinal"], window: window)
     }
 
     /// Feature indices in `state` (ascending), optionally restricted to a selection.

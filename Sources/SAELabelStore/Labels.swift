@@ -112,9 +112,13 @@ extension JobStore {
 
     public func scores(explanation: StoredExplanation) throws(SAELabelError) -> [StoredScore] {
         try read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM score WHERE explanation = ? ORDER BY scorer", arguments: [explanation.id]).map {
-                StoredScore(scorer: $0["scorer"], value: $0["value"], model: $0["model"], promptHash: $0["prompt_hash"], details: $0["details"])
-            }
+            try Row.fetchAll(db, sql: "SELECT * FROM score WHERE explanation = ? ORDER BY scorer", arguments: [explanation.id]).map(Self.score)
         }
+    }
+
+    /// One `score` row as stored.
+    static func score(_ row: Row) -> StoredScore {
+        StoredScore(scorer: row["scorer"], value: row["value"], model: row["model"], promptHash: row["prompt_hash"],
+                    details: row["details"])
     }
 }
