@@ -27,6 +27,15 @@ enum CatalogExport {
         return ExportSummary(features: count, files: [path])
     }
 
+    /// The statistics beyond the contract's frequency and max, shared with the HTML catalog's data.
+    static func statisticsMembers(_ record: FeatureRecord) -> [(String, JSONValue)] {
+        guard let statistics = record.statistics else { return [] }
+        return [("mean_activation", .float(statistics.meanActivation)),
+                ("activating_tokens", .int(statistics.activatingTokens)),
+                ("activating_windows", .int(statistics.activatingWindows)),
+                ("histogram", .array(statistics.histogram.map(JSONValue.int)))]
+    }
+
     static func object(_ row: ExportRow, job: JobInfo) -> JSONValue {
         let record = row.feature.record
         var members: [(String, JSONValue)] = [
@@ -44,12 +53,7 @@ enum CatalogExport {
             ("prompt_hash", .text(row.feature.explanation?.promptHash)),
             ("score_details", row.scoreDetailsJSON),
         ]
-        if let statistics = record.statistics {
-            members += [("mean_activation", .float(statistics.meanActivation)),
-                        ("activating_tokens", .int(statistics.activatingTokens)),
-                        ("activating_windows", .int(statistics.activatingWindows)),
-                        ("histogram", .array(statistics.histogram.map(JSONValue.int)))]
-        }
+        members += statisticsMembers(record)
         if let note = record.note { members.append(("note", .string(note))) }
         if record.state == .failed {
             members += [("failed_stage", .text(record.failedStage)), ("failure_reason", .text(record.failureReason))]

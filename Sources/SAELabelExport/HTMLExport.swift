@@ -118,12 +118,7 @@ enum HTMLExport {
             ("max_activation", row.maxActivation.map(JSONValue.float) ?? .null),
             ("examples", row.examplesJSON),
         ]
-        if let statistics = record.statistics {
-            members += [("mean_activation", .float(statistics.meanActivation)),
-                        ("activating_tokens", .int(statistics.activatingTokens)),
-                        ("activating_windows", .int(statistics.activatingWindows)),
-                        ("histogram", .array(statistics.histogram.map(JSONValue.int)))]
-        }
+        members += CatalogExport.statisticsMembers(record)
         if let note = record.note { members.append(("note", .string(note))) }
         if let stage = record.failedStage { members.append(("failed_stage", .string(stage))) }
         if let reason = record.failureReason { members.append(("failure_reason", .string(reason))) }
