@@ -15,8 +15,7 @@ struct DenseEncoder {
 
     /// Returns the number of excluded tokens.
     func run(progress: (Int, Int) -> Void) throws(SAELabelError) -> Int {
-        // One BLAS thread: on the 2-vCPU machines this runs on, one thread has measured faster than two.
-        openblas_set_num_threads(1)
+        openblas_set_num_threads(Int32(max(1, options.blasThreads)))
         guard let sae = inputs.sae else { return 0 }
         let dIn = inputs.dIn
         let selected = accumulators.features

@@ -29,6 +29,7 @@ public struct JobConfig: Sendable, Equatable {
         public var excludePositions: [Int] = []
         public var excludeNormAbove: Double?
         public var batchTokens = 512
+        public var blasThreads = 1
     }
 
     public struct Endpoint: Sendable, Equatable {
@@ -159,7 +160,7 @@ struct JobConfigReader {
         let collect = try table(root, "collect")
         try allow(collect, "collect", ["features", "window", "explain_top", "explain_quantile", "heldout_top", "heldout_quantile",
                                        "heldout_random", "min_activating_windows", "exclude_special_tokens", "exclude_positions",
-                                       "exclude_norm_above", "batch_tokens"])
+                                       "exclude_norm_above", "batch_tokens", "blas_threads"])
         if let features = try string(collect, "collect", "features") {
             do {
                 config.collect.features = try FeatureSelection.parseRange(features, flag: "[collect] features")
@@ -179,6 +180,7 @@ struct JobConfigReader {
         config.collect.excludePositions = try intArray(collect, "collect", "exclude_positions") ?? []
         config.collect.excludeNormAbove = try double(collect, "collect", "exclude_norm_above")
         config.collect.batchTokens = try positive(collect, "batch_tokens") ?? c.batchTokens
+        config.collect.blasThreads = try positive(collect, "blas_threads") ?? c.blasThreads
 
         let explainer = try table(root, "explainer")
         try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "style"])

@@ -43,6 +43,7 @@ public enum Pipeline {
         options.excludePositions = config.collect.excludePositions
         options.excludeNormAbove = config.collect.excludeNormAbove.map { Float($0) }
         options.batchTokens = config.collect.batchTokens
+        options.blasThreads = config.collect.blasThreads
         return options
     }
 

@@ -27,6 +27,9 @@ struct CollectBench: ParsableCommand {
     @Option(help: "Tokens per sgemm batch.")
     var batch = 512
 
+    @Option(name: .customLong("blas-threads"), help: "OpenBLAS threads for both the sgemm baseline and collect.")
+    var blasThreads = 1
+
     @Flag(inversion: .prefixedNo, help: "Run the sgemm and numpy baselines (default: only up to 131,072 tokens).")
     var baselines: Bool?
 
@@ -37,7 +40,8 @@ struct CollectBench: ParsableCommand {
     var numpy: String?
 
     func run() {
-        runCollectBenchmark(tokens: tokens, features: features, dIn: dIn, batch: batch, baselines: baselines,
+        runCollectBenchmark(tokens: tokens, features: features, dIn: dIn, batch: batch, blasThreads: blasThreads,
+                            baselines: baselines,
                             keep: keep, numpyScript: numpy)
     }
 }

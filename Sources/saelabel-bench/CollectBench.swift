@@ -16,8 +16,8 @@ import SAELabelStore
 ///   3. Tools/bench_numpy_collect.py (numpy encode + per-feature top windows) on the same files, and (2)/(3).
 /// Baselines run by default up to 131,072 tokens; larger runs (e.g. --tokens 1000000) measure collect alone and
 /// report its peak RSS (getrusage ru_maxrss) against the 1 GiB budget.
-func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, batch: Int, baselines: Bool?,
-                         keep: Bool, numpyScript: String?) {
+func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, batch: Int, blasThreads: Int,
+                         baselines: Bool?, keep: Bool, numpyScript: String?) {
     var tokens = requestedTokens
     let runBaselines = baselines ?? (tokens <= 131_072)
     let context = 128
@@ -47,13 +47,14 @@ func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, b
 
     var sgemmRates: [Double] = []
     if runBaselines {
-        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch))
+        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch, threads: blasThreads))
         print(String(format: "  plain sgemm: %.0f tokens/s", sgemmRates[0]))
     }
 
     // saelabel collect.
     var options = CollectOptions(saeDirectory: saeDirectory, activationFiles: [activationPath], tokenizerPath: tokenizerPath)
     options.batchTokens = batch
+    options.blasThreads = blasThreads
     let summary: CollectSummary
     let planSeconds: Double
     let totalSeconds: Double
@@ -77,7 +78,7 @@ func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, b
 
     var numpyRate: Double? = nil
     if runBaselines {
-        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch))
+        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch, threads: blasThreads))
         print(String(format: "  plain sgemm (again, after collect): %.0f tokens/s", sgemmRates[1]))
         numpyRate = runNumpy(script: numpyScript, sae: saeDirectory, activations: activationPath)
     }
@@ -86,7 +87,7 @@ func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, b
     print("| measure | tokens/s | ratio |")
     print("|---|---:|---:|")
     let hardware = sgemmRates.max()
-    if let hardware { print(String(format: "| (1) plain cblas_sgemm [%d×%d]·[%d×%d], 1 thread (best of 2) | %.0f | 1.00 |", batch, dIn, dIn, features, hardware)) }
+    if let hardware { print(String(format: "| (1) plain cblas_sgemm [%d×%d]·[%d×%d], %d BLAS thread(s) (best of 2) | %.0f | 1.00 |", batch, dIn, dIn, features, blasThreads, hardware)) }
     let ratio1 = hardware.map { String(format: "%.2f of (1)", streamRate / $0) } ?? "–"
     print(String(format: "| (2) saelabel collect: stream (read, encode, select state) | %.0f | %@ |", streamRate, ratio1))
     let ratio1e = hardware.map { String(format: "%.2f of (1)", endToEndRate / $0) } ?? "–"
@@ -214,9 +215,10 @@ func writeBenchTokenizer(path: String) throws {
     try JSONSerialization.data(withJSONObject: root).write(to: URL(fileURLWithPath: path))
 }
 
-/// Plain `cblas_sgemm` over the same token count: C[batch, d_sae] = X[batch, d_in] · W[d_in, d_sae], 1 thread.
-func measureSGEMM(tokens: Int, dIn: Int, dSAE: Int, batch: Int) -> Double {
-    openblas_set_num_threads(1)
+/// Plain `cblas_sgemm` over the same token count: C[batch, d_sae] = X[batch, d_in] · W[d_in, d_sae], with
+/// the same BLAS thread count as the collect it is compared with.
+func measureSGEMM(tokens: Int, dIn: Int, dSAE: Int, batch: Int, threads: Int) -> Double {
+    openblas_set_num_threads(Int32(threads))
     var random = BenchRandom(state: 1)
     let weights = (0..<(dIn * dSAE)).map { _ in random.normal() }
     let input = (0..<(batch * dIn)).map { _ in random.normal() }
