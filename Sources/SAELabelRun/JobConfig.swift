@@ -78,6 +78,11 @@ public struct JobConfig: Sendable, Equatable {
         public var html: String?
     }
 
+    /// The values the job file and the command line accept, in one place.
+    public static let explainerStyles = ["openai", "highlighted", "baseline"]
+    public static let scorerNames = ["simulation", "detection", "fuzzing"]
+    public static let simulatorModes = ["json", "logprobs"]
+
     public var path: String = ""
     public var store = ""
     public var seed: UInt64 = 0
@@ -186,7 +191,7 @@ struct JobConfigReader {
         try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "style"])
         config.explainer.llm = try endpoint(explainer, "explainer")
         if let style = try string(explainer, "explainer", "style") {
-            guard ["openai", "highlighted", "baseline"].contains(style) else {
+            guard JobConfig.explainerStyles.contains(style) else {
                 throw .badInput(location: "\(file): [explainer] style", problem: "'\(style)' is not one of openai, highlighted, baseline")
             }
             config.explainer.style = style
@@ -196,13 +201,13 @@ struct JobConfigReader {
         try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "scorers", "mode"])
         config.scoring.llm = try endpoint(simulator, "simulator")
         if let scorers = try stringArray(simulator, "simulator", "scorers") {
-            for scorer in scorers where !["simulation", "detection", "fuzzing"].contains(scorer) {
+            for scorer in scorers where !JobConfig.scorerNames.contains(scorer) {
                 throw .badInput(location: "\(file): [simulator] scorers", problem: "'\(scorer)' is not one of simulation, detection, fuzzing")
             }
             config.scoring.scorers = scorers
         }
         if let mode = try string(simulator, "simulator", "mode") {
-            guard ["json", "logprobs"].contains(mode) else {
+            guard JobConfig.simulatorModes.contains(mode) else {
                 throw .badInput(location: "\(file): [simulator] mode", problem: "'\(mode)' is not one of json, logprobs")
             }
             config.scoring.simulator = mode

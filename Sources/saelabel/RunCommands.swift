@@ -118,14 +118,15 @@ struct Explain: AsyncParsableCommand {
     var maxTokens = 60
 
     func run() async throws {
-        let store = try JobStore(path: db)
-        let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        // Flags are checked before the store is opened, so bad usage writes nothing.
+        guard JobConfig.explainerStyles.contains(style) else {
+            throw SAELabelError.usage("--style \(style): use \(JobConfig.explainerStyles.joined(separator: ", "))")
+        }
         var explainerConfig = JobConfig.Explainer()
         explainerConfig.llm = try llm.endpointConfig(maxTokens: maxTokens)
         explainerConfig.style = style
-        guard ["openai", "highlighted", "baseline"].contains(style) else {
-            throw SAELabelError.usage("--style \(style): use openai, highlighted or baseline")
-        }
+        let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        let store = try JobStore(path: db)
         let progress = ProgressReporter()
         let client = style == "baseline" ? nil : Pipeline.client(explainerConfig.llm, limits: llm.limits, store: store, progress: progress)
         defer { client?.shutdown() }
@@ -158,12 +159,19 @@ struct Score: AsyncParsableCommand {
     var seed: UInt64 = 0
 
     func run() async throws {
-        let store = try JobStore(path: db)
-        let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        // Flags are checked before the store is opened, so bad usage writes nothing.
+        for name in scorer where !JobConfig.scorerNames.contains(name) {
+            throw SAELabelError.usage("--scorer \(name): use \(JobConfig.scorerNames.joined(separator: ", "))")
+        }
+        guard JobConfig.simulatorModes.contains(simulator) else {
+            throw SAELabelError.usage("--simulator \(simulator): use \(JobConfig.simulatorModes.joined(separator: ", "))")
+        }
         var scoring = JobConfig.Scoring()
         scoring.llm = try llm.endpointConfig()
         scoring.scorers = scorer
         scoring.simulator = simulator
+        let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        let store = try JobStore(path: db)
         let progress = ProgressReporter()
         let client = Pipeline.client(scoring.llm, limits: llm.limits, store: store, progress: progress)
         defer { client.shutdown() }

@@ -95,6 +95,15 @@ enum Demo {
         }
         let usage = try await runSAELabel(["export", "--db", dir.file("x.sqlite"), "--format", "pdf", "--out", dir.file("o")])
         #expect(usage.status == 2)
+        for arguments in [["explain", "--db", dir.file("e.sqlite"), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--style", "poetic"],
+                          ["score", "--db", dir.file("s.sqlite"), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--scorer", "vibes"],
+                          ["score", "--db", dir.file("s.sqlite"), "--endpoint", "not a url", "--model", "m"]] {
+            let refused = try await runSAELabel(arguments)
+            #expect(refused.status == 2, "\(arguments): \(refused.stderr)")
+            #expect(refused.stderr.split(separator: "\n").count == 1)
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir.file("e.sqlite")) && !FileManager.default.fileExists(atPath: dir.file("s.sqlite")),
+                "bad flags create no store")
         let badFlag = try await runSAELabel(["status", "--dbb", "x"])
         #expect(badFlag.status == 2)
         #expect(badFlag.stderr.split(separator: "\n").count == 1)
