@@ -4,7 +4,7 @@ SWIFT ?= swift
 PORT ?= 8081
 ENDPOINT = http://127.0.0.1:$(PORT)/v1
 
-.PHONY: demo demo-baseline test test-fast build release bench deps clean-demo
+.PHONY: demo demo-baseline test test-fast test-slurm build release bench deps clean-demo
 
 deps:
 	Tools/install_deps.sh
@@ -41,6 +41,14 @@ test:
 	Tools/llm_server.sh start $(PORT)
 	status=0; SAELABEL_LLM_ENDPOINT=$(ENDPOINT) SAELABEL_LLM_MODEL=smollm2 $(SWIFT) test --skip-build || status=$$?; \
 	  Tools/llm_server.sh stop; exit $$status
+
+# The README's Slurm array example on a one-node Slurm cluster started on 127.0.0.1: four array tasks
+# label four shards against the mock LLM server, a dependent job merges them, and the merged catalog
+# must equal one unsharded run's (Tools/slurm_test.sh). CI runs it after `make test`.
+test-slurm:
+	Tools/install_deps.sh --slurm
+	$(SWIFT) build --product saelabel
+	Tools/slurm_test.sh .build/debug/saelabel
 
 # Without the real LLM (seconds instead of minutes).
 test-fast: deps

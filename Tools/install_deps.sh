@@ -4,20 +4,24 @@
 #   Tools/install_deps.sh            system libraries only (build + fast tests)
 #   Tools/install_deps.sh --browser  + headless Chromium (HTML catalog test)
 #   Tools/install_deps.sh --llm      + llama.cpp's OpenAI-compatible server and SmolLM2 (real-LLM test, demo)
+#   Tools/install_deps.sh --slurm    + Slurm's controller, node daemon and client, and munge (scheduler test)
 set -euo pipefail
 
 want_browser=0
 want_llm=0
+want_slurm=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --llm) want_llm=1 ;;
-    *) echo "install_deps.sh: unknown option $arg (use --browser, --llm)" >&2; exit 2 ;;
+    --slurm) want_slurm=1 ;;
+    *) echo "install_deps.sh: unknown option $arg (use --browser, --llm, --slurm)" >&2; exit 2 ;;
   esac
 done
 
 packages=(libcurl4-openssl-dev libopenblas-dev libsqlite3-dev pkg-config)
 [ "$want_browser" = 1 ] && packages+=(chromium fonts-liberation fonts-dejavu-core)
+[ "$want_slurm" = 1 ] && packages+=(slurmctld slurmd slurm-client munge)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
