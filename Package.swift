@@ -60,7 +60,8 @@ let package = Package(
 
         // Executables
         .executableTarget(name: "saelabel",
-                          dependencies: ["SAELabelRun", "SAELabelCore", "SAELabelStore", "SAELabelCollect", "SAELabelExport",
+                          dependencies: ["SAELabelRun", "SAELabelCore", "SAELabelStore", "SAELabelCollect", "SAELabelExport", "LLMClient",
+                                         "SAELabelScore",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .executableTarget(name: "saelabel-bench",

@@ -14,8 +14,9 @@ struct LiveServerTests {
     let model = ProcessInfo.processInfo.environment["SAELABEL_LLM_MODEL"] ?? "default"
 
     func client() -> LLMClient {
+        // make test's live server is llama-cpp-python (Tools/llm_server.sh).
         LLMClient(configuration: LLMClientConfiguration(baseURL: url, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY",
-                                                        maxInFlight: 1, requestTimeout: 300, maxRetries: 1))
+                                                        server: .llamaCppPython, maxInFlight: 1, requestTimeout: 300, maxRetries: 1))
     }
 
     @Test func explainersAnswerSomething() async throws {
