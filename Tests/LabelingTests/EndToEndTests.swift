@@ -185,9 +185,9 @@ final class TagRecorder: LLMResponseCache {
     }
 
     @Test func logprobSimulatorDetectsAlignmentAndTakesExpectedValues() async throws {
-        let server = try await MockLLMServer.start()
+        let server = try await MockLLMServer.start(["--dialect", "vllm"])
         defer { server.stop() }
-        let client = server.client()
+        let client = server.client(server: .vllm)
         defer { client.shutdown() }
         let scorer = try LogprobSimulationScorer(client: client, model: "mock", prompts: prompts)
         #expect(try await scorer.alignment() == .sameToken)  // the mock follows OpenAI's convention
