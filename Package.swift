@@ -78,6 +78,6 @@ let package = Package(
                     dependencies: ["TestSupport", "SAELabelExplain", "SAELabelScore", "SAELabelStore", "LLMClient"],
                     swiftSettings: strict),
         .testTarget(name: "ExportTests", dependencies: ["TestSupport", "SAELabelExport", "SAELabelStore"], swiftSettings: strict),
-        .testTarget(name: "RunTests", dependencies: ["TestSupport", "SAELabelRun"], swiftSettings: strict),
+        .testTarget(name: "RunTests", dependencies: ["TestSupport", "SAELabelRun", "LLMClient"], swiftSettings: strict),
     ]
 )

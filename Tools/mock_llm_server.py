@@ -20,7 +20,7 @@ Answers are deterministic: the same request always gets the same answer.
                     needs additionalProperties false and every property required on every object, and only
                     strict-mode keywords; `json_object` needs "json" in the messages; reasoning models
                     (gpt-5*, o1/o3/o4*) refuse max_tokens, a temperature other than 1 and logprobs, and spend
-                    REASONING_TOKENS hidden tokens out of max_completion_tokens (too few → empty content,
+                    --reasoning-tokens (200) hidden tokens out of max_completion_tokens (too few → empty content,
                     finish_reason "length"); /v1/completions refuses echo with logprobs.
   vllm              vLLM: json_schema, guided_json, json_object (a `schema` beside it is ignored, and the
                     answer is then unconstrained), echo + logprobs and prompt_logprobs on /v1/completions;
@@ -270,7 +270,6 @@ OPENAI_STRICT_KEYWORDS = {"type", "properties", "required", "additionalPropertie
                           "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
                           "pattern", "format"}
 REASONING_MODEL = re.compile(r"^(?:.*/)?(?:gpt-5|o1|o3|o4)(?:$|[-.])")
-REASONING_TOKENS = 200
 
 # vLLM's extra sampling and guided-decoding fields beside OpenAI's (vllm/entrypoints/openai/protocol.py).
 VLLM_EXTRA_FIELDS = {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
@@ -564,10 +563,11 @@ class Handler(BaseHTTPRequestHandler):
             if dialect == "openai" and REASONING_MODEL.match(model):
                 # Hidden reasoning is paid out of max_completion_tokens; too small a limit leaves no answer.
                 limit = req.get("max_completion_tokens")
-                completion_tokens += REASONING_TOKENS
+                reasoning = self.server.args.reasoning_tokens
+                completion_tokens += reasoning
                 if limit is not None and completion_tokens > int(limit):
                     content, completion_tokens, finish = "", int(limit), "length"
-                usage_details = {"completion_tokens_details": {"reasoning_tokens": min(REASONING_TOKENS, completion_tokens)}}
+                usage_details = {"completion_tokens_details": {"reasoning_tokens": min(reasoning, completion_tokens)}}
             obj = {"id": "chatcmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "chat.completion",
                    "created": 0, "model": model,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -616,6 +616,7 @@ def main():
     p.add_argument("--fault-rate-reset", type=float, default=0)
     p.add_argument("--hang-seconds", type=float, default=30)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--reasoning-tokens", type=int, default=200)
     p.add_argument("--dialect", default="lenient",
                    choices=["lenient", "openai", "vllm", "ollama", "llama-server", "llama-cpp-python"])
     args = p.parse_args()

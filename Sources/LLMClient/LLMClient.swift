@@ -67,7 +67,8 @@ public final class LLMClient: Sendable {
             let p = try Wire.parseChat(data)
             return (p, p.usage)
         }
-        return ChatResponse(text: parsed.text, usage: parsed.usage, fromCache: fromCache, rawBody: raw)
+        return ChatResponse(text: parsed.text, usage: parsed.usage, fromCache: fromCache, rawBody: raw,
+                            finishReason: parsed.finishReason)
     }
 
     public func complete(_ request: CompletionRequest, tag: String = "") async throws(LLMError) -> CompletionResponse {

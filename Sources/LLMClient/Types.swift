@@ -121,11 +121,20 @@ public struct ChatResponse: Sendable, Equatable {
     public var fromCache: Bool
     /// The server's response body, byte for byte.
     public var rawBody: Data
-    public init(text: String, usage: TokenUsage, fromCache: Bool, rawBody: Data) {
+    /// `choices[0].finish_reason`: "length" when the token limit cut the answer off.
+    public var finishReason: String?
+    public init(text: String, usage: TokenUsage, fromCache: Bool, rawBody: Data, finishReason: String? = nil) {
         self.text = text
         self.usage = usage
         self.fromCache = fromCache
         self.rawBody = rawBody
+        self.finishReason = finishReason
+    }
+
+    /// True when the token limit ended the answer before any text (a reasoning model can spend the whole
+    /// limit on hidden reasoning).
+    public var cutOffBeforeAnyText: Bool {
+        finishReason == "length" && text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
     }
 }
 

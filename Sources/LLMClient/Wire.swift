@@ -70,7 +70,7 @@ enum Wire {
 
     struct ParseError: Error { var message: String }
 
-    struct ChatParsed: Sendable { var text: String; var usage: TokenUsage }
+    struct ChatParsed: Sendable { var text: String; var usage: TokenUsage; var finishReason: String? }
     struct CompletionParsed: Sendable {
         var text: String
         var tokens: [String]
@@ -116,7 +116,7 @@ enum Wire {
         guard let message = choice["message"] as? [String: Any], let content = message["content"] as? String else {
             throw ParseError(message: "no choices[0].message.content string")
         }
-        return ChatParsed(text: content, usage: usage(r))
+        return ChatParsed(text: content, usage: usage(r), finishReason: choice["finish_reason"] as? String)
     }
 
     static func parseCompletion(_ data: Data) throws(ParseError) -> CompletionParsed {

@@ -106,6 +106,10 @@ public struct LLMExplainer: Explainer {
         } catch {
             throw .llm(error.description)
         }
+        if response.cutOffBeforeAnyText {
+            throw .feature(index: feature, stage: "explain",
+                           reason: "the token limit (max_tokens = \(maxTokens)) ended the answer before any text; raise max_tokens")
+        }
         guard let text = ExplanationParser.parse(response.text) else {
             let shown = response.text.count > 120 ? String(response.text.prefix(120)) + "…" : response.text
             throw .feature(index: feature, stage: "explain",
