@@ -60,6 +60,28 @@ struct ServerDialectTests {
         }
     }
 
+    @Test func explainAndScoreTakeTheServerKindAsAFlag() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start(["--dialect", "openai"])
+        defer { mock.stop() }
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..4")
+        let collect = try await runSAELabel(["run", "--config", job, "--stage", "collect", "--quiet"])
+        #expect(collect.status == 0, "\(collect.stderr)")
+        let db = dir.file("job.sqlite")
+        let flags = ["--db", db, "--endpoint", mock.baseURL, "--model", "o4-mini", "--server", "openai", "--concurrency", "4"]
+        let explain = try await runSAELabel(["explain"] + flags)
+        #expect(explain.status == 0, "\(explain.stdout) \(explain.stderr)")
+        let score = try await runSAELabel(["score"] + flags + ["--scorer", "simulation", "detection"])
+        #expect(score.status == 0, "\(score.stdout) \(score.stderr)")
+        let stats = try await mock.stats()
+        #expect(stats.refused.isEmpty, "\(stats.refused)")
+        #expect(stats.byKind["explain", default: 0] > 0 && stats.byKind["simulate", default: 0] > 0, "\(stats.byKind)")
+        let store = try JobStore(path: db)
+        for feature in try labelable(store) {
+            #expect(try store.feature(feature)?.state == .scored, "feature \(feature)")
+        }
+    }
+
     @Test func theLogprobSimulatorRunsOnVLLM() async throws {
         let dir = TempDirectory()
         let mock = try await MockLLMServer.start(["--dialect", "vllm"])
