@@ -227,6 +227,54 @@ struct ClientTests {
         #expect(client.statistics.failuresByKind["http"] == 1)
     }
 
+    @Test("the OpenAI-strict mock refuses what OpenAI refuses, so a job with no refusal means something")
+    func openAIStrictMockRefuses() async throws {
+        let server = try await MockServer.start(["--dialect", "openai"])
+        defer { server.stop() }
+        func status(_ request: ChatRequest, _ kind: LLMServer) async -> (Int?, String) {
+            var configuration = testConfiguration(server, retries: 0)
+            configuration.server = kind
+            let client = makeClient(configuration)
+            defer { client.shutdown() }
+            do {
+                _ = try await client.chat(request)
+                return (200, "")
+            } catch {
+                if case .http(let status, let body) = error { return (status, body) }
+                return (nil, error.description)
+            }
+        }
+        let simulate = [ChatMessage(role: "user", content: "Simulate <tokens>[\"a\"]</tokens>")]
+        let schema = #"{"type":"object","properties":{"activations":{"type":"array","items":{"type":"integer"}}},"#
+            + #""required":["activations"],"additionalProperties":false}"#
+        // llama-cpp-python's dialect (json_object + schema) is what OpenAI answered with unknown_parameter.
+        let old = await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate, maxTokens: 9,
+                                           responseFormat: .jsonSchema(name: "s", schema: schema)), .llamaCppPython)
+        #expect(old.0 == 400 && old.1.contains("unknown_parameter") && old.1.contains("response_format.schema"), "\(old)")
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate, maxTokens: 9,
+                                         responseFormat: .jsonSchema(name: "s", schema: schema)), .openai).0 == 200)
+        // Strict mode: an open object is refused.
+        let open = #"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate,
+                                         responseFormat: .jsonSchema(name: "s", schema: open)), .openai).0 == 400)
+        // json_object needs the word "json" in the messages.
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate, responseFormat: .jsonObject), .openai).0 == 400)
+        let json = [ChatMessage(role: "user", content: "Answer in JSON: <tokens>[\"a\"]</tokens>")]
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: json, responseFormat: .jsonObject), .openai).0 == 200)
+        // Reasoning models refuse max_tokens and a temperature other than 1 (the Ollama dialect sends both).
+        let reasoning = ChatRequest(model: "o4-mini", messages: json, temperature: 0, maxTokens: 20)
+        #expect(await status(reasoning, .ollama).0 == 400)
+        #expect(await status(reasoning, .openai).0 == 200)
+        // Completions with echo and logprobs are gone.
+        let client = makeClient(testConfiguration(server, retries: 0))
+        defer { client.shutdown() }
+        await #expect(throws: LLMError.self) {
+            _ = try await client.complete(CompletionRequest(model: "gpt-3.5-turbo-instruct", prompt: "a b", maxTokens: 1,
+                                                            echo: true, logprobs: 5))
+        }
+        #expect(try await server.stats().refused.count == 5)
+    }
+
     @Test("connection reset, malformed and truncated bodies are retried")
     func resetMalformedTruncated() async throws {
         let server = try await MockServer.start()
