@@ -27,7 +27,8 @@ Answers are deterministic: the same request always gets the same answer.
                     unknown fields are ignored.
   ollama            Ollama's /v1: the fields of its docs/openai.md (max_tokens, not max_completion_tokens);
                     json_schema or json_object; others ignored; /v1/completions returns no logprobs.
-  llama-server      llama.cpp's C++ server: json_schema or json_object(+schema); /v1/completions refuses echo.
+  llama-server      llama.cpp's C++ server: json_schema or json_object(+schema); /v1/completions refuses echo;
+                    --slots N serves N requests at once and queues the rest, as `-np N` does.
   llama-cpp-python  llama-cpp-python's server: json_schema → HTTP 500; json_object + schema works.
 Fields a server ignores are listed in /_stats `ignored`; refused requests in `refused` (one line each).
 
@@ -503,7 +504,11 @@ class Handler(BaseHTTPRequestHandler):
             if auth:
                 st.auth_seen.add(auth)
 
-        # Requests inside their latency at once: shows that a client overlaps its calls.
+        # Requests inside their latency at once: shows that a client overlaps its calls. With --slots, at
+        # most that many are served at once and the rest wait their turn (llama-server's `-np N`).
+        slots = self.server.slots
+        if slots:
+            slots.acquire()
         with st.lock:
             st.in_flight += 1
             st.max_in_flight = max(st.max_in_flight, st.in_flight)
@@ -513,6 +518,8 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             with st.lock:
                 st.in_flight -= 1
+            if slots:
+                slots.release()
 
         if req is None:
             return self.send_json(400, {"error": {"message": "request body is not a JSON object"}})
@@ -617,6 +624,7 @@ def main():
     p.add_argument("--hang-seconds", type=float, default=30)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--reasoning-tokens", type=int, default=200)
+    p.add_argument("--slots", type=int, default=0, help="serve at most N requests at once (0: no limit)")
     p.add_argument("--dialect", default="lenient",
                    choices=["lenient", "openai", "vllm", "ollama", "llama-server", "llama-cpp-python"])
     args = p.parse_args()
@@ -626,6 +634,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = Server((args.host, args.port), Handler)
     server.args = args
+    server.slots = threading.BoundedSemaphore(args.slots) if args.slots > 0 else None
     server.state = State(args)
     sys.stdout.write("LISTENING %d\n" % server.server_address[1])
     sys.stdout.flush()

@@ -11,6 +11,7 @@ struct ServerDialectTests {
     struct Server: Sendable, CustomTestStringConvertible {
         var dialect: String
         var model: String
+        var mockOptions: [String] = []
         var testDescription: String { "\(dialect) / \(model)" }
     }
 
@@ -20,7 +21,7 @@ struct ServerDialectTests {
         Server(dialect: "openai", model: "o4-mini"),
         Server(dialect: "vllm", model: "Qwen/Qwen2.5-7B-Instruct"),
         Server(dialect: "ollama", model: "llama3.2"),
-        Server(dialect: "llama-server", model: "smollm2"),
+        Server(dialect: "llama-server", model: "smollm2", mockOptions: ["--slots", "2", "--latency-ms", "5"]),  // -np 2
         Server(dialect: "llama-cpp-python", model: "smollm2"),
     ]
 
@@ -32,7 +33,7 @@ struct ServerDialectTests {
     @Test(arguments: servers)
     func everyFeatureIsLabeledAndScoredWithNoRequestRefused(_ server: Server) async throws {
         let dir = TempDirectory()
-        let mock = try await MockLLMServer.start(["--dialect", server.dialect])
+        let mock = try await MockLLMServer.start(["--dialect", server.dialect] + server.mockOptions)
         defer { mock.stop() }
         let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..8",
                                scorers: #"["simulation", "detection", "fuzzing"]"#, model: server.model, server: server.dialect)
