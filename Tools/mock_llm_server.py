@@ -47,7 +47,8 @@ Kinds of request (detected from the content, checked in this order):
   N integers, e.g. `[1, 0, 0, 1, 0]`. The examples are the texts between `<example K>` and
   `</example>` (any K), taken in order of appearance; entry i is 1 if example i's text, split on
   whitespace, holds a token t with mock_activation(t) >= 8, else 0 (missing examples give 0).
-* simulate (chat with a `response_format` whose type is json_object; the LAST user message holds a
+* simulate (chat with a `response_format` of type json_object or json_schema, or vLLM's `guided_json`;
+  the LAST user message holds a
   JSON array of token strings between `<tokens>` and `</tokens>`): the answer is
   `{"activations":[{"token":t,"activation":mock_activation(t)}, ...]}`, one entry per token.
   The `wrong_length` fault drops the last entry.
