@@ -32,6 +32,9 @@ public struct JSONSimulationScorer: Scorer {
         self.system = try prompts.optionalTemplate("simulator.system")
         var parts = ["json-simulator-v1", user.source]
         if let system { parts.append(system.source) }
+        // Servers other than llama.cpp get a schema that does not pin each token: a different request,
+        // so a different hash (llama.cpp's keeps the hash it always had).
+        if !client.server.isLlamaCpp { parts.append("schema=unpinned") }
         self.promptHash = ScoringSupport.hash(parts)
     }
 

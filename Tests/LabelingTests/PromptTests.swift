@@ -213,3 +213,17 @@ extension Result where Failure: CustomStringConvertible {
         #expect(throws: SAELabelError.self) { try PromptLibrary.locate(explicit: folder + "/missing") }
     }
 }
+
+@Suite struct SimulatorHashTests {
+    @Test func theSchemaVariantIsPartOfTheSimulatorsPromptHash() throws {
+        func scorer(_ server: LLMServer) throws -> JSONSimulationScorer {
+            let client = LLMClient(configuration: LLMClientConfiguration(baseURL: "http://127.0.0.1:9/v1",
+                                                                         apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY",
+                                                                         server: server))
+            return try JSONSimulationScorer(client: client, model: "m", prompts: prompts)
+        }
+        #expect(try scorer(.llamaCppPython).promptHash == scorer(.llamaServer).promptHash)
+        #expect(try scorer(.openai).promptHash == scorer(.vllm).promptHash)
+        #expect(try scorer(.openai).promptHash != scorer(.llamaCppPython).promptHash)
+    }
+}
