@@ -4,7 +4,10 @@ SWIFT ?= swift
 PORT ?= 8081
 ENDPOINT = http://127.0.0.1:$(PORT)/v1
 
-.PHONY: demo demo-baseline test test-fast test-slurm build release bench deps clean-demo
+PREFIX ?= /usr/local
+BIN ?= .build/release/saelabel
+
+.PHONY: demo demo-baseline test test-fast test-slurm build release bench deps clean-demo install install-binary prompts
 
 deps:
 	Tools/install_deps.sh
@@ -14,6 +17,20 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release --product saelabel
+
+# Installs saelabel as $(PREFIX)/bin/saelabel. The binary carries its prompt templates and HTML assets,
+# so it runs from any folder; `prompts_dir` or SAELABEL_PROMPTS still point it at edited templates.
+install: release
+	$(MAKE) install-binary BIN=.build/release/saelabel
+
+# Copies an already built binary (BIN) without building; `make install` builds first.
+install-binary:
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	install -m 755 "$(BIN)" "$(DESTDIR)$(PREFIX)/bin/saelabel"
+
+# After editing Prompts/*.mustache: regenerate the templates built into the binary.
+prompts:
+	python3 Tools/embed_prompts.py
 
 # Labels the bundled demo SAE's features with the real local LLM, then writes the catalogs.
 # Running it again resumes: finished features and LLM calls are not repeated.

@@ -60,7 +60,8 @@ let package = Package(
 
         // Executables
         .executableTarget(name: "saelabel",
-                          dependencies: ["SAELabelRun", "SAELabelCore", "SAELabelStore", "SAELabelCollect", "SAELabelExport",
+                          dependencies: ["SAELabelRun", "SAELabelCore", "SAELabelStore", "SAELabelCollect", "SAELabelExport", "LLMClient",
+                                         "SAELabelScore",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .executableTarget(name: "saelabel-bench",
@@ -77,6 +78,6 @@ let package = Package(
                     dependencies: ["TestSupport", "SAELabelExplain", "SAELabelScore", "SAELabelStore", "LLMClient"],
                     swiftSettings: strict),
         .testTarget(name: "ExportTests", dependencies: ["TestSupport", "SAELabelExport", "SAELabelStore"], swiftSettings: strict),
-        .testTarget(name: "RunTests", dependencies: ["TestSupport", "SAELabelRun"], swiftSettings: strict),
+        .testTarget(name: "RunTests", dependencies: ["TestSupport", "SAELabelRun", "LLMClient"], swiftSettings: strict),
     ]
 )

@@ -13,6 +13,25 @@ own thread, so concurrent requests overlap.
 
 Answers are deterministic: the same request always gets the same answer.
 
+--dialect picks which server the mock behaves as (default `lenient`: accepts every request):
+  openai            OpenAI's API: request fields outside its published spec (openai/openai-openapi,
+                    CreateChatCompletionRequest / CreateCompletionRequest / ResponseFormat*) → 400
+                    unknown_parameter (param like `response_format.schema`); `json_schema` with strict
+                    needs additionalProperties false and every property required on every object, and only
+                    strict-mode keywords; `json_object` needs "json" in the messages; reasoning models
+                    (gpt-5*, o1/o3/o4*) refuse max_tokens, a temperature other than 1 and logprobs, and spend
+                    --reasoning-tokens (200) hidden tokens out of max_completion_tokens (too few → empty content,
+                    finish_reason "length"); /v1/completions refuses echo with logprobs.
+  vllm              vLLM: json_schema, guided_json, json_object (a `schema` beside it is ignored, and the
+                    answer is then unconstrained), echo + logprobs and prompt_logprobs on /v1/completions;
+                    unknown fields are ignored.
+  ollama            Ollama's /v1: the fields of its docs/openai.md (max_tokens, not max_completion_tokens);
+                    json_schema or json_object; others ignored; /v1/completions returns no logprobs.
+  llama-server      llama.cpp's C++ server: json_schema or json_object(+schema); /v1/completions refuses echo;
+                    --slots N serves N requests at once and queues the rest, as `-np N` does.
+  llama-cpp-python  llama-cpp-python's server: json_schema → HTTP 500; json_object + schema works.
+Fields a server ignores are listed in /_stats `ignored`; refused requests in `refused` (one line each).
+
 mock_activation(t) -- the mock "model's" activation for a token string t:
 
     def mock_activation(t):                  # FNV-1a 32-bit over the UTF-8 bytes, modulo 11
@@ -28,7 +47,8 @@ Kinds of request (detected from the content, checked in this order):
   N integers, e.g. `[1, 0, 0, 1, 0]`. The examples are the texts between `<example K>` and
   `</example>` (any K), taken in order of appearance; entry i is 1 if example i's text, split on
   whitespace, holds a token t with mock_activation(t) >= 8, else 0 (missing examples give 0).
-* simulate (chat with a `response_format` whose type is json_object; the LAST user message holds a
+* simulate (chat with a `response_format` of type json_object or json_schema, or vLLM's `guided_json`;
+  the LAST user message holds a
   JSON array of token strings between `<tokens>` and `</tokens>`): the answer is
   `{"activations":[{"token":t,"activation":mock_activation(t)}, ...]}`, one entry per token.
   The `wrong_length` fault drops the last entry.
@@ -64,7 +84,8 @@ entries in order; after it runs out, random faults per the --fault-rate-* option
 
 GET /_stats → {"requests": N, "by_kind": {...}, "by_outcome": {...}, "auth_seen": [distinct
 Authorization header values], "connections": accepted connections, "max_in_flight": most /v1
-requests inside their latency at once}; POST /_reset_stats zeroes it.
+requests inside their latency at once, "refused": one line per refused request, "ignored": fields the
+dialect's server would ignore}; POST /_reset_stats zeroes it.
 """
 
 import argparse
@@ -117,6 +138,8 @@ class State:
         self.connections = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.refused = []
+        self.ignored = set()
 
     def next_fault(self):
         with self.lock:
@@ -150,7 +173,8 @@ def classify(path, req):
         if re.search(r"<examples count=\d+>", user):
             return "detect"
         rf = req.get("response_format")
-        if isinstance(rf, dict) and rf.get("type") == "json_object" and "<tokens>" in user:
+        structured = (isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")) or "guided_json" in req
+        if structured and "<tokens>" in user:
             return "simulate"
         if rf is None and any(EXPLAIN_LINE.match(l) for l in user.split("\n")):
             return "explain"
@@ -228,6 +252,176 @@ def logprobs_choice(req):
     return text, logprobs, words("\n" * n_gen)
 
 
+# Fields of OpenAI's published spec (openai/openai-openapi, openapi.yaml, read 2026-12 at f85dbe2).
+OPENAI_CHAT_FIELDS = {
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "max_completion_tokens",
+    "max_tokens", "messages", "metadata", "modalities", "model", "moderation", "n", "parallel_tool_calls",
+    "prediction", "presence_penalty", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
+    "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+    "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
+    "web_search_options"}
+OPENAI_COMPLETION_FIELDS = {
+    "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "model", "n",
+    "presence_penalty", "prompt", "seed", "stop", "stream", "stream_options", "suffix", "temperature", "top_p", "user"}
+OPENAI_RESPONSE_FORMAT_FIELDS = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", "json_schema"},
+                                 "grammar": {"type", "grammar"}, "python": {"type"}}
+OPENAI_JSON_SCHEMA_FIELDS = {"name", "description", "schema", "strict"}
+# Keywords strict mode accepts (OpenAI's structured-outputs guide, "Supported schemas").
+OPENAI_STRICT_KEYWORDS = {"type", "properties", "required", "additionalProperties", "items", "enum", "const",
+                          "anyOf", "description", "title", "$defs", "definitions", "$ref", "minItems", "maxItems",
+                          "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+                          "pattern", "format"}
+REASONING_MODEL = re.compile(r"^(?:.*/)?(?:gpt-5|o1|o3|o4)(?:$|[-.])")
+
+# vLLM's extra sampling and guided-decoding fields beside OpenAI's (vllm/entrypoints/openai/protocol.py).
+VLLM_EXTRA_FIELDS = {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+                     "structured_outputs", "top_k", "min_p", "repetition_penalty", "min_tokens", "echo",
+                     "prompt_logprobs", "skip_special_tokens", "add_generation_prompt", "chat_template",
+                     "chat_template_kwargs", "ignore_eos", "stop_token_ids", "include_stop_str_in_output"}
+# Ollama's docs/openai.md, "Supported request fields".
+OLLAMA_CHAT_FIELDS = {"model", "messages", "frequency_penalty", "presence_penalty", "response_format", "seed", "stop",
+                      "stream", "stream_options", "temperature", "top_p", "max_tokens", "tools", "tool_choice",
+                      "reasoning_effort", "reasoning", "logprobs", "top_logprobs"}
+OLLAMA_COMPLETION_FIELDS = {"model", "prompt", "frequency_penalty", "presence_penalty", "seed", "stop", "stream",
+                            "stream_options", "temperature", "top_p", "max_tokens", "suffix"}
+# llama.cpp's server and llama-cpp-python read these (plus their own sampling fields, which saelabel never sends).
+LLAMA_CPP_FIELDS = OPENAI_CHAT_FIELDS | OPENAI_COMPLETION_FIELDS | {"grammar", "n_predict", "top_k", "min_p",
+                                                                    "repeat_penalty", "json_schema", "mirostat_mode"}
+
+
+class Refusal(Exception):
+    def __init__(self, status, message, code=None, param=None, kind="invalid_request_error"):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def unknown_parameter(param):
+    return Refusal(400, "Unrecognized request argument supplied: %s" % param, code="unknown_parameter", param=param)
+
+
+def strict_schema_problem(schema, where="schema"):
+    """The first reason OpenAI's strict mode refuses `schema`, or None."""
+    if not isinstance(schema, dict):
+        return "%s is not an object" % where
+    for key in schema:
+        if key not in OPENAI_STRICT_KEYWORDS:
+            return "%s: keyword '%s' is not supported in strict mode" % (where, key)
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False:
+            return "%s: 'additionalProperties' is required to be supplied and to be false" % where
+        if sorted(schema.get("required") or []) != sorted(props):
+            return "%s: 'required' must list every key in 'properties'" % where
+        for name, sub in props.items():
+            problem = strict_schema_problem(sub, "%s.%s" % (where, name))
+            if problem:
+                return problem
+    if "items" in schema:
+        problem = strict_schema_problem(schema["items"], where + ".items")
+        if problem:
+            return problem
+    for i, sub in enumerate(schema.get("anyOf") or []):
+        problem = strict_schema_problem(sub, "%s.anyOf[%d]" % (where, i))
+        if problem:
+            return problem
+    return None
+
+
+def check_openai(path, req):
+    chat = path.endswith("/chat/completions")
+    allowed = OPENAI_CHAT_FIELDS if chat else OPENAI_COMPLETION_FIELDS
+    for key in sorted(req):
+        if key not in allowed:
+            raise unknown_parameter(key)
+    model = str(req.get("model") or "")
+    if not chat:
+        if req.get("echo") and req.get("logprobs") is not None:
+            raise Refusal(400, "echo is not supported with logprobs for this model", code="unsupported_value",
+                          param="echo")
+        return
+    rf = req.get("response_format")
+    if rf is not None:
+        if not isinstance(rf, dict) or rf.get("type") not in OPENAI_RESPONSE_FORMAT_FIELDS:
+            raise Refusal(400, "Invalid value for 'response_format.type'", code="invalid_value", param="response_format.type")
+        for key in sorted(rf):
+            if key not in OPENAI_RESPONSE_FORMAT_FIELDS[rf["type"]]:
+                raise unknown_parameter("response_format." + key)
+        if rf["type"] == "json_object":
+            text = " ".join(str(m.get("content") or "") for m in req.get("messages") or [])
+            if "json" not in text.lower():
+                raise Refusal(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of "
+                              "type 'json_object'.", param="messages")
+        if rf["type"] == "json_schema":
+            js = rf.get("json_schema")
+            if not isinstance(js, dict):
+                raise Refusal(400, "Missing required parameter: 'response_format.json_schema'.",
+                              code="missing_required_parameter", param="response_format.json_schema")
+            for key in sorted(js):
+                if key not in OPENAI_JSON_SCHEMA_FIELDS:
+                    raise unknown_parameter("response_format.json_schema." + key)
+            if not re.match(r"^[A-Za-z0-9_-]{1,64}$", str(js.get("name") or "")):
+                raise Refusal(400, "Invalid 'response_format.json_schema.name'", code="invalid_value",
+                              param="response_format.json_schema.name")
+            if js.get("strict"):
+                problem = strict_schema_problem(js.get("schema"))
+                if problem:
+                    raise Refusal(400, "Invalid schema for response_format '%s': %s" % (js.get("name"), problem),
+                                  code="invalid_json_schema", param="response_format")
+    if REASONING_MODEL.match(model):
+        if "max_tokens" in req:
+            raise Refusal(400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                          "'max_completion_tokens' instead.", code="unsupported_parameter", param="max_tokens")
+        if "temperature" in req and req["temperature"] != 1:
+            raise Refusal(400, "Unsupported value: 'temperature' does not support %s with this model. Only the "
+                          "default (1) value is supported." % req["temperature"], code="unsupported_value",
+                          param="temperature")
+        for key in ("logprobs", "top_logprobs"):
+            if req.get(key):
+                raise Refusal(400, "Unsupported parameter: '%s' is not supported with this model." % key,
+                              code="unsupported_parameter", param=key)
+
+
+def check_request(dialect, path, req):
+    """Raises Refusal when the server would refuse the request; returns the fields it would ignore."""
+    chat = path.endswith("/chat/completions")
+    rf = req.get("response_format") if chat else None
+    rf_type = rf.get("type") if isinstance(rf, dict) else None
+    if dialect == "openai":
+        check_openai(path, req)
+        return []
+    if dialect == "vllm":
+        ignored = [k for k in sorted(req) if k not in OPENAI_CHAT_FIELDS | OPENAI_COMPLETION_FIELDS | VLLM_EXTRA_FIELDS]
+        if rf_type == "json_object" and "schema" in rf:
+            ignored.append("response_format.schema")
+        return ignored
+    if dialect == "ollama":
+        allowed = OLLAMA_CHAT_FIELDS if chat else OLLAMA_COMPLETION_FIELDS
+        return [k for k in sorted(req) if k not in allowed]
+    if dialect in ("llama-server", "llama-cpp-python"):
+        if dialect == "llama-cpp-python" and rf_type == "json_schema":
+            raise Refusal(500, "Internal Server Error", kind="server_error")
+        if dialect == "llama-server" and not chat and req.get("echo"):
+            raise Refusal(400, "Only no echo is supported")
+        return [k for k in sorted(req) if k not in LLAMA_CPP_FIELDS]
+    return []
+
+
+def honours_schema(dialect, req):
+    """Whether the server holds this chat request to the JSON schema it carries."""
+    rf = req.get("response_format")
+    rf_type = rf.get("type") if isinstance(rf, dict) else None
+    if dialect == "lenient":
+        return True
+    if "guided_json" in req and dialect == "vllm":
+        return True
+    if rf_type == "json_schema":
+        return isinstance(rf.get("json_schema"), dict) and "schema" in rf["json_schema"]
+    if rf_type == "json_object":
+        return "schema" in rf and dialect in ("llama-server", "llama-cpp-python")
+    return False
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockLLM/1.0"
@@ -271,7 +465,8 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 obj = {"requests": st.requests, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
                        "auth_seen": sorted(st.auth_seen), "connections": st.connections,
-                       "max_in_flight": st.max_in_flight}
+                       "max_in_flight": st.max_in_flight, "refused": list(st.refused),
+                       "ignored": sorted(st.ignored)}
             self.send_json(200, obj)
         else:
             self.send_json(404, {"error": {"message": "not found"}})
@@ -310,7 +505,11 @@ class Handler(BaseHTTPRequestHandler):
             if auth:
                 st.auth_seen.add(auth)
 
-        # Requests inside their latency at once: shows that a client overlaps its calls.
+        # Requests inside their latency at once: shows that a client overlaps its calls. With --slots, at
+        # most that many are served at once and the rest wait their turn (llama-server's `-np N`).
+        slots = self.server.slots
+        if slots:
+            slots.acquire()
         with st.lock:
             st.in_flight += 1
             st.max_in_flight = max(st.max_in_flight, st.in_flight)
@@ -320,9 +519,21 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             with st.lock:
                 st.in_flight -= 1
+            if slots:
+                slots.release()
 
         if req is None:
             return self.send_json(400, {"error": {"message": "request body is not a JSON object"}})
+        dialect = self.server.args.dialect
+        try:
+            ignored = check_request(dialect, self.path, req)
+        except Refusal as refusal:
+            with st.lock:
+                st.refused.append("%s %s: %d %s" % (self.path, kind, refusal.status, refusal.body["error"]["message"]))
+            return self.send_json(refusal.status, refusal.body)
+        if ignored:
+            with st.lock:
+                st.ignored.update(ignored)
         if fault == "reset":
             self.close_connection = True
             try:
@@ -350,17 +561,30 @@ class Handler(BaseHTTPRequestHandler):
 
         model = str(req.get("model") or "mock")
         if self.path.endswith("/chat/completions"):
-            content = answer_chat(kind, req, fault)
+            if kind == "simulate" and not honours_schema(dialect, req):
+                content = '{"answer": "the activations are low"}'  # unconstrained: the schema was not applied
+            else:
+                content = answer_chat(kind, req, fault)
             prompt_tokens = sum(words(str(m.get("content") or "")) for m in (req.get("messages") or []))
+            completion_tokens, finish = words(content), "stop"
+            usage_details = {}
+            if dialect == "openai" and REASONING_MODEL.match(model):
+                # Hidden reasoning is paid out of max_completion_tokens; too small a limit leaves no answer.
+                limit = req.get("max_completion_tokens")
+                reasoning = self.server.args.reasoning_tokens
+                completion_tokens += reasoning
+                if limit is not None and completion_tokens > int(limit):
+                    content, completion_tokens, finish = "", int(limit), "length"
+                usage_details = {"completion_tokens_details": {"reasoning_tokens": min(reasoning, completion_tokens)}}
             obj = {"id": "chatcmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "chat.completion",
                    "created": 0, "model": model,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words(content),
-                             "total_tokens": prompt_tokens + words(content)}}
+                                "finish_reason": finish}],
+                   "usage": dict({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                  "total_tokens": prompt_tokens + completion_tokens}, **usage_details)}
         else:
             prompt = str(req.get("prompt") or "")
-            if kind == "logprobs":
+            if kind == "logprobs" and dialect != "ollama":  # Ollama ignores echo and logprobs
                 text, logprobs, gen = logprobs_choice(req)
             else:
                 text, logprobs, gen = "mock completion", None, 2
@@ -400,6 +624,10 @@ def main():
     p.add_argument("--fault-rate-reset", type=float, default=0)
     p.add_argument("--hang-seconds", type=float, default=30)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--reasoning-tokens", type=int, default=200)
+    p.add_argument("--slots", type=int, default=0, help="serve at most N requests at once (0: no limit)")
+    p.add_argument("--dialect", default="lenient",
+                   choices=["lenient", "openai", "vllm", "ollama", "llama-server", "llama-cpp-python"])
     args = p.parse_args()
     # A parent may spawn us with signals blocked (Foundation's Process on Linux does): unblock them
     # so SIGTERM/SIGINT stop the server.
@@ -407,6 +635,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = Server((args.host, args.port), Handler)
     server.args = args
+    server.slots = threading.BoundedSemaphore(args.slots) if args.slots > 0 else None
     server.state = State(args)
     sys.stdout.write("LISTENING %d\n" % server.server_address[1])
     sys.stdout.flush()

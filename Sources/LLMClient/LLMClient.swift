@@ -45,6 +45,9 @@ public final class LLMClient: Sendable {
 
     public var statistics: ClientStatistics { stats.withLock { $0 } }
 
+    /// The kind of server this client speaks to (decides the request dialect).
+    public var server: LLMServer { configuration.server }
+
     /// SHA-256 hex of a version tag, the endpoint path (e.g. "/chat/completions") and the
     /// canonical request body (which holds the model and every sampling parameter).
     /// `baseURL` is deliberately not hashed: the same call to the same model on a restarted server
@@ -57,14 +60,15 @@ public final class LLMClient: Sendable {
     }
 
     public func chat(_ request: ChatRequest, tag: String = "") async throws(LLMError) -> ChatResponse {
-        let body = try Wire.chatBody(request)
+        let body = try Wire.chatBody(request, server: configuration.server)
         let estimate = body.count / 4 + (request.maxTokens ?? 256)
         let (parsed, raw, fromCache) = try await perform(path: "/chat/completions", body: body, model: request.model,
                                                          tag: tag, estimatedTokens: estimate) { data throws(Wire.ParseError) in
             let p = try Wire.parseChat(data)
             return (p, p.usage)
         }
-        return ChatResponse(text: parsed.text, usage: parsed.usage, fromCache: fromCache, rawBody: raw)
+        return ChatResponse(text: parsed.text, usage: parsed.usage, fromCache: fromCache, rawBody: raw,
+                            finishReason: parsed.finishReason)
     }
 
     public func complete(_ request: CompletionRequest, tag: String = "") async throws(LLMError) -> CompletionResponse {

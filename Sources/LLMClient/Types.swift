@@ -13,9 +13,54 @@ public struct ChatMessage: Codable, Sendable, Equatable {
 /// How the server is asked to shape a chat answer.
 public enum ResponseFormat: Sendable, Equatable {
     case text
-    /// Sent as `{"type":"json_object","schema":{...}}` (llama.cpp style; OpenAI's `json_schema`
-    /// type returns HTTP 500 on llama.cpp). `schema` is the JSON text of a JSON schema.
-    case jsonObject(schema: String?)
+    /// JSON mode without a schema, `{"type":"json_object"}` (OpenAI wants the word "json" in the messages).
+    case jsonObject
+    /// Structured output held to a JSON schema (`schema` is its JSON text; `name` matches `[A-Za-z0-9_-]{1,64}`).
+    /// How it goes on the wire depends on the server (`LLMServer`): OpenAI's
+    /// `{"type":"json_schema","json_schema":{"name","schema","strict":true}}` for most, llama-cpp-python's
+    /// `{"type":"json_object","schema":…}` for that server, whose `json_schema` answers HTTP 500.
+    case jsonSchema(name: String, schema: String)
+}
+
+/// The kind of OpenAI-compatible server a client talks to: it decides which request fields are sent
+/// (each server is sent only what its documentation names). Shared by the job file and the CLI.
+public enum LLMServer: String, Sendable, CaseIterable {
+    /// OpenAI's API and servers that follow its published spec (OpenRouter, Azure OpenAI, …): structured
+    /// output as `json_schema` (strict), `max_completion_tokens`; reasoning models get no temperature
+    /// and room for reasoning tokens.
+    case openai
+    /// vLLM's OpenAI-compatible server: `json_schema`, `max_completion_tokens`, echo + logprobs on completions.
+    case vllm
+    /// Ollama's `/v1` endpoint: `json_schema`, `max_tokens` (it does not document `max_completion_tokens`).
+    case ollama
+    /// llama.cpp's own `llama-server`: `json_schema`, `max_tokens`; its completions do not echo prompt logprobs.
+    case llamaServer = "llama-server"
+    /// llama-cpp-python's server: `json_object` + `schema` (its `json_schema` answers HTTP 500), `max_tokens`.
+    case llamaCppPython = "llama-cpp-python"
+
+    public static let names = allCases.map(\.rawValue).joined(separator: ", ")
+
+    /// Servers whose `/completions` return logprobs for the echoed prompt (the logprob simulator needs them).
+    public var echoesPromptLogprobs: Bool { self == .vllm || self == .llamaCppPython }
+
+    /// Servers built on llama.cpp, which take a GBNF `grammar` and pin array items with `prefixItems`.
+    public var isLlamaCpp: Bool { self == .llamaServer || self == .llamaCppPython }
+
+    /// Whether the request's token limit is sent as `max_completion_tokens` (OpenAI's current name) or `max_tokens`.
+    var sendsMaxCompletionTokens: Bool { self == .openai || self == .vllm }
+
+    /// OpenAI's reasoning models (gpt-5*, o1*, o3*, o4*; a provider prefix such as `openai/` is ignored):
+    /// they refuse temperatures other than 1 and logprobs, and spend hidden reasoning tokens out of
+    /// `max_completion_tokens`.
+    public func isReasoningModel(_ model: String) -> Bool {
+        guard self == .openai else { return false }
+        let name = (model.split(separator: "/").last.map(String.init) ?? model).lowercased()
+        return name.hasPrefix("gpt-5") || ["o1", "o3", "o4"].contains { name == $0 || name.hasPrefix($0 + "-") }
+    }
+
+    /// Tokens added to a reasoning model's `max_completion_tokens` for its hidden reasoning (only the
+    /// tokens used are billed), with `reasoning_effort` "low".
+    public static let reasoningTokenAllowance = 4096
 }
 
 public struct ChatRequest: Sendable, Equatable {
@@ -24,7 +69,7 @@ public struct ChatRequest: Sendable, Equatable {
     public var temperature: Double = 0
     public var maxTokens: Int?
     public var responseFormat: ResponseFormat = .text
-    /// GBNF grammar (llama.cpp extension), sent as top-level `grammar`.
+    /// GBNF grammar (llama.cpp extension), sent as top-level `grammar`; refused for other servers.
     public var grammar: String? = nil
     public var seed: Int? = nil
 
@@ -76,11 +121,20 @@ public struct ChatResponse: Sendable, Equatable {
     public var fromCache: Bool
     /// The server's response body, byte for byte.
     public var rawBody: Data
-    public init(text: String, usage: TokenUsage, fromCache: Bool, rawBody: Data) {
+    /// `choices[0].finish_reason`: "length" when the token limit cut the answer off.
+    public var finishReason: String?
+    public init(text: String, usage: TokenUsage, fromCache: Bool, rawBody: Data, finishReason: String? = nil) {
         self.text = text
         self.usage = usage
         self.fromCache = fromCache
         self.rawBody = rawBody
+        self.finishReason = finishReason
+    }
+
+    /// True when the token limit ended the answer before any text (a reasoning model can spend the whole
+    /// limit on hidden reasoning).
+    public var cutOffBeforeAnyText: Bool {
+        finishReason == "length" && text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
     }
 }
 
@@ -121,6 +175,8 @@ public struct LLMClientConfiguration: Sendable {
     /// Name of the environment variable holding the API key; read once at client init.
     /// Absent or empty → no Authorization header.
     public var apiKeyEnvironmentVariable: String = "OPENAI_API_KEY"
+    /// Which request dialect to speak.
+    public var server: LLMServer = .openai
     /// Maximum number of HTTP requests in flight at once; the rest wait in a queue.
     public var maxInFlight: Int = 64
     /// Optional rate limits (token buckets refilled continuously over a minute).
@@ -136,11 +192,13 @@ public struct LLMClientConfiguration: Sendable {
     public var backoffMax: Double = 10.0
     public var jitter: Double = 0.2
 
-    public init(baseURL: String, apiKeyEnvironmentVariable: String = "OPENAI_API_KEY", maxInFlight: Int = 64,
+    public init(baseURL: String, apiKeyEnvironmentVariable: String = "OPENAI_API_KEY", server: LLMServer = .openai,
+                maxInFlight: Int = 64,
                 requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, requestTimeout: Double = 120,
                 maxRetries: Int = 5, backoffBase: Double = 1.0, backoffMax: Double = 10.0, jitter: Double = 0.2) {
         self.baseURL = baseURL
         self.apiKeyEnvironmentVariable = apiKeyEnvironmentVariable
+        self.server = server
         self.maxInFlight = maxInFlight
         self.requestsPerMinute = requestsPerMinute
         self.tokensPerMinute = tokensPerMinute
@@ -174,11 +232,11 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
             switch status {
             case 401, 403: hint = "check the API key (environment variable named by --api-key-env, default $OPENAI_API_KEY) and its permissions"
             case 404: hint = "check the endpoint URL (it should end in /v1) and the model name"
-            case 400, 422: hint = "the server rejected the request; check the model name and parameters (response_format, grammar, max_tokens)"
+            case 400, 422: hint = "the server rejected the request; check the model name and parameters (response_format, max_tokens) and that the server kind (job key `server`, flag --server) names this server"
             case 408: hint = "the server timed out; lower --concurrency or raise the timeout"
             case 413: hint = "the prompt is too large for the server; use fewer or shorter examples"
             case 429: hint = "rate limited even after retries; lower --concurrency or set a requests/tokens-per-minute limit"
-            case 500...599: hint = "the server kept failing; check that it is healthy (its logs) and retry later"
+            case 500...599: hint = "the server kept failing; check that it is healthy (its logs) and retry later (llama-cpp-python answers structured output with 500 unless the job sets server = \"llama-cpp-python\")"
             default: hint = "see the response body"
             }
             let shown = body.isEmpty ? "" : " — response: \(body)"

@@ -7,28 +7,47 @@ enum Wire {
         try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
     }
 
-    static func chatBody(_ r: ChatRequest) throws(LLMError) -> Data {
+    /// The chat body in `server`'s dialect: only fields that server documents (SPEC §12).
+    static func chatBody(_ r: ChatRequest, server: LLMServer) throws(LLMError) -> Data {
         var body: [String: Any] = [
             "model": r.model,
             "messages": r.messages.map { ["role": $0.role, "content": $0.content] },
-            "temperature": r.temperature,
         ]
-        if let maxTokens = r.maxTokens { body["max_tokens"] = maxTokens }
+        let reasoning = server.isReasoningModel(r.model)
+        if reasoning {
+            // Temperature other than 1 is refused; the hidden reasoning is paid out of the same limit.
+            body["reasoning_effort"] = "low"
+            if let maxTokens = r.maxTokens {
+                body["max_completion_tokens"] = maxTokens + LLMServer.reasoningTokenAllowance
+            }
+        } else {
+            body["temperature"] = r.temperature
+            if let maxTokens = r.maxTokens {
+                body[server.sendsMaxCompletionTokens ? "max_completion_tokens" : "max_tokens"] = maxTokens
+            }
+        }
         if let seed = r.seed { body["seed"] = seed }
-        if let grammar = r.grammar { body["grammar"] = grammar }
+        if let grammar = r.grammar {
+            guard server.isLlamaCpp else {
+                throw .invalidRequest("a GBNF grammar is a llama.cpp extension; \(server.rawValue) does not take one")
+            }
+            body["grammar"] = grammar
+        }
         switch r.responseFormat {
         case .text:
             break
-        case .jsonObject(let schema):
-            var format: [String: Any] = ["type": "json_object"]
-            if let schema {
-                guard let parsed = try? JSONSerialization.jsonObject(with: Data(schema.utf8)),
-                      parsed is [String: Any] else {
-                    throw .invalidRequest("the response_format schema is not a JSON object")
-                }
-                format["schema"] = parsed
+        case .jsonObject:
+            body["response_format"] = ["type": "json_object"]
+        case .jsonSchema(let name, let schema):
+            guard let parsed = try? JSONSerialization.jsonObject(with: Data(schema.utf8)), parsed is [String: Any] else {
+                throw .invalidRequest("the response_format schema is not a JSON object")
             }
-            body["response_format"] = format
+            if server == .llamaCppPython {
+                body["response_format"] = ["type": "json_object", "schema": parsed]
+            } else {
+                body["response_format"] = ["type": "json_schema",
+                                           "json_schema": ["name": name, "schema": parsed, "strict": true] as [String: Any]]
+            }
         }
         do { return try canonicalJSON(body) } catch {
             throw .invalidRequest("cannot encode the chat request as JSON (\(error))")
@@ -51,7 +70,7 @@ enum Wire {
 
     struct ParseError: Error { var message: String }
 
-    struct ChatParsed: Sendable { var text: String; var usage: TokenUsage }
+    struct ChatParsed: Sendable { var text: String; var usage: TokenUsage; var finishReason: String? }
     struct CompletionParsed: Sendable {
         var text: String
         var tokens: [String]
@@ -97,7 +116,7 @@ enum Wire {
         guard let message = choice["message"] as? [String: Any], let content = message["content"] as? String else {
             throw ParseError(message: "no choices[0].message.content string")
         }
-        return ChatParsed(text: content, usage: usage(r))
+        return ChatParsed(text: content, usage: usage(r), finishReason: choice["finish_reason"] as? String)
     }
 
     static func parseCompletion(_ data: Data) throws(ParseError) -> CompletionParsed {

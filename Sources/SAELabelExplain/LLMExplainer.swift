@@ -42,17 +42,11 @@ public struct LLMExplainer: Explainer {
         self.maxExamples = maxExamples
         self.name = "llm-\(style.rawValue)"
         self.user = try prompts.template(style.templateName)
-        self.system = try Self.optionalTemplate(prompts, "\(style.templateName).system")
+        self.system = try prompts.optionalTemplate("\(style.templateName).system")
         var parts = [name, "max_tokens=\(maxTokens)", "max_examples=\(maxExamples.map(String.init) ?? "all")",
                      user.source]
         if let system { parts.append(system.source) }
         self.promptHash = String(Hashing.sha256Hex(parts.joined(separator: "\u{0}")).prefix(16))
-    }
-
-    static func optionalTemplate(_ prompts: PromptLibrary, _ name: String) throws(SAELabelError) -> PromptTemplate? {
-        let path = (prompts.directory as NSString).appendingPathComponent("\(name).mustache")
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        return try prompts.template(name)
     }
 
     /// The windows that go into the prompt: all, or the `maxExamples` strongest (ties keep store order).
@@ -111,6 +105,10 @@ public struct LLMExplainer: Explainer {
             response = try await client.chat(request, tag: "explain:\(feature)")
         } catch {
             throw .llm(error.description)
+        }
+        if response.cutOffBeforeAnyText {
+            throw .feature(index: feature, stage: "explain",
+                           reason: "the token limit (max_tokens = \(maxTokens)) ended the answer before any text; raise max_tokens")
         }
         guard let text = ExplanationParser.parse(response.text) else {
             let shown = response.text.count > 120 ? String(response.text.prefix(120)) + "…" : response.text

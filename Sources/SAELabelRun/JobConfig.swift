@@ -1,5 +1,7 @@
 import Foundation
+import LLMClient
 import SAELabelCore
+import SAELabelScore
 import TOMLKit
 
 /// The job file (`saelabel run --config JOB.toml`). Every key is documented in the README; unknown keys,
@@ -39,6 +41,8 @@ public struct JobConfig: Sendable, Equatable {
         public var model: String = ""
         public var apiKeyEnv = "OPENAI_API_KEY"
         public var maxTokens: Int?
+        /// Which server's dialect to speak (`server` key, `--server` flag).
+        public var server: LLMServer = .openai
     }
 
     public struct Explainer: Sendable, Equatable {
@@ -188,7 +192,7 @@ struct JobConfigReader {
         config.collect.blasThreads = try positive(collect, "blas_threads") ?? c.blasThreads
 
         let explainer = try table(root, "explainer")
-        try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "style"])
+        try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "server", "style"])
         config.explainer.llm = try endpoint(explainer, "explainer")
         if let style = try string(explainer, "explainer", "style") {
             guard JobConfig.explainerStyles.contains(style) else {
@@ -198,7 +202,7 @@ struct JobConfigReader {
         }
 
         let simulator = try table(root, "simulator")
-        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "scorers", "mode"])
+        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode"])
         config.scoring.llm = try endpoint(simulator, "simulator")
         if let scorers = try stringArray(simulator, "simulator", "scorers") {
             for scorer in scorers where !JobConfig.scorerNames.contains(scorer) {
@@ -211,6 +215,10 @@ struct JobConfigReader {
                 throw .badInput(location: "\(file): [simulator] mode", problem: "'\(mode)' is not one of json, logprobs")
             }
             config.scoring.simulator = mode
+        }
+        if config.scoring.simulator == "logprobs", config.scoring.scorers.contains("simulation"),
+           let refusal = LogprobSimulationScorer.unsupported(config.scoring.llm.server) {
+            throw .badInput(location: "\(file): [simulator] mode", problem: refusal)
         }
 
         let limits = try table(root, "limits")
@@ -320,6 +328,12 @@ struct JobConfigReader {
         endpoint.model = try string(table, section, "model") ?? ""
         endpoint.apiKeyEnv = try string(table, section, "api_key_env") ?? endpoint.apiKeyEnv
         endpoint.maxTokens = try positive(table, "max_tokens", section: section)
+        if let server = try string(table, section, "server") {
+            guard let kind = LLMServer(rawValue: server) else {
+                throw .badInput(location: location(section, "server"), problem: "'\(server)' is not one of \(LLMServer.names)")
+            }
+            endpoint.server = kind
+        }
         if !endpoint.endpoint.isEmpty {
             guard let url = URL(string: endpoint.endpoint), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
                 throw .badInput(location: location(section, "endpoint"), problem: "'\(endpoint.endpoint)' is not an http(s) URL like http://127.0.0.1:8081/v1")

@@ -93,6 +93,7 @@ public enum Pipeline {
     public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore,
                               progress: ProgressReporter? = nil) -> LLMClient {
         var configuration = LLMClientConfiguration(baseURL: endpoint.endpoint, apiKeyEnvironmentVariable: endpoint.apiKeyEnv)
+        configuration.server = endpoint.server
         configuration.maxInFlight = limits.concurrency
         configuration.requestsPerMinute = limits.requestsPerMinute
         configuration.tokensPerMinute = limits.tokensPerMinute

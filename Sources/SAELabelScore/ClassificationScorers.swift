@@ -34,7 +34,7 @@ struct ClassificationEngine: Sendable {
         self.seed = seed
         self.batchSize = max(1, batchSize)
         self.user = try prompts.template(mode.rawValue)
-        self.system = try ScoringSupport.optionalTemplate(prompts, "\(mode.rawValue).system")
+        self.system = try prompts.optionalTemplate("\(mode.rawValue).system")
         var parts = ["\(mode.rawValue)-v1", "batch=\(self.batchSize)", "seed=\(seed)", user.source]
         if let system { parts.append(system.source) }
         self.promptHash = ScoringSupport.hash(parts)

@@ -2,9 +2,8 @@ import Foundation
 import LLMClient
 import SAELabelCore
 
-/// SPEC §5's JSON simulator: one chat request per held-out window, temperature 0, with a
-/// `json_object` response format whose schema fixes the array length and each entry's token
-/// (llama.cpp enforces both).
+/// SPEC §5's JSON simulator: one chat request per held-out window, temperature 0, with structured
+/// output whose schema fixes the array length (and, on llama.cpp servers, each entry's token).
 ///
 /// Retry: when an answer does not parse, has the wrong number of entries, or holds a value that is
 /// not a number in 0–10, the bad answer is sent back as the assistant's turn followed by a user
@@ -30,9 +29,12 @@ public struct JSONSimulationScorer: Scorer {
         self.client = client
         self.model = model
         self.user = try prompts.template("simulator")
-        self.system = try ScoringSupport.optionalTemplate(prompts, "simulator.system")
+        self.system = try prompts.optionalTemplate("simulator.system")
         var parts = ["json-simulator-v1", user.source]
         if let system { parts.append(system.source) }
+        // Servers other than llama.cpp get a schema that does not pin each token: a different request,
+        // so a different hash (llama.cpp's keeps the hash it always had).
+        if !client.server.isLlamaCpp { parts.append("schema=unpinned") }
         self.promptHash = ScoringSupport.hash(parts)
     }
 
@@ -52,21 +54,28 @@ public struct JSONSimulationScorer: Scorer {
         return messages
     }
 
-    /// JSON schema: an object with `activations`, an array of exactly `tokens.count` entries; entry i
-    /// is `{"token": tokens[i], "activation": one of 0…10}` (`prefixItems` plus min/maxItems).
-    public static func schema(tokens: [String]) -> String {
-        let values = Array(0...10)
-        let items: [[String: Any]] = tokens.map { token in
-            ["type": "object",
-             "properties": ["token": pinnable(token) ? ["type": "string", "enum": [token]] : ["type": "string"],
-                            "activation": ["type": "integer", "enum": values]],
-             "required": ["token", "activation"],
-             "additionalProperties": false]
+    /// JSON schema: an object with `activations`, an array of exactly `tokens.count` entries
+    /// `{"token": string, "activation": one of 0…10}`. With `pinTokens` (llama.cpp servers, which turn
+    /// `prefixItems` into a grammar) entry i's token is fixed to tokens[i]; otherwise every entry has the
+    /// same `items` schema, the subset OpenAI's strict mode accepts. Every object is closed and
+    /// requires all its properties, as strict mode demands.
+    public static func schema(tokens: [String], pinTokens: Bool = true) -> String {
+        func entry(_ token: String?) -> [String: Any] {
+            let tokenSchema: [String: Any] = token.map { ["type": "string", "enum": [$0]] } ?? ["type": "string"]
+            return ["type": "object",
+                    "properties": ["token": tokenSchema, "activation": ["type": "integer", "enum": Array(0...10)]],
+                    "required": ["token", "activation"],
+                    "additionalProperties": false]
+        }
+        var array: [String: Any] = ["type": "array", "minItems": tokens.count, "maxItems": tokens.count]
+        if pinTokens {
+            array["prefixItems"] = tokens.map { entry(pinnable($0) ? $0 : nil) }
+        } else {
+            array["items"] = entry(nil)
         }
         let schema: [String: Any] = [
             "type": "object",
-            "properties": ["activations": ["type": "array", "prefixItems": items,
-                                           "minItems": tokens.count, "maxItems": tokens.count]],
+            "properties": ["activations": array],
             "required": ["activations"],
             "additionalProperties": false,
         ]
@@ -85,7 +94,8 @@ public struct JSONSimulationScorer: Scorer {
 
     private func request(_ messages: [ChatMessage], tokens: [String]) -> ChatRequest {
         ChatRequest(model: model, messages: messages, temperature: 0, maxTokens: 64 + 24 * tokens.count,
-                    responseFormat: .jsonObject(schema: Self.schema(tokens: tokens)))
+                    responseFormat: .jsonSchema(name: "simulated_activations",
+                                                schema: Self.schema(tokens: tokens, pinTokens: client.server.isLlamaCpp)))
     }
 
     // MARK: Parsing

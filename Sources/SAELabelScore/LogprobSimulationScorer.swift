@@ -31,11 +31,23 @@ public struct LogprobSimulationScorer: Scorer {
     }
 
     public init(client: LLMClient, model: String, prompts: PromptLibrary, topLogprobs: Int = 15) throws(SAELabelError) {
+        if let refusal = Self.unsupported(client.server) { throw .usage(refusal) }
         self.client = client
         self.model = model
         self.topLogprobs = topLogprobs
         self.template = try prompts.template("simulator-logprobs")
         self.promptHash = ScoringSupport.hash(["logprob-simulator-v1", "logprobs=\(topLogprobs)", template.source])
+    }
+
+    /// Servers the logprob simulator works with: those whose `/completions` return logprobs for the echoed prompt.
+    public static let supportedServers = LLMServer.allCases.filter(\.echoesPromptLogprobs)
+
+    /// One line saying why `server` cannot run the logprob simulator, or nil when it can.
+    public static func unsupported(_ server: LLMServer) -> String? {
+        guard !server.echoesPromptLogprobs else { return nil }
+        let names = supportedServers.map(\.rawValue).joined(separator: " or ")
+        return "the logprob simulator needs prompt logprobs from /completions with echo, which only \(names) return; "
+            + "\(server.rawValue) does not: use the JSON simulator (mode = \"json\", --simulator json)"
     }
 
     public func prompt(explanation: String, tokens: [String]) -> String {

@@ -56,12 +56,6 @@ public enum ScoreStep {
 
 /// Helpers shared by the scorers.
 enum ScoringSupport {
-    static func optionalTemplate(_ prompts: PromptLibrary, _ name: String) throws(SAELabelError) -> PromptTemplate? {
-        let path = (prompts.directory as NSString).appendingPathComponent("\(name).mustache")
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
-        return try prompts.template(name)
-    }
-
     static func hash(_ parts: [String]) -> String {
         String(Hashing.sha256Hex(parts.joined(separator: "\u{0}")).prefix(16))
     }

@@ -4,6 +4,7 @@ import SAELabelCore
 import SAELabelCollect
 import SAELabelExport
 import SAELabelRun
+import SAELabelScore
 import SAELabelStore
 
 struct Run: AsyncParsableCommand {
@@ -165,6 +166,9 @@ struct Score: AsyncParsableCommand {
         }
         guard JobConfig.simulatorModes.contains(simulator) else {
             throw SAELabelError.usage("--simulator \(simulator): use \(JobConfig.simulatorModes.joined(separator: ", "))")
+        }
+        if simulator == "logprobs", scorer.contains("simulation"), let refusal = LogprobSimulationScorer.unsupported(llm.server) {
+            throw SAELabelError.usage("--simulator logprobs: \(refusal)")
         }
         var scoring = JobConfig.Scoring()
         scoring.llm = try llm.endpointConfig()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LLMClient
 import SAELabelCore
 import SAELabelRun
 
@@ -71,6 +72,9 @@ struct LLMOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Environment variable holding the API key (never passed as a flag, never written anywhere).", valueName: "NAME"))
     var apiKeyEnv = "OPENAI_API_KEY"
 
+    @Option(help: ArgumentHelp("Which server the endpoint is, for the request fields it accepts: \(LLMServer.names) (see the README).", valueName: "KIND"))
+    var server: LLMServer = .openai
+
     @Option(help: "Requests in flight at once.")
     var concurrency = 64
 
@@ -93,6 +97,7 @@ struct LLMOptions: ParsableArguments {
         config.model = model
         config.apiKeyEnv = apiKeyEnv
         config.maxTokens = maxTokens
+        config.server = server
         return config
     }
 
@@ -106,3 +111,4 @@ struct LLMOptions: ParsableArguments {
 }
 
 extension Stage: ExpressibleByArgument {}
+extension LLMServer: ExpressibleByArgument {}

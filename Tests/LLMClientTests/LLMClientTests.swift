@@ -19,9 +19,11 @@ struct EncodingTests {
     func canonicalBodies() throws {
         let schema = #"{"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"string"}}}"#
         let r1 = ChatRequest(model: "m", messages: [ChatMessage(role: "user", content: "hi/there")], maxTokens: 5,
-                             responseFormat: .jsonObject(schema: schema), seed: 3)
-        let b1 = try Wire.chatBody(r1)
-        let b2 = try Wire.chatBody(r1)
+                             responseFormat: .jsonSchema(name: "s", schema: schema), seed: 3)
+        // llama-cpp-python's dialect is byte for byte the body saelabel always sent it, so the demo's
+        // cached answers stay valid.
+        let b1 = try Wire.chatBody(r1, server: .llamaCppPython)
+        let b2 = try Wire.chatBody(r1, server: .llamaCppPython)
         #expect(b1 == b2)
         let text = String(decoding: b1, as: UTF8.self)
         #expect(text == #"{"max_tokens":5,"messages":[{"content":"hi/there","role":"user"}],"model":"m","# +
@@ -31,15 +33,69 @@ struct EncodingTests {
         r2.temperature = 0.5
         let k1 = LLMClient.cacheKey(baseURL: "http://a/v1", path: "/chat/completions", body: b1)
         #expect(k1 == LLMClient.cacheKey(baseURL: "http://b:9/v1", path: "/chat/completions", body: b1))
-        #expect(k1 != LLMClient.cacheKey(baseURL: "http://a/v1", path: "/chat/completions", body: try Wire.chatBody(r2)))
+        #expect(k1 != LLMClient.cacheKey(baseURL: "http://a/v1", path: "/chat/completions", body: try Wire.chatBody(r2, server: .llamaCppPython)))
         #expect(k1 != LLMClient.cacheKey(baseURL: "http://a/v1", path: "/completions", body: b1))
         #expect(k1.count == 64)
     }
 
     @Test("an invalid schema is rejected before anything is sent")
     func invalidSchema() {
-        let r = ChatRequest(model: "m", messages: [], responseFormat: .jsonObject(schema: "{nope"))
-        #expect(throws: LLMError.self) { try Wire.chatBody(r) }
+        let r = ChatRequest(model: "m", messages: [], responseFormat: .jsonSchema(name: "s", schema: "{nope"))
+        for server in LLMServer.allCases {
+            #expect(throws: LLMError.self) { try Wire.chatBody(r, server: server) }
+        }
+    }
+
+    /// The top-level fields and the response_format each server is sent.
+    func wire(_ request: ChatRequest, _ server: LLMServer) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Wire.chatBody(request, server: server)) as? [String: Any])
+    }
+
+    @Test("each server gets structured output and the token limit in the form it documents")
+    func dialects() throws {
+        let schema = #"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"],"additionalProperties":false}"#
+        let request = ChatRequest(model: "gpt-4.1-mini", messages: [ChatMessage(role: "user", content: "hi")], temperature: 0,
+                                  maxTokens: 50, responseFormat: .jsonSchema(name: "answer", schema: schema))
+        for server in [LLMServer.openai, .vllm, .ollama, .llamaServer] {
+            let body = try wire(request, server)
+            let format = try #require(body["response_format"] as? [String: Any])
+            #expect(format["type"] as? String == "json_schema", "\(server)")
+            let jsonSchema = try #require(format["json_schema"] as? [String: Any])
+            #expect(jsonSchema["name"] as? String == "answer" && jsonSchema["strict"] as? Bool == true)
+            #expect((jsonSchema["schema"] as? [String: Any])?["required"] as? [String] == ["a"])
+            #expect(body["temperature"] as? Double == 0)
+        }
+        let python = try wire(request, .llamaCppPython)
+        let format = try #require(python["response_format"] as? [String: Any])
+        #expect(format["type"] as? String == "json_object" && format["schema"] is [String: Any] && format["json_schema"] == nil)
+        // OpenAI and vLLM name the limit max_completion_tokens; Ollama and llama.cpp document max_tokens.
+        for (server, field) in [(LLMServer.openai, "max_completion_tokens"), (.vllm, "max_completion_tokens"),
+                                (.ollama, "max_tokens"), (.llamaServer, "max_tokens"), (.llamaCppPython, "max_tokens")] {
+            let body = try wire(request, server)
+            #expect(body[field] as? Int == 50, "\(server)")
+            #expect(Set(body.keys) == ["model", "messages", "temperature", field, "response_format"], "\(server): \(body.keys.sorted())")
+        }
+        var grammar = request
+        grammar.grammar = "root ::= \"a\""
+        #expect(throws: LLMError.self) { try Wire.chatBody(grammar, server: .openai) }
+        #expect(try wire(grammar, .llamaServer)["grammar"] as? String == "root ::= \"a\"")
+    }
+
+    @Test("reasoning models get no temperature, reasoning_effort and room for reasoning tokens")
+    func reasoningModels() throws {
+        for model in ["gpt-5-mini", "gpt-5", "o4-mini", "o3", "openai/o1-2024-12-17"] {
+            let request = ChatRequest(model: model, messages: [ChatMessage(role: "user", content: "hi")], temperature: 0, maxTokens: 60)
+            #expect(LLMServer.openai.isReasoningModel(model), "\(model)")
+            let body = try wire(request, .openai)
+            #expect(body["temperature"] == nil && body["max_tokens"] == nil, "\(model)")
+            #expect(body["max_completion_tokens"] as? Int == 60 + LLMServer.reasoningTokenAllowance)
+            #expect(body["reasoning_effort"] as? String == "low")
+        }
+        for model in ["gpt-4.1-mini", "gpt-4o", "o-series-lookalike", "ollama3"] {
+            #expect(!LLMServer.openai.isReasoningModel(model), "\(model)")
+        }
+        // Only OpenAI's own API gets the reasoning treatment.
+        #expect(!LLMServer.vllm.isReasoningModel("o3"))
     }
 
     @Test("Retry-After parses delta-seconds and HTTP dates")
@@ -97,7 +153,7 @@ struct ClientTests {
         let tokenJSON = String(decoding: try JSONSerialization.data(withJSONObject: tokens), as: UTF8.self)
         let sim = try await client.chat(ChatRequest(
             model: "mock", messages: [ChatMessage(role: "user", content: "Simulate <tokens>\(tokenJSON)</tokens>")],
-            responseFormat: .jsonObject(schema: #"{"type":"object"}"#)))
+            responseFormat: .jsonSchema(name: "sim", schema: #"{"type":"object"}"#)))
         let obj = try JSONSerialization.jsonObject(with: Data(sim.text.utf8)) as? [String: Any]
         let entries = obj?["activations"] as? [[String: Any]] ?? []
         #expect(entries.map { $0["token"] as? String ?? "" } == tokens)
@@ -169,6 +225,54 @@ struct ClientTests {
         }
         #expect(try await server.stats().requests == 1)
         #expect(client.statistics.failuresByKind["http"] == 1)
+    }
+
+    @Test("the OpenAI-strict mock refuses what OpenAI refuses, so a job with no refusal means something")
+    func openAIStrictMockRefuses() async throws {
+        let server = try await MockServer.start(["--dialect", "openai"])
+        defer { server.stop() }
+        func status(_ request: ChatRequest, _ kind: LLMServer) async -> (Int?, String) {
+            var configuration = testConfiguration(server, retries: 0)
+            configuration.server = kind
+            let client = makeClient(configuration)
+            defer { client.shutdown() }
+            do {
+                _ = try await client.chat(request)
+                return (200, "")
+            } catch {
+                if case .http(let status, let body) = error { return (status, body) }
+                return (nil, error.description)
+            }
+        }
+        let simulate = [ChatMessage(role: "user", content: "Simulate <tokens>[\"a\"]</tokens>")]
+        let schema = #"{"type":"object","properties":{"activations":{"type":"array","items":{"type":"integer"}}},"#
+            + #""required":["activations"],"additionalProperties":false}"#
+        // llama-cpp-python's dialect (json_object + schema) is what OpenAI answered with unknown_parameter.
+        let old = await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate, maxTokens: 9,
+                                           responseFormat: .jsonSchema(name: "s", schema: schema)), .llamaCppPython)
+        #expect(old.0 == 400 && old.1.contains("unknown_parameter") && old.1.contains("response_format.schema"), "\(old)")
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate, maxTokens: 9,
+                                         responseFormat: .jsonSchema(name: "s", schema: schema)), .openai).0 == 200)
+        // Strict mode: an open object is refused.
+        let open = #"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate,
+                                         responseFormat: .jsonSchema(name: "s", schema: open)), .openai).0 == 400)
+        // json_object needs the word "json" in the messages.
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: simulate, responseFormat: .jsonObject), .openai).0 == 400)
+        let json = [ChatMessage(role: "user", content: "Answer in JSON: <tokens>[\"a\"]</tokens>")]
+        #expect(await status(ChatRequest(model: "gpt-4.1-mini", messages: json, responseFormat: .jsonObject), .openai).0 == 200)
+        // Reasoning models refuse max_tokens and a temperature other than 1 (the Ollama dialect sends both).
+        let reasoning = ChatRequest(model: "o4-mini", messages: json, temperature: 0, maxTokens: 20)
+        #expect(await status(reasoning, .ollama).0 == 400)
+        #expect(await status(reasoning, .openai).0 == 200)
+        // Completions with echo and logprobs are gone.
+        let client = makeClient(testConfiguration(server, retries: 0))
+        defer { client.shutdown() }
+        await #expect(throws: LLMError.self) {
+            _ = try await client.complete(CompletionRequest(model: "gpt-3.5-turbo-instruct", prompt: "a b", maxTokens: 1,
+                                                            echo: true, logprobs: 5))
+        }
+        #expect(try await server.stats().refused.count == 5)
     }
 
     @Test("connection reset, malformed and truncated bodies are retried")

@@ -185,9 +185,9 @@ final class TagRecorder: LLMResponseCache {
     }
 
     @Test func logprobSimulatorDetectsAlignmentAndTakesExpectedValues() async throws {
-        let server = try await MockLLMServer.start()
+        let server = try await MockLLMServer.start(["--dialect", "vllm"])
         defer { server.stop() }
-        let client = server.client()
+        let client = server.client(server: .vllm)
         defer { client.shutdown() }
         let scorer = try LogprobSimulationScorer(client: client, model: "mock", prompts: prompts)
         #expect(try await scorer.alignment() == .sameToken)  // the mock follows OpenAI's convention
@@ -208,5 +208,32 @@ final class TagRecorder: LLMResponseCache {
         #expect(details.failedWindows == 0)
         let predicted = Self.heldout.flatMap { $0.tokens.map(expectedValue) }
         #expect(abs((result.value ?? .nan) - pearson(Self.truth, predicted)) < 1e-4)
+    }
+}
+
+@Suite struct ReasoningModelTests {
+    /// A reasoning model that spends the whole limit on hidden reasoning returns empty content with
+    /// finish_reason "length": the failure says so instead of calling the empty answer a bad label.
+    @Test func anAnswerCutOffByHiddenReasoningSaysWhichLimitToRaise() async throws {
+        let server = try await MockLLMServer.start(["--dialect", "openai", "--reasoning-tokens", "100000"])
+        defer { server.stop() }
+        let client = server.client()
+        defer { client.shutdown() }
+        let explainer = try LLMExplainer(client: client, model: "gpt-5-mini", prompts: prompts, maxTokens: 40)
+        await #expect {
+            _ = try await explainer.explain(feature: 3, examples: EndToEndTests.explain)
+        } throws: { error in
+            (error as? SAELabelError)?.description.contains("max_tokens = 40") == true
+        }
+        #expect(try await server.stats().refused.isEmpty)
+
+        // With the mock's default reasoning spend, the allowance saelabel adds leaves room for the answer.
+        let roomy = try await MockLLMServer.start(["--dialect", "openai"])
+        defer { roomy.stop() }
+        let roomyClient = roomy.client()
+        defer { roomyClient.shutdown() }
+        let result = try await LLMExplainer(client: roomyClient, model: "gpt-5-mini", prompts: prompts, maxTokens: 40)
+            .explain(feature: 3, examples: EndToEndTests.explain)
+        #expect(result.text.hasPrefix("the token"))
     }
 }

@@ -85,6 +85,16 @@ import Testing
         #expect(tokenSchema(2)?["enum"] == nil)
         let second = try #require(items[1]["properties"] as? [String: Any])
         #expect((second["activation"] as? [String: Any])?["enum"] as? [Int] == Array(0...10))
+
+        // Without pinning (OpenAI strict mode has no prefixItems): one closed `items` schema, every property required.
+        let open = JSONSimulationScorer.schema(tokens: ["a", "b", "c"], pinTokens: false)
+        let openObject = try #require(try JSONSerialization.jsonObject(with: Data(open.utf8)) as? [String: Any])
+        let array = try #require((openObject["properties"] as? [String: Any])?["activations"] as? [String: Any])
+        #expect(array["prefixItems"] == nil && array["minItems"] as? Int == 3 && array["maxItems"] as? Int == 3)
+        let entry = try #require(array["items"] as? [String: Any])
+        #expect(entry["additionalProperties"] as? Bool == false)
+        #expect(Set(entry["required"] as? [String] ?? []) == Set((entry["properties"] as? [String: Any] ?? [:]).keys))
+        #expect(openObject["additionalProperties"] as? Bool == false && openObject["required"] as? [String] == ["activations"])
     }
 
     @Test func expectedValueOverDigits() {

@@ -3,6 +3,7 @@ import LLMClient
 import SAELabelCore
 import SAELabelExplain
 import SAELabelScore
+import TestSupport
 import Testing
 
 /// A client that is never called (prompt rendering only).
@@ -182,5 +183,47 @@ extension Result where Failure: CustomStringConvertible {
     var failureDescription: String? {
         if case .failure(let error) = self { return error.description }
         return nil
+    }
+}
+
+@Suite struct BundledPromptTests {
+    /// The templates built into the binary (Sources/SAELabelCore/BundledPrompts.swift) are Prompts/ byte for
+    /// byte; after editing a template, `make prompts` regenerates them.
+    @Test func theBuiltInTemplatesMatchPromptsFolder() throws {
+        let folder = Repository.root.appendingPathComponent("Prompts")
+        let files = try FileManager.default.contentsOfDirectory(atPath: folder.path).filter { $0.hasSuffix(".mustache") }
+        let names = files.map { String($0.dropLast(".mustache".count)) }.sorted()
+        #expect(!names.isEmpty)
+        #expect(PromptLibrary.bundledNames == names, "run `make prompts` after adding or removing a template")
+        for name in names {
+            let file = try String(contentsOf: folder.appendingPathComponent("\(name).mustache"), encoding: .utf8)
+            #expect(try PromptLibrary.bundled.template(name).source == file, "\(name): run `make prompts`")
+            #expect(try prompts.template(name).hash == PromptLibrary.bundled.template(name).hash)
+        }
+        #expect(PromptLibrary.bundled.contains("explainer.system") && !PromptLibrary.bundled.contains("explainer-highlighted.system"))
+        #expect(throws: SAELabelError.self) { try PromptLibrary.bundled.template("no-such-template") }
+    }
+
+    @Test func anExplicitFolderOverridesTheBuiltInTemplates() throws {
+        if (ProcessInfo.processInfo.environment["SAELABEL_PROMPTS"] ?? "").isEmpty {
+            #expect(try PromptLibrary.locate().directory == nil, "no folder set: the built-in templates")
+        }
+        let folder = Repository.root.appendingPathComponent("Prompts").path
+        #expect(try PromptLibrary.locate(explicit: folder).directory == folder)
+        #expect(throws: SAELabelError.self) { try PromptLibrary.locate(explicit: folder + "/missing") }
+    }
+}
+
+@Suite struct SimulatorHashTests {
+    @Test func theSchemaVariantIsPartOfTheSimulatorsPromptHash() throws {
+        func scorer(_ server: LLMServer) throws -> JSONSimulationScorer {
+            let client = LLMClient(configuration: LLMClientConfiguration(baseURL: "http://127.0.0.1:9/v1",
+                                                                         apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY",
+                                                                         server: server))
+            return try JSONSimulationScorer(client: client, model: "m", prompts: prompts)
+        }
+        #expect(try scorer(.llamaCppPython).promptHash == scorer(.llamaServer).promptHash)
+        #expect(try scorer(.openai).promptHash == scorer(.vllm).promptHash)
+        #expect(try scorer(.openai).promptHash != scorer(.llamaCppPython).promptHash)
     }
 }

@@ -11,9 +11,9 @@ let prompts = PromptLibrary(directory: Repository.root.appendingPathComponent("P
 
 extension MockLLMServer {
     /// A client with quick retries, for fault tests.
-    func client(retries: Int = 2) -> LLMClient {
+    func client(retries: Int = 2, server: LLMServer = .openai) -> LLMClient {
         LLMClient(configuration: LLMClientConfiguration(
-            baseURL: baseURL, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY", maxInFlight: 4,
+            baseURL: baseURL, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY", server: server, maxInFlight: 4,
             requestTimeout: 10, maxRetries: retries, backoffBase: 0.02, backoffMax: 0.1, jitter: 0.2))
     }
 }

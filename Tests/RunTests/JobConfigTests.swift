@@ -1,4 +1,5 @@
 import Foundation
+import LLMClient
 import SAELabelCore
 import SAELabelRun
 import TestSupport
@@ -65,6 +66,17 @@ import Testing
     @Test func unknownKeyIsNamed() async throws {
         let dir = TempDirectory()
         expectBadInput(try validJob(dir, extra: "temprature = 0.5"), naming: "[simulator] temprature")
+    }
+
+    @Test func serverKindIsReadAndCheckedAgainstTheSimulatorMode() async throws {
+        let dir = TempDirectory()
+        let defaults = try JobConfig.load(path: try validJob(dir))
+        #expect(defaults.explainer.llm.server == .openai && defaults.scoring.llm.server == .openai)
+        let vllm = try JobConfig.load(path: try validJob(dir, extra: "server = \"vllm\"\nmode = \"logprobs\""))
+        #expect(vllm.scoring.llm.server == .vllm && vllm.scoring.simulator == "logprobs")
+        #expect(vllm.explainer.llm.server == .openai)
+        expectBadInput(try validJob(dir, extra: "server = \"lmstudio\""), naming: "[simulator] server")
+        expectBadInput(try validJob(dir, extra: "server = \"ollama\"\nmode = \"logprobs\""), naming: "[simulator] mode")
     }
 
     @Test func wrongTypeIsNamed() async throws {

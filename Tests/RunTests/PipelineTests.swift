@@ -13,8 +13,10 @@ enum Demo {
 
     /// A job file over the demo data against `endpoint`, written into `dir`.
     static func job(_ dir: TempDirectory, endpoint: String, features: String, store: String = "job.sqlite",
-                    scorers: String = "[\"simulation\"]", concurrency: Int = 4, retries: Int = 3, extra: String = "") throws -> String {
-        try dir.write("job.toml", """
+                    scorers: String = "[\"simulation\"]", concurrency: Int = 4, retries: Int = 3, extra: String = "",
+                    model: String = "mock", server: String? = nil) throws -> String {
+        let serverLine = server.map { "server = \"\($0)\"" } ?? ""
+        return try dir.write("job.toml", """
             [job]
             store = "\(dir.file(store))"
             seed = 3
@@ -36,11 +38,13 @@ enum Demo {
 
             [explainer]
             endpoint = "\(endpoint)"
-            model = "mock"
+            model = "\(model)"
+            \(serverLine)
 
             [simulator]
             endpoint = "\(endpoint)"
-            model = "mock"
+            model = "\(model)"
+            \(serverLine)
             scorers = \(scorers)
 
             [limits]

@@ -149,11 +149,12 @@ struct RealLLMTests {
     @Test func everyFeatureGetsALabelAScoreAndSimulatedValues() async throws {
         let endpoint = ProcessInfo.processInfo.environment["SAELABEL_LLM_ENDPOINT"]!
         let model = ProcessInfo.processInfo.environment["SAELABEL_LLM_MODEL"] ?? "smollm2"
+        // make test's server is llama-cpp-python; SAELABEL_LLM_SERVER names another kind.
+        let server = ProcessInfo.processInfo.environment["SAELABEL_LLM_SERVER"] ?? "llama-cpp-python"
         let dir = TempDirectory()
-        var job = try Demo.job(dir, endpoint: endpoint, features: "0..4", concurrency: 1)
+        var job = try Demo.job(dir, endpoint: endpoint, features: "0..4", concurrency: 1, model: model, server: server)
         var text = try String(contentsOfFile: job, encoding: .utf8)
-        text = text.replacingOccurrences(of: "model = \"mock\"", with: "model = \"\(model)\"")
-            .replacingOccurrences(of: "heldout_top = 2", with: "heldout_top = 1")
+        text = text.replacingOccurrences(of: "heldout_top = 2", with: "heldout_top = 1")
             .replacingOccurrences(of: "heldout_random = 2", with: "heldout_random = 1")
             .replacingOccurrences(of: "timeout_seconds = 5", with: "timeout_seconds = 180")
             .replacingOccurrences(of: "[explainer]\n", with: "[explainer]\nstyle = \"highlighted\"\n")

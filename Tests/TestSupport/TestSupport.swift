@@ -113,7 +113,7 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         self.port = port
     }
 
-    /// Starts the mock with extra command-line options (latency, fault rates, seed).
+    /// Starts the mock with extra command-line options (latency, fault rates, seed, `--dialect`).
     public static func start(_ arguments: [String] = []) async throws -> MockLLMServer {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -173,6 +173,12 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         public var connections: Int
         /// Most /v1 requests the mock was serving at once.
         public var maxInFlight: Int
+        /// One line per request the mock's dialect refused (`--dialect`).
+        public var refused: [String]
+        /// Request fields the dialect's server would have ignored.
+        public var ignored: [String]
+        /// Requests by kind (explain, simulate, detect, logprobs, chat, completion).
+        public var byKind: [String: Int]
     }
 
     public func stats() async throws -> Stats {
@@ -182,7 +188,8 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         }
         return Stats(requests: object["requests"] as? Int ?? -1, byOutcome: object["by_outcome"] as? [String: Int] ?? [:],
                      authSeen: object["auth_seen"] as? [String] ?? [], connections: object["connections"] as? Int ?? -1,
-                     maxInFlight: object["max_in_flight"] as? Int ?? -1)
+                     maxInFlight: object["max_in_flight"] as? Int ?? -1, refused: object["refused"] as? [String] ?? [],
+                     ignored: object["ignored"] as? [String] ?? [], byKind: object["by_kind"] as? [String: Int] ?? [:])
     }
 
     public func requestCount() async throws -> Int {
