@@ -26,7 +26,7 @@ export SLURM_CONF="$cluster/slurm.conf"
 
 # The mock prints `LISTENING <port>` once bound to a free port of 127.0.0.1.
 mkfifo "$work/mock.out"
-python3 Tools/mock_llm_server.py --port 0 --latency-ms 20 >"$work/mock.out" 2>"$work/mock.err" &
+python3 Tools/mock_llm_server.py --port 0 --latency-ms 20 --dialect openai >"$work/mock.out" 2>"$work/mock.err" &
 mock_pid=$!
 read -r listening port <"$work/mock.out"
 [ "$listening" = LISTENING ] || { echo "slurm_test: mock server did not start" >&2; exit 1; }
@@ -57,11 +57,11 @@ min_activating_windows = 5
 
 [explainer]
 endpoint = "$endpoint"
-model = "mock"
+model = "gpt-4.1-mini"
 
 [simulator]
 endpoint = "$endpoint"
-model = "mock"
+model = "gpt-4.1-mini"
 scorers = ["simulation", "detection"]
 
 [limits]
