@@ -36,6 +36,8 @@ Kinds of request (detected from the content, checked in this order):
   integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
   stripped) with the highest total N over all such lines; ties go to the lexicographically
   smallest token. Without such lines the answer is `nothing in particular`.
+* check (chat with `max_tokens: 1`, saelabel's endpoint check before a run): answered like chat,
+  but it takes no entry of the fault script and is counted in `checks`, not in `requests`.
 * chat (any other chat request): `mock answer <8 hex digits of FNV-1a of the last message>`.
 * logprobs (completions with `echo: true` and `logprobs: k`): the prompt is split with the regex
   `\\S+|\\s+` (whitespace runs are tokens too); `max_tokens` extra tokens "\\n" are generated.
@@ -62,7 +64,11 @@ entries in order; after it runs out, random faults per the --fault-rate-* option
   hang         sleep --hang-seconds, then answer normally
   wrong_length simulate answers one entry too few (other kinds answer normally)
 
-GET /_stats → {"requests": N, "by_kind": {...}, "by_outcome": {...}, "auth_seen": [distinct
+Access. --api-key KEY answers 401 to a /v1 request whose Authorization is not `Bearer KEY`;
+--models a,b answers 404 (model_not_found) to a request for any other model. Both are checked
+after the fault script entry is taken and counted.
+
+GET /_stats → {"requests": N (work requests, checks excluded), "checks": N, "by_kind": {...}, "by_outcome": {...}, "auth_seen": [distinct
 Authorization header values], "connections": accepted connections, "max_in_flight": most /v1
 requests inside their latency at once}; POST /_reset_stats zeroes it.
 """
@@ -111,6 +117,7 @@ class State:
 
     def reset_stats(self):
         self.requests = 0
+        self.checks = 0
         self.by_kind = {}
         self.by_outcome = {}
         self.auth_seen = set()
@@ -145,6 +152,8 @@ EXPLAIN_LINE = re.compile(r"^(.*)\t(\d+)\s*$")
 
 def classify(path, req):
     if path.endswith("/chat/completions"):
+        if req.get("max_tokens") == 1:
+            return "check"
         msgs = req.get("messages") or []
         user = last_user(msgs)
         if re.search(r"<examples count=\d+>", user):
@@ -269,7 +278,7 @@ class Handler(BaseHTTPRequestHandler):
         st = self.server.state
         if self.path == "/_stats":
             with st.lock:
-                obj = {"requests": st.requests, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
+                obj = {"requests": st.requests, "checks": st.checks, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
                        "auth_seen": sorted(st.auth_seen), "connections": st.connections,
                        "max_in_flight": st.max_in_flight}
             self.send_json(200, obj)
@@ -302,9 +311,13 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             req = None
         kind = classify(self.path, req) if req is not None else "invalid"
-        fault = st.next_fault()
+        # Endpoint checks (saelabel's preflight) neither take a fault nor count as work requests.
+        fault = "ok" if kind == "check" else st.next_fault()
         with st.lock:
-            st.requests += 1
+            if kind == "check":
+                st.checks += 1
+            else:
+                st.requests += 1
             st.by_kind[kind] = st.by_kind.get(kind, 0) + 1
             st.by_outcome[fault] = st.by_outcome.get(fault, 0) + 1
             if auth:
@@ -323,6 +336,13 @@ class Handler(BaseHTTPRequestHandler):
 
         if req is None:
             return self.send_json(400, {"error": {"message": "request body is not a JSON object"}})
+        args = self.server.args
+        if args.api_key is not None and auth != "Bearer " + args.api_key:
+            return self.send_json(401, {"error": {"message": "Incorrect API key provided (mock)", "type": "invalid_request_error",
+                                                  "code": "invalid_api_key"}})
+        if args.models and str(req.get("model")) not in args.models.split(","):
+            return self.send_json(404, {"error": {"message": "The model `%s` does not exist (mock)" % req.get("model"),
+                                                  "type": "invalid_request_error", "code": "model_not_found"}})
         if fault == "reset":
             self.close_connection = True
             try:
@@ -400,6 +420,10 @@ def main():
     p.add_argument("--fault-rate-reset", type=float, default=0)
     p.add_argument("--hang-seconds", type=float, default=30)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--api-key", default=None,
+                   help="answer 401 to /v1 requests without `Authorization: Bearer KEY`")
+    p.add_argument("--models", default="",
+                   help="comma list of served model names; a request for another model gets 404 (default: any)")
     args = p.parse_args()
     # A parent may spawn us with signals blocked (Foundation's Process on Linux does): unblock them
     # so SIGTERM/SIGINT stop the server.

@@ -25,6 +25,14 @@ extension JobStore {
                 throw .badInput(location: shardPath, problem: "was run on a different \(print.role) (\(print.path)) than \(path); shards must share inputs")
             }
         }
+        // Shards of one job share the pass identity and the collect settings (seed, windows, exclusions).
+        let shardSettings = try shard.settings()
+        let ownSettings = try settings()
+        for key in ["collect_settings", "current_pass", "input_version"] {
+            if let own = ownSettings[key], let theirs = shardSettings[key], own != theirs {
+                throw .badInput(location: shardPath, problem: "its \(key.replacingOccurrences(of: "_", with: " ")) (\(theirs)) differs from \(path)'s (\(own)); shards must be runs of one job")
+            }
+        }
         do {
             return try pool.writeWithoutTransaction { db in
                 try db.execute(sql: "ATTACH DATABASE ? AS shard", arguments: [shardPath])
@@ -33,6 +41,7 @@ extension JobStore {
                 try db.inTransaction {
                     try db.execute(sql: "INSERT OR IGNORE INTO main.job_setting SELECT key, value FROM shard.job_setting")
                     try db.execute(sql: "INSERT OR IGNORE INTO main.input_fingerprint SELECT * FROM shard.input_fingerprint")
+                    try db.execute(sql: "INSERT OR IGNORE INTO main.labeling_pass SELECT * FROM shard.labeling_pass")
                     // Progress order of states; the merged row is the one further along.
                     let rank = """
                         CASE %@ WHEN 'scored' THEN 6 WHEN 'explained' THEN 5 WHEN 'dead' THEN 4 WHEN 'sparse' THEN 4

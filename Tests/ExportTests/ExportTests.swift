@@ -112,17 +112,22 @@ import SAELabelStore
         #expect(parseCSV(try readText(csv)).count == 2)
     }
 
-    @Test func refusesMissingDirectoryAndLeavesNothing() throws {
+    @Test func createsMissingFoldersRefusesAPathUnderAFileAndLeavesNothing() throws {
         let fixture = try NastyStore()
         let out = fixture.directory.file("missing/dir/catalog.jsonl")
+        #expect(try Exporter.export(store: fixture.store, format: .catalog, to: out, filter: .all).features == 5)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.directory.file("missing/dir")) == ["catalog.jsonl"])
+        let file = try fixture.directory.write("plain.txt", "text")
+        let before = try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path).sorted()
         #expect(throws: SAELabelError.self) {
-            try Exporter.export(store: fixture.store, format: .catalog, to: out, filter: .all)
+            try Exporter.export(store: fixture.store, format: .catalog, to: file + "/catalog.jsonl", filter: .all)
         }
-        #expect(!FileManager.default.fileExists(atPath: out))
         #expect(throws: SAELabelError.self) {
             try Exporter.export(store: fixture.store, format: .catalog, to: fixture.directory.path + "/x.jsonl",
                                 filter: ExportFilter(minScore: .nan))
         }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path).sorted() == before)
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "text")
     }
 
     @Test func emptyStoreGivesEmptyButValidOutputs() throws {
@@ -181,10 +186,11 @@ import SAELabelStore
         #expect(text.hasSuffix("\r\n"))
         let rows = parseCSV(text)
         #expect(rows.first == ["feature", "status", "label", "simulation", "detection", "fuzzing",
-                               "frequency", "max_activation", "explainer_model"])
+                               "frequency", "max_activation", "explainer_model", "failure_reason", "sae", "hook"])
         #expect(rows.count == 6)
+        let job = try fixture.store.settings()
         for row in rows.dropFirst() {
-            #expect(row.count == 9)
+            #expect(row.count == 12)
             let index = try #require(Int(row[0]))
             let record = try #require(try fixture.store.feature(index))
             #expect(row[1] == record.state.rawValue)
@@ -197,6 +203,8 @@ import SAELabelStore
             }
             #expect(Double(row[6]) == record.statistics?.frequency)
             #expect(Float(row[7]) == record.statistics?.maxActivation)
+            #expect(row[9] == (record.state == .failed ? record.failureReason ?? "" : ""))
+            #expect(row[10] == job[JobSettingKey.saeName] ?? "" && row[11] == job[JobSettingKey.hookName] ?? "")
         }
         #expect(rows[1][2] == Nasty.label0)
         #expect(rows[2][2] == Nasty.label1)

@@ -173,6 +173,10 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         public var connections: Int
         /// Most /v1 requests the mock was serving at once.
         public var maxInFlight: Int
+        /// Endpoint checks (chat with max_tokens 1), not counted in `requests`.
+        public var checks: Int = 0
+        /// Requests per kind (explain, simulate, detect, check, …).
+        public var byKind: [String: Int] = [:]
     }
 
     public func stats() async throws -> Stats {
@@ -182,7 +186,13 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         }
         return Stats(requests: object["requests"] as? Int ?? -1, byOutcome: object["by_outcome"] as? [String: Int] ?? [:],
                      authSeen: object["auth_seen"] as? [String] ?? [], connections: object["connections"] as? Int ?? -1,
-                     maxInFlight: object["max_in_flight"] as? Int ?? -1)
+                     maxInFlight: object["max_in_flight"] as? Int ?? -1, checks: object["checks"] as? Int ?? -1,
+                     byKind: object["by_kind"] as? [String: Int] ?? [:])
+    }
+
+    /// Zeroes the counters (not the fault script).
+    public func resetStats() async throws {
+        _ = try await send("/_reset_stats", body: [String: Int]())
     }
 
     public func requestCount() async throws -> Int {
