@@ -47,9 +47,14 @@ public enum Reporting {
     /// Failures of this run on stderr: one line per cause with a count and example features, instead
     /// of one line per attempt.
     public static func failureSummary(_ failed: [Int: String], examples: Int = 5) -> [String] {
-        var byCause: [String: [Int]] = [:]
-        for (feature, reason) in failed { byCause[reason, default: []].append(feature) }
-        return byCause.sorted { $0.value.count != $1.value.count ? $0.value.count > $1.value.count : $0.key < $1.key }.map { cause, features in
+        // Reasons that differ only in their numbers ("5 of 5 windows", "3 of 3 windows") are one cause.
+        var byCause: [String: (example: String, features: [Int])] = [:]
+        for (feature, reason) in failed.sorted(by: { $0.key < $1.key }) {
+            let cause = reason.replacingOccurrences(of: "[0-9]+", with: "#", options: .regularExpression)
+            byCause[cause, default: (reason, [])].features.append(feature)
+        }
+        let causes = byCause.values.sorted { $0.features.count != $1.features.count ? $0.features.count > $1.features.count : $0.example < $1.example }
+        return causes.map { cause, features in
             let sorted = features.sorted()
             let shown = sorted.prefix(examples).map(String.init).joined(separator: ", ") + (sorted.count > examples ? ", …" : "")
             return "\(sorted.count) feature\(sorted.count == 1 ? "" : "s") failed (e.g. \(shown)): \(cause)"

@@ -91,7 +91,7 @@ extension JobStore {
         try read { db in
             guard let current = try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'") else { return false }
             if current == id { return true }
-            let sql = "SELECT inputs || char(0) || collect_settings || char(0) || input_version FROM labeling_pass WHERE id = ?"
+            let sql = "SELECT inputs || ' | ' || collect_settings || ' | ' || input_version FROM labeling_pass WHERE id = ?"
             guard let mine = try String.fetchOne(db, sql: sql, arguments: [id]),
                   let now = try String.fetchOne(db, sql: sql, arguments: [current]) else { return false }
             return mine == now
