@@ -140,7 +140,7 @@ import SAELabelStore
         }
         #expect(try readText(directory.file("out-catalog")).isEmpty)
         #expect(parseCSV(try readText(directory.file("out-csv"))).count == 1)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.file("out-neuronpedia")).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.file("out-neuronpedia")) == [".saelabel-export.json"])
         #expect(try readText(directory.file("out-html/data/meta.js")).contains("\"indexChunks\":0"))
     }
 
@@ -274,19 +274,26 @@ import SAELabelStore
             try store.saveExplanation(feature: index, text: "label \(index)", explainerModel: "e", promptHash: "p", rawResponse: nil)
         }
         let out = directory.file("np")
-        // A leftover directory from an earlier export is replaced whole.
+        // A folder that is not a saelabel export is refused and left as it was.
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
         _ = FileManager.default.createFile(atPath: out + "/batch-7.jsonl", contents: Data("stale\n".utf8))
+        #expect(throws: SAELabelError.self) { try Exporter.export(store: store, format: .neuronpedia, to: out, filter: .all) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out) == ["batch-7.jsonl"])
+        try FileManager.default.removeItem(atPath: out)
         let summary = try Exporter.export(store: store, format: .neuronpedia, to: out, filter: .all)
         #expect(summary.features == 2_100)
         #expect(summary.files.map { ($0 as NSString).lastPathComponent } == ["batch-0.jsonl", "batch-1.jsonl", "batch-2.jsonl"])
         let counts = try (0..<3).map { try jsonLines(out + "/batch-\($0).jsonl").count }
         #expect(counts == [1_024, 1_024, 52])
-        #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == ["batch-0.jsonl", "batch-1.jsonl", "batch-2.jsonl"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted()
+                    == [".saelabel-export.json", "batch-0.jsonl", "batch-1.jsonl", "batch-2.jsonl"])
         let first = try jsonLines(out + "/batch-1.jsonl")[0]
         #expect(first["index"] as? String == "1024")
         #expect(first["layer"] as? String == "0-res")
         #expect(!FileManager.default.fileExists(atPath: out + ".tmp"))
+        // A previous export of the same format is replaced whole.
+        _ = try Exporter.export(store: store, format: .neuronpedia, to: out, filter: ExportFilter(selection: FeatureSelection(set: .range(0, 10))))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == [".saelabel-export.json", "batch-0.jsonl"])
     }
 }
 

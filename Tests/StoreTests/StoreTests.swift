@@ -21,11 +21,11 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     @Test func schemaMigratesFromEmpty() throws {
         let dir = TempDirectory()
         let store = try JobStore(path: dir.file("job.sqlite"))
-        #expect(try store.appliedMigrations() == ["v1"])
+        #expect(try store.appliedMigrations() == ["v1", "v2-labeling-passes"])
         #expect(try store.status().features == 0)
         // Reopening an existing store applies nothing twice.
         let again = try JobStore(path: dir.file("job.sqlite"))
-        #expect(try again.appliedMigrations() == ["v1"])
+        #expect(try again.appliedMigrations() == ["v1", "v2-labeling-passes"])
     }
 
     @Test func notAStoreIsRefusedClearly() throws {
@@ -35,8 +35,9 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
         #expect {
             _ = try JobStore(path: path)
         } throws: { error in
-            guard let error = error as? SAELabelError, case .store(let message) = error else { return false }
-            return message.contains(path)
+            // Naming a file that is not a store is bad input (exit 2), not a store failure.
+            guard let error = error as? SAELabelError, case .badInput(let location, _) = error else { return false }
+            return location == path && error.exitCode == 2
         }
     }
 
