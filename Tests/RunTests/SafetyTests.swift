@@ -271,6 +271,27 @@ struct SafetyTests {
         #expect(compare.stdout.split(separator: "\n").count == 2 + labeled)
     }
 
+    @Test func explainAndScoreShareOneClientAndTheExplainCommandKeepsThePass() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start(["--latency-ms", "150"])
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..12", concurrency: 2)
+        let run = try await runSAELabel(["run", "--config", job, "--quiet"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let stats = try await mock.stats()
+        #expect(stats.byKind["explain", default: 0] > 0 && stats.byKind["simulate", default: 0] > 0)
+        #expect(stats.maxInFlight <= 2, "explain and score share one client's limit of 2 (saw \(stats.maxInFlight))")
+
+        // `saelabel explain` with the job's explainer derives the same pass: nothing flips, nothing is paid again.
+        let store = try JobStore(path: dir.file("job.sqlite"))
+        let pass = try store.currentPass()
+        try await mock.resetStats()
+        let explain = try await runSAELabel(["explain", "--db", dir.file("job.sqlite"), "--endpoint", mock.baseURL, "--model", "mock"])
+        #expect(explain.status == 0, "\(explain.stderr)")
+        #expect(try store.currentPass() == pass)
+        #expect(try await mock.stats().requests == 0)
+        #expect(try store.features(in: [.collected, .explained]).isEmpty, "scored features stay scored")
+    }
+
     @Test func mergeRefusesShardsOfDifferentSettings() async throws {
         let a = TempDirectory()
         let b = TempDirectory()
@@ -308,10 +329,21 @@ struct SafetyTests {
         #expect(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == SAELabelVersion.current)
 
         let labeled = TempDirectory()
-        _ = try await collectedStore(labeled)
+        _ = try await collectedStore(labeled, extra: "\n[export]\nneuronpedia_model_id = \"gpt2-small\"\nneuronpedia_layer = \"6-res-jb\"\n")
         let baseline = try await runSAELabel(["explain", "--db", labeled.file("job.sqlite"), "--style", "baseline"])
         #expect(baseline.status == 0, "\(baseline.stderr)")
         let statusText = try await runSAELabel(["status", "--db", labeled.file("job.sqlite")])
         #expect(statusText.stdout.contains("models: explainer baseline"))
+
+        // Neuronpedia's modelId and layer come from the job file.
+        let neuronpedia = labeled.file("np")
+        let export = try await runSAELabel(["export", "--db", labeled.file("job.sqlite"), "--format", "neuronpedia", "--out", neuronpedia])
+        #expect(export.status == 0, "\(export.stderr)")
+        let rows = try String(contentsOfFile: neuronpedia + "/batch-0.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(!rows.isEmpty)
+        for row in rows {
+            let object = try JSONSerialization.jsonObject(with: Data(row.utf8)) as? [String: Any]
+            #expect(object?["modelId"] as? String == "gpt2-small" && object?["layer"] as? String == "6-res-jb")
+        }
     }
 }
