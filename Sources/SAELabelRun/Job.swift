@@ -60,6 +60,7 @@ public enum JobRunner {
             report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
                                                        scorers: scorers, selection: request.selection,
                                                        concurrency: config.limits.concurrency, progress: progress)
+            report.llm = clients.statistics()
         }
 
         report.exports = try Pipeline.exports(config, store: store)

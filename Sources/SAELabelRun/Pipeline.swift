@@ -21,6 +21,8 @@ public struct RunReport: Sendable {
     public var scoreValues: [Double]
     public var wallSeconds: Double
     public var exports: [String]
+    /// LLM requests of this run (nil when no stage called an LLM).
+    public var llm: ClientStatistics?
 
     public var exitCode: Int32 { status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0 }
 }
@@ -276,6 +278,21 @@ public final class LLMClients: Sendable {
             let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress)
             clients[key] = client
             return client
+        }
+    }
+
+    /// What this job's clients did (cache hits are this run's, not the store's history).
+    public func statistics() -> ClientStatistics {
+        clients.withLock { Array($0.values) }.reduce(into: ClientStatistics()) { total, client in
+            let part = client.statistics
+            total.requestsSent += part.requestsSent
+            total.retries += part.retries
+            total.cacheHits += part.cacheHits
+            total.succeeded += part.succeeded
+            total.promptTokens += part.promptTokens
+            total.completionTokens += part.completionTokens
+            total.failuresByKind.merge(part.failuresByKind, uniquingKeysWith: +)
+            total.failedAttemptsByOutcome.merge(part.failedAttemptsByOutcome, uniquingKeysWith: +)
         }
     }
 

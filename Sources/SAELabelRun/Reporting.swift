@@ -17,6 +17,9 @@ public enum Reporting {
         if !report.scoreValues.isEmpty {
             lines.append("simulation scores (\(report.scoreValues.count) features): " + distribution(report.scoreValues))
         }
+        if let llm = report.llm {
+            lines.append("LLM this run: \(llm.requestsSent) requests sent (\(llm.retries) retries), \(llm.cacheHits) answered from the store's cache, \(llm.promptTokens) tokens in / \(llm.completionTokens) out")
+        }
         lines.append("LLM (store total, all runs): \(status.llm.calls) calls, \(status.llm.cacheHits) answered from the store's cache, \(status.llm.promptTokens) tokens in / \(status.llm.completionTokens) out")
         if !status.failures.isEmpty {
             lines.append("failed:")
