@@ -31,7 +31,7 @@ Kinds of request (detected from the content, checked in this order):
 * simulate (chat with a `response_format` whose type is json_object; the LAST user message holds a
   JSON array of token strings between `<tokens>` and `</tokens>`): the answer is
   `{"activations":[{"token":t,"activation":mock_activation(t)}, ...]}`, one entry per token.
-  The `wrong_length` fault drops the last entry.
+  The `wrong_length` fault drops the last entry (of a detect answer too).
 * explain (chat without response_format; the LAST user message has lines `token<TAB>N`, N an
   integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
   stripped) with the highest total N over all such lines; ties go to the lexicographically
@@ -62,7 +62,7 @@ entries in order; after it runs out, random faults per the --fault-rate-* option
   truncated    200 whose Content-Length exceeds the body sent; then the connection is closed
   reset        the socket is closed abruptly (SO_LINGER 0 → RST) without a response
   hang         sleep --hang-seconds, then answer normally
-  wrong_length simulate answers one entry too few (other kinds answer normally)
+  wrong_length simulate and detect answer one entry too few (other kinds answer normally)
 
 Access. --api-key KEY answers 401 to a /v1 request whose Authorization is not `Bearer KEY`;
 --models a,b answers 404 (model_not_found) to a request for any other model. Both are checked
@@ -178,6 +178,8 @@ def answer_chat(kind, req, fault):
         for i in range(n):
             text = texts[i] if i < len(texts) else ""
             out.append(1 if any(mock_activation(t) >= 8 for t in text.split()) else 0)
+        if fault == "wrong_length" and out:
+            out = out[:-1]
         return json.dumps(out)
     if kind == "simulate":
         m = re.search(r"<tokens>(.*?)</tokens>", user, re.S)

@@ -197,6 +197,36 @@ final class TagRecorder: LLMResponseCache {
         #expect(try store.scores(explanation: explanation).isEmpty, "a failure is never stored as a score")
     }
 
+    /// The failure rule for detection and fuzzing: a prompt still unusable after the retry fails the score.
+    @Test func detectionPromptFailingTwiceFailsTheScore() async throws {
+        let server = try await MockLLMServer.start()
+        defer { server.stop() }
+        let client = LLMClient(configuration: LLMClientConfiguration(
+            baseURL: server.baseURL, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY", maxInFlight: 4,
+            requestTimeout: 10, maxRetries: 2, backoffBase: 0.02, backoffMax: 0.1))
+        defer { client.shutdown() }
+        let (store, directory) = try makeStore(feature: Self.feature, explain: Self.explain, heldout: Self.heldout)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let explanation = try store.saveExplanation(feature: Self.feature, text: "the token \"import\"", explainerModel: "mock",
+                                                    promptHash: "test", rawResponse: nil)
+        let scorer = try DetectionScorer(client: client, model: "mock", prompts: prompts)
+        #expect(scorer.plannedCalls(heldout: Self.heldout) == 1)
+        try await server.script(["wrong_length", "wrong_length"])
+        let result = try await scorer.score(feature: Self.feature, explanation: explanation.text, heldout: Self.heldout)
+        #expect(result.value == nil, "not a below-chance balanced accuracy")
+        #expect(result.failure?.hasPrefix("1 of 1 prompts unusable after the retry") == true, "\(result.failure ?? "nil")")
+        #expect(result.unusableTags == ["detect:7:0", "detect:7:0:retry"])
+
+        try await server.script(["wrong_length", "wrong_length"])
+        await #expect(throws: SAELabelError.self) {
+            try await ScoreStep.run(feature: Self.feature, store: store, scorers: [scorer])
+        }
+        #expect(try store.scores(explanation: explanation).isEmpty)
+        // With usable answers the same call scores and stores it.
+        try await ScoreStep.run(feature: Self.feature, store: store, scorers: [scorer])
+        #expect(try store.scores(explanation: explanation).first?.value != nil)
+    }
+
     @Test func malformedBodyIsRetriedByTheClient() async throws {
         let (score, details, requests, _) = try await simulate(faults: ["malformed"])
         #expect(details.failedWindows == 0 && details.retriedWindows == 0)
