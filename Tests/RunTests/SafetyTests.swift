@@ -115,6 +115,15 @@ struct SafetyTests {
         let type = try FileManager.default.attributesOfItem(atPath: "/dev/stdout")[.type] as? FileAttributeType
         #expect(type == .typeSymbolicLink, "/dev/stdout is still a symlink")
 
+        // A FIFO is written through and stays a FIFO.
+        let fifo = dir.file("pipe")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        async let reader = runProcess("/bin/cat", [fifo])
+        let toFifo = try await runSAELabel(["export", "--db", db, "--format", "csv", "--out", fifo])
+        #expect(toFifo.status == 0, "\(toFifo.stderr)")
+        #expect(try await reader.stdout.hasPrefix("feature,status,"))
+        #expect(try await runProcess("/usr/bin/test", ["-p", fifo]).status == 0, "still a FIFO")
+
         // Failed exports leave nothing behind and say why on one line.
         let before = listing(dir.path)
         for arguments in [["--format", "html", "--out", dir.file("x")], ["--format", "html", "--out", "-"],
