@@ -1,5 +1,6 @@
 import Foundation
 import SAELabelCore
+@testable import SAELabelRun
 import SAELabelStore
 import TestSupport
 import Testing
@@ -353,6 +354,16 @@ struct SafetyTests {
         for row in rows {
             let object = try JSONSerialization.jsonObject(with: Data(row.utf8)) as? [String: Any]
             #expect(object?["modelId"] as? String == "gpt2-small" && object?["layer"] as? String == "6-res-jb")
+        }
+    }
+
+    /// The unset-key warning is for endpoints off this machine only (tested without sending anything off it).
+    @Test func keyWarningIsOnlyForEndpointsOffThisMachine() {
+        for url in ["http://127.0.0.1:8081/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1", "http://127.0.1.1/v1"] {
+            #expect(Pipeline.isLoopback(url), "\(url)")
+        }
+        for url in ["https://api.openai.com/v1", "http://10.0.0.5:8000/v1", "http://gpu-box.internal/v1", "not a url"] {
+            #expect(!Pipeline.isLoopback(url), "\(url)")
         }
     }
 }
