@@ -366,4 +366,27 @@ struct SafetyTests {
             #expect(!Pipeline.isLoopback(url), "\(url)")
         }
     }
+
+    @Test func progressLinesArePerStageStopWhenTheStageEndsAndShareOneTimestampStyle() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start(["--latency-ms", "30"])
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..8", concurrency: 2)
+        let result = try await runSAELabel(["run", "--config", job], environment: ["SAELABEL_PROGRESS_INTERVAL": "0.05"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stderr.split(separator: "\n").map(String.init)
+        #expect(lines.count > 3)
+        let stamp = try Regex("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z progress (collect|explain|score) ")
+        for line in lines { #expect(line.contains(stamp), "\(line)") }
+        for stage in ["collect", "explain", "score"] {
+            let mine = lines.filter { $0.contains(" progress \(stage) ") }
+            #expect(mine.filter { $0.contains("done in") }.count == 1, "\(stage): \(mine)")
+            #expect(mine.last?.contains("done in") == true, "no \(stage) line after its stage ended")
+        }
+        // Each stage counts its own tokens: collect none, explain and score their own.
+        let finals = lines.filter { $0.contains("done in") }
+        #expect(finals.first { $0.contains(" collect ") }?.hasSuffix("tokens 0 in / 0 out") == true)
+        let explainTokens = finals.first { $0.contains(" explain ") }?.split(separator: "tokens").last
+        let scoreTokens = finals.first { $0.contains(" score ") }?.split(separator: "tokens").last
+        #expect(explainTokens != nil && scoreTokens != nil && explainTokens != scoreTokens)
+    }
 }
