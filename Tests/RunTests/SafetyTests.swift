@@ -300,6 +300,17 @@ struct SafetyTests {
         #expect(try store.currentPass() == pass)
         #expect(try await mock.stats().requests == 0)
         #expect(try store.features(in: [.collected, .explained]).isEmpty, "scored features stay scored")
+
+        // `score --scorer fuzzing` on a scored store adds fuzzing scores to the existing labels.
+        let fuzz = try await runSAELabel(["score", "--db", dir.file("job.sqlite"), "--endpoint", mock.baseURL, "--model", "mock",
+                                          "--scorer", "fuzzing"])
+        #expect(fuzz.status == 0, "\(fuzz.stderr)")
+        let after = try await mock.stats()
+        #expect(after.byKind["detect", default: 0] > 0 && after.byKind["explain", default: 0] == 0)
+        for feature in try store.features(in: [.scored]) {
+            let explanation = try #require(try store.currentExplanation(feature: feature))
+            #expect(try store.scores(explanation: explanation).map(\.scorer) == ["fuzzing", "simulation"])
+        }
     }
 
     @Test func mergeRefusesShardsOfDifferentSettings() async throws {
