@@ -285,6 +285,10 @@ struct Merge: AsyncParsableCommand {
             throw SAELabelError.badInput(location: shard, problem: "shard store not found")
         }
         try JobRunner.checkStorePath(into)
+        // Shards from different runs are refused before the target store is created or changed.
+        let opened = try shards.map { path throws(SAELabelError) in try JobStore(path: path) }
+        for shard in opened.dropFirst() { try opened[0].checkMergeable(shard) }
+        if FileManager.default.fileExists(atPath: into), let first = opened.first { try JobStore(path: into).checkMergeable(first) }
         let store = try JobStore(path: into)
         for shard in shards {
             let summary = try store.merge(shardAt: shard)

@@ -326,6 +326,7 @@ struct SafetyTests {
         #expect(result.status == 2, "\(result.stdout) \(result.stderr)")
         #expect(stderrLines(result).count == 1)
         #expect(result.stderr.contains("collect settings"))
+        #expect(!FileManager.default.fileExists(atPath: merged), "nothing written")
     }
 
     @Test func exitCodesVersionAndBaselineWithoutEndpoint() async throws {
