@@ -36,7 +36,8 @@ Kinds of request (detected from the content, checked in this order):
   integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
   stripped) with the highest total N over all such lines; ties go to the lexicographically
   smallest token. Without such lines the answer is `nothing in particular`.
-* check (chat with `max_tokens: 1`, saelabel's endpoint check before a run): answered like chat,
+* check (chat, or completions without echo, with `max_tokens: 1`: saelabel's endpoint check before
+  a run): answered like chat or completion,
   but it takes no entry of the fault script and is counted in `checks`, not in `requests`.
 * chat (any other chat request): `mock answer <8 hex digits of FNV-1a of the last message>`.
 * logprobs (completions with `echo: true` and `logprobs: k`): the prompt is split with the regex
@@ -166,6 +167,8 @@ def classify(path, req):
         return "chat"
     if req.get("echo") and req.get("logprobs"):
         return "logprobs"
+    if req.get("max_tokens") == 1 and not req.get("echo"):
+        return "check"
     return "completion"
 
 

@@ -51,13 +51,16 @@ public final class LLMClient: Sendable {
     /// Checks, once and before any paid work, that the server answers, accepts the key and serves
     /// `model`: one chat request for a single token, sent past the response cache and the rate limit.
     /// Connection errors and 5xx/429 get one more try; any other non-2xx status fails at once.
-    public func preflight(model: String) async throws(LLMError) {
-        let request = ChatRequest(model: model, messages: [ChatMessage(role: "user", content: "Reply with OK.")], maxTokens: 1)
-        let body = try Wire.chatBody(request)
+    /// With `completions`, the request goes to /completions instead (a base model for the logprob
+    /// simulator may have no chat template).
+    public func preflight(model: String, completions: Bool = false) async throws(LLMError) {
+        let body = completions
+            ? try Wire.completionBody(CompletionRequest(model: model, prompt: "OK", maxTokens: 1))
+            : try Wire.chatBody(ChatRequest(model: model, messages: [ChatMessage(role: "user", content: "Reply with OK.")], maxTokens: 1))
         var headers = ["Content-Type: application/json", "Accept: application/json", "Expect:", "User-Agent: saelabel"]
         if let apiKey { headers.append("Authorization: Bearer \(apiKey)") }
         let timeoutMs = max(1, Int((min(configuration.requestTimeout, 30) * 1000).rounded()))
-        let url = baseURL + "/chat/completions"
+        let url = baseURL + (completions ? "/completions" : "/chat/completions")
         let http = HTTPAttempt(url: url, body: body, headers: headers, timeoutMilliseconds: timeoutMs,
                                connectTimeoutMilliseconds: min(timeoutMs, 10_000))
         for attempt in 1...2 {

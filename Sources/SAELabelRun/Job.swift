@@ -71,22 +71,24 @@ public enum JobRunner {
     }
 
     /// The endpoints the requested stages call (checked by preflight); throws when one is missing.
-    static func checkEndpoints(_ request: JobRequest) throws(SAELabelError) -> [(section: String, endpoint: JobConfig.Endpoint)] {
+    static func checkEndpoints(_ request: JobRequest) throws(SAELabelError) -> [Pipeline.EndpointCheck] {
         let config = request.config
         let wantsExplain = request.stage == .all || request.stage == .explain
         let wantsScore = request.stage == .all || request.stage == .score
-        var endpoints: [(section: String, endpoint: JobConfig.Endpoint)] = []
+        var endpoints: [Pipeline.EndpointCheck] = []
         if wantsExplain && config.explainer.style != "baseline" {
             guard !config.explainer.llm.endpoint.isEmpty, !config.explainer.llm.model.isEmpty else {
                 throw .badInput(location: "\(config.path): [explainer]", problem: "endpoint and model are required (or style = \"baseline\")")
             }
-            endpoints.append(("[explainer]", config.explainer.llm))
+            endpoints.append(Pipeline.EndpointCheck("[explainer]", config.explainer.llm))
         }
         if wantsScore && !config.scoring.scorers.isEmpty {
             guard !config.scoring.llm.endpoint.isEmpty, !config.scoring.llm.model.isEmpty else {
                 throw .badInput(location: "\(config.path): [simulator]", problem: "endpoint and model are required")
             }
-            endpoints.append(("[simulator]", config.scoring.llm))
+            let simulatorOnly = config.scoring.scorers == ["simulation"]
+            endpoints.append(Pipeline.EndpointCheck("[simulator]", config.scoring.llm,
+                                                    completions: simulatorOnly && config.scoring.simulator == "logprobs"))
         }
         return endpoints
     }
@@ -152,7 +154,7 @@ public enum JobRunner {
                                                                  sequence: 0, start: 0),
                                       count: c.heldoutTop + c.heldoutQuantile + c.heldoutRandom)
         var estimate = DryRunEstimate(config: config, features: plan.features)
-        estimate.preflightCalls = Set(endpoints.map { $0.endpoint.endpoint + "\u{0}" + $0.endpoint.model + "\u{0}" + $0.endpoint.apiKeyEnv }).count
+        estimate.preflightCalls = Set(endpoints.map(\.key)).count
         let collecting = request.stage == .all || request.stage == .collect
         for feature in plan.features {
             let record = try store?.feature(feature)

@@ -114,24 +114,41 @@ public enum Pipeline {
     /// answers, takes the key and serves the model. Stops with one line (exit 2) on the first problem.
     /// Warns when no API key is set for an endpoint that is not on this machine.
     /// Runs before the store is opened, with clients of its own (no response cache), so a failed check writes nothing.
-    public static func preflight(_ endpoints: [(section: String, endpoint: JobConfig.Endpoint)], limits: JobConfig.Limits)
-        async throws(SAELabelError) {
+    public static func preflight(_ endpoints: [EndpointCheck], limits: JobConfig.Limits) async throws(SAELabelError) {
         guard !endpoints.isEmpty else { return }
         let clients = LLMClients(limits: limits, store: nil)
         defer { clients.shutdown() }
         var checked = Set<String>()
-        for (section, endpoint) in endpoints {
-            guard checked.insert(endpoint.endpoint + "\u{0}" + endpoint.model + "\u{0}" + endpoint.apiKeyEnv).inserted else { continue }
+        for check in endpoints {
+            let (section, endpoint) = (check.section, check.endpoint)
+            guard checked.insert(check.key).inserted else { continue }
             let client = clients.client(for: endpoint)
             if !client.hasAPIKey, !isLoopback(endpoint.endpoint) {
                 FileHandle.standardError.write(Data("saelabel: warning: $\(endpoint.apiKeyEnv) is not set; requests to \(endpoint.endpoint) go without an API key\n".utf8))
             }
             do {
-                try await client.preflight(model: endpoint.model)
+                try await client.preflight(model: endpoint.model, completions: check.completions)
             } catch {
                 throw .badInput(location: "\(section) endpoint \(endpoint.endpoint)", problem: preflightProblem(error, endpoint: endpoint))
             }
         }
+    }
+
+    /// One endpoint the preflight checks: `section` names it in messages (`[explainer]`, `--endpoint`).
+    public struct EndpointCheck: Sendable {
+        public var section: String
+        public var endpoint: JobConfig.Endpoint
+        /// Checked with a /completions request (the logprob simulator) instead of /chat/completions.
+        public var completions: Bool
+
+        public init(_ section: String, _ endpoint: JobConfig.Endpoint, completions: Bool = false) {
+            self.section = section
+            self.endpoint = endpoint
+            self.completions = completions
+        }
+
+        /// Checks with equal keys are sent once.
+        var key: String { [endpoint.endpoint, endpoint.model, endpoint.apiKeyEnv, completions ? "completions" : "chat"].joined(separator: "\u{0}") }
     }
 
     static func preflightProblem(_ error: LLMError, endpoint: JobConfig.Endpoint) -> String {

@@ -128,7 +128,7 @@ struct Explain: AsyncParsableCommand {
         if style != "baseline" { explainerConfig.llm = try llm.endpointConfig(maxTokens: maxTokens) }
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
         try Self.requireStore(db)
-        if style != "baseline" { try await Pipeline.preflight([("--endpoint", explainerConfig.llm)], limits: llm.limits) }
+        if style != "baseline" { try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", explainerConfig.llm)], limits: llm.limits) }
         let store = try JobStore(path: db)
         let progress = ProgressReporter()
         let clients = LLMClients(limits: llm.limits, store: store, progress: progress)
@@ -186,7 +186,8 @@ struct Score: AsyncParsableCommand {
         scoring.simulator = simulator
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
         try Explain.requireStore(db)
-        try await Pipeline.preflight([("--endpoint", scoring.llm)], limits: llm.limits)
+        let completionsOnly = scorer == ["simulation"] && simulator == "logprobs"
+        try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", scoring.llm, completions: completionsOnly)], limits: llm.limits)
         let store = try JobStore(path: db)
         let progress = ProgressReporter()
         let clients = LLMClients(limits: llm.limits, store: store, progress: progress)

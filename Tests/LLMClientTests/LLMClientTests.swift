@@ -429,6 +429,7 @@ struct ClientTests {
         defer { client.shutdown() }
         #expect(client.hasAPIKey)
         try await client.preflight(model: "m1")
+        try await client.preflight(model: "m1", completions: true)  // the logprob simulator's base models
         do {
             try await client.preflight(model: "m2")
             Issue.record("a model the server does not serve passed the check")
@@ -446,6 +447,7 @@ struct ClientTests {
         }
         let stats = try await server.stats()
         #expect(stats.requests == 0, "checks are not work requests")
+        #expect(stats.checks == 4)
         server.stop()
         do {
             try await client.preflight(model: "m1")
