@@ -129,8 +129,9 @@ public enum JobRunner {
 
     /// `--dry-run`: the features and the LLM calls the run would send, without calling anything or
     /// creating the store. Once the features are collected the count is exact (the run sends exactly
-    /// these calls, plus retries of failed or unusable answers); before collect it is an upper bound,
-    /// since dead and sparse features are only known after collect.
+    /// these calls, plus retries of failed or unusable answers, minus answers an interrupted run left
+    /// in the response cache); before collect it is an upper bound, since dead and sparse features are
+    /// only known after collect.
     public static func dryRun(_ request: JobRequest) throws(SAELabelError) -> DryRunEstimate {
         let config = request.config
         let plan = try Collector.plan(Pipeline.collectOptions(config, selection: request.selection))
@@ -192,8 +193,8 @@ public enum JobRunner {
 }
 
 /// What `--dry-run` predicts: the LLM calls the run sends (exact once collected; an upper bound
-/// before), and rough token counts (~3 tokens per `token<TAB>N` line, ~12 completion tokens per
-/// simulated token in the JSON answer), said as estimates.
+/// before), and rough token counts (~3 tokens per `token<TAB>N` line, every score call counted as a
+/// JSON simulation of ~12 completion tokens per window token), said as estimates.
 public struct DryRunEstimate: Sendable {
     public var features: [Int]
     public var explainCalls = 0
@@ -215,7 +216,7 @@ public struct DryRunEstimate: Sendable {
         let c = config.collect
         let explainWindows = c.explainTop + c.explainQuantile
         promptTokens = explainCalls * (300 + explainWindows * c.window * 3) + scoreCalls * (250 + c.window * 4)
-        completionTokens = explainCalls * (config.explainer.llm.maxTokens ?? 60) + scoreCalls * c.window * 3
+        completionTokens = explainCalls * (config.explainer.llm.maxTokens ?? 60) + scoreCalls * c.window * 12
     }
 }
 
