@@ -51,11 +51,15 @@ Kinds of request (detected from the content, checked in this order):
   the LAST user message holds a
   JSON array of token strings between `<tokens>` and `</tokens>`): the answer is
   `{"activations":[{"token":t,"activation":mock_activation(t)}, ...]}`, one entry per token.
-  The `wrong_length` fault drops the last entry.
+  The `wrong_length` fault drops the last entry (of a detect answer too).
 * explain (chat without response_format; the LAST user message has lines `token<TAB>N`, N an
   integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
   stripped) with the highest total N over all such lines; ties go to the lexicographically
   smallest token. Without such lines the answer is `nothing in particular`.
+* check (chat, or completions without echo, with a one-token limit or the message `Reply with OK.`:
+  saelabel's endpoint check before
+  a run): answered like chat or completion,
+  but it takes no entry of the fault script and is counted in `checks`, not in `requests`.
 * chat (any other chat request): `mock answer <8 hex digits of FNV-1a of the last message>`.
 * logprobs (completions with `echo: true` and `logprobs: k`): the prompt is split with the regex
   `\\S+|\\s+` (whitespace runs are tokens too); `max_tokens` extra tokens "\\n" are generated.
@@ -80,9 +84,13 @@ entries in order; after it runs out, random faults per the --fault-rate-* option
   truncated    200 whose Content-Length exceeds the body sent; then the connection is closed
   reset        the socket is closed abruptly (SO_LINGER 0 → RST) without a response
   hang         sleep --hang-seconds, then answer normally
-  wrong_length simulate answers one entry too few (other kinds answer normally)
+  wrong_length simulate and detect answer one entry too few (other kinds answer normally)
 
-GET /_stats → {"requests": N, "by_kind": {...}, "by_outcome": {...}, "auth_seen": [distinct
+Access. --api-key KEY answers 401 to a /v1 request whose Authorization is not `Bearer KEY`;
+--models a,b answers 404 (model_not_found) to a request for any other model. Both are checked
+after the fault script entry is taken and counted.
+
+GET /_stats → {"requests": N (work requests, checks excluded), "checks": N, "by_kind": {...}, "by_outcome": {...}, "auth_seen": [distinct
 Authorization header values], "connections": accepted connections, "max_in_flight": most /v1
 requests inside their latency at once, "refused": one line per refused request, "ignored": fields the
 dialect's server would ignore}; POST /_reset_stats zeroes it.
@@ -132,6 +140,7 @@ class State:
 
     def reset_stats(self):
         self.requests = 0
+        self.checks = 0
         self.by_kind = {}
         self.by_outcome = {}
         self.auth_seen = set()
@@ -170,6 +179,9 @@ def classify(path, req):
     if path.endswith("/chat/completions"):
         msgs = req.get("messages") or []
         user = last_user(msgs)
+        # saelabel's endpoint check: one token (a reasoning model gets its allowance on top).
+        if req.get("max_tokens") == 1 or req.get("max_completion_tokens") == 1 or user == "Reply with OK.":
+            return "check"
         if re.search(r"<examples count=\d+>", user):
             return "detect"
         rf = req.get("response_format")
@@ -181,6 +193,8 @@ def classify(path, req):
         return "chat"
     if req.get("echo") and req.get("logprobs"):
         return "logprobs"
+    if req.get("max_tokens") == 1 and not req.get("echo"):
+        return "check"
     return "completion"
 
 
@@ -193,6 +207,8 @@ def answer_chat(kind, req, fault):
         for i in range(n):
             text = texts[i] if i < len(texts) else ""
             out.append(1 if any(mock_activation(t) >= 8 for t in text.split()) else 0)
+        if fault == "wrong_length" and out:
+            out = out[:-1]
         return json.dumps(out)
     if kind == "simulate":
         m = re.search(r"<tokens>(.*?)</tokens>", user, re.S)
@@ -463,7 +479,7 @@ class Handler(BaseHTTPRequestHandler):
         st = self.server.state
         if self.path == "/_stats":
             with st.lock:
-                obj = {"requests": st.requests, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
+                obj = {"requests": st.requests, "checks": st.checks, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
                        "auth_seen": sorted(st.auth_seen), "connections": st.connections,
                        "max_in_flight": st.max_in_flight, "refused": list(st.refused),
                        "ignored": sorted(st.ignored)}
@@ -497,9 +513,13 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             req = None
         kind = classify(self.path, req) if req is not None else "invalid"
-        fault = st.next_fault()
+        # Endpoint checks (saelabel's preflight) neither take a fault nor count as work requests.
+        fault = "ok" if kind == "check" else st.next_fault()
         with st.lock:
-            st.requests += 1
+            if kind == "check":
+                st.checks += 1
+            else:
+                st.requests += 1
             st.by_kind[kind] = st.by_kind.get(kind, 0) + 1
             st.by_outcome[fault] = st.by_outcome.get(fault, 0) + 1
             if auth:
@@ -524,6 +544,13 @@ class Handler(BaseHTTPRequestHandler):
 
         if req is None:
             return self.send_json(400, {"error": {"message": "request body is not a JSON object"}})
+        args = self.server.args
+        if args.api_key is not None and auth != "Bearer " + args.api_key:
+            return self.send_json(401, {"error": {"message": "Incorrect API key provided (mock)", "type": "invalid_request_error",
+                                                  "code": "invalid_api_key"}})
+        if args.models and str(req.get("model")) not in args.models.split(","):
+            return self.send_json(404, {"error": {"message": "The model `%s` does not exist (mock)" % req.get("model"),
+                                                  "type": "invalid_request_error", "code": "model_not_found"}})
         dialect = self.server.args.dialect
         try:
             ignored = check_request(dialect, self.path, req)
@@ -628,6 +655,10 @@ def main():
     p.add_argument("--slots", type=int, default=0, help="serve at most N requests at once (0: no limit)")
     p.add_argument("--dialect", default="lenient",
                    choices=["lenient", "openai", "vllm", "ollama", "llama-server", "llama-cpp-python"])
+    p.add_argument("--api-key", default=None,
+                   help="answer 401 to /v1 requests without `Authorization: Bearer KEY`")
+    p.add_argument("--models", default="",
+                   help="comma list of served model names; a request for another model gets 404 (default: any)")
     args = p.parse_args()
     # A parent may spawn us with signals blocked (Foundation's Process on Linux does): unblock them
     # so SIGTERM/SIGINT stop the server.

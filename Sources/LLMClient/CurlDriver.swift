@@ -135,7 +135,11 @@ final class CurlDriver: @unchecked Sendable {
                 box.cancels.removeAll()
                 return taken
             }
-            if stop { break }
+            if stop {
+                // Submissions taken in the same turn as the stop would otherwise never be answered.
+                for s in submissions { s.continuation.resume(returning: .cancelled) }
+                break
+            }
             for s in submissions {
                 if s.token.isCancelled {
                     s.continuation.resume(returning: .cancelled)

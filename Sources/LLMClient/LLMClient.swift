@@ -48,6 +48,46 @@ public final class LLMClient: Sendable {
     /// The kind of server this client speaks to (decides the request dialect).
     public var server: LLMServer { configuration.server }
 
+    /// Whether an API key was found in the configured environment variable.
+    public var hasAPIKey: Bool { apiKey != nil }
+
+    /// Checks, once and before any paid work, that the server answers, accepts the key and serves
+    /// `model`: one chat request for a single token, sent past the response cache and the rate limit.
+    /// Connection errors and 5xx/429 get one more try; any other non-2xx status fails at once.
+    /// With `completions`, the request goes to /completions instead (a base model for the logprob
+    /// simulator may have no chat template).
+    public func preflight(model: String, completions: Bool = false) async throws(LLMError) {
+        let body = completions
+            ? try Wire.completionBody(CompletionRequest(model: model, prompt: "OK", maxTokens: 1))
+            : try Wire.chatBody(ChatRequest(model: model, messages: [ChatMessage(role: "user", content: "Reply with OK.")], maxTokens: 1),
+                             server: configuration.server)
+        var headers = ["Content-Type: application/json", "Accept: application/json", "Expect:", "User-Agent: saelabel"]
+        if let apiKey { headers.append("Authorization: Bearer \(apiKey)") }
+        let timeoutMs = max(1, Int((min(configuration.requestTimeout, 30) * 1000).rounded()))
+        let url = baseURL + (completions ? "/completions" : "/chat/completions")
+        let http = HTTPAttempt(url: url, body: body, headers: headers, timeoutMilliseconds: timeoutMs,
+                               connectTimeoutMilliseconds: min(timeoutMs, 10_000))
+        for attempt in 1...2 {
+            guard case .finished(let result) = await driver.execute(http) else { throw .cancelled }
+            let retryable: Bool
+            let error: LLMError
+            if result.curlCode == 0 && (200..<300).contains(result.status) {
+                return
+            } else if result.curlCode == 0 {
+                error = .http(status: result.status, body: redact(Self.snippet(result.body)))
+                retryable = result.status == 429 || result.status >= 500
+            } else if result.curlCode == 28 {
+                error = .timeout(seconds: Double(timeoutMs) / 1000)
+                retryable = true
+            } else {
+                error = .transport(redact("\(result.curlMessage) calling \(Self.withoutUserinfo(url))"))
+                retryable = !Self.permanentCurlCodes.contains(result.curlCode)
+            }
+            if !retryable || attempt == 2 { throw error }
+            do { try await Task.sleep(for: .seconds(1)) } catch { throw .cancelled }
+        }
+    }
+
     /// SHA-256 hex of a version tag, the endpoint path (e.g. "/chat/completions") and the
     /// canonical request body (which holds the model and every sampling parameter).
     /// `baseURL` is deliberately not hashed: the same call to the same model on a restarted server

@@ -248,7 +248,7 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
         case .malformedResponse(let message):
             return "the LLM server's answer was not the expected JSON (\(message)): check that the endpoint is OpenAI-compatible"
         case .cancelled:
-            return "the LLM request was cancelled"
+            return "the LLM request was cancelled: the run was stopped or its LLM client shut down before the answer came"
         case .invalidRequest(let message):
             return "invalid LLM request (\(message)): nothing was sent; fix the request"
         }

@@ -3,7 +3,7 @@ public struct SimulationDetails: Codable, Sendable, Equatable {
     public struct Window: Codable, Sendable, Equatable {
         /// Ordinal of the held-out example this window is.
         public var heldoutOrdinal: Int
-        /// Simulated 0–10 values, one per token; nil when the simulator failed on this window (scored as zeros).
+        /// Simulated 0–10 values, one per token; nil when the simulator failed on this window (the score then fails).
         public var simulated: [Double]?
         public var error: String?
         public init(heldoutOrdinal: Int, simulated: [Double]?, error: String? = nil) {
@@ -15,7 +15,7 @@ public struct SimulationDetails: Codable, Sendable, Equatable {
 
     public var rsquared: Double?
     public var absoluteDevExplained: Double?
-    /// Windows whose simulation failed even after the retry (scored as all zeros, SPEC §5).
+    /// Windows whose simulation failed even after the retry (SPEC §5 scores them as zeros; any such window fails the score, see ScoreStep).
     public var failedWindows: Int
     /// Windows that needed the retry with the error shown.
     public var retriedWindows: Int
@@ -67,6 +67,9 @@ public enum JobSettingKey {
     public static let hookName = "hook_name"
     public static let modelName = "model_name"
     public static let neuronpediaId = "neuronpedia_id"
+    /// Set from the job file's [export] neuronpedia_model_id / neuronpedia_layer; they win over the SAE's metadata.
+    public static let neuronpediaModelId = "neuronpedia_model_id"
+    public static let neuronpediaLayer = "neuronpedia_layer"
     public static let featureCount = "d_sae"
     public static let tokensCounted = "tokens_counted"
     public static let tokensExcluded = "tokens_excluded"

@@ -5,31 +5,25 @@ import SAELabelStore
 /// One row per feature, RFC 4180 (CRLF line ends, fields quoted when they hold `"`, `,`, CR, LF or tab).
 enum CSVExport {
     static let header = ["feature", "status", "label", "simulation", "detection", "fuzzing",
-                         "frequency", "max_activation", "explainer_model"]
+                         "frequency", "max_activation", "explainer_model", "failure_reason", "sae", "hook"]
 
-    static func run(store: JobStore, job: JobInfo, path: String, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
-        try AtomicOutput.checkParent(of: path)
-        let temporary = AtomicOutput.temporaryPath(for: path)
-        let writer = try OutputWriter(path: temporary)
+    static func run(store: JobStore, job: JobInfo, session: OutputSession, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
+        let writer = try session.fileWriter()
         var count = 0
-        do {
-            try writer.write(line(header))
-            try Exporter.forEachRow(store: store, filter: filter, includeExamples: false) { row throws(SAELabelError) in
-                try writer.write(line([
-                    String(row.index), row.state.rawValue, row.label ?? "",
-                    number(row.score("simulation")), number(row.score("detection")), number(row.score("fuzzing")),
-                    number(row.frequency), row.maxActivation.map { $0.isFinite ? String($0) : "" } ?? "",
-                    row.explainerModel ?? "",
-                ]))
-                count += 1
-            }
-            try writer.close()
-        } catch {
-            AtomicOutput.discard(temporary)
-            throw error
+        try writer.write(line(header))
+        try Exporter.forEachRow(store: store, filter: filter, includeExamples: false) { row throws(SAELabelError) in
+            try writer.write(line([
+                String(row.index), row.state.rawValue, row.label ?? "",
+                number(row.score("simulation")), number(row.score("detection")), number(row.score("fuzzing")),
+                number(row.frequency), row.maxActivation.map { $0.isFinite ? String($0) : "" } ?? "",
+                row.explainerModel ?? "",
+                row.state == .failed ? (row.feature.record.failureReason ?? "") : "",
+                job.sae ?? "", job.hook ?? "",
+            ]))
+            count += 1
         }
-        try AtomicOutput.commit(temporary, to: path)
-        return ExportSummary(features: count, files: [path])
+        try writer.close()
+        return ExportSummary(features: count, files: [session.target.path])
     }
 
     static func number(_ value: Double?) -> String {

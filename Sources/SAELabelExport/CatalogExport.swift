@@ -4,27 +4,19 @@ import SAELabelStore
 
 /// CONTRACT.md's catalog: one JSON object per line per feature.
 enum CatalogExport {
-    static func run(store: JobStore, job: JobInfo, path: String, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
-        try AtomicOutput.checkParent(of: path)
-        let temporary = AtomicOutput.temporaryPath(for: path)
-        let writer = try OutputWriter(path: temporary)
+    static func run(store: JobStore, job: JobInfo, session: OutputSession, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
+        let writer = try session.fileWriter()
         var count = 0
-        do {
-            var line = ""
-            try Exporter.forEachRow(store: store, filter: filter, includeExamples: true) { row throws(SAELabelError) in
-                line.removeAll(keepingCapacity: true)
-                object(row, job: job).write(into: &line, scriptSafe: false)
-                line += "\n"
-                try writer.write(line)
-                count += 1
-            }
-            try writer.close()
-        } catch {
-            AtomicOutput.discard(temporary)
-            throw error
+        var line = ""
+        try Exporter.forEachRow(store: store, filter: filter, includeExamples: true) { row throws(SAELabelError) in
+            line.removeAll(keepingCapacity: true)
+            object(row, job: job).write(into: &line, scriptSafe: false)
+            line += "\n"
+            try writer.write(line)
+            count += 1
         }
-        try AtomicOutput.commit(temporary, to: path)
-        return ExportSummary(features: count, files: [path])
+        try writer.close()
+        return ExportSummary(features: count, files: [session.target.path])
     }
 
     /// The statistics beyond the contract's frequency and max, shared with the HTML catalog's data.

@@ -13,11 +13,14 @@ public struct ExportFilter: Sendable, Equatable {
     /// Keep features in these states; nil keeps every state.
     public var states: [FeatureState]?
     public var selection: FeatureSelection
+    /// The labeling pass whose labels and scores are exported; nil is the current pass.
+    public var pass: String?
 
-    public init(minScore: Double? = nil, states: [FeatureState]? = nil, selection: FeatureSelection = .all) {
+    public init(minScore: Double? = nil, states: [FeatureState]? = nil, selection: FeatureSelection = .all, pass: String? = nil) {
         self.minScore = minScore
         self.states = states
         self.selection = selection
+        self.pass = pass
     }
 
     public static let all = ExportFilter()
@@ -36,28 +39,45 @@ public struct ExportSummary: Sendable, Equatable {
 }
 
 public enum Exporter {
-    /// Writes the store's features in `format` to `path` (a file for catalog and csv, a directory for
-    /// neuronpedia and html). Output is streamed to `path.tmp` and renamed into place when complete.
+    /// Writes the store's features in `format` to `path` (a file for catalog and csv, `-` for standard
+    /// output, a folder for neuronpedia and html), as `OutputTarget` describes: the path is checked
+    /// first (never the store, an input file or a folder holding them or other files), and the
+    /// output appears complete or not at all. `protected` adds paths beyond the store and its recorded inputs.
     public static func export(store: JobStore, format: ExportFormat, to path: String,
-                              filter: ExportFilter = .all) throws(SAELabelError) -> ExportSummary {
+                              filter: ExportFilter = .all, protected: [String] = []) throws(SAELabelError) -> ExportSummary {
         if let minScore = filter.minScore, !minScore.isFinite {
             throw .usage("--min-score \(minScore): expected a number")
         }
-        let job = JobInfo(try store.settings())
-        switch format {
-        case .catalog: return try CatalogExport.run(store: store, job: job, path: path, filter: filter)
-        case .csv: return try CSVExport.run(store: store, job: job, path: path, filter: filter)
-        case .neuronpedia: return try NeuronpediaExport.run(store: store, job: job, path: path, filter: filter)
-        case .html: return try HTMLExport.run(store: store, job: job, path: path, filter: filter)
+        if let pass = filter.pass, try !store.passExists(pass) {
+            throw .usage("--pass \(pass): no such pass in \(store.path); `saelabel passes --db \(store.path)` lists them")
         }
+        let target = try OutputTarget.check(path, format: format, protected: try protectedPaths(store) + protected)
+        let job = JobInfo(try store.settings())
+        let session = try OutputSession(target, format: format)
+        return try session.run { () throws(SAELabelError) -> ExportSummary in
+            switch format {
+            case .catalog: return try CatalogExport.run(store: store, job: job, session: session, filter: filter)
+            case .csv: return try CSVExport.run(store: store, job: job, session: session, filter: filter)
+            case .neuronpedia: return try NeuronpediaExport.run(store: store, job: job, session: session, filter: filter)
+            case .html: return try HTMLExport.run(store: store, job: job, session: session, filter: filter)
+            }
+        }
+    }
+
+    /// The store (with its WAL files) and every input file it recorded: no export may overwrite them.
+    public static func protectedPaths(_ store: JobStore) throws(SAELabelError) -> [String] {
+        [store.path, store.path + "-wal", store.path + "-shm"] + (try store.fingerprints().map(\.path))
     }
 
     /// Streams the filtered features as export rows.
     static func forEachRow(store: JobStore, filter: ExportFilter, includeExamples: Bool,
                            _ body: (ExportRow) throws(SAELabelError) -> Void) throws(SAELabelError) {
-        try store.forEachExportFeature(selection: filter.selection, states: filter.states,
+        // An older pass labeled other windows: its simulated values are not shown over today's examples.
+        let showSimulated = try filter.pass.map { pass throws(SAELabelError) in try store.passSharesExamples(pass) } ?? true
+        try store.forEachExportFeature(selection: filter.selection, states: filter.states, pass: filter.pass,
                                        includeExamples: includeExamples) { feature in
-            let row = ExportRow(feature)
+            var row = ExportRow(feature)
+            if !showSimulated { row.simulation?.windows = [] }
             if let minScore = filter.minScore {
                 guard let simulation = row.score("simulation"), simulation >= minScore else { return }
             }
@@ -72,12 +92,16 @@ struct JobInfo {
     var hook: String?
     var model: String?
     var neuronpediaId: String?
+    var neuronpediaModelId: String?
+    var neuronpediaLayer: String?
 
     init(_ settings: [String: String]) {
         sae = settings[JobSettingKey.saeName]
         hook = settings[JobSettingKey.hookName]
         model = settings[JobSettingKey.modelName]
         neuronpediaId = settings[JobSettingKey.neuronpediaId]
+        neuronpediaModelId = settings[JobSettingKey.neuronpediaModelId]
+        neuronpediaLayer = settings[JobSettingKey.neuronpediaLayer]
     }
 }
 

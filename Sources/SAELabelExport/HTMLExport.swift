@@ -16,24 +16,17 @@ enum HTMLExport {
     static let detailChunkSize = 1000
     static let indexChunkSize = 10000
 
-    static func run(store: JobStore, job: JobInfo, path: String, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
-        let temporary = try AtomicOutput.prepareDirectory(for: path)
-        let dataDirectory = (temporary as NSString).appendingPathComponent("data")
+    static func run(store: JobStore, job: JobInfo, session: OutputSession, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
         var files: [String] = []
-        func relative(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+        func relative(_ name: String) -> String { session.finalPath(name) }
 
         var count = 0
         var detailWriter: OutputWriter?
         var indexWriter: OutputWriter?
         var statusCounts: [String: Int] = [:]
-        do throws(SAELabelError) {
-            do {
-                try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: false)
-            } catch {
-                throw SAELabelError.badInput(location: dataDirectory, problem: "cannot create: \(error.localizedDescription)")
-            }
+        do {
             for (name, contents) in [("index.html", HTMLAssets.indexHTML), ("app.js", HTMLAssets.appJS), ("style.css", HTMLAssets.styleCSS)] {
-                let writer = try OutputWriter(path: (temporary as NSString).appendingPathComponent(name))
+                let writer = try session.writer(for: name)
                 try writer.write(contents)
                 try writer.close()
                 files.append(relative(name))
@@ -45,7 +38,7 @@ enum HTMLExport {
                 if count % detailChunkSize == 0 {
                     if let detailWriter { try finish(detailWriter) }
                     let name = String(format: "data/features-%04d.js", detailChunk)
-                    detailWriter = try OutputWriter(path: (temporary as NSString).appendingPathComponent(name))
+                    detailWriter = try session.writer(for: name)
                     try detailWriter!.write("window.__catalog_chunk(\(detailChunk), [\n")
                     files.append(relative(name))
                 } else {
@@ -54,7 +47,7 @@ enum HTMLExport {
                 if count % indexChunkSize == 0 {
                     if let indexWriter { try finish(indexWriter) }
                     let name = String(format: "data/index-%04d.js", count / indexChunkSize)
-                    indexWriter = try OutputWriter(path: (temporary as NSString).appendingPathComponent(name))
+                    indexWriter = try session.writer(for: name)
                     try indexWriter!.write("window.__catalog_index(\(count / indexChunkSize), [\n")
                     files.append(relative(name))
                 } else {
@@ -81,15 +74,11 @@ enum HTMLExport {
                 ("detailChunkSize", .int(detailChunkSize)),
                 ("generated", .string(ISO8601DateFormatter().string(from: Date()))),
             ])
-            let metaWriter = try OutputWriter(path: (dataDirectory as NSString).appendingPathComponent("meta.js"))
+            let metaWriter = try session.writer(for: "data/meta.js")
             try metaWriter.write("window.__catalog_meta(" + meta.serialized(scriptSafe: true) + ");\n")
             try metaWriter.close()
             files.append(relative("data/meta.js"))
-        } catch {
-            AtomicOutput.discard(temporary)
-            throw error
         }
-        try AtomicOutput.commit(temporary, to: path)
         return ExportSummary(features: count, files: files)
     }
 

@@ -17,8 +17,7 @@ enum NeuronpediaExport {
     static let typeName = "oai_token-act-pair"
     static let scoreTypeNames = ["simulation": "oai_simulation", "detection": "eleuther_recall", "fuzzing": "eleuther_fuzz"]
 
-    static func run(store: JobStore, job: JobInfo, path: String, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
-        let temporary = try AtomicOutput.prepareDirectory(for: path)
+    static func run(store: JobStore, job: JobInfo, session: OutputSession, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
         let (modelId, layer) = source(job)
         var count = 0
         var files: [String] = []
@@ -30,8 +29,8 @@ enum NeuronpediaExport {
                 if count % batchSize == 0 {
                     try writer?.close()
                     let name = "batch-\(count / batchSize).jsonl"
-                    writer = try OutputWriter(path: (temporary as NSString).appendingPathComponent(name))
-                    files.append((path as NSString).appendingPathComponent(name))
+                    writer = try session.writer(for: name)
+                    files.append(session.finalPath(name))
                 }
                 let scores: [JSONValue] = row.feature.scores.compactMap { score in
                     guard let value = score.value, value.isFinite else { return nil }
@@ -55,16 +54,17 @@ enum NeuronpediaExport {
                 count += 1
             }
             try writer?.close()
-        } catch {
-            AtomicOutput.discard(temporary)
-            throw error
         }
-        try AtomicOutput.commit(temporary, to: path)
         return ExportSummary(features: count, files: files)
     }
 
-    /// (modelId, layer) per the rules above.
+    /// (modelId, layer) per the rules above; the job file's `neuronpedia_model_id`/`neuronpedia_layer` win.
     static func source(_ job: JobInfo) -> (String?, String?) {
+        let (model, layer) = derivedSource(job)
+        return (job.neuronpediaModelId ?? model, job.neuronpediaLayer ?? layer)
+    }
+
+    static func derivedSource(_ job: JobInfo) -> (String?, String?) {
         if let id = job.neuronpediaId, !id.isEmpty {
             if let slash = id.lastIndex(of: "/") {
                 return (String(id[..<slash]), String(id[id.index(after: slash)...]))

@@ -9,13 +9,33 @@ final class OutputWriter {
     private var buffer: [UInt8] = []
     private let flushThreshold = 1 << 20
 
-    init(path: String) throws(SAELabelError) {
+    /// Standard output is not closed here; special files are closed but not synced (fsync fails on pipes).
+    private let closes: Bool
+    private let syncs: Bool
+
+    /// Creates (or truncates) the file at `path`; with `replace` false an existing special file
+    /// (a FIFO, a terminal, /dev/stdout) is opened for writing as it is.
+    init(path: String, replace: Bool = true) throws(SAELabelError) {
         self.path = path
-        guard FileManager.default.createFile(atPath: path, contents: nil),
-              let handle = FileHandle(forWritingAtPath: path) else {
-            throw .badInput(location: path, problem: "cannot create the file; check that its directory exists and is writable")
+        if replace {
+            guard FileManager.default.createFile(atPath: path, contents: nil) else {
+                throw .badInput(location: path, problem: "cannot create the file; check that its folder is writable")
+            }
+        }
+        guard let handle = FileHandle(forWritingAtPath: path) else {
+            throw .badInput(location: path, problem: "cannot open for writing; check its permissions")
         }
         self.handle = handle
+        self.closes = true
+        self.syncs = replace
+        buffer.reserveCapacity(flushThreshold + 4096)
+    }
+
+    init(standardOutput handle: FileHandle) {
+        self.path = "standard output"
+        self.handle = handle
+        self.closes = false
+        self.syncs = false
         buffer.reserveCapacity(flushThreshold + 4096)
     }
 
@@ -37,71 +57,15 @@ final class OutputWriter {
     /// Flushes, syncs and closes; the file is complete when this returns.
     func close() throws(SAELabelError) {
         try flush()
+        guard closes else { return }
         do {
-            try handle.synchronize()
+            if syncs { try handle.synchronize() }
             try handle.close()
         } catch {
             throw .badInput(location: path, problem: "cannot finish writing: \(error.localizedDescription)")
         }
     }
 
-    deinit { try? handle.close() }
+    deinit { if closes { try? handle.close() } }
 }
 
-/// Writing to `path.tmp` and renaming at the end, so a killed export never leaves a partial output
-/// under the final name. A directory output replaces an existing directory of the same name.
-enum AtomicOutput {
-    static func temporaryPath(for path: String) -> String { path + ".tmp" }
-
-    static func checkParent(of path: String) throws(SAELabelError) {
-        let parent = (path as NSString).deletingLastPathComponent
-        var isDirectory: ObjCBool = false
-        let directory = parent.isEmpty ? "." : parent
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw .badInput(location: path, problem: "the directory \(directory) does not exist")
-        }
-    }
-
-    /// Creates an empty `path.tmp` directory (removing a leftover one from a killed export).
-    static func prepareDirectory(for path: String) throws(SAELabelError) -> String {
-        try checkParent(of: path)
-        let temporary = temporaryPath(for: path)
-        do {
-            if FileManager.default.fileExists(atPath: temporary) {
-                try FileManager.default.removeItem(atPath: temporary)
-            }
-            try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
-        } catch {
-            throw .badInput(location: temporary, problem: "cannot create the output directory: \(error.localizedDescription)")
-        }
-        return temporary
-    }
-
-    /// Moves the finished temporary file or directory to `path`.
-    static func commit(_ temporary: String, to path: String) throws(SAELabelError) {
-        let manager = FileManager.default
-        var isDirectory: ObjCBool = false
-        let exists = manager.fileExists(atPath: path, isDirectory: &isDirectory)
-        if exists && isDirectory.boolValue {
-            // rename(2) cannot replace a non-empty directory: move the old one aside first.
-            let aside = path + ".old-\(ProcessInfo.processInfo.processIdentifier)"
-            guard rename(path, aside) == 0 else {
-                throw .badInput(location: path, problem: "cannot replace the existing directory (\(String(cString: strerror(errno))))")
-            }
-            guard rename(temporary, path) == 0 else {
-                let reason = String(cString: strerror(errno))
-                _ = rename(aside, path)
-                throw .badInput(location: path, problem: "cannot move the finished export into place (\(reason))")
-            }
-            try? manager.removeItem(atPath: aside)
-        } else {
-            guard rename(temporary, path) == 0 else {
-                throw .badInput(location: path, problem: "cannot move the finished export into place (\(String(cString: strerror(errno))))")
-            }
-        }
-    }
-
-    static func discard(_ temporary: String) {
-        try? FileManager.default.removeItem(atPath: temporary)
-    }
-}

@@ -2,6 +2,8 @@ import Foundation
 import LLMClient
 import SAELabelCollect
 import SAELabelCore
+import SAELabelExplain
+import SAELabelScore
 import SAELabelStore
 
 /// `saelabel run`: the job file plus the flags that override it.
@@ -28,19 +30,17 @@ public enum JobRunner {
         let started = Date()
         let config = request.config
         let options = Pipeline.collectOptions(config, selection: request.selection)
-        // Every input is validated before the store is touched: bad input writes nothing.
+        // Every input, endpoint and output path is checked before the store is touched: bad input writes nothing.
         let plan = try Collector.plan(options)
         let prompts = try PromptLibrary.locate(explicit: config.promptsDirectory)
-        let wantsExplain = request.stage == .all || request.stage == .explain
-        let wantsScore = request.stage == .all || request.stage == .score
-        if wantsExplain && config.explainer.style != "baseline" && (config.explainer.llm.endpoint.isEmpty || config.explainer.llm.model.isEmpty) {
-            throw .badInput(location: "\(config.path): [explainer]", problem: "endpoint and model are required (or style = \"baseline\")")
-        }
-        if wantsScore && (config.scoring.llm.endpoint.isEmpty || config.scoring.llm.model.isEmpty) {
-            throw .badInput(location: "\(config.path): [simulator]", problem: "endpoint and model are required")
-        }
+        let endpoints = try checkEndpoints(request)
+        try Pipeline.checkExports(config)
+        try checkStorePath(config.store)
+        try await Pipeline.preflight(endpoints, limits: config.limits)
         try FileManager.default.createParentDirectory(of: config.store)
         let store = try JobStore(path: config.store)
+        if let id = config.export.neuronpediaModelId { try store.setSetting(JobSettingKey.neuronpediaModelId, id) }
+        if let layer = config.export.neuronpediaLayer { try store.setSetting(JobSettingKey.neuronpediaLayer, layer) }
 
         var report = RunReport(collect: nil, labeling: nil, status: try store.status(), scoreValues: [], wallSeconds: 0, exports: [])
         if request.stage == .all || request.stage == .collect {
@@ -51,25 +51,16 @@ public enum JobRunner {
             try Pipeline.verifySelectionSettings(options, store: store, acceptChanges: request.newVersion)
         }
 
-        if wantsExplain || wantsScore {
-            let explainClient = wantsExplain && config.explainer.style != "baseline"
-                ? Pipeline.client(config.explainer.llm, limits: config.limits, store: store, progress: progress) : nil
-            let scoringConfigured = !config.scoring.llm.endpoint.isEmpty && !config.scoring.llm.model.isEmpty
-            let scoreClient = scoringConfigured ? Pipeline.client(config.scoring.llm, limits: config.limits, store: store, progress: progress) : nil
-            defer {
-                explainClient?.shutdown()
-                scoreClient?.shutdown()
-            }
-            let explainer = try Pipeline.explainer(config.explainer, client: explainClient, prompts: prompts)
-            // The pass key always covers the scorers configured for the job, so `--stage explain`
-            // followed by `--stage score` stays in one pass.
-            let passScorers = try scoreClient.map { client throws(SAELabelError) in
-                try Pipeline.scorers(config.scoring, client: client, prompts: prompts, seed: config.seed)
-            } ?? []
-            let pass = try Pipeline.passKey(store: store, explainer: explainer, scorers: passScorers)
+        if request.stage != .collect {
+            let clients = LLMClients(limits: config.limits, store: store, progress: progress)
+            defer { clients.shutdown() }
+            let (explainer, scorers) = try labelers(request, clients: clients, prompts: prompts)
+            let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
+            let wantsExplain = request.stage == .all || request.stage == .explain
             report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
-                                                       scorers: wantsScore ? passScorers : [], selection: request.selection,
+                                                       scorers: scorers, selection: request.selection,
                                                        concurrency: config.limits.concurrency, progress: progress)
+            report.llm = clients.statistics()
         }
 
         report.exports = try Pipeline.exports(config, store: store)
@@ -79,64 +70,153 @@ public enum JobRunner {
         return report
     }
 
-    /// `--dry-run`: the features and the estimated LLM calls and tokens, without calling anything or
-    /// creating the store.
+    /// The endpoints the requested stages call (checked by preflight); throws when one is missing.
+    static func checkEndpoints(_ request: JobRequest) throws(SAELabelError) -> [Pipeline.EndpointCheck] {
+        let config = request.config
+        let wantsExplain = request.stage == .all || request.stage == .explain
+        let wantsScore = request.stage == .all || request.stage == .score
+        var endpoints: [Pipeline.EndpointCheck] = []
+        if wantsExplain && config.explainer.style != "baseline" {
+            guard !config.explainer.llm.endpoint.isEmpty, !config.explainer.llm.model.isEmpty else {
+                throw .badInput(location: "\(config.path): [explainer]", problem: "endpoint and model are required (or style = \"baseline\")")
+            }
+            endpoints.append(Pipeline.EndpointCheck("[explainer]", config.explainer.llm))
+        }
+        if wantsScore && !config.scoring.scorers.isEmpty {
+            guard !config.scoring.llm.endpoint.isEmpty, !config.scoring.llm.model.isEmpty else {
+                throw .badInput(location: "\(config.path): [simulator]", problem: "endpoint and model are required")
+            }
+            let simulatorOnly = config.scoring.scorers == ["simulation"]
+            endpoints.append(Pipeline.EndpointCheck("[simulator]", config.scoring.llm,
+                                                    completions: simulatorOnly && config.scoring.simulator == "logprobs"))
+        }
+        return endpoints
+    }
+
+    /// The explainer that names the pass (when one is configured) and the scorers the stage runs.
+    static func labelers(_ request: JobRequest, clients: LLMClients, prompts: PromptLibrary)
+        throws(SAELabelError) -> (explainer: (any Explainer)?, scorers: [any Scorer]) {
+        let config = request.config
+        var explainer: (any Explainer)?
+        if config.explainer.style == "baseline" {
+            explainer = try Pipeline.explainer(config.explainer, client: nil, prompts: prompts)
+        } else if !config.explainer.llm.endpoint.isEmpty && !config.explainer.llm.model.isEmpty {
+            explainer = try Pipeline.explainer(config.explainer, client: clients.client(for: config.explainer.llm), prompts: prompts)
+        }
+        var scorers: [any Scorer] = []
+        if request.stage == .all || request.stage == .score, !config.scoring.scorers.isEmpty {
+            scorers = try Pipeline.scorers(config.scoring, client: clients.client(for: config.scoring.llm), prompts: prompts,
+                                           seed: config.seed)
+        }
+        return (explainer, scorers)
+    }
+
+    /// A store path whose folder cannot be created, or that is a folder, is bad input (exit 2).
+    public static func checkStorePath(_ path: String) throws(SAELabelError) {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            if isDirectory.boolValue { throw .badInput(location: path, problem: "the job store path is a folder; name a .sqlite file") }
+            return
+        }
+        var ancestor = (URL(fileURLWithPath: path).standardizedFileURL.path as NSString).deletingLastPathComponent
+        while !FileManager.default.fileExists(atPath: ancestor, isDirectory: &isDirectory) {
+            ancestor = (ancestor as NSString).deletingLastPathComponent
+        }
+        guard isDirectory.boolValue, access(ancestor, W_OK) == 0 else {
+            throw .badInput(location: path, problem: "cannot create the job store: \(ancestor) is not a writable folder")
+        }
+    }
+
+    /// `--dry-run`: the features and the LLM calls the run would send, without calling anything or
+    /// creating the store. Once the features are collected the count is exact (the run sends exactly
+    /// these calls, plus retries of failed or unusable answers, minus answers an interrupted run left
+    /// in the response cache); before collect it is an upper bound, since dead and sparse features are
+    /// only known after collect.
     public static func dryRun(_ request: JobRequest) throws(SAELabelError) -> DryRunEstimate {
         let config = request.config
         let plan = try Collector.plan(Pipeline.collectOptions(config, selection: request.selection))
-        var toExplain = plan.features.count
-        var toScore = plan.features.count
-        if FileManager.default.fileExists(atPath: config.store) {
-            let store = try JobStore(path: config.store)
-            let selected = Set(plan.features)
-            let done = try store.features(in: [.explained, .scored, .dead, .sparse], selection: request.selection).filter(selected.contains)
-            let scored = try store.features(in: [.scored, .dead, .sparse], selection: request.selection).filter(selected.contains)
-            toExplain -= done.count
-            toScore -= scored.count
+        let prompts = try PromptLibrary.locate(explicit: config.promptsDirectory)
+        let endpoints = try checkEndpoints(request)
+        try Pipeline.checkExports(config)
+        try checkStorePath(config.store)
+        let store = FileManager.default.fileExists(atPath: config.store) ? try JobStore(path: config.store) : nil
+        let clients = LLMClients(limits: config.limits, store: nil)
+        defer { clients.shutdown() }
+        let (explainer, allScorers) = try labelers(request, clients: clients, prompts: prompts)
+        let wantsExplain = request.stage == .all || request.stage == .explain
+        let wantsScore = request.stage == .all || request.stage == .score
+        let explainCallsPerFeature = explainer.map { $0 is BaselineExplainer ? 0 : 1 } ?? 0
+        let scorers = wantsScore ? allScorers : []
+        let pass = try store.flatMap { store throws(SAELabelError) in
+            try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
         }
-        return DryRunEstimate(config: config, stage: request.stage, features: plan.features, toExplain: toExplain, toScore: toScore)
+        let c = config.collect
+        let configuredHeldout = Array(repeating: ActivationWindow(tokens: Array(repeating: "", count: c.window), activations: [], kind: .top,
+                                                                 sequence: 0, start: 0),
+                                      count: c.heldoutTop + c.heldoutQuantile + c.heldoutRandom)
+        var estimate = DryRunEstimate(config: config, features: plan.features)
+        estimate.preflightCalls = Set(endpoints.map(\.key)).count
+        let collecting = request.stage == .all || request.stage == .collect
+        for feature in plan.features {
+            let record = try store?.feature(feature)
+            let state = record?.state ?? .pending
+            let uncollected = state == .pending || (state == .failed && record?.failedStage == "collect")
+                || (request.newVersion && collecting)
+            if uncollected {
+                guard collecting else { continue }
+                estimate.exact = false
+                if wantsExplain { estimate.explainCalls += explainCallsPerFeature }
+                estimate.scoreCalls += scorers.reduce(0) { $0 + $1.plannedCalls(heldout: configuredHeldout) }
+                continue
+            }
+            guard let store, state != .dead, state != .sparse else { continue }
+            let explanation: StoredExplanation?
+            if let pass {
+                explanation = try store.explanation(feature: feature, pass: pass.id)
+            } else {
+                explanation = try store.currentExplanation(feature: feature)
+            }
+            if explanation == nil {
+                guard wantsExplain else { continue }
+                estimate.explainCalls += explainCallsPerFeature
+            }
+            guard !scorers.isEmpty else { continue }
+            let stored = try explanation.map { explanation throws(SAELabelError) in try store.scores(explanation: explanation) } ?? []
+            let heldout = try store.examples(feature: feature, split: .heldout).map(\.window)
+            for scorer in scorers where !stored.contains(where: { $0.scorer == scorer.name && $0.model == scorer.model && $0.promptHash == scorer.promptHash }) {
+                estimate.scoreCalls += scorer.plannedCalls(heldout: heldout)
+            }
+        }
+        estimate.estimateTokens(config: config)
+        return estimate
     }
 }
 
-/// Rough call and token counts for `--dry-run`. Token counts assume ~3 tokens per `token<TAB>N` line
-/// and ~12 completion tokens per simulated token in the JSON answer; they are estimates, said as such.
+/// What `--dry-run` predicts: the LLM calls the run sends (exact once collected; an upper bound
+/// before), and rough token counts (~3 tokens per `token<TAB>N` line, every score call counted as a
+/// JSON simulation of ~12 completion tokens per window token), said as estimates.
 public struct DryRunEstimate: Sendable {
     public var features: [Int]
-    public var explainCalls: Int
-    public var scoreCalls: Int
-    public var promptTokens: Int
-    public var completionTokens: Int
+    public var explainCalls = 0
+    public var scoreCalls = 0
+    /// One check request per endpoint and model, sent before collect (see `Pipeline.preflight`).
+    public var preflightCalls = 0
+    /// False when some features are not collected yet, so their calls are an upper bound.
+    public var exact = true
+    public var promptTokens = 0
+    public var completionTokens = 0
 
-    init(config: JobConfig, stage: Stage, features: [Int], toExplain: Int, toScore: Int) {
+    init(config: JobConfig, features: [Int]) {
         self.features = features
+    }
+
+    public var totalCalls: Int { explainCalls + scoreCalls + preflightCalls }
+
+    mutating func estimateTokens(config: JobConfig) {
         let c = config.collect
         let explainWindows = c.explainTop + c.explainQuantile
-        let heldout = c.heldoutTop + c.heldoutQuantile + c.heldoutRandom
-        let doExplain = stage == .all || stage == .explain
-        let doScore = stage == .all || stage == .score
-        explainCalls = doExplain && config.explainer.style != "baseline" ? max(0, toExplain) : 0
-        var calls = 0
-        var prompt = explainCalls * (300 + explainWindows * c.window * 3)
-        var completion = explainCalls * (config.explainer.llm.maxTokens ?? 60)
-        if doScore {
-            let pending = max(0, toScore)
-            for scorer in config.scoring.scorers {
-                switch scorer {
-                case "simulation":
-                    calls += pending * heldout
-                    prompt += pending * heldout * (250 + c.window * 4)
-                    completion += pending * heldout * c.window * 12
-                default:
-                    let prompts = (heldout + 4) / 5
-                    calls += pending * prompts
-                    prompt += pending * prompts * (250 + 5 * c.window * 2)
-                    completion += pending * prompts * 12
-                }
-            }
-        }
-        scoreCalls = calls
-        promptTokens = prompt
-        completionTokens = completion
+        promptTokens = explainCalls * (300 + explainWindows * c.window * 3) + scoreCalls * (250 + c.window * 4)
+        completionTokens = explainCalls * (config.explainer.llm.maxTokens ?? 60) + scoreCalls * c.window * 12
     }
 }
 
@@ -146,7 +226,7 @@ extension FileManager {
         do {
             try createDirectory(at: parent, withIntermediateDirectories: true)
         } catch {
-            throw .store("cannot create \(parent.path): \(error.localizedDescription)")
+            throw .badInput(location: path, problem: "cannot create the folder \(parent.path): \(error.localizedDescription)")
         }
     }
 }

@@ -80,6 +80,10 @@ public struct JobConfig: Sendable, Equatable {
         public var csv: String?
         public var neuronpedia: String?
         public var html: String?
+        /// Neuronpedia's `modelId` and `layer` (source id, e.g. "6-res-jb") for the neuronpedia export;
+        /// when unset they come from the SAE's metadata (see NeuronpediaExport).
+        public var neuronpediaModelId: String?
+        public var neuronpediaLayer: String?
     }
 
     /// The values the job file and the command line accept, in one place.
@@ -230,7 +234,9 @@ struct JobConfigReader {
         config.limits.maxRetries = try nonNegative(limits, "max_retries", section: "limits") ?? config.limits.maxRetries
 
         let export = try table(root, "export")
-        try allow(export, "export", ["catalog", "csv", "neuronpedia", "html"])
+        try allow(export, "export", ["catalog", "csv", "neuronpedia", "html", "neuronpedia_model_id", "neuronpedia_layer"])
+        config.export.neuronpediaModelId = try string(export, "export", "neuronpedia_model_id")
+        config.export.neuronpediaLayer = try string(export, "export", "neuronpedia_layer")
         config.export.catalog = try string(export, "export", "catalog").map(resolve)
         config.export.csv = try string(export, "export", "csv").map(resolve)
         config.export.neuronpedia = try string(export, "export", "neuronpedia").map(resolve)

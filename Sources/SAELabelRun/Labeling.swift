@@ -35,7 +35,10 @@ public struct LabelingRun: Sendable {
     public func run() async throws(SAELabelError) -> Outcome {
         try store.requeueFailed()
         let toExplain = explainer == nil ? [] : try store.features(in: [.collected], selection: selection)
+        // Explained features, plus scored ones that a newly added (or changed) scorer has not scored yet.
         let toScore = scorers.isEmpty ? [] : try store.features(in: [.explained], selection: selection)
+            + store.featuresMissingScores(scorers.map { (name: $0.name, model: $0.model, promptHash: $0.promptHash) },
+                                        selection: selection)
         let queue = WorkQueue(explain: toExplain, score: toScore, scoring: !scorers.isEmpty)
         if explainer != nil { progress.begin(stage: "explain", total: toExplain.count) }
         if !scorers.isEmpty { progress.begin(stage: "score", total: toScore.count + toExplain.count) }
@@ -73,8 +76,9 @@ public struct LabelingRun: Sendable {
                 progress.advance(stage: "explain")
                 await queue.explained(feature)
             } catch {
-                outcome.failed[feature] = error.description
-                try? store.markFailed(feature: feature, stage: "explain", reason: error.description)
+                let reason = error.featureReason
+                outcome.failed[feature] = reason
+                try? store.markFailed(feature: feature, stage: "explain", reason: reason)
                 progress.advance(stage: "explain", failed: true)
                 progress.add(stage: "score", total: -1)
                 await queue.explainFailed()
@@ -91,8 +95,9 @@ public struct LabelingRun: Sendable {
                 outcome.scored += 1
                 progress.advance(stage: "score")
             } catch {
-                outcome.failed[feature] = error.description
-                try? store.markFailed(feature: feature, stage: "score", reason: error.description)
+                let reason = error.featureReason
+                outcome.failed[feature] = reason
+                try? store.markFailed(feature: feature, stage: "score", reason: reason)
                 progress.advance(stage: "score", failed: true)
             }
         }
@@ -145,5 +150,14 @@ actor WorkQueue {
         guard explainPending <= 0, scoreQueue.isEmpty else { return }
         for waiter in waiters { waiter.resume(returning: nil) }
         waiters.removeAll()
+    }
+}
+
+extension SAELabelError {
+    /// The reason stored for a failed feature: without the "feature N, stage:" prefix the feature row
+    /// already says, so equal causes read alike and can be counted together.
+    var featureReason: String {
+        if case .feature(_, _, let reason) = self { return reason }
+        return description
     }
 }

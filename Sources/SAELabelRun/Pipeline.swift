@@ -7,6 +7,7 @@ import SAELabelExplain
 import SAELabelExport
 import SAELabelScore
 import SAELabelStore
+import Synchronization
 
 public enum Stage: String, Sendable, CaseIterable {
     case collect, explain, score, all
@@ -20,6 +21,8 @@ public struct RunReport: Sendable {
     public var scoreValues: [Double]
     public var wallSeconds: Double
     public var exports: [String]
+    /// LLM requests of this run (nil when no stage called an LLM).
+    public var llm: ClientStatistics?
 
     public var exitCode: Int32 { status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0 }
 }
@@ -54,6 +57,8 @@ public enum Pipeline {
         try store.verifyInputs(plan.fingerprints, acceptChanges: newVersion)
         try verifySelectionSettings(options, store: store, acceptChanges: newVersion)
         if newVersion {
+            // A new version is a new labeling pass even when the files are byte-identical.
+            try store.bumpInputVersion()
             // New inputs: every selected feature is collected again and relabeled in a new pass.
             try store.registerFeatures(plan.features)
             for feature in plan.features { try store.setState(feature: feature, .pending) }
@@ -90,7 +95,7 @@ public enum Pipeline {
         try store.setSetting("collect_settings", current)
     }
 
-    public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore,
+    public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore?,
                               progress: ProgressReporter? = nil) -> LLMClient {
         var configuration = LLMClientConfiguration(baseURL: endpoint.endpoint, apiKeyEnvironmentVariable: endpoint.apiKeyEnv)
         configuration.server = endpoint.server
@@ -99,8 +104,70 @@ public enum Pipeline {
         configuration.tokensPerMinute = limits.tokensPerMinute
         configuration.requestTimeout = limits.timeoutSeconds
         configuration.maxRetries = limits.maxRetries
-        return LLMClient(configuration: configuration, cache: StoreResponseCache(store: store, progress: progress),
-                         logger: Logger(label: "saelabel.llm"))
+        // Each failed attempt is counted in the store and summarized once at the end, not logged per attempt.
+        var logger = Logger(label: "saelabel.llm")
+        logger.logLevel = ProcessInfo.processInfo.environment["SAELABEL_LLM_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
+        return LLMClient(configuration: configuration, cache: store.map { StoreResponseCache(store: $0, progress: progress) },
+                         logger: logger)
+    }
+
+    /// Checks every endpoint the job will call, once, before collect or any paid call: the server
+    /// answers, takes the key and serves the model. Stops with one line (exit 2) on the first problem.
+    /// Warns when no API key is set for an endpoint that is not on this machine.
+    /// Runs before the store is opened, with clients of its own (no response cache), so a failed check writes nothing.
+    public static func preflight(_ endpoints: [EndpointCheck], limits: JobConfig.Limits) async throws(SAELabelError) {
+        guard !endpoints.isEmpty else { return }
+        let clients = LLMClients(limits: limits, store: nil)
+        defer { clients.shutdown() }
+        var checked = Set<String>()
+        for check in endpoints {
+            let (section, endpoint) = (check.section, check.endpoint)
+            guard checked.insert(check.key).inserted else { continue }
+            let client = clients.client(for: endpoint)
+            if !client.hasAPIKey, !isLoopback(endpoint.endpoint) {
+                FileHandle.standardError.write(Data("saelabel: warning: $\(endpoint.apiKeyEnv) is not set; requests to \(endpoint.endpoint) go without an API key\n".utf8))
+            }
+            do {
+                try await client.preflight(model: endpoint.model, completions: check.completions)
+            } catch {
+                throw .badInput(location: "\(section) endpoint \(endpoint.endpoint)", problem: preflightProblem(error, endpoint: endpoint))
+            }
+        }
+    }
+
+    /// One endpoint the preflight checks: `section` names it in messages (`[explainer]`, `--endpoint`).
+    public struct EndpointCheck: Sendable {
+        public var section: String
+        public var endpoint: JobConfig.Endpoint
+        /// Checked with a /completions request (the logprob simulator) instead of /chat/completions.
+        public var completions: Bool
+
+        public init(_ section: String, _ endpoint: JobConfig.Endpoint, completions: Bool = false) {
+            self.section = section
+            self.endpoint = endpoint
+            self.completions = completions
+        }
+
+        /// Checks with equal keys are sent once.
+        var key: String { [endpoint.endpoint, endpoint.model, endpoint.apiKeyEnv, completions ? "completions" : "chat"].joined(separator: "\u{0}") }
+    }
+
+    static func preflightProblem(_ error: LLMError, endpoint: JobConfig.Endpoint) -> String {
+        switch error {
+        case .http(let status, _) where status == 401 || status == 403:
+            return "the server refused the API key (HTTP \(status)); set $\(endpoint.apiKeyEnv) to a valid key (or name another variable with api_key_env / --api-key-env)"
+        case .http(404, _):
+            return "model \"\(endpoint.model)\" not found (HTTP 404); check the model name and that the URL ends in /v1"
+        case .transport, .timeout:
+            return "no answer from the server; start it or fix the URL (\(error.description.prefix(200)))"
+        default:
+            return "the check request failed: \(error.description.prefix(300))"
+        }
+    }
+
+    static func isLoopback(_ url: String) -> Bool {
+        guard let host = URL(string: url)?.host?.lowercased() else { return false }
+        return host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
     }
 
     public static func explainer(_ config: JobConfig.Explainer, client: LLMClient?, prompts: PromptLibrary)
@@ -139,18 +206,15 @@ public enum Pipeline {
         return result
     }
 
-    /// A labeling pass is one (inputs, explainer, scorers, prompts) combination; changing any of them
-    /// starts a new pass over the same store and keeps the old labels.
-    public static func passKey(store: JobStore, explainer: (any Explainer)?, scorers: [any Scorer]) throws(SAELabelError) -> String {
-        var parts = try store.fingerprints().filter { $0.role.hasPrefix("sae") || $0.role.hasPrefix("latents") }.map(\.sha256)
-        if let explainer { parts += [explainer.name, explainer.model, explainer.promptHash] }
-        for scorer in scorers { parts += [scorer.name, scorer.model, scorer.promptHash] }
-        return String(Hashing.sha256Hex(parts.joined(separator: "|")).prefix(16))
+    /// The labeling pass `explainer` writes into, given the store's inputs and collect settings
+    /// (`LabelingPass` says what makes its identity; scorers are not part of it).
+    public static func pass(store: JobStore, explainer: any Explainer) throws(SAELabelError) -> LabelingPass {
+        try store.passIdentity(explainer: explainer.name, model: explainer.model, promptHash: explainer.promptHash)
     }
 
     /// Runs explain and/or score on what the store holds. With `pass`, the store moves to that labeling
     /// pass first; without it, scoring continues the store's current pass.
-    public static func label(store: JobStore, pass: String?, explainer: (any Explainer)?, scorers: [any Scorer],
+    public static func label(store: JobStore, pass: LabelingPass?, explainer: (any Explainer)?, scorers: [any Scorer],
                              selection: FeatureSelection, concurrency: Int, progress: ProgressReporter)
         async throws(SAELabelError) -> LabelingRun.Outcome {
         if let pass {
@@ -175,16 +239,83 @@ public enum Pipeline {
         return values
     }
 
-    /// The exports named in the job file.
+    /// The exports named in the job file, with the paths no export may overwrite (the store, the
+    /// job file and every input).
+    static func exportTargets(_ config: JobConfig) -> (targets: [(ExportFormat, String)], protected: [String]) {
+        let all: [(ExportFormat, String?)] = [(.catalog, config.export.catalog), (.csv, config.export.csv),
+                                              (.neuronpedia, config.export.neuronpedia), (.html, config.export.html)]
+        let inputs = [config.inputs.sae, config.inputs.latents, config.inputs.tokenizer].compactMap { $0 } + config.inputs.activations
+        let store = [config.store, config.store + "-wal", config.store + "-shm"]
+        return (all.compactMap { format, path in path.map { (format, $0) } }, store + [config.path] + inputs)
+    }
+
+    /// Checks the job file's export paths before anything runs (also in `--dry-run`).
+    public static func checkExports(_ config: JobConfig) throws(SAELabelError) {
+        let (targets, protected) = exportTargets(config)
+        for (format, path) in targets {
+            do {
+                _ = try OutputTarget.check(path, format: format, protected: protected)
+            } catch {
+                throw .badInput(location: "\(config.path): [export] \(format.rawValue)", problem: error.description)
+            }
+        }
+    }
+
+    /// Writes the exports named in the job file.
     public static func exports(_ config: JobConfig, store: JobStore) throws(SAELabelError) -> [String] {
         var written: [String] = []
-        let targets: [(ExportFormat, String?)] = [(.catalog, config.export.catalog), (.csv, config.export.csv),
-                                                  (.neuronpedia, config.export.neuronpedia), (.html, config.export.html)]
+        let (targets, protected) = exportTargets(config)
         for (format, path) in targets {
-            guard let path else { continue }
-            _ = try Exporter.export(store: store, format: format, to: path, filter: ExportFilter())
+            _ = try Exporter.export(store: store, format: format, to: path, filter: ExportFilter(), protected: protected)
             written.append(path)
         }
         return written
+    }
+}
+
+/// One LLM client per endpoint (URL and key variable), shared by every stage of a job, so explain and
+/// score on one server share its in-flight and rate limits.
+public final class LLMClients: Sendable {
+    private let clients = Mutex<[String: LLMClient]>([:])
+    private let limits: JobConfig.Limits
+    private let store: JobStore?
+    private let progress: ProgressReporter?
+
+    public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil) {
+        self.limits = limits
+        self.store = store
+        self.progress = progress
+    }
+
+    public func client(for endpoint: JobConfig.Endpoint) -> LLMClient {
+        var base = endpoint.endpoint
+        while base.hasSuffix("/") { base.removeLast() }
+        let key = base + "\u{0}" + endpoint.apiKeyEnv + "\u{0}" + endpoint.server.rawValue
+        return clients.withLock { clients in
+            if let existing = clients[key] { return existing }
+            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress)
+            clients[key] = client
+            return client
+        }
+    }
+
+    /// What this job's clients did (cache hits are this run's, not the store's history).
+    public func statistics() -> ClientStatistics {
+        clients.withLock { Array($0.values) }.reduce(into: ClientStatistics()) { total, client in
+            let part = client.statistics
+            total.requestsSent += part.requestsSent
+            total.retries += part.retries
+            total.cacheHits += part.cacheHits
+            total.succeeded += part.succeeded
+            total.promptTokens += part.promptTokens
+            total.completionTokens += part.completionTokens
+            total.failuresByKind.merge(part.failuresByKind, uniquingKeysWith: +)
+            total.failedAttemptsByOutcome.merge(part.failedAttemptsByOutcome, uniquingKeysWith: +)
+        }
+    }
+
+    /// Stops every client's driver; calls still waiting fail with a clear error.
+    public func shutdown() {
+        for client in clients.withLock({ Array($0.values) }) { client.shutdown() }
     }
 }

@@ -9,10 +9,13 @@ public final class ProgressReporter: Sendable {
         var done = 0
         var failed = 0
         var started = Date()
+        var promptTokens = 0
+        var completionTokens = 0
+        /// Set once the stage's last line was drawn; a finished stage is not redrawn.
+        var ended = false
     }
 
     private let stages = Mutex<[(name: String, state: StageState)]>([])
-    private let tokens = Mutex<(prompt: Int, completion: Int)>((0, 0))
     private let isTerminal: Bool
     private let interval: Double
     private let linesDrawn = Mutex<Int>(0)
@@ -55,8 +58,13 @@ public final class ProgressReporter: Sendable {
         stages.withLock { body(&$0) }
     }
 
-    public func addTokens(prompt: Int, completion: Int) {
-        tokens.withLock { $0 = ($0.prompt + prompt, $0.completion + completion) }
+    /// Tokens of an answered call, counted on its stage's line.
+    public func addTokens(stage: String, prompt: Int, completion: Int) {
+        stages.withLock { list in
+            guard let index = list.firstIndex(where: { $0.name == stage }) else { return }
+            list[index].state.promptTokens += prompt
+            list[index].state.completionTokens += completion
+        }
     }
 
     /// Draws the final state of the running stages and forgets them, so the next stage starts a fresh display.
@@ -81,39 +89,46 @@ public final class ProgressReporter: Sendable {
         }
     }
 
-    func lines() -> [String] {
+    /// One line per stage still running, plus the final line of a stage that just ended (once).
+    func lines() -> [(text: String, ended: Bool)] {
         let now = Date()
-        let (prompt, completion) = tokens.withLock { $0 }
         return stages.withLock { list in
-            list.map { name, state in
+            var result: [(text: String, ended: Bool)] = []
+            for index in list.indices where !list[index].state.ended {
+                let (name, state) = list[index]
+                if state.total > 0 && state.done >= state.total { list[index].state.ended = true }
                 let elapsed = max(now.timeIntervalSince(state.started), 0.001)
                 let rate = Double(state.done) / elapsed
                 let remaining = max(state.total - state.done, 0)
                 let eta = rate > 0 ? Self.duration(Double(remaining) / rate) : "?"
                 let fraction = state.total > 0 ? Double(state.done) / Double(state.total) : 1
                 let width = 24
-                let filled = Int((fraction * Double(width)).rounded(.down))
+                let filled = Int((min(fraction, 1) * Double(width)).rounded(.down))
                 let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
                 let failures = state.failed > 0 ? " failed \(state.failed)" : ""
-                return String(format: "%-8@ %@ %d/%d%@  %.2f/s  ETA %@  tokens %d in / %d out",
-                              name as NSString, bar as NSString, state.done, state.total, failures as NSString, rate,
-                              eta as NSString, prompt, completion)
+                let timing = list[index].state.ended ? "done in \(Self.duration(elapsed))" : "ETA \(eta)"
+                result.append((String(format: "%-8@ %@ %d/%d%@  %.2f/s  %@  tokens %d in / %d out",
+                                      name as NSString, bar as NSString, state.done, state.total, failures as NSString, rate,
+                                      timing as NSString, state.promptTokens, state.completionTokens),
+                               list[index].state.ended))
             }
+            return result
         }
     }
 
     private func draw(final: Bool) {
-        let current = lines()
+        // Ended stages first: their last line stays on screen and is not redrawn.
+        let current = lines().sorted { $0.ended && !$1.ended }
         guard !current.isEmpty else { return }
         var output = ""
         if isTerminal {
             let previous = linesDrawn.withLock { $0 }
             if previous > 0 { output += "\u{1B}[\(previous)A" }
-            for line in current { output += "\u{1B}[2K" + line + "\n" }
-            linesDrawn.withLock { $0 = final ? 0 : current.count }
+            for line in current { output += "\u{1B}[2K" + line.text + "\n" }
+            linesDrawn.withLock { $0 = final ? 0 : current.filter { !$0.ended }.count }
         } else {
             let stamp = ISO8601DateFormatter().string(from: Date())
-            for line in current { output += "\(stamp) progress \(line)\n" }
+            for line in current { output += "\(stamp) progress \(line.text)\n" }
         }
         FileHandle.standardError.write(Data(output.utf8))
     }

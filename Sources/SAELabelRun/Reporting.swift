@@ -17,7 +17,10 @@ public enum Reporting {
         if !report.scoreValues.isEmpty {
             lines.append("simulation scores (\(report.scoreValues.count) features): " + distribution(report.scoreValues))
         }
-        lines.append("LLM: \(status.llm.calls) calls, \(status.llm.cacheHits) answered from the store's cache, \(status.llm.promptTokens) tokens in / \(status.llm.completionTokens) out")
+        if let llm = report.llm {
+            lines.append("LLM this run: \(llm.requestsSent) requests sent (\(llm.retries) retries), \(llm.cacheHits) answered from the store's cache, \(llm.promptTokens) tokens in / \(llm.completionTokens) out")
+        }
+        lines.append("LLM (store total, all runs): \(status.llm.calls) calls, \(status.llm.cacheHits) answered from the store's cache, \(status.llm.promptTokens) tokens in / \(status.llm.completionTokens) out")
         if !status.failures.isEmpty {
             lines.append("failed:")
             for failure in status.failures.prefix(20) {
@@ -37,17 +40,73 @@ public enum Reporting {
 
     /// Mean, median and a count per 0.2-wide bin of the scores.
     public static func distribution(_ values: [Double]) -> String {
-        let sorted = values.sorted()
-        let mean = values.reduce(0, +) / Double(values.count)
-        let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-        let edges: [Double] = [-1, 0, 0.2, 0.4, 0.6, 0.8, 1.0001]
-        var bins: [String] = []
-        for index in 0..<(edges.count - 1) {
-            let count = values.filter { $0 >= edges[index] && $0 < edges[index + 1] }.count
-            let label = index == 0 ? "<0" : String(format: "%.1f–%.1f", edges[index], min(edges[index + 1], 1))
-            bins.append("\(label): \(count)")
+        ScoreDistribution(values).map(distribution) ?? "none"
+    }
+
+    static func distribution(_ d: ScoreDistribution) -> String {
+        String(format: "mean %.3f, median %.3f; ", d.mean, d.median) + d.bins.map { "\($0.label): \($0.count)" }.joined(separator: ", ")
+    }
+
+    /// Failures of this run on stderr: one line per cause with a count and example features, instead
+    /// of one line per attempt.
+    public static func failureSummary(_ failed: [Int: String], examples: Int = 5) -> [String] {
+        // Reasons that differ only in their numbers ("5 of 5 windows", "3 of 3 windows") are one cause.
+        var byCause: [String: (example: String, features: [Int])] = [:]
+        for (feature, reason) in failed.sorted(by: { $0.key < $1.key }) {
+            let cause = reason.replacingOccurrences(of: "[0-9]+", with: "#", options: .regularExpression)
+            byCause[cause, default: (reason, [])].features.append(feature)
         }
-        return String(format: "mean %.3f, median %.3f; ", mean, median) + bins.joined(separator: ", ")
+        let causes = byCause.values.sorted { $0.features.count != $1.features.count ? $0.features.count > $1.features.count : $0.example < $1.example }
+        return causes.map { cause, features in
+            let sorted = features.sorted()
+            let shown = sorted.prefix(examples).map(String.init).joined(separator: ", ") + (sorted.count > examples ? ", …" : "")
+            return "\(sorted.count) feature\(sorted.count == 1 ? "" : "s") failed (e.g. \(shown)): \(cause)"
+        }
+    }
+
+    public static func writeFailureSummary(_ failed: [Int: String]) {
+        let lines = failureSummary(failed)
+        guard !lines.isEmpty else { return }
+        FileHandle.standardError.write(Data(lines.map { "saelabel: \($0)\n" }.joined().utf8))
+    }
+
+    public static func passes(_ passes: [LabelingPass]) -> String {
+        guard !passes.isEmpty else { return "no labeling pass yet" }
+        let formatter = ISO8601DateFormatter()
+        var lines: [String] = []
+        for pass in passes {
+            lines.append("pass \(pass.id)\(pass.isCurrent ? " (current)" : "")  created \(pass.createdAt.map(formatter.string) ?? "?")")
+            lines.append("  explainer: \(pass.explainer) \(pass.explainerModel) prompt \(pass.explainerPromptHash)")
+            lines.append("  scorers: " + (pass.scorerModels.isEmpty ? "none yet" : pass.scorerModels.joined(separator: ", ")))
+            var counts = "  explanations \(pass.explanations)"
+            for (scorer, count) in pass.scores.sorted(by: { $0.key < $1.key }) { counts += ", \(scorer) scores \(count)" }
+            if let mean = pass.meanSimulation { counts += String(format: ", mean simulation %.3f", mean) }
+            lines.append(counts)
+            if !pass.inputs.isEmpty { lines.append("  inputs: \(pass.inputs) (version \(pass.inputVersion))") }
+            if !pass.collectSettings.isEmpty { lines.append("  collect: \(pass.collectSettings)") }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// Tab-separated, one row per feature labeled in either pass.
+    public static func comparison(_ comparison: PassComparison) -> String {
+        let scorers = ["simulation", "detection", "fuzzing"]
+        func clean(_ text: String?) -> String {
+            (text ?? "").replacingOccurrences(of: "\t", with: " ").replacingOccurrences(of: "\n", with: " ")
+        }
+        func number(_ scores: [String: Double?], _ scorer: String) -> String {
+            guard let stored = scores[scorer] else { return "" }
+            return stored.map { String(format: "%.4f", $0) } ?? "null"
+        }
+        var header = ["feature", "label_a", "label_b"]
+        for scorer in scorers { header += ["\(scorer)_a", "\(scorer)_b"] }
+        var lines = ["# a = \(comparison.a), b = \(comparison.b)", header.joined(separator: "\t")]
+        for row in comparison.rows {
+            var fields = [String(row.feature), clean(row.labelA), clean(row.labelB)]
+            for scorer in scorers { fields += [number(row.scoresA, scorer), number(row.scoresB, scorer)] }
+            lines.append(fields.joined(separator: "\t"))
+        }
+        return lines.joined(separator: "\n") + "\n"
     }
 
     public static func status(_ status: JobStatus) -> String {
@@ -56,25 +115,32 @@ public enum Reporting {
         if !status.scores.isEmpty {
             lines.append("scores: " + status.scores.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
-        if let mean = status.meanSimulationScore { lines.append(String(format: "mean simulation score: %.3f", mean)) }
+        if !status.models.isEmpty { lines.append("models: " + status.models.joined(separator: ", ")) }
+        if let scores = status.simulationScores {
+            lines.append("simulation scores (\(scores.count) features): " + distribution(scores))
+        }
         lines.append("LLM: \(status.llm.calls) calls (\(status.llm.failedAttempts) failed attempts), \(status.llm.cacheHits) cache hits, \(status.llm.promptTokens) tokens in / \(status.llm.completionTokens) out")
         if !status.failures.isEmpty {
             lines.append("failed features:")
             for failure in status.failures {
                 lines.append("  \(failure.feature)\t\(failure.stage)\tattempts \(failure.attempts)\t\(failure.reason)")
             }
+            if status.failuresNotListed > 0 {
+                lines.append("  … and \(status.failuresNotListed) more (`saelabel status --db \(status.path) --all` lists every one)")
+            }
         }
         return lines.joined(separator: "\n")
     }
 
-    public static func json(_ status: JobStatus) throws(SAELabelError) -> String {
+    public static func json<T: Encodable>(_ status: T) throws(SAELabelError) -> String {
         let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.keyEncodingStrategy = .convertToSnakeCase
         do {
             return String(decoding: try encoder.encode(status), as: UTF8.self)
         } catch {
-            throw .store("cannot encode the status: \(error)")
+            throw .store("cannot encode the JSON: \(error)")
         }
     }
 
@@ -82,7 +148,8 @@ public enum Reporting {
         var lines: [String] = []
         let preview = estimate.features.prefix(20).map(String.init).joined(separator: ", ")
         lines.append("features: \(estimate.features.count) [\(preview)\(estimate.features.count > 20 ? ", …" : "")]")
-        lines.append("LLM calls (estimated): \(estimate.explainCalls) explain + \(estimate.scoreCalls) score = \(estimate.explainCalls + estimate.scoreCalls)")
+        let bound = estimate.exact ? "" : " (at most: dead and sparse features are known only after collect)"
+        lines.append("LLM calls: \(estimate.explainCalls) explain + \(estimate.scoreCalls) score + \(estimate.preflightCalls) endpoint check\(estimate.preflightCalls == 1 ? "" : "s") = \(estimate.totalCalls)\(bound)")
         lines.append("tokens (estimated): \(estimate.promptTokens) in / \(estimate.completionTokens) out")
         lines.append("nothing was called or written (--dry-run)")
         return lines.joined(separator: "\n")

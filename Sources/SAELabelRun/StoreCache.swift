@@ -19,7 +19,8 @@ struct StoreResponseCache: LLMResponseCache {
 
     func recordCall(_ record: LLMCallRecord) {
         if record.outcome == "ok" {
-            progress?.addTokens(prompt: record.promptTokens, completion: record.completionTokens)
+            progress?.addTokens(stage: record.tag.hasPrefix("explain") ? "explain" : "score",
+                                prompt: record.promptTokens, completion: record.completionTokens)
         }
         try? store.recordLLMCall(key: record.key, endpoint: record.endpoint, model: record.model, tag: record.tag,
                                  promptTokens: record.promptTokens, completionTokens: record.completionTokens,

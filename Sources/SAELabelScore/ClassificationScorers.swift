@@ -125,6 +125,8 @@ struct ClassificationEngine: Sendable {
         var truth: [Bool] = []
         var predicted: [Bool] = []
         var failedPrompts = 0
+        var firstProblem: String?
+        var unusableTags: [String] = []
         var start = 0
         var promptIndex = 0
         while start < all.count {
@@ -147,9 +149,15 @@ struct ClassificationEngine: Sendable {
                 retry.messages = first + [ChatMessage(role: "assistant", content: ScoringSupport.shown(answer)),
                                           ChatMessage(role: "user", content: correction)]
                 let second = try await ScoringSupport.chat(client, retry, tag: tag + ":retry").text
-                if case .success(let values) = Self.parseAnswer(second, count: batch.count) { answers = values }
+                switch Self.parseAnswer(second, count: batch.count) {
+                case .success(let values): answers = values
+                case .failure(let again): if firstProblem == nil { firstProblem = "first answer: \(problem); retry: \(again)" }
+                }
             }
-            if answers == nil { failedPrompts += 1 }
+            if answers == nil {
+                failedPrompts += 1
+                unusableTags += [tag, tag + ":retry"]
+            }
             for (position, item) in batch.enumerated() {
                 truth.append(item.truth)
                 predicted.append(answers?[position] ?? !item.truth)
@@ -157,7 +165,14 @@ struct ClassificationEngine: Sendable {
         }
         var details = ScoreMath.classification(truth: truth, predicted: predicted)
         details.failedPrompts = failedPrompts
-        return ScoreResult(value: all.isEmpty ? nil : details.balancedAccuracy, details: ScoringSupport.json(details))
+        // The failure rule (ScoreStep): any prompt still unusable after the retry fails the score.
+        let promptCount = (all.count + batchSize - 1) / batchSize
+        let failure = failedPrompts > 0
+            ? "\(failedPrompts) of \(promptCount) prompts unusable after the retry (\(firstProblem ?? "no usable answer"))" : nil
+        var result = ScoreResult(value: all.isEmpty || failure != nil ? nil : details.balancedAccuracy,
+                                 details: ScoringSupport.json(details), failure: failure)
+        result.unusableTags = unusableTags
+        return result
     }
 }
 
@@ -199,6 +214,8 @@ public struct DetectionScorer: Scorer {
     public func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult {
         try await engine.score(feature: feature, explanation: explanation, heldout: heldout)
     }
+
+    public func plannedCalls(heldout: [ActivationWindow]) -> Int { (heldout.count + engine.batchSize - 1) / engine.batchSize }
 }
 
 /// Fuzzing: are the marked tokens the ones the explanation describes? Activating windows mark the
@@ -220,6 +237,8 @@ public struct FuzzingScorer: Scorer {
     public func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult {
         try await engine.score(feature: feature, explanation: explanation, heldout: heldout)
     }
+
+    public func plannedCalls(heldout: [ActivationWindow]) -> Int { (heldout.count + engine.batchSize - 1) / engine.batchSize }
 }
 
 extension ClassificationEngine {

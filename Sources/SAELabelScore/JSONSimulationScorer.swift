@@ -10,7 +10,7 @@ import SAELabelCore
 /// message that says what was wrong (and repeats the token list). If the second answer parses with
 /// the right length, its out-of-range or non-numeric values become 0 (SPEC §5); if it does not, the
 /// first answer is used the same way when it had the right length; otherwise the window is scored
-/// as all zeros and counted in `failedWindows`.
+/// as all zeros and counted in `failedWindows`; any such window fails the whole score (ScoreStep).
 ///
 /// Score: Pearson r between the true raw activations and the simulated values, over all held-out
 /// tokens concatenated (top + quantile + random); no variance → 0 with `undefinedReason`.
@@ -181,7 +181,7 @@ public struct JSONSimulationScorer: Scorer {
     // MARK: Simulation
 
     public struct WindowSimulation: Sendable, Equatable {
-        /// nil when the window failed twice (scored as zeros).
+        /// nil when the window failed twice (the whole score then fails).
         public var values: [Double]?
         public var retried: Bool
         public var error: String?
@@ -241,8 +241,12 @@ public struct JSONSimulationScorer: Scorer {
             simulated.append(result.values ?? Array(repeating: 0, count: window.tokens.count))
             windows.append(SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: result.values, error: result.error))
         }
-        return SimulationScoring.result(heldout: heldout, simulated: simulated, windows: windows,
-                                        failedWindows: failed, retriedWindows: retried)
+        var result = SimulationScoring.result(heldout: heldout, simulated: simulated, windows: windows,
+                                              failedWindows: failed, retriedWindows: retried)
+        result.unusableTags = windows.filter { $0.simulated == nil }.flatMap {
+            ["simulate:\(feature):\($0.heldoutOrdinal)", "simulate:\(feature):\($0.heldoutOrdinal):retry"]
+        }
+        return result
     }
 }
 
@@ -271,6 +275,12 @@ enum SimulationScoring {
                                         absoluteDevExplained: ScoreMath.absoluteDevExplained(scaled, predicted),
                                         failedWindows: failedWindows, retriedWindows: retriedWindows,
                                         undefinedReason: reason, windows: windows)
-        return ScoreResult(value: correlation ?? 0, details: ScoringSupport.json(details))
+        // The failure rule (ScoreStep): any window still unusable after the retry fails the score.
+        var failure: String?
+        if failedWindows > 0 {
+            let example = windows.first { $0.simulated == nil }?.error ?? "no usable answer"
+            failure = "\(failedWindows) of \(heldout.count) held-out windows unusable after the retry (\(example))"
+        }
+        return ScoreResult(value: failure == nil ? correlation ?? 0 : nil, details: ScoringSupport.json(details), failure: failure)
     }
 }

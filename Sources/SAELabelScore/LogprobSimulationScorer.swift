@@ -138,8 +138,10 @@ public struct LogprobSimulationScorer: Scorer {
                                                         error: "the echoed prompt does not hold \(window.tokens.count) `unknown` tokens"))
             }
         }
-        return SimulationScoring.result(heldout: heldout, simulated: simulated, windows: windows,
-                                        failedWindows: failed, retriedWindows: 0)
+        var result = SimulationScoring.result(heldout: heldout, simulated: simulated, windows: windows,
+                                              failedWindows: failed, retriedWindows: 0)
+        result.unusableTags = windows.filter { $0.simulated == nil }.map { "simulate:\(feature):\($0.heldoutOrdinal)" }
+        return result
     }
 }
 

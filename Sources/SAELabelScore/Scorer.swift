@@ -12,6 +12,14 @@ public protocol Scorer: Sendable {
     var promptHash: String { get }
     /// `heldout` is the feature's held-out split in ordinal order: element i is held-out ordinal i.
     func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult
+    /// LLM calls a first attempt at scoring these windows sends (retries of bad answers not counted),
+    /// so `--dry-run` predicts what the run sends.
+    func plannedCalls(heldout: [ActivationWindow]) -> Int
+}
+
+extension Scorer {
+    /// One call per non-empty held-out window (the simulators).
+    public func plannedCalls(heldout: [ActivationWindow]) -> Int { heldout.filter { !$0.tokens.isEmpty }.count }
 }
 
 public struct ScoreResult: Sendable, Equatable {
@@ -19,24 +27,40 @@ public struct ScoreResult: Sendable, Equatable {
     public var value: Double?
     /// JSON object: `SimulationDetails` or `ClassificationDetails`.
     public var details: String
+    /// Set when the score is not trustworthy under the failure rule (see `ScoreStep`); the score is then
+    /// not stored and the feature fails with this reason.
+    public var failure: String?
+    /// Call tags of the unusable answers: they are dropped from the response cache when the score
+    /// fails, so the next run asks the server again instead of re-reading the same bad answer.
+    public var unusableTags: [String] = []
 
-    public init(value: Double?, details: String) {
+    public init(value: Double?, details: String, failure: String? = nil) {
         self.value = value
         self.details = details
+        self.failure = failure
     }
 }
 
 public enum ScoreStep {
     /// Scores the feature's current explanation with every scorer that has no stored score for it yet
-    /// (so a resumed run skips finished scorers). Each score is saved as soon as it is computed; the
-    /// last save moves the feature to `scored`. Throws on failure; the caller marks the feature failed.
+    /// from the same model and prompt (so a resumed run skips finished scorers, and a changed simulator
+    /// re-scores). Each score is saved as soon as it is computed; the last save moves the feature to
+    /// `scored`. Throws on failure; the caller marks the feature failed.
+    ///
+    /// The failure rule: a failure is never a score. A simulation with any held-out window still
+    /// unusable after the retry, or a detection/fuzzing score with any prompt still unusable after the
+    /// retry, is not stored; the feature fails with the reason, exports show `null`, and the next run
+    /// scores it again.
     public static func run(feature: Int, store: JobStore, scorers: [any Scorer]) async throws(SAELabelError) {
         guard let explanation = try store.currentExplanation(feature: feature) else {
             throw .feature(index: feature, stage: "score", reason: "no explanation in the current pass; run explain first")
         }
-        let done = Set(try store.scores(explanation: explanation).map(\.scorer))
+        let stored = try store.scores(explanation: explanation)
         var seen = Set<String>()
-        let todo = scorers.filter { !done.contains($0.name) && seen.insert($0.name).inserted }
+        let todo = scorers.filter { scorer in
+            let done = stored.contains { $0.scorer == scorer.name && $0.model == scorer.model && $0.promptHash == scorer.promptHash }
+            return !done && seen.insert(scorer.name).inserted
+        }
         guard !todo.isEmpty else {
             if try store.feature(feature)?.state != .scored { try store.setState(feature: feature, .scored) }
             return
@@ -47,6 +71,13 @@ public enum ScoreStep {
         }
         for (position, scorer) in todo.enumerated() {
             let result = try await scorer.score(feature: feature, explanation: explanation.text, heldout: heldout)
+            if let failure = result.failure {
+                try store.forgetLLMResponses(tags: result.unusableTags)
+                throw .feature(index: feature, stage: "score", reason: "\(scorer.name): \(failure)")
+            }
+            if stored.contains(where: { $0.scorer == scorer.name }) {
+                try store.removeStaleScore(explanation: explanation, scorer: scorer.name)
+            }
             let score = StoredScore(scorer: scorer.name, value: result.value, model: scorer.model,
                                     promptHash: scorer.promptHash, details: result.details)
             try store.saveScore(explanation: explanation, score: score, completesFeature: position == todo.count - 1)

@@ -18,10 +18,10 @@ extension JobStore {
     /// all inside one read transaction, so exports see one consistent snapshot and memory stays flat.
     /// `states` nil means every state.
     public func forEachExportFeature(selection: FeatureSelection = .all, states: [FeatureState]? = nil,
-                                     includeExamples: Bool = true,
+                                     pass chosenPass: String? = nil, includeExamples: Bool = true,
                                      _ body: (ExportFeature) throws -> Void) throws(SAELabelError) {
         try read { db in
-            let pass = try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'") ?? "default"
+            let pass = try chosenPass ?? String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'") ?? "default"
             var sql = "SELECT * FROM feature"
             var conditions: [String] = []
             var arguments = StatementArguments()

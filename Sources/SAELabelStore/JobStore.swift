@@ -21,7 +21,8 @@ public final class JobStore: Sendable {
             pool = try DatabasePool(path: path, configuration: configuration)
             try Schema.migrator.migrate(pool)
         } catch let error as DatabaseError {
-            throw .store("cannot open \(path): \(error.message ?? error.description); is it a saelabel job store?")
+            // Not a database, or a path that cannot be created: the user named the wrong thing (exit 2).
+            throw .badInput(location: path, problem: "cannot open as a saelabel job store (\(error.message ?? error.description)); check the path")
         } catch {
             throw .store("cannot open \(path): \(error)")
         }

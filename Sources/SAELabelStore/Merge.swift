@@ -9,6 +9,18 @@ extension JobStore {
         public var scores: Int
     }
 
+    /// Shards of one job share the pass identity, the input version and the collect settings (seed,
+    /// windows, exclusions); a store that lacks one of them (nothing collected or explained yet) agrees.
+    public func checkMergeable(_ shard: JobStore) throws(SAELabelError) {
+        let shardSettings = try shard.settings()
+        let ownSettings = try settings()
+        for key in ["collect_settings", "current_pass", "input_version"] {
+            if let own = ownSettings[key], let theirs = shardSettings[key], own != theirs {
+                throw .badInput(location: shard.path, problem: "its \(key.replacingOccurrences(of: "_", with: " ")) (\(theirs)) differs from \(path)'s (\(own)); shards must be runs of one job")
+            }
+        }
+    }
+
     /// Joins a shard's store into this one (`saelabel merge`). Shards of one job hold disjoint features;
     /// a feature present in both keeps the row that is further along. Merging the same shard twice
     /// changes nothing. The shards must have been run on the same inputs.
@@ -25,6 +37,7 @@ extension JobStore {
                 throw .badInput(location: shardPath, problem: "was run on a different \(print.role) (\(print.path)) than \(path); shards must share inputs")
             }
         }
+        try checkMergeable(shard)
         do {
             return try pool.writeWithoutTransaction { db in
                 try db.execute(sql: "ATTACH DATABASE ? AS shard", arguments: [shardPath])
@@ -33,6 +46,7 @@ extension JobStore {
                 try db.inTransaction {
                     try db.execute(sql: "INSERT OR IGNORE INTO main.job_setting SELECT key, value FROM shard.job_setting")
                     try db.execute(sql: "INSERT OR IGNORE INTO main.input_fingerprint SELECT * FROM shard.input_fingerprint")
+                    try db.execute(sql: "INSERT OR IGNORE INTO main.labeling_pass SELECT * FROM shard.labeling_pass")
                     // Progress order of states; the merged row is the one further along.
                     let rank = """
                         CASE %@ WHEN 'scored' THEN 6 WHEN 'explained' THEN 5 WHEN 'dead' THEN 4 WHEN 'sparse' THEN 4

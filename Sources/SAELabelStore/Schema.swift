@@ -89,6 +89,21 @@ enum Schema {
                 t.column("created_at", .datetime).notNull()
             }
         }
+        // The labeling passes (see Passes.swift): what each pass was made from, for `saelabel passes`.
+        migrator.registerMigration("v2-labeling-passes") { db in
+            try db.create(table: "labeling_pass") { t in
+                t.primaryKey("id", .text)
+                t.column("explainer", .text).notNull()
+                t.column("explainer_model", .text).notNull()
+                t.column("explainer_prompt_hash", .text).notNull()
+                t.column("collect_settings", .text).notNull()
+                t.column("inputs", .text).notNull()
+                t.column("input_version", .integer).notNull()
+                t.column("created_at", .datetime).notNull()
+            }
+            // A failed score drops its unusable cached answers by call tag (ScoreStep).
+            try db.create(index: "llm_call_tag", on: "llm_call", columns: ["tag"])
+        }
         return migrator
     }
 }

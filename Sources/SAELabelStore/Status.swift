@@ -35,12 +35,45 @@ public struct JobStatus: Sendable, Equatable, Codable {
     public var explanations: Int
     public var scores: [String: Int]
     public var failures: [Failure]
+    /// Failed features beyond those listed.
+    public var failuresNotListed: Int = 0
     public var llm: LLMUsage
     public var meanSimulationScore: Double?
+    /// Models of the current pass: "explainer MODEL" and "SCORER MODEL".
+    public var models: [String] = []
+    /// The current pass's simulation scores (computed ones; failures are not scores).
+    public var simulationScores: ScoreDistribution?
+}
+
+/// Count, mean, median and a count per bin of a set of scores.
+public struct ScoreDistribution: Sendable, Equatable, Codable {
+    public struct Bin: Sendable, Equatable, Codable {
+        public var label: String
+        public var count: Int
+    }
+    public var count: Int
+    public var mean: Double
+    public var median: Double
+    public var bins: [Bin]
+
+    /// nil for no values. Bins: below 0, then 0.2 wide up to 1.
+    public init?(_ values: [Double]) {
+        guard !values.isEmpty else { return nil }
+        let sorted = values.sorted()
+        count = values.count
+        mean = values.reduce(0, +) / Double(values.count)
+        median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        let edges: [Double] = [-1, 0, 0.2, 0.4, 0.6, 0.8, 1.0001]
+        bins = (0..<(edges.count - 1)).map { index in
+            let label = index == 0 ? "<0" : String(format: "%.1f–%.1f", edges[index], min(edges[index + 1], 1))
+            return Bin(label: label, count: values.filter { $0 >= edges[index] && $0 < edges[index + 1] }.count)
+        }
+    }
 }
 
 extension JobStore {
-    public func status(maxFailuresListed: Int = 50) throws(SAELabelError) -> JobStatus {
+    /// `maxFailuresListed` nil lists every failed feature.
+    public func status(maxFailuresListed: Int? = 50) throws(SAELabelError) -> JobStatus {
         try read { db in
             var states: [String: Int] = [:]
             for state in FeatureState.allCases { states[state.rawValue] = 0 }
@@ -59,7 +92,7 @@ extension JobStore {
             }
             let failures = try Row.fetchAll(db, sql: """
                 SELECT id, failed_stage, failure_reason, attempts FROM feature WHERE state = 'failed' ORDER BY id LIMIT ?
-                """, arguments: [maxFailuresListed]).map {
+                """, arguments: [maxFailuresListed ?? -1]).map {
                 JobStatus.Failure(feature: $0["id"], stage: $0["failed_stage"] ?? "?", reason: $0["failure_reason"] ?? "", attempts: $0["attempts"])
             }
             let usageRow = try Row.fetchOne(db, sql: """
@@ -77,8 +110,22 @@ extension JobStore {
                 SELECT AVG(s.value) FROM score s JOIN explanation e ON e.id = s.explanation
                 WHERE e.pass = ? AND s.scorer = 'simulation' AND s.value IS NOT NULL
                 """, arguments: [pass ?? "default"])
-            return JobStatus(path: path, currentPass: pass, features: total, states: states, explanations: explanations,
-                             scores: scores, failures: failures, llm: usage, meanSimulationScore: mean)
+            var models = try String.fetchAll(db, sql: "SELECT DISTINCT explainer_model FROM explanation WHERE pass = ? ORDER BY 1",
+                                             arguments: [pass ?? "default"]).map { "explainer \($0)" }
+            models += try Row.fetchAll(db, sql: """
+                SELECT DISTINCT s.scorer, s.model FROM score s JOIN explanation e ON e.id = s.explanation
+                WHERE e.pass = ? ORDER BY 1, 2
+                """, arguments: [pass ?? "default"]).map { "\($0["scorer"] as String) \($0["model"] as String)" }
+            let values = try Double.fetchAll(db, sql: """
+                SELECT s.value FROM score s JOIN explanation e ON e.id = s.explanation
+                WHERE e.pass = ? AND s.scorer = 'simulation' AND s.value IS NOT NULL
+                """, arguments: [pass ?? "default"])
+            var status = JobStatus(path: path, currentPass: pass, features: total, states: states, explanations: explanations,
+                                   scores: scores, failures: failures, llm: usage, meanSimulationScore: mean)
+            status.failuresNotListed = max(0, states[FeatureState.failed.rawValue, default: 0] - failures.count)
+            status.models = models
+            status.simulationScores = ScoreDistribution(values)
+            return status
         }
     }
 }

@@ -40,6 +40,7 @@ struct Run: AsyncParsableCommand {
         }
         let report = try await JobRunner.run(request, progress: ProgressReporter(enabled: !quiet))
         print(Reporting.summary(report))
+        Reporting.writeFailureSummary(report.labeling?.failed ?? [:])
         if report.exitCode != 0 { throw ExitCode(report.exitCode) }
     }
 }
@@ -124,20 +125,33 @@ struct Explain: AsyncParsableCommand {
             throw SAELabelError.usage("--style \(style): use \(JobConfig.explainerStyles.joined(separator: ", "))")
         }
         var explainerConfig = JobConfig.Explainer()
-        explainerConfig.llm = try llm.endpointConfig(maxTokens: maxTokens)
         explainerConfig.style = style
+        if style != "baseline" { explainerConfig.llm = try llm.endpointConfig(maxTokens: maxTokens) }
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        try Self.requireStore(db)
+        if style != "baseline" { try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", explainerConfig.llm)], limits: llm.limits) }
         let store = try JobStore(path: db)
         let progress = ProgressReporter()
-        let client = style == "baseline" ? nil : Pipeline.client(explainerConfig.llm, limits: llm.limits, store: store, progress: progress)
-        defer { client?.shutdown() }
+        let clients = LLMClients(limits: llm.limits, store: store, progress: progress)
+        defer { clients.shutdown() }
+        let client = style == "baseline" ? nil : clients.client(for: explainerConfig.llm)
         let explainer = try Pipeline.explainer(explainerConfig, client: client, prompts: prompts)
-        let pass = try Pipeline.passKey(store: store, explainer: explainer, scorers: [])
+        let pass = try Pipeline.pass(store: store, explainer: explainer)
         let outcome = try await Pipeline.label(store: store, pass: pass, explainer: explainer, scorers: [],
                                                selection: try selection.selection(), concurrency: llm.concurrency,
                                                progress: progress)
+        Reporting.writeFailureSummary(outcome.failed)
         print("explained \(outcome.explained) features; \(outcome.failed.count) failed")
         if !outcome.failed.isEmpty { throw ExitCode(1) }
+    }
+}
+
+extension Explain {
+    /// explain and score work on a collected store; a missing one is a wrong path, not a new job.
+    static func requireStore(_ db: String) throws(SAELabelError) {
+        guard FileManager.default.fileExists(atPath: db) else {
+            throw .badInput(location: db, problem: "no job store here; run `saelabel collect` (or `run`) first")
+        }
     }
 }
 
@@ -175,14 +189,18 @@ struct Score: AsyncParsableCommand {
         scoring.scorers = scorer
         scoring.simulator = simulator
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
+        try Explain.requireStore(db)
+        let completionsOnly = scorer == ["simulation"] && simulator == "logprobs"
+        try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", scoring.llm, completions: completionsOnly)], limits: llm.limits)
         let store = try JobStore(path: db)
         let progress = ProgressReporter()
-        let client = Pipeline.client(scoring.llm, limits: llm.limits, store: store, progress: progress)
-        defer { client.shutdown() }
-        let scorers = try Pipeline.scorers(scoring, client: client, prompts: prompts, seed: seed)
+        let clients = LLMClients(limits: llm.limits, store: store, progress: progress)
+        defer { clients.shutdown() }
+        let scorers = try Pipeline.scorers(scoring, client: clients.client(for: scoring.llm), prompts: prompts, seed: seed)
         let outcome = try await Pipeline.label(store: store, pass: nil, explainer: nil, scorers: scorers,
                                                selection: try selection.selection(), concurrency: llm.concurrency,
                                                progress: progress)
+        Reporting.writeFailureSummary(outcome.failed)
         print("scored \(outcome.scored) features; \(outcome.failed.count) failed")
         if !outcome.failed.isEmpty { throw ExitCode(1) }
     }
@@ -197,11 +215,14 @@ struct Status: AsyncParsableCommand {
     @Flag(help: "Print JSON for scripts.")
     var json = false
 
+    @Flag(help: "List every failed feature (default: the first 50, and how many more).")
+    var all = false
+
     func run() async throws {
         guard FileManager.default.fileExists(atPath: db) else {
             throw SAELabelError.badInput(location: db, problem: "no job store here")
         }
-        let status = try JobStore(path: db).status()
+        let status = try JobStore(path: db).status(maxFailuresListed: all ? nil : 50)
         print(json ? try Reporting.json(status) : Reporting.status(status))
     }
 }
@@ -226,6 +247,9 @@ struct Export: AsyncParsableCommand {
 
     @OptionGroup var selection: SelectionOptions
 
+    @Option(help: ArgumentHelp("Export this labeling pass instead of the current one (`saelabel passes` lists them).", valueName: "PASS"))
+    var pass: String?
+
     func run() async throws {
         guard FileManager.default.fileExists(atPath: db) else {
             throw SAELabelError.badInput(location: db, problem: "no job store here")
@@ -242,9 +266,12 @@ struct Export: AsyncParsableCommand {
                 return state
             }
         }
-        let filter = ExportFilter(minScore: minScore, states: states, selection: try selection.selection())
+        let filter = ExportFilter(minScore: minScore, states: states, selection: try selection.selection(), pass: pass)
         let summary = try Exporter.export(store: try JobStore(path: db), format: exportFormat, to: out, filter: filter)
-        print("exported \(summary.features) features to \(out)")
+        let message = "exported \(summary.features) features to \(out == "-" ? "standard output" : out)\n"
+        // With the export itself on standard output (or a device), the message goes to stderr.
+        let toStandardOutput = out == "-" || out.hasPrefix("/dev/") || out.hasPrefix("/proc/")
+        (toStandardOutput ? FileHandle.standardError : FileHandle.standardOutput).write(Data(message.utf8))
     }
 }
 
@@ -262,10 +289,45 @@ struct Merge: AsyncParsableCommand {
         for shard in shards where !FileManager.default.fileExists(atPath: shard) {
             throw SAELabelError.badInput(location: shard, problem: "shard store not found")
         }
+        try JobRunner.checkStorePath(into)
+        // Shards from different runs are refused before the target store is created or changed.
+        let opened = try shards.map { path throws(SAELabelError) in try JobStore(path: path) }
+        for shard in opened.dropFirst() { try opened[0].checkMergeable(shard) }
+        if FileManager.default.fileExists(atPath: into), let first = opened.first { try JobStore(path: into).checkMergeable(first) }
         let store = try JobStore(path: into)
         for shard in shards {
             let summary = try store.merge(shardAt: shard)
             print("\(shard): \(summary.features) features, \(summary.explanations) explanations, \(summary.scores) scores merged")
+        }
+    }
+}
+
+struct Passes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the labeling passes of a store, or compare two passes' labels and scores.",
+        discussion: "A pass is one explainer over one collect of the inputs; adding a scorer does not start a new pass.")
+
+    @Option(help: ArgumentHelp("The job store.", valueName: "DB"))
+    var db: String
+
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Two pass ids: print one tab-separated row per feature with both labels and scores.", valueName: "PASS"))
+    var compare: [String] = []
+
+    @Flag(help: "Print JSON for scripts.")
+    var json = false
+
+    func run() async throws {
+        guard FileManager.default.fileExists(atPath: db) else {
+            throw SAELabelError.badInput(location: db, problem: "no job store here")
+        }
+        guard compare.isEmpty || compare.count == 2 else {
+            throw SAELabelError.usage("--compare takes two pass ids, e.g. --compare 3f2a… 9c1b…")
+        }
+        let store = try JobStore(path: db)
+        if compare.count == 2 {
+            print(Reporting.comparison(try store.comparePasses(compare[0], compare[1])), terminator: "")
+        } else {
+            print(json ? try Reporting.json(try store.passes()) : Reporting.passes(try store.passes()))
         }
     }
 }

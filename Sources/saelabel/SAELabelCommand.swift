@@ -15,7 +15,8 @@ struct SAELabelCommand: AsyncParsableCommand {
             LLM call is never paid for twice. Exit status: 0 success; 1 the job finished but some features \
             failed (see `saelabel status`); 2 bad usage or bad input (nothing written).
             """,
-        subcommands: [Run.self, Collect.self, Explain.self, Score.self, Status.self, Export.self, Merge.self])
+        version: SAELabelVersion.current,
+        subcommands: [Run.self, Collect.self, Explain.self, Score.self, Status.self, Export.self, Merge.self, Passes.self])
 
     /// Parses and runs, mapping every failure to CONTRACT.md's exit status and one line on stderr.
     static func main() async {
@@ -63,11 +64,11 @@ struct SelectionOptions: ParsableArguments {
 
 /// Flags shared by the commands that call an LLM.
 struct LLMOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("OpenAI-compatible base URL, e.g. http://127.0.0.1:8081/v1 (vLLM, llama.cpp, Ollama, OpenAI, OpenRouter).", valueName: "URL"))
-    var endpoint: String
+    @Option(help: ArgumentHelp("OpenAI-compatible base URL, e.g. http://127.0.0.1:8081/v1 (vLLM, llama.cpp, Ollama, OpenAI, OpenRouter); not needed by --style baseline.", valueName: "URL"))
+    var endpoint: String?
 
-    @Option(help: "Model name to send in each request.")
-    var model: String
+    @Option(help: "Model name to send in each request; not needed by --style baseline.")
+    var model: String?
 
     @Option(help: ArgumentHelp("Environment variable holding the API key (never passed as a flag, never written anywhere).", valueName: "NAME"))
     var apiKeyEnv = "OPENAI_API_KEY"
@@ -88,6 +89,7 @@ struct LLMOptions: ParsableArguments {
     var prompts: String?
 
     func endpointConfig(maxTokens: Int? = nil) throws(SAELabelError) -> JobConfig.Endpoint {
+        guard let endpoint, let model else { throw .usage("--endpoint and --model are required (only `explain --style baseline` works without them)") }
         guard let url = URL(string: endpoint), let scheme = url.scheme, ["http", "https"].contains(scheme), url.host != nil else {
             throw .usage("--endpoint \(endpoint): not an http(s) URL like http://127.0.0.1:8081/v1")
         }

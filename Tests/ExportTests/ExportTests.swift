@@ -112,17 +112,22 @@ import SAELabelStore
         #expect(parseCSV(try readText(csv)).count == 2)
     }
 
-    @Test func refusesMissingDirectoryAndLeavesNothing() throws {
+    @Test func createsMissingFoldersRefusesAPathUnderAFileAndLeavesNothing() throws {
         let fixture = try NastyStore()
         let out = fixture.directory.file("missing/dir/catalog.jsonl")
+        #expect(try Exporter.export(store: fixture.store, format: .catalog, to: out, filter: .all).features == 5)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.directory.file("missing/dir")) == ["catalog.jsonl"])
+        let file = try fixture.directory.write("plain.txt", "text")
+        let before = try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path).sorted()
         #expect(throws: SAELabelError.self) {
-            try Exporter.export(store: fixture.store, format: .catalog, to: out, filter: .all)
+            try Exporter.export(store: fixture.store, format: .catalog, to: file + "/catalog.jsonl", filter: .all)
         }
-        #expect(!FileManager.default.fileExists(atPath: out))
         #expect(throws: SAELabelError.self) {
             try Exporter.export(store: fixture.store, format: .catalog, to: fixture.directory.path + "/x.jsonl",
                                 filter: ExportFilter(minScore: .nan))
         }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.directory.path).sorted() == before)
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "text")
     }
 
     @Test func emptyStoreGivesEmptyButValidOutputs() throws {
@@ -135,7 +140,7 @@ import SAELabelStore
         }
         #expect(try readText(directory.file("out-catalog")).isEmpty)
         #expect(parseCSV(try readText(directory.file("out-csv"))).count == 1)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.file("out-neuronpedia")).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory.file("out-neuronpedia")) == [".saelabel-export.json"])
         #expect(try readText(directory.file("out-html/data/meta.js")).contains("\"indexChunks\":0"))
     }
 
@@ -181,10 +186,11 @@ import SAELabelStore
         #expect(text.hasSuffix("\r\n"))
         let rows = parseCSV(text)
         #expect(rows.first == ["feature", "status", "label", "simulation", "detection", "fuzzing",
-                               "frequency", "max_activation", "explainer_model"])
+                               "frequency", "max_activation", "explainer_model", "failure_reason", "sae", "hook"])
         #expect(rows.count == 6)
+        let job = try fixture.store.settings()
         for row in rows.dropFirst() {
-            #expect(row.count == 9)
+            #expect(row.count == 12)
             let index = try #require(Int(row[0]))
             let record = try #require(try fixture.store.feature(index))
             #expect(row[1] == record.state.rawValue)
@@ -197,6 +203,8 @@ import SAELabelStore
             }
             #expect(Double(row[6]) == record.statistics?.frequency)
             #expect(Float(row[7]) == record.statistics?.maxActivation)
+            #expect(row[9] == (record.state == .failed ? record.failureReason ?? "" : ""))
+            #expect(row[10] == job[JobSettingKey.saeName] ?? "" && row[11] == job[JobSettingKey.hookName] ?? "")
         }
         #expect(rows[1][2] == Nasty.label0)
         #expect(rows[2][2] == Nasty.label1)
@@ -266,19 +274,26 @@ import SAELabelStore
             try store.saveExplanation(feature: index, text: "label \(index)", explainerModel: "e", promptHash: "p", rawResponse: nil)
         }
         let out = directory.file("np")
-        // A leftover directory from an earlier export is replaced whole.
+        // A folder that is not a saelabel export is refused and left as it was.
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
         _ = FileManager.default.createFile(atPath: out + "/batch-7.jsonl", contents: Data("stale\n".utf8))
+        #expect(throws: SAELabelError.self) { try Exporter.export(store: store, format: .neuronpedia, to: out, filter: .all) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out) == ["batch-7.jsonl"])
+        try FileManager.default.removeItem(atPath: out)
         let summary = try Exporter.export(store: store, format: .neuronpedia, to: out, filter: .all)
         #expect(summary.features == 2_100)
         #expect(summary.files.map { ($0 as NSString).lastPathComponent } == ["batch-0.jsonl", "batch-1.jsonl", "batch-2.jsonl"])
         let counts = try (0..<3).map { try jsonLines(out + "/batch-\($0).jsonl").count }
         #expect(counts == [1_024, 1_024, 52])
-        #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == ["batch-0.jsonl", "batch-1.jsonl", "batch-2.jsonl"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted()
+                    == [".saelabel-export.json", "batch-0.jsonl", "batch-1.jsonl", "batch-2.jsonl"])
         let first = try jsonLines(out + "/batch-1.jsonl")[0]
         #expect(first["index"] as? String == "1024")
         #expect(first["layer"] as? String == "0-res")
         #expect(!FileManager.default.fileExists(atPath: out + ".tmp"))
+        // A previous export of the same format is replaced whole.
+        _ = try Exporter.export(store: store, format: .neuronpedia, to: out, filter: ExportFilter(selection: FeatureSelection(set: .range(0, 10))))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == [".saelabel-export.json", "batch-0.jsonl"])
     }
 }
 

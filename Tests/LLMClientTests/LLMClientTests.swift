@@ -494,6 +494,73 @@ struct ClientTests {
         await #expect(throws: LLMError.cancelled) { try await client.chat(explainRequest()) }
     }
 
+    @Test("shutdown fails every queued and running request at once with a clear error")
+    func shutdownFailsEveryPendingRequest() async throws {
+        let server = try await MockServer.start(["--latency-ms", "30000"])
+        defer { server.stop() }
+        var config = testConfiguration(server, timeout: 60)
+        config.maxInFlight = 2
+        let client = makeClient(config)
+        let start = ContinuousClock.now
+        let outcomes = try await withThrowingTaskGroup(of: LLMError?.self) { group in
+            for i in 0..<12 {
+                group.addTask {
+                    do throws(LLMError) { _ = try await client.chat(explainRequest("stop-\(i)")); return nil } catch { return error }
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            client.shutdown()
+            var outcomes: [LLMError?] = []
+            for try await outcome in group { outcomes.append(outcome) }
+            return outcomes
+        }
+        #expect(outcomes.count == 12)
+        #expect(outcomes.allSatisfy { $0 == .cancelled }, "\(outcomes)")
+        #expect(LLMError.cancelled.description.contains("shut down"))
+        // Far below the 30 s answers: every caller was failed by the stop, none waited for its answer.
+        #expect(start.duration(to: .now) < .seconds(25))
+    }
+
+    @Test("preflight tells a wrong key, a wrong model and a stopped server apart")
+    func preflightChecks() async throws {
+        let server = try await MockServer.start(["--api-key", "k-right", "--models", "m1"])
+        defer { server.stop() }
+        let variable = "SAELABEL_TEST_PREFLIGHT_\(UInt32.random(in: 0...UInt32.max))"
+        setEnvironment(variable, "k-right")
+        var config = testConfiguration(server)
+        config.apiKeyEnvironmentVariable = variable
+        let client = makeClient(config)
+        defer { client.shutdown() }
+        #expect(client.hasAPIKey)
+        try await client.preflight(model: "m1")
+        try await client.preflight(model: "m1", completions: true)  // the logprob simulator's base models
+        do {
+            try await client.preflight(model: "m2")
+            Issue.record("a model the server does not serve passed the check")
+        } catch {
+            guard case .http(404, _) = error else { Issue.record("expected 404, got \(error)"); return }
+        }
+        let keyless = makeClient(testConfiguration(server))
+        defer { keyless.shutdown() }
+        #expect(!keyless.hasAPIKey)
+        do {
+            try await keyless.preflight(model: "m1")
+            Issue.record("a missing key passed the check")
+        } catch {
+            guard case .http(401, _) = error else { Issue.record("expected 401, got \(error)"); return }
+        }
+        let stats = try await server.stats()
+        #expect(stats.requests == 0, "checks are not work requests")
+        #expect(stats.checks == 4)
+        server.stop()
+        do {
+            try await client.preflight(model: "m1")
+            Issue.record("a stopped server passed the check")
+        } catch {
+            guard case .transport = error else { Issue.record("expected a transport error, got \(error)"); return }
+        }
+    }
+
     @Test("the API key is sent but appears in no error, record or cached body")
     func apiKeyNeverLeaks() async throws {
         let secret = "sk-test-SECRET-\(UInt64.random(in: 0...UInt64.max))"

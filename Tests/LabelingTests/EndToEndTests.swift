@@ -166,15 +166,65 @@ final class TagRecorder: LLMResponseCache {
         #expect(abs((score.value ?? .nan) - pearson(Self.truth, Self.mockSimulation.flatMap { $0 })) < 1e-9)
     }
 
-    @Test func windowFailingTwiceIsScoredAsZeros() async throws {
-        let (score, details, requests, _) = try await simulate(faults: ["wrong_length", "wrong_length"])
+    /// The failure rule: a window still unusable after the retry fails the whole score (not stored,
+    /// the feature fails with the reason) instead of being scored as zeros.
+    @Test func windowFailingTwiceFailsTheScoreInsteadOfScoringZeros() async throws {
+        let server = try await MockLLMServer.start()
+        defer { server.stop() }
+        let client = LLMClient(configuration: LLMClientConfiguration(
+            baseURL: server.baseURL, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY", maxInFlight: 4,
+            requestTimeout: 10, maxRetries: 2, backoffBase: 0.02, backoffMax: 0.1))
+        defer { client.shutdown() }
+        let (store, directory) = try makeStore(feature: Self.feature, explain: Self.explain, heldout: Self.heldout)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let explanation = try store.saveExplanation(feature: Self.feature, text: "the token \"import\"", explainerModel: "mock",
+                                                    promptHash: "test", rawResponse: nil)
+        try await server.script(["wrong_length", "wrong_length"])
+        let scorer = try JSONSimulationScorer(client: client, model: "mock", prompts: prompts)
+        let result = try await scorer.score(feature: Self.feature, explanation: explanation.text, heldout: Self.heldout)
+        #expect(result.value == nil)
+        #expect(result.failure?.contains("1 of \(Self.heldout.count) held-out windows unusable after the retry") == true)
+        #expect(result.unusableTags == ["simulate:7:0", "simulate:7:0:retry"])
+        let details = try JSONDecoder().decode(SimulationDetails.self, from: Data(result.details.utf8))
         #expect(details.failedWindows == 1 && details.retriedWindows == 1)
-        #expect(requests == Self.heldout.count + 1)
         #expect(details.windows[0].simulated == nil)
         #expect(details.windows[0].error?.contains("entries but there are 4 tokens") == true)
-        var predicted = Self.mockSimulation
-        predicted[0] = Array(repeating: 0, count: predicted[0].count)
-        #expect(abs((score.value ?? .nan) - pearson(Self.truth, predicted.flatMap { $0 })) < 1e-9)
+
+        try await server.script(["wrong_length", "wrong_length"])
+        await #expect(throws: SAELabelError.self) {
+            try await ScoreStep.run(feature: Self.feature, store: store, scorers: [scorer])
+        }
+        #expect(try store.scores(explanation: explanation).isEmpty, "a failure is never stored as a score")
+    }
+
+    /// The failure rule for detection and fuzzing: a prompt still unusable after the retry fails the score.
+    @Test func detectionPromptFailingTwiceFailsTheScore() async throws {
+        let server = try await MockLLMServer.start()
+        defer { server.stop() }
+        let client = LLMClient(configuration: LLMClientConfiguration(
+            baseURL: server.baseURL, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY", maxInFlight: 4,
+            requestTimeout: 10, maxRetries: 2, backoffBase: 0.02, backoffMax: 0.1))
+        defer { client.shutdown() }
+        let (store, directory) = try makeStore(feature: Self.feature, explain: Self.explain, heldout: Self.heldout)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let explanation = try store.saveExplanation(feature: Self.feature, text: "the token \"import\"", explainerModel: "mock",
+                                                    promptHash: "test", rawResponse: nil)
+        let scorer = try DetectionScorer(client: client, model: "mock", prompts: prompts)
+        #expect(scorer.plannedCalls(heldout: Self.heldout) == 1)
+        try await server.script(["wrong_length", "wrong_length"])
+        let result = try await scorer.score(feature: Self.feature, explanation: explanation.text, heldout: Self.heldout)
+        #expect(result.value == nil, "not a below-chance balanced accuracy")
+        #expect(result.failure?.hasPrefix("1 of 1 prompts unusable after the retry") == true, "\(result.failure ?? "nil")")
+        #expect(result.unusableTags == ["detect:7:0", "detect:7:0:retry"])
+
+        try await server.script(["wrong_length", "wrong_length"])
+        await #expect(throws: SAELabelError.self) {
+            try await ScoreStep.run(feature: Self.feature, store: store, scorers: [scorer])
+        }
+        #expect(try store.scores(explanation: explanation).isEmpty)
+        // With usable answers the same call scores and stores it.
+        try await ScoreStep.run(feature: Self.feature, store: store, scorers: [scorer])
+        #expect(try store.scores(explanation: explanation).first?.value != nil)
     }
 
     @Test func malformedBodyIsRetriedByTheClient() async throws {

@@ -21,11 +21,11 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     @Test func schemaMigratesFromEmpty() throws {
         let dir = TempDirectory()
         let store = try JobStore(path: dir.file("job.sqlite"))
-        #expect(try store.appliedMigrations() == ["v1"])
+        #expect(try store.appliedMigrations() == ["v1", "v2-labeling-passes"])
         #expect(try store.status().features == 0)
         // Reopening an existing store applies nothing twice.
         let again = try JobStore(path: dir.file("job.sqlite"))
-        #expect(try again.appliedMigrations() == ["v1"])
+        #expect(try again.appliedMigrations() == ["v1", "v2-labeling-passes"])
     }
 
     @Test func notAStoreIsRefusedClearly() throws {
@@ -35,8 +35,9 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
         #expect {
             _ = try JobStore(path: path)
         } throws: { error in
-            guard let error = error as? SAELabelError, case .store(let message) = error else { return false }
-            return message.contains(path)
+            // Naming a file that is not a store is bad input (exit 2), not a store failure.
+            guard let error = error as? SAELabelError, case .badInput(let location, _) = error else { return false }
+            return location == path && error.exitCode == 2
         }
     }
 
@@ -62,6 +63,34 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
         // A new version is accepted on request.
         try store.verifyInputs([changed], acceptChanges: true)
         #expect(try store.fingerprints().first?.sha256 == changed.sha256)
+    }
+
+    @Test func statusListsEveryFailureOnRequestAndCountsTheRest() throws {
+        let dir = TempDirectory()
+        let store = try JobStore(path: dir.file("job.sqlite"))
+        try store.saveCollected((0..<60).map { collected($0) })
+        try store.beginPass("p1")
+        for feature in 0..<60 { try store.markFailed(feature: feature, stage: "explain", reason: "reason \(feature)") }
+        let first = try store.status()
+        #expect(first.failures.count == 50 && first.failuresNotListed == 10)
+        let all = try store.status(maxFailuresListed: nil)
+        #expect(all.failures.map(\.feature) == Array(0..<60) && all.failuresNotListed == 0)
+        #expect(all.models.isEmpty && all.simulationScores == nil)
+
+        try store.requeueFailed()
+        var explanations: [StoredExplanation] = []
+        for feature in 0..<4 {
+            explanations.append(try store.saveExplanation(feature: feature, text: "l\(feature)", explainerModel: "e1", promptHash: "h", rawResponse: nil))
+        }
+        for (explanation, value) in zip(explanations, [-0.1, 0.1, 0.5, 0.9]) {
+            try store.saveScore(explanation: explanation, score: StoredScore(scorer: "simulation", value: value, model: "s1", promptHash: "p", details: "{}"),
+                                completesFeature: true)
+        }
+        let scored = try store.status()
+        #expect(scored.models == ["explainer e1", "simulation s1"])
+        let distribution = try #require(scored.simulationScores)
+        #expect(distribution.count == 4 && abs(distribution.mean - 0.35) < 1e-12 && abs(distribution.median - 0.3) < 1e-12)
+        #expect(distribution.bins.map(\.count) == [1, 1, 0, 1, 0, 1])
     }
 
     @Test func statusCountsAreRight() throws {

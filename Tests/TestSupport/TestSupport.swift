@@ -174,11 +174,13 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         /// Most /v1 requests the mock was serving at once.
         public var maxInFlight: Int
         /// One line per request the mock's dialect refused (`--dialect`).
-        public var refused: [String]
+        public var refused: [String] = []
         /// Request fields the dialect's server would have ignored.
-        public var ignored: [String]
-        /// Requests by kind (explain, simulate, detect, logprobs, chat, completion).
-        public var byKind: [String: Int]
+        public var ignored: [String] = []
+        /// Endpoint checks (a one-token request), not counted in `requests`.
+        public var checks: Int = 0
+        /// Requests per kind (explain, simulate, detect, logprobs, chat, completion, check).
+        public var byKind: [String: Int] = [:]
     }
 
     public func stats() async throws -> Stats {
@@ -189,7 +191,13 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         return Stats(requests: object["requests"] as? Int ?? -1, byOutcome: object["by_outcome"] as? [String: Int] ?? [:],
                      authSeen: object["auth_seen"] as? [String] ?? [], connections: object["connections"] as? Int ?? -1,
                      maxInFlight: object["max_in_flight"] as? Int ?? -1, refused: object["refused"] as? [String] ?? [],
-                     ignored: object["ignored"] as? [String] ?? [], byKind: object["by_kind"] as? [String: Int] ?? [:])
+                     ignored: object["ignored"] as? [String] ?? [], checks: object["checks"] as? Int ?? -1,
+                     byKind: object["by_kind"] as? [String: Int] ?? [:])
+    }
+
+    /// Zeroes the counters (not the fault script).
+    public func resetStats() async throws {
+        _ = try await send("/_reset_stats", body: [String: Int]())
     }
 
     public func requestCount() async throws -> Int {

@@ -1,0 +1,4 @@
+/// The version `saelabel --version` prints.
+public enum SAELabelVersion {
+    public static let current = "0.9.0"
+}
