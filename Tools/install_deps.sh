@@ -30,6 +30,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The tests' format oracles: numpy (npy/npz), Hugging Face tokenizers (tokenizer.json) and safetensors.
+if ! python3 -c "import numpy, tokenizers, safetensors" 2>/dev/null; then
+  echo "installing numpy, tokenizers, safetensors (Python test oracles)"
+  python3 -m pip install --quiet --disable-pip-version-check numpy tokenizers safetensors
+fi
+
 if [ "$want_llm" = 1 ]; then
   if ! python3 -c "import llama_cpp.server" 2>/dev/null; then
     # Compiles llama.cpp for this CPU (4–15 minutes on 2 cores; pip's wheel cache makes a reinstall quick).

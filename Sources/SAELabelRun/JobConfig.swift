@@ -151,7 +151,7 @@ struct JobConfigReader {
         config.inputs.tokenizer = resolve(tokenizer)
         if config.inputs.latents == nil {
             guard config.inputs.sae != nil else {
-                throw .badInput(location: "\(file): [inputs] sae", problem: "missing; name the SAELens SAE folder, or set latents for a delphi latent cache")
+                throw .badInput(location: "\(file): [inputs] sae", problem: "missing; name the SAE (SAELens folder, Gemma Scope params.npz, sparsify hookpoint), or set latents for a delphi latent cache")
             }
             guard !config.inputs.activations.isEmpty else {
                 throw .badInput(location: "\(file): [inputs] activations", problem: "missing; list the activation safetensors files")
