@@ -34,12 +34,16 @@ struct DenseEncoder {
         let isGated = sae.config.architecture == .gated
         let weights = try sae.gatherEncoder(features: computed)
         let bias = try sae.vector(sae.bEnc, features: computed)
-        let thresholds = isJumpReLU ? try sae.thresholds(features: computed) : []
+        let thresholds = try isJumpReLU ? sae.thresholds(features: computed) : []
         // Gated: the magnitude path reuses x'·W_enc, scaled by exp(r_mag) (sae_lens/saes/gated_sae.py `encode`).
-        let magnitudeScale = isGated ? try sae.rMag.map { try sae.vector($0, features: computed) }?.map { Foundation.exp($0) } ?? [] : []
-        let magnitudeBias = isGated ? try sae.bMag.map { try sae.vector($0, features: computed) } ?? [] : []
-        let decoderNorms: [Float]? = topK != nil && sae.config.rescaleByDecoderNorm ? try sae.decoderNorms(features: computed) : nil
-        let decoderBias: [Float]? = sae.config.applyBDecToInput ? try sae.bDec?.readFloats() : nil
+        var magnitudeScale: [Float] = [], magnitudeBias: [Float] = []
+        if isGated, let rMag = sae.rMag, let bMag = sae.bMag {
+            magnitudeScale = try sae.vector(rMag, features: computed).map { Foundation.exp($0) }
+            magnitudeBias = try sae.vector(bMag, features: computed)
+        }
+        let decoderNorms: [Float]? = try topK != nil && sae.config.rescaleByDecoderNorm ? sae.decoderNorms(features: computed) : nil
+        var decoderBias: [Float]?
+        if sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() }
         let normalization = sae.config.normalization
         let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
         let window = options.windowLength

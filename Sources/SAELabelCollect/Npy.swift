@@ -224,6 +224,10 @@ final class NpzArchive: @unchecked Sendable {
         guard let header = arrays[name], let entry = archive[name + ".npy"] else {
             throw .badInput(location: location(name), problem: "missing")
         }
+        guard rowLength > 0, header.elementCount % rowLength == 0 else {
+            throw .badInput(location: location(name), problem: "shape \(header.shape) cannot be read in rows of \(rowLength)")
+        }
+        guard header.elementCount > 0 else { return }
         let elementBytes = header.dtype.byteCount
         let rowBytes = rowLength * elementBytes
         let rowsPerChunk = max(1, (4 << 20) / max(1, rowBytes))
@@ -244,7 +248,7 @@ final class NpzArchive: @unchecked Sendable {
                 var consumed = 0
                 while pending.count - consumed >= rowBytes {
                     let rows = min(rowsPerChunk, (pending.count - consumed) / rowBytes)
-                    pending.withUnsafeBytes { bytes in
+                    pending.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) in
                         convertFloats(bytes.baseAddress! + consumed, dtype: header.dtype, count: rows * rowLength, into: floats)
                     }
                     try body(row, rows, floats)

@@ -127,9 +127,9 @@ enum SAEFormats {
         }
         let normalization = try saelensNormalization(cfg, directory: directory)
         // b_dec of a transcoder has the output's width and is never subtracted (SAELens refuses apply_b_dec_to_input).
-        let apply = transcoder ? false : try cfg.bool("apply_b_dec_to_input", default: true)
+        let apply = try transcoder ? false : cfg.bool("apply_b_dec_to_input", default: true)
         let rescale = try cfg.bool("rescale_acts_by_decoder_norm", default: false)
-        let dOut = transcoder ? (try cfg.optionalInteger("d_out") ?? dIn) : dIn
+        let dOut = try transcoder ? (cfg.optionalInteger("d_out") ?? dIn) : dIn
         guard FileManager.default.fileExists(atPath: weightsPath) else {
             throw .badInput(location: weightsPath, problem: "missing; an SAELens SAE folder holds cfg.json and sae_weights.safetensors")
         }
@@ -144,8 +144,8 @@ enum SAEFormats {
         }
         let wEnc = try check("W_enc", [dIn, dSAE])
         let bDec = try check("b_dec", [dOut])
-        let wDec = weights.tensors["W_dec"] != nil ? try check("W_dec", [dSAE, dOut]) : nil
-        let bEnc = architecture == .gated ? try check("b_gate", [dSAE]) : try check("b_enc", [dSAE])
+        let wDec = try weights.tensors["W_dec"] != nil ? check("W_dec", [dSAE, dOut]) : nil
+        let bEnc = try check(architecture == .gated ? "b_gate" : "b_enc", [dSAE])
         let config = SAEConfig(dIn: dIn, dSAE: dSAE, architecture: architecture, applyBDecToInput: apply,
                                normalization: normalization, rescaleByDecoderNorm: rescale && architecture != .gated,
                                hookName: cfg.string("hook_name") ?? cfg.string("hook_point") ?? "",

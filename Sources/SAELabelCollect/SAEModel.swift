@@ -135,8 +135,8 @@ struct SAEModel: @unchecked Sendable {
     func gatherEncoder(features: [Int]) throws(SAELabelError) -> [Float] {
         let dIn = config.dIn, dSAE = config.dSAE
         var gathered = [Float](repeating: 0, count: features.count * dIn)
-        try gathered.withUnsafeMutableBufferPointer { (out: inout UnsafeMutableBufferPointer<Float>) throws(SAELabelError) in
-            let out = out.baseAddress!
+        try gathered.withUnsafeMutableBufferPointer { (buffer: inout UnsafeMutableBufferPointer<Float>) throws(SAELabelError) in
+            let out = buffer.baseAddress!
             if featureMajor {
                 // Direct reads when the file is mapped; otherwise one streaming pass keeping the selected rows.
                 var direct = true
