@@ -231,24 +231,23 @@ final class NpzArchive: @unchecked Sendable {
         let elementBytes = header.dtype.byteCount
         let rowBytes = rowLength * elementBytes
         let rowsPerChunk = max(1, (4 << 20) / max(1, rowBytes))
-        var pending = Data()
+        // Bytes of a row still incomplete at the end of a chunk; an array, so its storage is reused (a Data that
+        // is repeatedly sliced and appended keeps growing).
+        var pending: [UInt8] = []
+        pending.reserveCapacity(rowsPerChunk * rowBytes + (1 << 20))
         var skip = header.dataOffset
         var row = 0
         let floats = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerChunk * rowLength)
         defer { floats.deallocate() }
         do {
             _ = try archive.extract(entry, bufferSize: 1 << 20, skipCRC32: false) { data in
-                var chunk = data
-                if skip > 0 {
-                    let dropped = min(skip, chunk.count)
-                    chunk = chunk.dropFirst(dropped)
-                    skip -= dropped
-                }
-                pending.append(chunk)
+                let dropped = min(skip, data.count)
+                skip -= dropped
+                pending.append(contentsOf: data.dropFirst(dropped))
                 var consumed = 0
                 while pending.count - consumed >= rowBytes {
                     let rows = min(rowsPerChunk, (pending.count - consumed) / rowBytes)
-                    pending.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) in
+                    pending.withUnsafeBytes { bytes in
                         convertFloats(bytes.baseAddress! + consumed, dtype: header.dtype, count: rows * rowLength, into: floats)
                     }
                     try body(row, rows, floats)
