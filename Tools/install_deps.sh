@@ -16,7 +16,7 @@ for arg in "$@"; do
   esac
 done
 
-packages=(libcurl4-openssl-dev libopenblas-dev libsqlite3-dev pkg-config)
+packages=(libcurl4-openssl-dev libopenblas-dev libsqlite3-dev pkg-config zlib1g-dev)
 [ "$want_browser" = 1 ] && packages+=(chromium fonts-liberation fonts-dejavu-core)
 missing=()
 for package in "${packages[@]}"; do

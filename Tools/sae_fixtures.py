@@ -9,7 +9,8 @@ tokenizer.json, the SAEs below, and reference.json: {sae_path: {"max": [per feat
 where frequency is the fraction of all tokens on which the feature is non-zero. Encodes follow:
 - Gemma Scope params.npz: relu(x·W_enc + b_enc)·(pre > threshold), no b_dec subtraction (SAELens
   pretrained_sae_loaders.py gemma_2 loader; delphi sparse_coders/custom/gemmascope.py).
-- sparsify: relu((x − b_dec)·encoder.weightᵀ + encoder.bias), keep the top k (sparsify/fused_encoder.py).
+- sparsify: relu((x − b_dec)·encoder.weightᵀ + encoder.bias), keep the top k, or each group's maximum for
+  groupmax (sparsify/fused_encoder.py).
 - SAELens gated (sae_lens/saes/gated_sae.py), jumprelu_transcoder (transcoder.py, no b_dec on input),
   topk with rescale_acts_by_decoder_norm (topk_sae.py) after layer_norm (sae.py run_time_activation_norm_fn_in),
   standard with constant_norm_rescale in float16.
@@ -86,6 +87,19 @@ def main():
                                                       "skip_connection": False, "transcode": transcode, "d_in": D_IN})
         pre = np.maximum((x if transcode else x - dec_bias) @ encoder.astype(np.float64).T + bias, 0)
         reference["sparsify-run/" + hookpoint] = stats(np.where(topk_mask(pre, k), pre, 0))
+
+    # sparsify groupmax: 24 latents in k = 6 groups of 4, each keeping its largest (sparsify/fused_encoder.py).
+    encoder, bias = weights(D_SAE, D_IN, scale=0.3), (rng.normal(size=D_SAE) * 0.2).astype(np.float32)
+    dec_bias = (rng.normal(size=D_IN) * 0.5).astype(np.float32)
+    folder = os.path.join(out, "sparsify-groupmax")
+    os.makedirs(folder, exist_ok=True)
+    save_file({"encoder.weight": encoder, "encoder.bias": bias, "W_dec": weights(D_SAE, D_IN), "b_dec": dec_bias},
+              os.path.join(folder, "sae.safetensors"))
+    write_json(os.path.join(folder, "cfg.json"), {"activation": "groupmax", "num_latents": D_SAE, "k": 6, "d_in": D_IN})
+    pre = np.maximum((x - dec_bias) @ encoder.astype(np.float64).T + bias, 0).reshape(-1, 6, D_SAE // 6)
+    kept = np.zeros_like(pre)
+    np.put_along_axis(kept, pre.argmax(axis=-1)[..., None], pre.max(axis=-1)[..., None], axis=-1)
+    reference["sparsify-groupmax"] = stats(kept.reshape(-1, D_SAE))
 
     def saelens(name, tensors, cfg):
         os.makedirs(os.path.join(out, name), exist_ok=True)

@@ -22,10 +22,15 @@ struct DenseEncoder {
         let computed: [Int]
         let rowOfSlot: [Int]
         var topK: Int?
+        var groupCount: Int?
         if case .topk(let k) = sae.config.architecture, !selected.isEmpty {
             computed = Array(0..<inputs.featureCount)
             rowOfSlot = selected
             topK = k
+        } else if case .groupMax(let groups) = sae.config.architecture, !selected.isEmpty {
+            computed = Array(0..<inputs.featureCount)
+            rowOfSlot = selected
+            groupCount = groups
         } else {
             computed = selected
             rowOfSlot = Array(selected.indices)
@@ -54,7 +59,8 @@ struct DenseEncoder {
         let output = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * batch))
         let kth = UnsafeMutablePointer<Float>.allocate(capacity: batch)
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: topK == nil ? 1 : rows * 8)
-        defer { input.deallocate(); output.deallocate(); kth.deallocate(); scratch.deallocate() }
+        let groupMaxima = UnsafeMutablePointer<Float>.allocate(capacity: (groupCount ?? 0) * batch + 1)
+        defer { input.deallocate(); output.deallocate(); kth.deallocate(); scratch.deallocate(); groupMaxima.deallocate() }
 
         struct BatchWindow { var offset: Int; var length: Int; var sequence: Int; var start: Int; var order: Int64 }
         var windows: [BatchWindow] = []
@@ -80,10 +86,19 @@ struct DenseEncoder {
             }
             if let k = topK { kthLargest(output: output, rows: rows, tokens: fill, stride: batch, bias: bias, scale: decoderNorms,
                                          k: k, scratch: scratch, into: kth) }
+            if let groups = groupCount {
+                groupMaximum(output: output, rows: rows, tokens: fill, stride: batch, bias: bias, groups: groups, into: groupMaxima)
+            }
             for (slot, row) in rowOfSlot.enumerated() {
                 let values = output + row * batch
                 let b = bias[row]
-                if topK != nil {
+                if let groups = groupCount {
+                    let maxima = groupMaxima + (row / (rows / groups)) * batch
+                    for index in 0..<fill {
+                        let v = values[index] + b
+                        values[index] = (v >= maxima[index] && v > 0) ? v : 0
+                    }
+                } else if topK != nil {
                     let s = decoderNorms?[row] ?? 1
                     for index in 0..<fill {
                         let v = (values[index] + b) * s
@@ -217,6 +232,22 @@ func normalize(_ row: UnsafeMutablePointer<Float>, dIn: Int, squares: Float, _ n
         let std = (variance / Float(max(1, dIn - 1))).squareRoot()  // torch.std: Bessel's correction
         let inverse = 1 / (std + 1e-5)
         for d in 0..<dIn { row[d] *= inverse }
+    }
+}
+
+/// For each of `groups` equal, consecutive groups of features and each token, the largest `pre + bias`
+/// (sparsify's groupmax activation keeps only each group's maximum, sparsify/fused_encoder.py).
+func groupMaximum(output: UnsafeMutablePointer<Float>, rows: Int, tokens: Int, stride: Int, bias: [Float], groups: Int,
+                  into maxima: UnsafeMutablePointer<Float>) {
+    let size = rows / groups
+    for group in 0..<groups {
+        let target = maxima + group * stride
+        for index in 0..<tokens { target[index] = -.infinity }
+        for row in (group * size)..<((group + 1) * size) {
+            let source = output + row * stride
+            let b = bias[row]
+            for index in 0..<tokens { target[index] = max(target[index], source[index] + b) }
+        }
     }
 }
 

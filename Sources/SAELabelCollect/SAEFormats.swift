@@ -258,8 +258,9 @@ enum SAEFormats {
         let dIn = try cfg.integer("d_in")
         let k = try cfg.integer("k")
         let transcode = try cfg.bool("transcode", default: false)
-        if let activation = cfg.string("activation"), activation != "topk" {
-            throw .badInput(location: "\(configPath): activation", problem: "'\(activation)' is not supported; sparsify coders with activation 'topk' are")
+        let activation = cfg.string("activation") ?? "topk"
+        guard activation == "topk" || activation == "groupmax" else {
+            throw .badInput(location: "\(configPath): activation", problem: "'\(activation)' is not supported; sparsify's activations are topk and groupmax")
         }
         let weights = try SafetensorsFile(path: weightsPath)
         let encoderInfo = try weights.tensor("encoder.weight", rank: 2, floating: true)
@@ -272,6 +273,9 @@ enum SAEFormats {
                             problem: "shape \(encoderInfo.shape) does not match cfg.json (expected [\(expected > 0 ? expected : dSAE), \(dIn)] from d_in, num_latents, expansion_factor)")
         }
         guard k <= dSAE else { throw .badInput(location: "\(configPath): k", problem: "k = \(k) exceeds the \(dSAE) latents") }
+        guard activation != "groupmax" || dSAE % k == 0 else {
+            throw .badInput(location: "\(configPath): k", problem: "groupmax needs the \(dSAE) latents to split into k = \(k) equal groups")
+        }
         func check(_ name: String, _ shape: [Int]) throws(SAELabelError) -> SAETensor {
             let info = try weights.tensor(name, rank: shape.count, floating: true)
             guard info.shape == shape else {
@@ -283,7 +287,7 @@ enum SAEFormats {
         let bDec = try check("b_dec", [dIn])
         if weights.tensors["W_dec"] != nil { _ = try check("W_dec", [dSAE, dIn]) }
         let hook = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
-        let config = SAEConfig(dIn: dIn, dSAE: dSAE, architecture: .topk(k), applyBDecToInput: !transcode,
+        let config = SAEConfig(dIn: dIn, dSAE: dSAE, architecture: activation == "groupmax" ? .groupMax(k) : .topk(k), applyBDecToInput: !transcode,
                                hookName: hook, modelName: "", neuronpediaID: nil)
         let encoder = SAETensor(source: .safetensors(weights, encoderInfo), shape: encoderInfo.shape,
                                 location: weights.location("encoder.weight"))

@@ -9,6 +9,8 @@ enum SAEArchitecture: Sendable, Equatable {
     case jumprelu
     /// Keep the k largest of pre, then relu.
     case topk(Int)
+    /// sparsify's groupmax: the features form this many equal groups; each keeps only its largest, then relu.
+    case groupMax(Int)
     /// (x'·W_enc + b_gate > 0) · relu(x'·(W_enc ⊙ exp(r_mag)) + b_mag) (SAELens sae_lens/saes/gated_sae.py).
     case gated
 }

@@ -21,7 +21,7 @@ import TestSupport
     }
 
     @Test(arguments: ["gemma-scope/layer_3/width_24/average_l0_5", "gemma-scope/layer_3/width_24/average_l0_5/params.npz",
-                      "gemma-compressed", "gemma-fortran", "sparsify-run/layers.1", "sparsify-run/layers.4.mlp",
+                      "gemma-compressed", "gemma-fortran", "sparsify-run/layers.1", "sparsify-run/layers.4.mlp", "sparsify-groupmax",
                       "saelens-gated", "saelens-transcoder", "saelens-topk-layernorm", "saelens-constnorm-f16",
                       "saelens-expected-average"])
     func collectMatchesTheFormatsOwnEncode(sae: String) async throws {
@@ -92,7 +92,7 @@ import TestSupport
         expectRefused(try await collect(dir, sae: run + "/layers.1", db: "f.sqlite"), dir: dir, db: "f.sqlite",
                       mentions: ["sae.safetensors: tensor encoder.weight", "[24, 16]"])
         // A folder holding no SAE names what was expected.
-        expectRefused(try await collect(dir, sae: dir.path, db: "g.sqlite"), dir: dir, db: "g.sqlite",
+        expectRefused(try await collect(dir, sae: dir.file("gemma-scope/layer_3"), db: "g.sqlite"), dir: dir, db: "g.sqlite",
                       mentions: ["params.npz", "sae_weights.safetensors", "sae.safetensors"])
         // Unknown tokenizer model type.
         try dir.write("odd-tokenizer.json", #"{"model": {"type": "Morpheme", "vocab": {}}, "added_tokens": []}"#)
