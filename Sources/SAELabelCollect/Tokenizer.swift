@@ -30,7 +30,10 @@ indirect enum DecoderStep: Sendable {
 public struct TokenDecoder: Sendable {
     /// The token string of each id (added tokens override the model's vocabulary); nil where there is no such id.
     let tokens: [String?]
-    /// nil: the tokenizer has no decoder, and `tokenizers` joins the tokens with spaces.
+    /// `tokens` after the Replace steps that open the decoder chain: they act on each token alone, so they are
+    /// applied once here instead of on every window (the Llama 2 chain starts with Replace("▁", " ")).
+    let replacedTokens: [String?]
+    /// The rest of the decoder chain; nil: the tokenizer has no decoder, and `tokenizers` joins tokens with spaces.
     let decoder: DecoderStep?
     public let path: String
     /// Ids of added tokens marked `special` (BOS, EOS, padding …), excluded from collection by default.
@@ -86,11 +89,39 @@ public struct TokenDecoder: Sendable {
         for (id, value) in table { tokens[id] = value }
         self.tokens = tokens
         specialTokenIDs = special
+        var chain: DecoderStep?
         if let decoder = root["decoder"], !(decoder is NSNull) {
-            self.decoder = try TokenDecoder.parseDecoder(decoder, location: "\(path): decoder")
-        } else {
-            decoder = nil
+            chain = try TokenDecoder.parseDecoder(decoder, location: "\(path): decoder")
         }
+        var replaced = tokens
+        while let step = chain {
+            if case .replace(let pattern, let content) = step {
+                replaced = replaced.map { $0.map { TokenDecoder.replace(pattern, with: content, in: $0) } }
+                chain = nil
+            } else if case .sequence(let steps) = step, case .replace(let pattern, let content)? = steps.first {
+                replaced = replaced.map { $0.map { TokenDecoder.replace(pattern, with: content, in: $0) } }
+                chain = .sequence(Array(steps.dropFirst()))
+            } else {
+                break
+            }
+        }
+        replacedTokens = replaced
+        decoder = chain
+    }
+
+    /// Literal replacement matching Unicode scalars, as `tokenizers` matches chars.
+    static func replace(_ pattern: String, with content: String, in text: String) -> String {
+        guard !pattern.isEmpty else { return text }
+        let scalars = pattern.unicodeScalars
+        if scalars.count == 1, let target = scalars.first {
+            guard text.unicodeScalars.contains(target) else { return text }
+            var result = String.UnicodeScalarView()
+            for scalar in text.unicodeScalars {
+                if scalar == target { result.append(contentsOf: content.unicodeScalars) } else { result.append(scalar) }
+            }
+            return String(result)
+        }
+        return text.replacingOccurrences(of: pattern, with: content, options: .literal)
     }
 
     static func parseDecoder(_ value: Any, location: String) throws(SAELabelError) -> DecoderStep {
@@ -159,6 +190,20 @@ public struct TokenDecoder: Sendable {
     public func contains(_ id: Int) -> Bool { id >= 0 && id < tokens.count && tokens[id] != nil }
 
     /// GPT-2's `bytes_to_unicode` inverted: printable bytes map to themselves, the other 68 bytes to U+0100….
+    /// The same inverse as a table indexed by scalar value (−1: not in the alphabet), for the per-token hot path.
+    static let byteAlphabetTable: [Int16] = {
+        var table = [Int16](repeating: -1, count: 0x144)
+        for (scalar, byte) in byteAlphabetInverse { table[Int(scalar.value)] = Int16(byte) }
+        return table
+    }()
+
+    @inline(__always)
+    static func alphabetByte(_ scalar: Unicode.Scalar) -> UInt8? {
+        let value = Int(scalar.value)
+        guard value < byteAlphabetTable.count, byteAlphabetTable[value] >= 0 else { return nil }
+        return UInt8(byteAlphabetTable[value])
+    }
+
     static let byteAlphabetInverse: [Unicode.Scalar: UInt8] = {
         var printable = Array(33...126) + Array(161...172) + Array(174...255)
         var scalars = printable
@@ -184,7 +229,7 @@ public struct TokenDecoder: Sendable {
         // Each step works on a list of logical tokens, as tokenizers' `decode_chain` does; a logical token is a
         // list of pieces that remember which window position they came from, so joined results can be split back.
         var logical: [[Piece]] = ids.enumerated().map { position, id in
-            [Piece(owner: position, text: id >= 0 && id < tokens.count ? tokens[id] ?? "" : "")]
+            [Piece(owner: position, text: id >= 0 && id < replacedTokens.count ? replacedTokens[id] ?? "" : "")]
         }
         if let decoder {
             logical = TokenDecoder.apply(decoder, to: logical)
@@ -213,10 +258,10 @@ public struct TokenDecoder: Sendable {
             var bytes: [UInt8] = [], owners: [Int] = []
             for token in tokens {
                 // A token whose characters are not all in the byte alphabet is taken as its UTF-8 (byte_level.rs).
-                let mapped = token.allSatisfy { $0.text.unicodeScalars.allSatisfy { byteAlphabetInverse[$0] != nil } }
+                let mapped = token.allSatisfy { $0.text.unicodeScalars.allSatisfy { alphabetByte($0) != nil } }
                 for piece in token {
                     if mapped {
-                        for scalar in piece.text.unicodeScalars { bytes.append(byteAlphabetInverse[scalar]!); owners.append(piece.owner) }
+                        for scalar in piece.text.unicodeScalars { bytes.append(alphabetByte(scalar)!); owners.append(piece.owner) }
                     } else {
                         bytes.append(contentsOf: piece.text.utf8)
                         owners.append(contentsOf: repeatElement(piece.owner, count: piece.text.utf8.count))
@@ -264,7 +309,7 @@ public struct TokenDecoder: Sendable {
             }
         case .replace(let pattern, let content):
             guard !pattern.isEmpty else { return tokens }
-            return tokens.map { token in token.map { Piece(owner: $0.owner, text: $0.text.replacingOccurrences(of: pattern, with: content, options: .literal)) } }
+            return tokens.map { token in token.map { Piece(owner: $0.owner, text: replace(pattern, with: content, in: $0.text)) } }
         case .strip(let content, let start, let stop):
             return tokens.map { token in
                 var token = token
@@ -309,8 +354,9 @@ public struct TokenDecoder: Sendable {
     /// The byte of a `<0xNN>` token (exactly six characters, two hex digits), else nil.
     static func byteToken(_ token: [Piece]) -> UInt8? {
         let text = token.count == 1 ? token[0].text : token.map(\.text).joined()
+        guard text.utf8.count == 6 else { return nil }
         let utf8 = Array(text.utf8)
-        guard utf8.count == 6, text.hasPrefix("<0x"), text.hasSuffix(">") else { return nil }
+        guard utf8[0] == UInt8(ascii: "<"), utf8[1] == UInt8(ascii: "0"), utf8[2] == UInt8(ascii: "x"), utf8[5] == UInt8(ascii: ">") else { return nil }
         return UInt8(String(decoding: utf8[3..<5], as: UTF8.self), radix: 16)
     }
 
