@@ -11,7 +11,8 @@ where frequency is the fraction of all tokens on which the feature is non-zero. 
   pretrained_sae_loaders.py gemma_2 loader; delphi sparse_coders/custom/gemmascope.py).
 - sparsify: relu((x − b_dec)·encoder.weightᵀ + encoder.bias), keep the top k, or each group's maximum for
   groupmax (sparsify/fused_encoder.py).
-- SAELens gated (sae_lens/saes/gated_sae.py), jumprelu_transcoder (transcoder.py, no b_dec on input),
+- SAELens gated (sae_lens/saes/gated_sae.py), jumprelu_transcoder and skip_transcoder (transcoder.py, no b_dec
+  on input),
   topk with rescale_acts_by_decoder_norm (topk_sae.py) after layer_norm (sae.py run_time_activation_norm_fn_in),
   standard with constant_norm_rescale in float16.
 """
@@ -129,6 +130,14 @@ def main():
              "normalize_activations": "none", "dtype": "float32"})
     pre = x @ w_enc + b_enc
     reference["saelens-transcoder"] = stats(np.where(pre > threshold, np.maximum(pre, 0), 0))
+
+    # SAELens skip_transcoder: a ReLU encoder; W_skip only adds to the output, never to the features.
+    w_enc, b_enc = weights(D_IN, D_SAE), (rng.normal(size=D_SAE) * 0.3).astype(np.float32)
+    saelens("saelens-skip-transcoder", {"W_enc": w_enc, "b_enc": b_enc, "W_dec": weights(D_SAE, d_out),
+                                        "b_dec": (rng.normal(size=d_out)).astype(np.float32), "W_skip": weights(d_out, D_IN)},
+            {"architecture": "skip_transcoder", "d_out": d_out, "apply_b_dec_to_input": False,
+             "normalize_activations": "none", "dtype": "float32"})
+    reference["saelens-skip-transcoder"] = stats(np.maximum(x @ w_enc + b_enc, 0))
 
     # SAELens topk with rescale_acts_by_decoder_norm, on layer-normed input.
     w_enc, w_dec = weights(D_IN, D_SAE), weights(D_SAE, D_IN, scale=0.6)
