@@ -153,6 +153,9 @@ enum SAEFormats {
         var model = SAEModel(config: config, format: .saelens, path: directory,
                              files: [(weightsPath, "sae_weights"), (configPath, "sae_cfg")],
                              encoder: wEnc, bEnc: bEnc, bDec: apply ? bDec : nil)
+        if case .scale = normalization {
+            model.files.append(((directory as NSString).appendingPathComponent("activation_scaler.json"), "sae_activation_scaler"))
+        }
         switch architecture {
         case .jumprelu:
             if weights.tensors["threshold"] == nil, weights.tensors["log_threshold"] != nil {
