@@ -2,7 +2,7 @@ import Foundation
 import SAELabelCore
 
 /// Finds out which SAE format a `--sae` path holds and opens it (SPEC §10).
-enum SAEFormats {
+public enum SAEFormats {
     static let expected = "expected an SAELens folder (cfg.json + sae_weights.safetensors), a Gemma Scope params.npz "
         + "or the folder holding it, or a sparsify hookpoint folder (cfg.json + sae.safetensors)"
 
@@ -11,11 +11,7 @@ enum SAEFormats {
         var isDirectory: ObjCBool = false
         guard manager.fileExists(atPath: path, isDirectory: &isDirectory) else {
             // A sparsify run folder's hookpoint given by a wrong name: say which hookpoints exist.
-            let parent = (path as NSString).deletingLastPathComponent
-            let hookpoints = sparsifyHookpoints(in: parent.isEmpty ? "." : parent)
-            if !hookpoints.isEmpty {
-                throw .badInput(location: path, problem: "no such sparsify hookpoint; \(parent) holds: \(hookpoints.joined(separator: ", "))")
-            }
+            if let hint = missingPathHint(path) { throw .badInput(location: path, problem: hint) }
             throw .badInput(location: path, problem: "does not exist; \(expected)")
         }
         if !isDirectory.boolValue {
@@ -38,6 +34,14 @@ enum SAEFormats {
                             problem: "missing; an SAELens SAE folder holds cfg.json and sae_weights.safetensors")
         }
         throw .badInput(location: path, problem: "holds no SAE; \(expected)")
+    }
+
+    /// For a `--sae` / `[inputs] sae` path that does not exist: which sparsify hookpoints its folder holds, if any.
+    public static func missingPathHint(_ path: String) -> String? {
+        guard !FileManager.default.fileExists(atPath: path) else { return nil }
+        let parent = (path as NSString).deletingLastPathComponent
+        let hookpoints = sparsifyHookpoints(in: parent.isEmpty ? "." : parent)
+        return hookpoints.isEmpty ? nil : "no such sparsify hookpoint; \(parent) holds: \(hookpoints.joined(separator: ", "))"
     }
 
     /// Subfolders holding a sparsify hookpoint (cfg.json + sae.safetensors), sorted.

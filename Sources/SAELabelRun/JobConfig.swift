@@ -1,4 +1,5 @@
 import Foundation
+import SAELabelCollect
 import SAELabelCore
 import TOMLKit
 
@@ -156,6 +157,9 @@ struct JobConfigReader {
             guard !config.inputs.activations.isEmpty else {
                 throw .badInput(location: "\(file): [inputs] activations", problem: "missing; list the activation safetensors files")
             }
+        }
+        if let sae = config.inputs.sae, let hint = SAEFormats.missingPathHint(sae) {
+            throw .badInput(location: "\(file): [inputs] sae", problem: "\(sae): \(hint)")
         }
         for (key, value) in [("sae", config.inputs.sae), ("latents", config.inputs.latents), ("tokenizer", config.inputs.tokenizer)] {
             if let value { try mustExist(value, key: "[inputs] \(key)") }

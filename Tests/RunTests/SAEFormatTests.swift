@@ -85,6 +85,17 @@ import TestSupport
         expectRefused(try await collect(dir, sae: run, db: "d.sqlite"), dir: dir, db: "d.sqlite", mentions: ["layers.1", "layers.4.mlp"])
         expectRefused(try await collect(dir, sae: run + "/layers.2", db: "e.sqlite"), dir: dir, db: "e.sqlite",
                       mentions: ["layers.2", "layers.1, layers.4.mlp"])
+        // The same through a job file's [inputs] sae.
+        let job = try dir.write("job.toml", """
+            [job]
+            store = "job.sqlite"
+            [inputs]
+            sae = "sparsify-run/layers.2"
+            activations = ["activations.safetensors"]
+            tokenizer = "tokenizer.json"
+            """)
+        expectRefused(try await runSAELabel(["run", "--config", job, "--stage", "collect"]), dir: dir, db: "job.sqlite",
+                      mentions: ["job.toml: [inputs] sae", "layers.2", "layers.1, layers.4.mlp"])
         // sparsify shape mismatch: cfg.json's d_in disagrees with encoder.weight.
         let cfgPath = run + "/layers.1/cfg.json"
         let cfg = try String(contentsOfFile: cfgPath, encoding: .utf8).replacingOccurrences(of: "\"d_in\": 16", with: "\"d_in\": 15")
