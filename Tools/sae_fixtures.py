@@ -139,6 +139,15 @@ def main():
              "normalize_activations": "none", "dtype": "float32"})
     reference["saelens-skip-transcoder"] = stats(np.maximum(x @ w_enc + b_enc, 0))
 
+    # SAELens BatchTopK training checkpoint: one global float64 topk_threshold (batchtopk_sae.py).
+    w_enc, b_enc = weights(D_IN, D_SAE), (rng.normal(size=D_SAE) * 0.3).astype(np.float32)
+    b_dec = (rng.normal(size=D_IN) * 0.2).astype(np.float32)
+    saelens("saelens-batchtopk", {"W_enc": w_enc, "b_enc": b_enc, "W_dec": weights(D_SAE, D_IN), "b_dec": b_dec,
+                                  "topk_threshold": np.array(0.35, dtype=np.float64)},
+            {"architecture": "batchtopk", "k": 4, "apply_b_dec_to_input": True, "normalize_activations": "none", "dtype": "float32"})
+    pre = (x - b_dec) @ w_enc + b_enc
+    reference["saelens-batchtopk"] = stats(np.where(pre > 0.35, np.maximum(pre, 0), 0))
+
     # SAELens topk with rescale_acts_by_decoder_norm, on layer-normed input.
     w_enc, w_dec = weights(D_IN, D_SAE), weights(D_SAE, D_IN, scale=0.6)
     b_enc, b_dec = (rng.normal(size=D_SAE) * 0.3).astype(np.float32), (rng.normal(size=D_IN) * 0.2).astype(np.float32)

@@ -165,6 +165,13 @@ public enum SAEFormats {
             if weights.tensors["threshold"] == nil, weights.tensors["log_threshold"] != nil {
                 model.threshold = try check("log_threshold", [dSAE])
                 model.thresholdIsLog = true
+            } else if weights.tensors["threshold"] == nil, architectureName == "batchtopk", let info = weights.tensors["topk_threshold"] {
+                // A BatchTopK training checkpoint: its one global threshold becomes every feature's JumpReLU threshold,
+                // as SAELens does when saving it for inference (batchtopk_sae.py process_state_dict_for_saving_inference).
+                guard info.elementCount == 1, info.dtype.isFloat || info.dtype == .f64 else {
+                    throw .badInput(location: weights.location("topk_threshold"), problem: "expected one float, found \(info.dtype.rawValue) \(info.shape)")
+                }
+                model.threshold = SAETensor(source: .safetensors(weights, info), shape: info.shape, location: weights.location("topk_threshold"))
             } else {
                 model.threshold = try check("threshold", [dSAE])
             }

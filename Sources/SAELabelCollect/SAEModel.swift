@@ -173,6 +173,10 @@ struct SAEModel: @unchecked Sendable {
 
     func thresholds(features: [Int]) throws(SAELabelError) -> [Float] {
         guard let threshold else { return [] }
+        if threshold.elementCount == 1, config.dSAE != 1 {  // one global threshold (BatchTopK checkpoint)
+            let global = try threshold.readFloats()[0]
+            return [Float](repeating: global, count: features.count)
+        }
         let values = try vector(threshold, features: features)
         return thresholdIsLog ? values.map { Foundation.exp($0) } : values
     }

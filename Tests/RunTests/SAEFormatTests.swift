@@ -22,7 +22,7 @@ import TestSupport
 
     @Test(arguments: ["gemma-scope/layer_3/width_24/average_l0_5", "gemma-scope/layer_3/width_24/average_l0_5/params.npz",
                       "gemma-compressed", "gemma-fortran", "sparsify-run/layers.1", "sparsify-run/layers.4.mlp", "sparsify-groupmax",
-                      "saelens-gated", "saelens-transcoder", "saelens-skip-transcoder", "saelens-topk-layernorm", "saelens-constnorm-f16",
+                      "saelens-gated", "saelens-transcoder", "saelens-skip-transcoder", "saelens-batchtopk", "saelens-topk-layernorm", "saelens-constnorm-f16",
                       "saelens-expected-average"])
     func collectMatchesTheFormatsOwnEncode(sae: String) async throws {
         let (dir, reference) = try await fixtures()
