@@ -115,7 +115,7 @@ public enum SAEFormats {
         var transcoder = false
         switch architectureName {
         case nil, "standard", "relu": architecture = .standard
-        case "jumprelu", "batchtopk": architecture = .jumprelu
+        case "jumprelu", "batchtopk", "matryoshka_batchtopk": architecture = .jumprelu
         case "gated": architecture = .gated
         case "topk":
             let k = try cfg.integer("k")
@@ -127,7 +127,7 @@ public enum SAEFormats {
         case "jumprelu_transcoder": architecture = .jumprelu; transcoder = true
         case let other?:
             throw .badInput(location: "\(configPath): architecture",
-                            problem: "architecture '\(other)' is not supported; supported: standard, jumprelu, topk, batchtopk, gated, transcoder, skip_transcoder, jumprelu_transcoder")
+                            problem: "architecture '\(other)' is not supported; supported: standard, jumprelu, topk, batchtopk, matryoshka_batchtopk, gated, transcoder, skip_transcoder, jumprelu_transcoder")
         }
         let normalization = try saelensNormalization(cfg, directory: directory)
         // b_dec of a transcoder has the output's width and is never subtracted (SAELens refuses apply_b_dec_to_input).
@@ -165,7 +165,7 @@ public enum SAEFormats {
             if weights.tensors["threshold"] == nil, weights.tensors["log_threshold"] != nil {
                 model.threshold = try check("log_threshold", [dSAE])
                 model.thresholdIsLog = true
-            } else if weights.tensors["threshold"] == nil, architectureName == "batchtopk", let info = weights.tensors["topk_threshold"] {
+            } else if weights.tensors["threshold"] == nil, architectureName?.hasSuffix("batchtopk") == true, let info = weights.tensors["topk_threshold"] {
                 // A BatchTopK training checkpoint: its one global threshold becomes every feature's JumpReLU threshold,
                 // as SAELens does when saving it for inference (batchtopk_sae.py process_state_dict_for_saving_inference).
                 guard info.elementCount == 1, info.dtype.isFloat || info.dtype == .f64 else {
