@@ -281,7 +281,7 @@ final class NpzArchive: @unchecked Sendable {
     }
 }
 
-/// Converts `count` little-endian elements of a float dtype to Float32.
+/// Converts `count` little-endian elements of a float dtype to Float32 (safetensors and .npy alike).
 func convertFloats(_ source: UnsafeRawPointer, dtype: SafetensorsDType, count: Int, into destination: UnsafeMutablePointer<Float>) {
     guard count > 0 else { return }
     switch dtype {
