@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.1.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", exact: "0.9.20"),
     ],
     targets: [
         // C shims
@@ -37,7 +38,7 @@ let package = Package(
 
         // Pipeline stages
         .target(name: "SAELabelCollect",
-                dependencies: ["SAELabelCore", "SAELabelStore", "COpenBLAS"],
+                dependencies: ["SAELabelCore", "SAELabelStore", "COpenBLAS", "ZIPFoundation"],
                 swiftSettings: strict + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
         .target(name: "LLMClient",
                 dependencies: ["CCurl", .product(name: "Logging", package: "swift-log"),

@@ -19,7 +19,7 @@ for arg in "$@"; do
   esac
 done
 
-packages=(libcurl4-openssl-dev libopenblas-dev libsqlite3-dev pkg-config)
+packages=(libcurl4-openssl-dev libopenblas-dev libsqlite3-dev pkg-config zlib1g-dev)
 [ "$want_browser" = 1 ] && packages+=(chromium fonts-liberation fonts-dejavu-core)
 [ "$want_slurm" = 1 ] && packages+=(slurmctld slurmd slurm-client munge)
 missing=()
@@ -32,6 +32,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The tests' format oracles: numpy (npy/npz), Hugging Face tokenizers (tokenizer.json) and safetensors.
+if ! python3 -c "import numpy, tokenizers, safetensors" 2>/dev/null; then
+  echo "installing numpy, tokenizers, safetensors (Python test oracles)"
+  python3 -m pip install --quiet --disable-pip-version-check numpy tokenizers safetensors
 fi
 
 if [ "$want_llm" = 1 ]; then

@@ -5,7 +5,8 @@ import SAELabelStore
 
 /// What to collect and how (see SPEC §2–§3). Defaults follow the project's brief.
 public struct CollectOptions: Sendable {
-    /// SAELens SAE directory (`cfg.json`, `sae_weights.safetensors`); nil when `latentsDirectory` is set.
+    /// SAE_PATH: an SAELens folder, a Gemma Scope params.npz (or its folder) or a sparsify hookpoint folder;
+    /// nil when `latentsDirectory` is set.
     public var saeDirectory: String?
     /// Dense activation shards (`tokens` [n_seq, ctx], `activations` [n_seq, ctx, d_in]), in corpus order.
     public var activationFiles: [String]
@@ -144,9 +145,9 @@ struct CollectInputs {
             }
             return try openLatents(directory: latentsDirectory, decoder: decoder)
         }
-        guard let saeDirectory = options.saeDirectory else { throw .usage("give --sae SAE_DIR with --activations FILE…, or --latents CACHE_DIR") }
+        guard let saeDirectory = options.saeDirectory else { throw .usage("give --sae SAE_PATH with --activations FILE…, or --latents CACHE_DIR") }
         guard !options.activationFiles.isEmpty else { throw .usage("give at least one --activations FILE") }
-        let sae = try SAEModel.open(directory: saeDirectory)
+        let sae = try SAEModel.open(path: saeDirectory)
         var shards: [DenseShard] = []
         var sequences = 0
         var tokens = 0
@@ -156,7 +157,7 @@ struct CollectInputs {
             let activationInfo = try file.tensor("activations", rank: 3, floating: true)
             guard activationInfo.shape[2] == sae.config.dIn else {
                 throw .badInput(location: file.location("activations"),
-                                problem: "d_in \(activationInfo.shape[2]) does not match the SAE's d_in \(sae.config.dIn) (\(sae.configPath))")
+                                problem: "d_in \(activationInfo.shape[2]) does not match the SAE's d_in \(sae.config.dIn) (\(sae.files[0].path))")
             }
             guard Array(activationInfo.shape[0..<2]) == tokenInfo.shape else {
                 throw .badInput(location: file.location("activations"),
@@ -167,7 +168,7 @@ struct CollectInputs {
             sequences += tokenInfo.shape[0]
             tokens += tokenInfo.elementCount
         }
-        let name = sae.config.neuronpediaID ?? URL(fileURLWithPath: saeDirectory).standardizedFileURL.lastPathComponent
+        let name = sae.config.neuronpediaID ?? (sae.format == .gemmaScope ? sae.path : URL(fileURLWithPath: sae.path).standardizedFileURL.lastPathComponent)
         return CollectInputs(sae: sae, dense: shards, decoder: decoder, featureCount: sae.config.dSAE, dIn: sae.config.dIn,
                              totalTokens: tokens, saeName: name, hookName: sae.config.hookName, modelName: sae.config.modelName)
     }
@@ -258,8 +259,7 @@ public enum Collector {
         try inputs.checkTokenCoverage()
         var fingerprints: [InputFingerprint] = []
         if let sae = inputs.sae {
-            fingerprints.append(try InputFingerprint.of(file: sae.weightsPath, role: "sae_weights"))
-            fingerprints.append(try InputFingerprint.of(file: sae.configPath, role: "sae_cfg"))
+            for file in sae.files { fingerprints.append(try InputFingerprint.of(file: file.path, role: file.role)) }
             for (index, shard) in inputs.dense.enumerated() {
                 fingerprints.append(try InputFingerprint.of(file: shard.file.path, role: "activations.\(index)"))
             }

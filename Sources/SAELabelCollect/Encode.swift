@@ -22,19 +22,34 @@ struct DenseEncoder {
         let computed: [Int]
         let rowOfSlot: [Int]
         var topK: Int?
+        var groupCount: Int?
         if case .topk(let k) = sae.config.architecture, !selected.isEmpty {
             computed = Array(0..<inputs.featureCount)
             rowOfSlot = selected
             topK = k
+        } else if case .groupMax(let groups) = sae.config.architecture, !selected.isEmpty {
+            computed = Array(0..<inputs.featureCount)
+            rowOfSlot = selected
+            groupCount = groups
         } else {
             computed = selected
             rowOfSlot = Array(selected.indices)
         }
         let isJumpReLU = sae.config.architecture == .jumprelu
-        let weights = sae.gatherEncoder(features: computed)
-        let bias = sae.vector(sae.bEnc, features: computed)
-        let thresholds = isJumpReLU ? sae.thresholds(features: computed) : []
-        let decoderBias: [Float]? = sae.config.applyBDecToInput ? sae.weights.readFloats(sae.bDec) : nil
+        let isGated = sae.config.architecture == .gated
+        let weights = try sae.gatherEncoder(features: computed)
+        let bias = try sae.vector(sae.bEnc, features: computed)
+        let thresholds = try isJumpReLU ? sae.thresholds(features: computed) : []
+        // Gated: the magnitude path reuses x'·W_enc, scaled by exp(r_mag) (sae_lens/saes/gated_sae.py `encode`).
+        var magnitudeScale: [Float] = [], magnitudeBias: [Float] = []
+        if isGated, let rMag = sae.rMag, let bMag = sae.bMag {
+            magnitudeScale = try sae.vector(rMag, features: computed).map { Foundation.exp($0) }
+            magnitudeBias = try sae.vector(bMag, features: computed)
+        }
+        let decoderNorms: [Float]? = try topK != nil && sae.config.rescaleByDecoderNorm ? sae.decoderNorms(features: computed) : nil
+        var decoderBias: [Float]?
+        if sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() }
+        let normalization = sae.config.normalization
         let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
         let window = options.windowLength
         let batch = max(window, options.batchTokens / window * window)
@@ -44,7 +59,8 @@ struct DenseEncoder {
         let output = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * batch))
         let kth = UnsafeMutablePointer<Float>.allocate(capacity: batch)
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: topK == nil ? 1 : rows * 8)
-        defer { input.deallocate(); output.deallocate(); kth.deallocate(); scratch.deallocate() }
+        let groupMaxima = UnsafeMutablePointer<Float>.allocate(capacity: (groupCount ?? 0) * batch + 1)
+        defer { input.deallocate(); output.deallocate(); kth.deallocate(); scratch.deallocate(); groupMaxima.deallocate() }
 
         struct BatchWindow { var offset: Int; var length: Int; var sequence: Int; var start: Int; var order: Int64 }
         var windows: [BatchWindow] = []
@@ -68,15 +84,32 @@ struct DenseEncoder {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(fill), Int32(dIn),
                             1, w.baseAddress, Int32(dIn), input, Int32(dIn), 0, output, Int32(batch))
             }
-            if let k = topK { kthLargest(output: output, rows: rows, tokens: fill, stride: batch, bias: bias, k: k,
-                                         scratch: scratch, into: kth) }
+            if let k = topK { kthLargest(output: output, rows: rows, tokens: fill, stride: batch, bias: bias, scale: decoderNorms,
+                                         k: k, scratch: scratch, into: kth) }
+            if let groups = groupCount {
+                groupMaximum(output: output, rows: rows, tokens: fill, stride: batch, bias: bias, groups: groups, into: groupMaxima)
+            }
             for (slot, row) in rowOfSlot.enumerated() {
                 let values = output + row * batch
                 let b = bias[row]
-                if topK != nil {
+                if let groups = groupCount {
+                    let maxima = groupMaxima + (row / (rows / groups)) * batch
                     for index in 0..<fill {
                         let v = values[index] + b
+                        values[index] = (v >= maxima[index] && v > 0) ? v : 0
+                    }
+                } else if topK != nil {
+                    let s = decoderNorms?[row] ?? 1
+                    for index in 0..<fill {
+                        let v = (values[index] + b) * s
                         values[index] = (v >= kth[index] && v > 0) ? v : 0
+                    }
+                } else if isGated {
+                    let scale = magnitudeScale[row], magnitude = magnitudeBias[row]
+                    for index in 0..<fill {
+                        let p = values[index]
+                        let m = p * scale + magnitude
+                        values[index] = (p + b > 0 && m > 0) ? m : 0
                     }
                 } else if isJumpReLU {
                     let t = thresholds[row]
@@ -133,6 +166,7 @@ struct DenseEncoder {
                             excludedInBatch.append(fill + offset)
                             excludedTotal += 1
                         }
+                        normalize(row, dIn: dIn, squares: squares, normalization)
                         if let decoderBias {
                             for d in 0..<dIn { row[d] -= decoderBias[d] }
                         }
@@ -173,16 +207,65 @@ func peakValue(_ values: UnsafeMutablePointer<Float>, _ count: Int) -> Float {
     return peak
 }
 
-/// For each token (column), the k-th largest of `pre + bias` over all `rows` features.
-func kthLargest(output: UnsafeMutablePointer<Float>, rows: Int, tokens: Int, stride: Int, bias: [Float], k: Int,
-                scratch: UnsafeMutablePointer<Float>, into result: UnsafeMutablePointer<Float>) {
+/// Applies the SAE's input normalization to one activation vector in place (`squares` = ‖row‖²), as SAELens's
+/// `run_time_activation_norm_fn_in` (sae_lens/saes/sae.py) does before b_dec is subtracted.
+@inline(__always)
+func normalize(_ row: UnsafeMutablePointer<Float>, dIn: Int, squares: Float, _ normalization: InputNormalization) {
+    switch normalization {
+    case .none:
+        return
+    case .scale(let factor):
+        for d in 0..<dIn { row[d] *= factor }
+    case .constantNormRescale:
+        guard squares > 0 else { return }
+        let factor = Float(dIn).squareRoot() / squares.squareRoot()
+        for d in 0..<dIn { row[d] *= factor }
+    case .layerNorm:
+        var mean: Float = 0
+        for d in 0..<dIn { mean += row[d] }
+        mean /= Float(dIn)
+        var variance: Float = 0
+        for d in 0..<dIn {
+            row[d] -= mean
+            variance += row[d] * row[d]
+        }
+        let std = (variance / Float(max(1, dIn - 1))).squareRoot()  // torch.std: Bessel's correction
+        let inverse = 1 / (std + 1e-5)
+        for d in 0..<dIn { row[d] *= inverse }
+    }
+}
+
+/// For each of `groups` equal, consecutive groups of features and each token, the largest `pre + bias`
+/// (sparsify's groupmax activation keeps only each group's maximum, sparsify/fused_encoder.py).
+func groupMaximum(output: UnsafeMutablePointer<Float>, rows: Int, tokens: Int, stride: Int, bias: [Float], groups: Int,
+                  into maxima: UnsafeMutablePointer<Float>) {
+    let size = rows / groups
+    for group in 0..<groups {
+        let target = maxima + group * stride
+        for index in 0..<tokens { target[index] = -.infinity }
+        for row in (group * size)..<((group + 1) * size) {
+            let source = output + row * stride
+            let b = bias[row]
+            for index in 0..<tokens { target[index] = max(target[index], source[index] + b) }
+        }
+    }
+}
+
+/// For each token (column), the k-th largest of `(pre + bias)·scale` over all `rows` features.
+func kthLargest(output: UnsafeMutablePointer<Float>, rows: Int, tokens: Int, stride: Int, bias: [Float], scale: [Float]? = nil,
+                k: Int, scratch: UnsafeMutablePointer<Float>, into result: UnsafeMutablePointer<Float>) {
     var first = 0
     while first < tokens {
         let block = min(8, tokens - first)
         for row in 0..<rows {
             let source = output + row * stride + first
             let b = bias[row]
-            for column in 0..<block { scratch[column * rows + row] = source[column] + b }
+            if let scale {
+                let s = scale[row]
+                for column in 0..<block { scratch[column * rows + row] = (source[column] + b) * s }
+            } else {
+                for column in 0..<block { scratch[column * rows + row] = source[column] + b }
+            }
         }
         for column in 0..<block {
             result[first + column] = select(scratch + column * rows, count: rows, rank: k - 1)

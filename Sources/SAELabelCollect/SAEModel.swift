@@ -1,151 +1,200 @@
 import Foundation
 import SAELabelCore
 
-/// Activation functions saelabel can apply (SPEC §2).
+/// Activation functions saelabel can apply (SPEC §2, §10).
 enum SAEArchitecture: Sendable, Equatable {
+    /// relu(pre).
     case standard
+    /// relu(pre)·(pre > threshold).
     case jumprelu
+    /// Keep the k largest of pre, then relu.
     case topk(Int)
+    /// sparsify's groupmax: the features form this many equal groups; each keeps only its largest, then relu.
+    case groupMax(Int)
+    /// (x'·W_enc + b_gate > 0) · relu(x'·(W_enc ⊙ exp(r_mag)) + b_mag) (SAELens sae_lens/saes/gated_sae.py).
+    case gated
 }
 
-/// The parts of cfg.json that collect needs, from either the SAELens 6 form (`metadata.hook_name`)
-/// or the older flat form (`hook_point`, no `architecture` = standard).
+/// What is done to an activation vector before `b_dec` is subtracted (SAELens `normalize_activations`,
+/// `run_time_activation_norm_fn_in` in sae_lens/saes/sae.py).
+enum InputNormalization: Sendable, Equatable {
+    case none
+    /// `expected_average_only_in`: x · scaling_factor (the factor is in activation_scaler.json beside cfg.json).
+    case scale(Float)
+    /// `constant_norm_rescale`: x · √d_in / ‖x‖, per token.
+    case constantNormRescale
+    /// `layer_norm`: (x − mean) / (std + 1e-5), per token, std with Bessel's correction (torch.std's default).
+    case layerNorm
+}
+
+/// Where an SAE came from, detected from what is on disk.
+enum SAEFormat: String, Sendable {
+    case saelens = "SAELens"
+    case gemmaScope = "Gemma Scope"
+    case sparsify = "sparsify"
+}
+
+/// The format-independent description collect needs.
 struct SAEConfig: Sendable {
     var dIn: Int
     var dSAE: Int
     var architecture: SAEArchitecture
     var applyBDecToInput: Bool
+    var normalization: InputNormalization = .none
+    /// TopK SAEs with `rescale_acts_by_decoder_norm` rank and report pre·‖W_dec[f]‖ (SAELens topk_sae.py `encode`).
+    var rescaleByDecoderNorm = false
     var hookName: String
     var modelName: String
     var neuronpediaID: String?
+}
 
-    static func load(path: String) throws(SAELabelError) -> SAEConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw .badInput(location: path, problem: "cannot read cfg.json; an SAELens SAE directory holds cfg.json and sae_weights.safetensors")
+/// One float tensor of an SAE file, read as Float32 wherever it is stored.
+struct SAETensor: @unchecked Sendable {
+    enum Source {
+        case safetensors(SafetensorsFile, TensorInfo)
+        case npz(NpzArchive, String)
+    }
+
+    var source: Source
+    var shape: [Int]
+    var location: String
+    /// A 2-D tensor stored column by column (npy `fortran_order: True`): storage rows are logical columns.
+    var columnMajor = false
+
+    var elementCount: Int { shape.reduce(1, *) }
+
+    func readFloats() throws(SAELabelError) -> [Float] {
+        switch source {
+        case .safetensors(let file, let info): return file.readFloats(info)
+        case .npz(let archive, let name): return try archive.readFloats(name)
         }
-        guard let object = try? JSONSerialization.jsonObject(with: data), let cfg = object as? [String: Any] else {
-            throw .badInput(location: path, problem: "not a JSON object")
-        }
-        let metadata = cfg["metadata"] as? [String: Any] ?? [:]
-        func value(_ key: String) -> Any? {
-            if let found = cfg[key], !(found is NSNull) { return found }
-            if let found = metadata[key], !(found is NSNull) { return found }
-            return nil
-        }
-        func integer(_ key: String) throws(SAELabelError) -> Int {
-            guard let number = value(key) as? NSNumber, number.intValue > 0 else {
-                throw .badInput(location: "\(path): \(key)", problem: "missing or not a positive integer")
+    }
+
+    /// Streams the tensor in storage order as rows of `rowLength` Float32 values (several rows per call).
+    func streamRows(rowLength: Int,
+                    _ body: (_ firstRow: Int, _ rows: Int, _ values: UnsafePointer<Float>) throws(SAELabelError) -> Void) throws(SAELabelError) {
+        switch source {
+        case .npz(let archive, let name):
+            try archive.streamRows(name, rowLength: rowLength, body)
+        case .safetensors(let file, let info):
+            let rowsPerChunk = max(1, (1 << 20) / max(1, rowLength))
+            let totalRows = info.elementCount / max(1, rowLength)
+            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerChunk * rowLength)
+            defer { buffer.deallocate() }
+            var row = 0
+            while row < totalRows {
+                let rows = min(rowsPerChunk, totalRows - row)
+                file.readFloats(info, start: row * rowLength, count: rows * rowLength, into: buffer)
+                try body(row, rows, buffer)
+                file.release(info, start: row * rowLength, count: rows * rowLength)
+                row += rows
             }
-            return number.intValue
         }
-        let dIn = try integer("d_in")
-        let dSAE = try integer("d_sae")
-        let architecture: SAEArchitecture
-        switch (value("architecture") as? String)?.lowercased() {
-        case nil, "standard", "relu":
-            architecture = .standard
-        case "jumprelu":
-            architecture = .jumprelu
-        case "topk":
-            let k = try integer("k")
-            guard k <= dSAE else { throw .badInput(location: "\(path): k", problem: "k = \(k) exceeds d_sae = \(dSAE)") }
-            architecture = .topk(k)
-        case let other?:
-            throw .badInput(location: "\(path): architecture",
-                            problem: "architecture '\(other)' is not supported; supported: standard, jumprelu, topk")
-        }
-        if let normalize = value("normalize_activations") as? String, normalize != "none" {
-            throw .badInput(location: "\(path): normalize_activations",
-                            problem: "normalize_activations '\(normalize)' is not supported yet; only 'none' (or null) is")
-        }
-        let apply: Bool
-        if let flag = value("apply_b_dec_to_input") {
-            guard let number = flag as? NSNumber else {
-                throw .badInput(location: "\(path): apply_b_dec_to_input", problem: "not a boolean")
-            }
-            apply = number.boolValue
-        } else {
-            apply = true  // SAELens' default
-        }
-        let hook = (value("hook_name") as? String) ?? (value("hook_point") as? String) ?? ""
-        return SAEConfig(dIn: dIn, dSAE: dSAE, architecture: architecture, applyBDecToInput: apply,
-                         hookName: hook, modelName: (value("model_name") as? String) ?? "",
-                         neuronpediaID: value("neuronpedia_id") as? String)
+    }
+
+    /// Reads storage row `row` of `rowLength` values directly (memory-mapped sources only).
+    func readRow(_ row: Int, rowLength: Int, into destination: UnsafeMutablePointer<Float>) -> Bool {
+        guard case .safetensors(let file, let info) = source else { return false }
+        file.readFloats(info, start: row * rowLength, count: rowLength, into: destination)
+        return true
     }
 }
 
-/// A loaded SAE encoder: cfg plus the encoder tensors, shape-checked against cfg (the decoder is checked, not loaded).
+/// A loaded SAE encoder: the config plus its encoder tensors, shape-checked (the decoder is checked, not loaded,
+/// unless the activation needs its norms).
 struct SAEModel: @unchecked Sendable {
     var config: SAEConfig
-    var directory: String
-    var weightsPath: String
-    var configPath: String
-    var weights: SafetensorsFile
-    var wEnc: TensorInfo
-    var bEnc: TensorInfo
-    var bDec: TensorInfo
-    var threshold: TensorInfo?
+    var format: SAEFormat
+    /// The folder (or npz file) the user named; its last component names the SAE.
+    var path: String
+    /// Files whose fingerprints guard a resumed job, with their roles.
+    var files: [(path: String, role: String)]
+    /// The encoder matrix, logically [d_in, d_sae]. `featureMajor`: stored as [d_sae, d_in] (sparsify's
+    /// `encoder.weight`, or a Fortran-ordered npy W_enc), so one feature's weights are contiguous.
+    var encoder: SAETensor
+    var featureMajor = false
+    /// b_enc, or b_gate for gated SAEs.
+    var bEnc: SAETensor
+    /// Subtracted from the input when `config.applyBDecToInput`.
+    var bDec: SAETensor?
+    var threshold: SAETensor?
     /// The checkpoint stores `log_threshold` instead of `threshold`.
     var thresholdIsLog = false
+    /// Gated SAEs: r_mag and b_mag.
+    var rMag: SAETensor?
+    var bMag: SAETensor?
+    /// [d_sae, d_out] decoder, loaded only for `rescaleByDecoderNorm`.
+    var decoder: SAETensor?
 
-    static func open(directory: String) throws(SAELabelError) -> SAEModel {
-        let configPath = (directory as NSString).appendingPathComponent("cfg.json")
-        let weightsPath = (directory as NSString).appendingPathComponent("sae_weights.safetensors")
-        let config = try SAEConfig.load(path: configPath)
-        guard FileManager.default.fileExists(atPath: weightsPath) else {
-            throw .badInput(location: weightsPath, problem: "missing; an SAELens SAE directory holds cfg.json and sae_weights.safetensors")
-        }
-        let weights = try SafetensorsFile(path: weightsPath)
-        func check(_ name: String, _ shape: [Int]) throws(SAELabelError) -> TensorInfo {
-            let info = try weights.tensor(name, rank: shape.count, floating: true)
-            guard info.shape == shape else {
-                throw .badInput(location: weights.location(name),
-                                problem: "shape \(info.shape) does not match cfg.json (expected \(shape) for d_in \(config.dIn), d_sae \(config.dSAE))")
-            }
-            return info
-        }
-        let wEnc = try check("W_enc", [config.dIn, config.dSAE])
-        let bEnc = try check("b_enc", [config.dSAE])
-        let bDec = try check("b_dec", [config.dIn])
-        if weights.tensors["W_dec"] != nil { _ = try check("W_dec", [config.dSAE, config.dIn]) }
-        var model = SAEModel(config: config, directory: directory, weightsPath: weightsPath, configPath: configPath,
-                             weights: weights, wEnc: wEnc, bEnc: bEnc, bDec: bDec)
-        if config.architecture == .jumprelu {
-            if weights.tensors["threshold"] == nil, weights.tensors["log_threshold"] != nil {
-                model.threshold = try check("log_threshold", [config.dSAE])
-                model.thresholdIsLog = true
-            } else {
-                model.threshold = try check("threshold", [config.dSAE])
-            }
-        }
-        return model
+    /// Opens whatever SAE `path` holds (SAELens folder, Gemma Scope params.npz or its folder, sparsify hookpoint).
+    static func open(path: String) throws(SAELabelError) -> SAEModel {
+        try SAEFormats.open(path: path)
     }
 
     /// Encoder columns for `features`, gathered into a contiguous row-major `[features.count, d_in]` matrix
     /// (row r = W_enc[:, features[r]]), so one GEMM computes exactly the features that are needed.
-    func gatherEncoder(features: [Int]) -> [Float] {
+    /// The encoder is streamed once; only the gathered copy is held.
+    func gatherEncoder(features: [Int]) throws(SAELabelError) -> [Float] {
         let dIn = config.dIn, dSAE = config.dSAE
         var gathered = [Float](repeating: 0, count: features.count * dIn)
-        var row = [Float](repeating: 0, count: dSAE)
-        gathered.withUnsafeMutableBufferPointer { out in
-            row.withUnsafeMutableBufferPointer { rowBuffer in
-                for input in 0..<dIn {
-                    weights.readFloats(wEnc, start: input * dSAE, count: dSAE, into: rowBuffer.baseAddress!)
-                    for (r, feature) in features.enumerated() { out[r * dIn + input] = rowBuffer[feature] }
+        try gathered.withUnsafeMutableBufferPointer { (buffer: inout UnsafeMutableBufferPointer<Float>) throws(SAELabelError) in
+            let out = buffer.baseAddress!
+            if featureMajor {
+                // Direct reads when the file is mapped; otherwise one streaming pass keeping the selected rows.
+                var direct = true
+                for (r, feature) in features.enumerated() where direct {
+                    direct = encoder.readRow(feature, rowLength: dIn, into: out + r * dIn)
+                }
+                if direct { return }
+                var slotOf = [Int32](repeating: -1, count: dSAE)
+                for (r, feature) in features.enumerated() { slotOf[feature] = Int32(r) }
+                try encoder.streamRows(rowLength: dIn) { first, rows, values in
+                    for offset in 0..<rows where slotOf[first + offset] >= 0 {
+                        (out + Int(slotOf[first + offset]) * dIn).update(from: values + offset * dIn, count: dIn)
+                    }
+                }
+            } else {
+                try encoder.streamRows(rowLength: dSAE) { first, rows, values in
+                    for offset in 0..<rows {
+                        let input = first + offset
+                        let row = values + offset * dSAE
+                        for (r, feature) in features.enumerated() { out[r * dIn + input] = row[feature] }
+                    }
                 }
             }
         }
         return gathered
     }
 
-    func vector(_ info: TensorInfo, features: [Int]) -> [Float] {
-        let all = weights.readFloats(info)
+    func vector(_ tensor: SAETensor, features: [Int]) throws(SAELabelError) -> [Float] {
+        let all = try tensor.readFloats()
         return features.map { all[$0] }
     }
 
-    func thresholds(features: [Int]) -> [Float] {
+    func thresholds(features: [Int]) throws(SAELabelError) -> [Float] {
         guard let threshold else { return [] }
-        let values = vector(threshold, features: features)
+        if threshold.elementCount == 1, config.dSAE != 1 {  // one global threshold (BatchTopK checkpoint)
+            let global = try threshold.readFloats()[0]
+            return [Float](repeating: global, count: features.count)
+        }
+        let values = try vector(threshold, features: features)
         return thresholdIsLog ? values.map { Foundation.exp($0) } : values
+    }
+
+    /// ‖W_dec[f]‖ for `features` (1 for all when the SAE does not rescale).
+    func decoderNorms(features: [Int]) throws(SAELabelError) -> [Float] {
+        guard config.rescaleByDecoderNorm, let decoder, decoder.shape.count == 2 else {
+            return [Float](repeating: 1, count: features.count)
+        }
+        let width = decoder.shape[1]
+        var norms = [Float](repeating: 0, count: config.dSAE)
+        try decoder.streamRows(rowLength: width) { first, rows, values in
+            for offset in 0..<rows {
+                var sum: Float = 0
+                for d in 0..<width { sum += values[offset * width + d] * values[offset * width + d] }
+                norms[first + offset] = sum.squareRoot()
+            }
+        }
+        return features.map { norms[$0] }
     }
 }

@@ -205,21 +205,8 @@ final class SafetensorsFile: @unchecked Sendable {
         guard count > 0, let base = file.base else { return }
         let source = base + info.byteOffset + start * info.dtype.byteCount
         switch info.dtype {
-        case .f32:
-            memcpy(destination, source, count * 4)
-        case .f16:
-            for index in 0..<count {
-                destination[index] = Float(Float16(bitPattern: source.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self)))
-            }
-        case .bf16:
-            for index in 0..<count {
-                let bits = UInt32(source.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self)) << 16
-                destination[index] = Float(bitPattern: bits)
-            }
-        case .f64:
-            for index in 0..<count {
-                destination[index] = Float(source.loadUnaligned(fromByteOffset: index * 8, as: Double.self))
-            }
+        case .f32, .f16, .bf16, .f64:
+            convertFloats(source, dtype: info.dtype, count: count, into: destination)
         default:
             for index in 0..<count { destination[index] = Float(integer(info, source: source, index: index)) }
         }

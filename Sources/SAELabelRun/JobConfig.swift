@@ -1,5 +1,6 @@
 import Foundation
 import LLMClient
+import SAELabelCollect
 import SAELabelCore
 import SAELabelScore
 import TOMLKit
@@ -159,11 +160,14 @@ struct JobConfigReader {
         config.inputs.tokenizer = resolve(tokenizer)
         if config.inputs.latents == nil {
             guard config.inputs.sae != nil else {
-                throw .badInput(location: "\(file): [inputs] sae", problem: "missing; name the SAELens SAE folder, or set latents for a delphi latent cache")
+                throw .badInput(location: "\(file): [inputs] sae", problem: "missing; name the SAE (SAELens folder, Gemma Scope params.npz, sparsify hookpoint), or set latents for a delphi latent cache")
             }
             guard !config.inputs.activations.isEmpty else {
                 throw .badInput(location: "\(file): [inputs] activations", problem: "missing; list the activation safetensors files")
             }
+        }
+        if let sae = config.inputs.sae, let hint = SAEFormats.missingPathHint(sae) {
+            throw .badInput(location: "\(file): [inputs] sae", problem: "\(sae): \(hint)")
         }
         for (key, value) in [("sae", config.inputs.sae), ("latents", config.inputs.latents), ("tokenizer", config.inputs.tokenizer)] {
             if let value { try mustExist(value, key: "[inputs] \(key)") }

@@ -211,7 +211,8 @@ func writeBenchTokenizer(path: String) throws {
     var vocab: [String: Int] = [:]
     for id in 1..<1000 { vocab["Ġtok\(id)"] = id }
     let root: [String: Any] = ["added_tokens": [["id": 0, "content": "<|endoftext|>", "special": true]],
-                               "model": ["type": "BPE", "vocab": vocab, "merges": [String]()]]
+                               "model": ["type": "BPE", "vocab": vocab, "merges": [String]()],
+                               "decoder": ["type": "ByteLevel"]]
     try JSONSerialization.data(withJSONObject: root).write(to: URL(fileURLWithPath: path))
 }
 

@@ -52,7 +52,8 @@ struct Collect: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The job store (SQLite); created if missing.", valueName: "DB"))
     var db: String
 
-    @Option(help: ArgumentHelp("SAELens SAE folder (cfg.json + sae_weights.safetensors).", valueName: "SAE_DIR"))
+    @Option(help: ArgumentHelp("The SAE: an SAELens folder, a Gemma Scope params.npz or its folder, or a sparsify hookpoint folder (format detected from the files).",
+                               valueName: "SAE_PATH"))
     var sae: String?
 
     @Option(parsing: .upToNextOption, help: ArgumentHelp("Activation safetensors files (tokens + activations), in order.", valueName: "FILE"))

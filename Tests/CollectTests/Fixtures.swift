@@ -96,6 +96,7 @@ func writeTokenizer(_ path: String, vocabulary: [String] = fixtureVocabulary) th
         "version": "1.0",
         "added_tokens": [["id": 0, "content": vocabulary[0], "special": true]],
         "model": ["type": "BPE", "vocab": vocab, "merges": [String]()],
+        "decoder": ["type": "ByteLevel"],
     ]
     try JSONSerialization.data(withJSONObject: root).write(to: URL(fileURLWithPath: path))
 }
