@@ -40,7 +40,7 @@ public enum JobRunner {
             throw .badInput(location: "\(config.path): [simulator]", problem: "endpoint and model are required")
         }
         try FileManager.default.createParentDirectory(of: config.store)
-        let store = try JobStore(path: config.store)
+        let store = try JobStore(path: config.store, exclusive: true)
 
         var report = RunReport(collect: nil, labeling: nil, status: try store.status(), scoreValues: [], wallSeconds: 0, exports: [])
         if request.stage == .all || request.stage == .collect {

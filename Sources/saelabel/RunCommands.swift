@@ -91,7 +91,7 @@ struct Collect: AsyncParsableCommand {
         options.excludePositions = excludePositions
         options.excludeNormAbove = excludeNormAbove
         let plan = try Collector.plan(options)
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let summary = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: newVersion,
                                            progress: ProgressReporter())
         if let summary {
@@ -126,7 +126,7 @@ struct Explain: AsyncParsableCommand {
         explainerConfig.llm = try llm.endpointConfig(maxTokens: maxTokens)
         explainerConfig.style = style
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let progress = ProgressReporter()
         let client = style == "baseline" ? nil : Pipeline.client(explainerConfig.llm, limits: llm.limits, store: store, progress: progress)
         defer { client?.shutdown() }
@@ -171,7 +171,7 @@ struct Score: AsyncParsableCommand {
         scoring.scorers = scorer
         scoring.simulator = simulator
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let progress = ProgressReporter()
         let client = Pipeline.client(scoring.llm, limits: llm.limits, store: store, progress: progress)
         defer { client.shutdown() }
@@ -258,7 +258,7 @@ struct Merge: AsyncParsableCommand {
         for shard in shards where !FileManager.default.fileExists(atPath: shard) {
             throw SAELabelError.badInput(location: shard, problem: "shard store not found")
         }
-        let store = try JobStore(path: into)
+        let store = try JobStore(path: into, exclusive: true)
         for shard in shards {
             let summary = try store.merge(shardAt: shard)
             print("\(shard): \(summary.features) features, \(summary.explanations) explanations, \(summary.scores) scores merged")
