@@ -106,6 +106,7 @@ public struct JobConfig: Sendable, Equatable {
         guard let text = String(data: data, encoding: .utf8) else {
             throw .badInput(location: path, problem: "job file is not UTF-8 text")
         }
+        try rejectControlCharacters(text, path: path)
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -118,6 +119,26 @@ public struct JobConfig: Sendable, Equatable {
         var config = try JobConfigReader(file: path, base: base).read(table)
         config.path = path
         return config
+    }
+
+    /// TOML allows no raw control character but tab, LF and CR (in CRLF) anywhere; they are refused here
+    /// because toml++ (under TOMLKit) aborts the process on some of them, e.g. a form feed in a table
+    /// header (found by fuzzing, RELIABILITY.md).
+    static func rejectControlCharacters(_ text: String, path: String) throws(SAELabelError) {
+        var line = 1, column = 0
+        for scalar in text.unicodeScalars {
+            column += 1
+            if scalar == "\n" {
+                line += 1
+                column = 0
+                continue
+            }
+            let value = scalar.value
+            if (value < 0x20 && scalar != "\t" && scalar != "\r") || value == 0x7F {
+                throw .badInput(location: "\(path):\(line):\(column)",
+                                problem: String(format: "control character U+%04X is not allowed in TOML; remove it", value))
+            }
+        }
     }
 }
 

@@ -193,6 +193,21 @@ struct NightlyTests {
         #expect(try await rows(store, selection) == rows(whole.file("job.sqlite"), selection))
     }
 
+    @Test func jobFilesWithControlCharactersOrABadMemoryBudgetAreRefusedInOneLine() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start()
+        let good = try String(contentsOfFile: try Demo.job(dir, endpoint: mock.baseURL, features: "0..4"), encoding: .utf8)
+        // A form feed in a table header made toml++ abort the process (found by Fuzz/, see RELIABILITY.md).
+        let cases = [("formfeed.toml", good.replacingOccurrences(of: "[explainer]", with: "[\u{0C}\u{0C}explainer]"), "U+000C"),
+                     ("memory.toml", good.replacingOccurrences(of: "window = 16", with: "window = 16\nmemory_mb = 0"), "memory_mb")]
+        for (name, text, mention) in cases {
+            let result = try await runSAELabel(["run", "--config", try dir.write(name, text), "--dry-run"])
+            #expect(result.status == 2, "\(name): \(result.stderr)")
+            #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(mention), "\(name): \(result.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir.file("job.sqlite")))
+    }
+
     @Test func exampleActivationsAreStoredAsRawFloat32() async throws {
         let dir = TempDirectory()
         // A 2-feature identity SAE: feature f's activation on a token is the token's dimension f.
