@@ -4,7 +4,7 @@ SWIFT ?= swift
 PORT ?= 8081
 ENDPOINT = http://127.0.0.1:$(PORT)/v1
 
-.PHONY: demo demo-baseline test test-fast build release bench deps clean-demo
+.PHONY: demo demo-baseline test test-fast build release bench fuzz deps clean-demo
 
 deps:
 	Tools/install_deps.sh
@@ -50,6 +50,12 @@ bench:
 	$(SWIFT) build -c release --product saelabel-bench
 	.build/release/saelabel-bench collect
 	.build/release/saelabel-bench llm
+
+# libFuzzer on every file parser for FUZZ_SECONDS each (default 60); prints executions and crashes
+# per parser and fails when one crashed (RELIABILITY.md).
+fuzz: deps
+	Fuzz/build.sh
+	Fuzz/run.sh
 
 clean-demo:
 	rm -rf demo-out

@@ -107,6 +107,7 @@ public struct JobConfig: Sendable, Equatable {
             throw .badInput(location: path, problem: "job file is not UTF-8 text")
         }
         try rejectControlCharacters(text, path: path)
+        try rejectMalformedTableHeaders(text, path: path)
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -119,6 +120,67 @@ public struct JobConfig: Sendable, Equatable {
         var config = try JobConfigReader(file: path, base: base).read(table)
         config.path = path
         return config
+    }
+
+    /// toml++ also aborts when a table header's key starts with a character no key can start with, e.g.
+    /// `[#x]` (found by fuzzing): such headers are refused first. The scan follows strings, comments and
+    /// bracket depth, so a `[` that opens an array value is not taken for a header.
+    static func rejectMalformedTableHeaders(_ text: String, path: String) throws(SAELabelError) {
+        let chars = Array(text.unicodeScalars)
+        func startsKey(_ c: Unicode.Scalar) -> Bool {
+            ("A"..."Z").contains(c) || ("a"..."z").contains(c) || ("0"..."9").contains(c) || c == "_" || c == "-"
+                || c == "\"" || c == "'"
+        }
+        var index = 0, line = 1, depth = 0, lineStart = true
+        while index < chars.count {
+            let c = chars[index]
+            switch c {
+            case "\n":
+                line += 1
+                lineStart = true
+                index += 1
+                continue
+            case " ", "\t", "\r":
+                index += 1
+                continue
+            case "#":
+                while index < chars.count, chars[index] != "\n" { index += 1 }
+                continue
+            case "\"", "'":
+                let triple = index + 2 < chars.count && chars[index + 1] == c && chars[index + 2] == c
+                index += triple ? 3 : 1
+                while index < chars.count {
+                    if c == "\"", chars[index] == "\\" { index += 2; continue }
+                    if chars[index] == "\n" {
+                        if !triple { break }
+                        line += 1
+                    }
+                    if chars[index] == c, !triple || (index + 2 < chars.count && chars[index + 1] == c && chars[index + 2] == c) {
+                        index += triple ? 3 : 1
+                        break
+                    }
+                    index += 1
+                }
+            case "[" where lineStart && depth == 0:
+                var next = index + 1
+                if next < chars.count, chars[next] == "[" { next += 1 }
+                while next < chars.count, chars[next] == " " || chars[next] == "\t" { next += 1 }
+                if next < chars.count, !startsKey(chars[next]), chars[next] != "]" {
+                    throw .badInput(location: "\(path):\(line)", problem: "a table header must start with a name, as in [collect]")
+                }
+                while index < chars.count, chars[index] != "\n" { index += 1 }
+                continue
+            case "[", "{":
+                depth += 1
+                index += 1
+            case "]", "}":
+                depth = max(0, depth - 1)
+                index += 1
+            default:
+                index += 1
+            }
+            lineStart = false
+        }
     }
 
     /// TOML allows no raw control character but tab, LF and CR (in CRLF) anywhere; they are refused here

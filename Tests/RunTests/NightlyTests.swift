@@ -199,6 +199,7 @@ struct NightlyTests {
         let good = try String(contentsOfFile: try Demo.job(dir, endpoint: mock.baseURL, features: "0..4"), encoding: .utf8)
         // A form feed in a table header made toml++ abort the process (found by Fuzz/, see RELIABILITY.md).
         let cases = [("formfeed.toml", good.replacingOccurrences(of: "[explainer]", with: "[\u{0C}\u{0C}explainer]"), "U+000C"),
+                     ("hash.toml", good.replacingOccurrences(of: "[explainer]", with: "[# explainer]"), "table header"),
                      ("memory.toml", good.replacingOccurrences(of: "window = 16", with: "window = 16\nmemory_mb = 0"), "memory_mb")]
         for (name, text, mention) in cases {
             let result = try await runSAELabel(["run", "--config", try dir.write(name, text), "--dry-run"])
@@ -206,6 +207,18 @@ struct NightlyTests {
             #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(mention), "\(name): \(result.stderr)")
         }
         #expect(!FileManager.default.fileExists(atPath: dir.file("job.sqlite")))
+        // Arrays spread over lines are not mistaken for table headers.
+        let activations = Demo.folder.appendingPathComponent("activations.safetensors").path
+        let spread = good.replacingOccurrences(of: "activations = [\"\(activations)\"]", with: "activations = [\n  \"\(activations)\",\n]")
+        #expect(spread != good)
+        let accepted = try await runSAELabel(["run", "--config", try dir.write("spread.toml", spread), "--dry-run"])
+        #expect(accepted.status == 0, "\(accepted.stderr)")
+
+        // A tokenizer.json with one absurd id is refused instead of allocating a table that large (found by Fuzz/).
+        let tokenizer = try dir.write("tokenizer.json", #"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 127777777777777777}, "merges": []}}"#)
+        let collect = try await runSAELabel(["collect", "--db", dir.file("tok.sqlite"), "--sae", Demo.folder.appendingPathComponent("sae").path,
+                                             "--activations", activations, "--tokenizer", tokenizer])
+        #expect(collect.status == 2 && collect.stderr.contains("far beyond"), "\(collect.stderr)")
     }
 
     @Test func exampleActivationsAreStoredAsRawFloat32() async throws {
