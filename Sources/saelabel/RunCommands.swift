@@ -76,10 +76,14 @@ struct Collect: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Exclude tokens whose activation vector's L2 norm is above this.", valueName: "NORM"))
     var excludeNormAbove: Float?
 
+    @Option(name: .customLong("memory-mb"), help: ArgumentHelp("Memory for one block of features; collect streams the corpus once per block and commits each block.", valueName: "MIB"))
+    var memoryMB: Double = 512
+
     @Flag(help: "Accept changed inputs and recollect every selected feature (a new labeling pass).")
     var newVersion = false
 
     func run() async throws {
+        guard memoryMB > 0, memoryMB.isFinite else { throw SAELabelError.usage("--memory-mb must be a positive number of MiB") }
         if latents == nil && (sae == nil || activations.isEmpty) {
             throw SAELabelError.usage("collect needs --sae and --activations, or --latents")
         }
@@ -90,6 +94,7 @@ struct Collect: AsyncParsableCommand {
         options.windowLength = window
         options.excludePositions = excludePositions
         options.excludeNormAbove = excludeNormAbove
+        options.memoryBudgetMiB = memoryMB
         let plan = try Collector.plan(options)
         let store = try JobStore(path: db, exclusive: true)
         let summary = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: newVersion,
