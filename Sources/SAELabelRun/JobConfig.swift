@@ -132,6 +132,7 @@ public struct JobConfig: Sendable, Equatable {
                 || c == "\"" || c == "'"
         }
         var index = 0, line = 1, depth = 0, lineStart = true
+        var openers: [Unicode.Scalar] = []
         while index < chars.count {
             let c = chars[index]
             switch c {
@@ -171,9 +172,14 @@ public struct JobConfig: Sendable, Equatable {
                 while index < chars.count, chars[index] != "\n" { index += 1 }
                 continue
             case "[", "{":
+                openers.append(c)
                 depth += 1
                 index += 1
             case "]", "}":
+                // A closing bracket that does not match its opener (`[}`) also trips a toml++ assertion.
+                guard openers.popLast() == (c == "]" ? "[" : "{") else {
+                    throw .badInput(location: "\(path):\(line)", problem: "'\(c)' does not close an open \(c == "]" ? "[" : "{"); check the brackets")
+                }
                 depth = max(0, depth - 1)
                 index += 1
             default:

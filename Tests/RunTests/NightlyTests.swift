@@ -201,6 +201,7 @@ struct NightlyTests {
         // A form feed in a table header made toml++ abort the process (found by Fuzz/, see RELIABILITY.md).
         let cases = [("formfeed.toml", good.replacingOccurrences(of: "[explainer]", with: "[\u{0C}\u{0C}explainer]"), "U+000C"),
                      ("hash.toml", good.replacingOccurrences(of: "[explainer]", with: "[# explainer]"), "table header"),
+                     ("bracket.toml", good.replacingOccurrences(of: "activations = [", with: "activations = [}"), "does not close"),
                      ("memory.toml", good.replacingOccurrences(of: "window = 16", with: "window = 16\nmemory_mb = 0"), "memory_mb")]
         for (name, text, mention) in cases {
             let result = try await runSAELabel(["run", "--config", try dir.write(name, text), "--dry-run"])
