@@ -38,7 +38,7 @@ public enum JobRunner {
         try checkStorePath(config.store)
         try await Pipeline.preflight(endpoints, limits: config.limits)
         try FileManager.default.createParentDirectory(of: config.store)
-        let store = try JobStore(path: config.store)
+        let store = try JobStore(path: config.store, exclusive: true)
         if let id = config.export.neuronpediaModelId { try store.setSetting(JobSettingKey.neuronpediaModelId, id) }
         if let layer = config.export.neuronpediaLayer { try store.setSetting(JobSettingKey.neuronpediaLayer, layer) }
 

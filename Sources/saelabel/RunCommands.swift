@@ -79,10 +79,14 @@ struct Collect: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Exclude tokens whose activation vector's L2 norm is above this.", valueName: "NORM"))
     var excludeNormAbove: Float?
 
+    @Option(name: .customLong("memory-mb"), help: ArgumentHelp("Memory for one block of features; collect streams the corpus once per block and commits each block.", valueName: "MIB"))
+    var memoryMB: Double = 512
+
     @Flag(help: "Accept changed inputs and recollect every selected feature (a new labeling pass).")
     var newVersion = false
 
     func run() async throws {
+        guard memoryMB > 0, memoryMB.isFinite else { throw SAELabelError.usage("--memory-mb must be a positive number of MiB") }
         if latents == nil && (sae == nil || activations.isEmpty) {
             throw SAELabelError.usage("collect needs --sae and --activations, or --latents")
         }
@@ -93,8 +97,9 @@ struct Collect: AsyncParsableCommand {
         options.windowLength = window
         options.excludePositions = excludePositions
         options.excludeNormAbove = excludeNormAbove
+        options.memoryBudgetMiB = memoryMB
         let plan = try Collector.plan(options)
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let summary = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: newVersion,
                                            progress: ProgressReporter())
         if let summary {
@@ -131,7 +136,7 @@ struct Explain: AsyncParsableCommand {
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
         try Self.requireStore(db)
         if style != "baseline" { try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", explainerConfig.llm)], limits: llm.limits) }
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let progress = ProgressReporter()
         let clients = LLMClients(limits: llm.limits, store: store, progress: progress)
         defer { clients.shutdown() }
@@ -193,7 +198,7 @@ struct Score: AsyncParsableCommand {
         try Explain.requireStore(db)
         let completionsOnly = scorer == ["simulation"] && simulator == "logprobs"
         try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", scoring.llm, completions: completionsOnly)], limits: llm.limits)
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let progress = ProgressReporter()
         let clients = LLMClients(limits: llm.limits, store: store, progress: progress)
         defer { clients.shutdown() }
@@ -295,7 +300,7 @@ struct Merge: AsyncParsableCommand {
         let opened = try shards.map { path throws(SAELabelError) in try JobStore(path: path) }
         for shard in opened.dropFirst() { try opened[0].checkMergeable(shard) }
         if FileManager.default.fileExists(atPath: into), let first = opened.first { try JobStore(path: into).checkMergeable(first) }
-        let store = try JobStore(path: into)
+        let store = try JobStore(path: into, exclusive: true)
         for shard in shards {
             let summary = try store.merge(shardAt: shard)
             print("\(shard): \(summary.features) features, \(summary.explanations) explanations, \(summary.scores) scores merged")
