@@ -130,11 +130,6 @@ extension LLMClient {
         try decodeBatch(await batchAPICall("/batches/\(id)", body: nil, contentType: nil))
     }
 
-    /// `POST /batches/{id}/cancel`.
-    public func cancelBatch(id: String) async throws(LLMError) -> BatchInfo {
-        try decodeBatch(await batchAPICall("/batches/\(id)/cancel", body: Data(), contentType: "application/json"))
-    }
-
     /// `GET /files/{id}/content`: the file's bytes (JSONL for batch output and error files).
     public func fileContent(id: String) async throws(LLMError) -> Data {
         try await batchAPICall("/files/\(id)/content", body: nil, contentType: nil)

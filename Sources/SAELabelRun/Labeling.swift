@@ -128,7 +128,7 @@ extension LabelingRun {
     /// queued for a batch and marks the step, which is then put off (not failed) until the answer is in.
     static func deferrable(_ mark: DeferralMark, _ step: () async throws(SAELabelError) -> Void) async throws(SAELabelError) {
         let result: Result<Void, SAELabelError> = await BatchDeferral.$mark.withValue(mark) {
-            do { try await step(); return .success(()) } catch { return .failure(error) }
+            do throws(SAELabelError) { try await step(); return .success(()) } catch { return .failure(error) }
         }
         try result.get()
     }

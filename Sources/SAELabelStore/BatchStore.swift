@@ -10,6 +10,13 @@ public struct BatchRequestRecord: Sendable, Equatable {
     /// The endpoint path under the base URL, e.g. "/chat/completions".
     public var path: String
     public var body: Data
+
+    public init(key: String, stage: String, path: String, body: Data) {
+        self.key = key
+        self.stage = stage
+        self.path = path
+        self.body = body
+    }
 }
 
 /// Batch mode's bookkeeping: the requests (queued → submitted → answered, or failed once and then sent

@@ -27,17 +27,17 @@ struct BatchTests {
 
     @Test func aRunKilledWhileWaitingResumesPollingAndSubmitsNothingTwice() async throws {
         let dir = TempDirectory()
-        let mock = try await MockLLMServer.start(["--batch-delay", "3"])
+        let mock = try await MockLLMServer.start(["--batch-delay", "6"])
         let job = try Demo.job(dir, endpoint: mock.baseURL, features: Self.features, extra: "batch_poll_seconds = 0.2", batch: true)
         let process = try startSAELabel(["run", "--config", job, "--quiet"])
         // Kill once the first batch is recorded and being polled (the poll follows the store write).
         var polled = false
-        for _ in 0..<600 where !polled {
+        for _ in 0..<1200 where !polled {
             try await Task.sleep(nanoseconds: 50_000_000)
             polled = try await mock.stats().batchPolls > 0
         }
         #expect(polled, "the run never polled a batch")
-        #expect(process.isRunning, "the run finished before the 3 s batch could have")
+        #expect(process.isRunning, "the run finished before the 6 s batch could have")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         let before = try await mock.stats()
