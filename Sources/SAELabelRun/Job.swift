@@ -84,6 +84,7 @@ public enum JobRunner {
                 if report.batchesWaiting == 0 || request.noWait { break }
             }
             report.labeling = outcome
+            if !batchStages.isEmpty { report.batchRequests = try store.batchRequestCounts() }
             report.llm = clients.statistics()
         }
 

@@ -26,6 +26,8 @@ public struct RunReport: Sendable {
     /// Batch mode: provider batches still running, and requests waiting in the store for an offline batch.
     public var batchesWaiting = 0
     public var batchRequestsQueued = 0
+    /// Batch mode: the store's batch requests by state (queued, submitted, answered, failed).
+    public var batchRequests: [String: Int] = [:]
 
     /// 3 when batch mode left work waiting (open batches, or requests to export); else 1 when features failed.
     public var exitCode: Int32 {

@@ -28,6 +28,10 @@ public enum Reporting {
             }
             if status.failures.count > 20 { lines.append("  … see `saelabel status --db \(status.path)`") }
         }
+        if !report.batchRequests.isEmpty {
+            let counts = ["answered", "failed", "submitted", "queued"].map { "\(report.batchRequests[$0, default: 0]) \($0)" }
+            lines.append("batch requests (store total): " + counts.joined(separator: ", ") + " (failed lines are sent synchronously)")
+        }
         if report.batchesWaiting > 0 {
             lines.append("batch: \(report.batchesWaiting) batch\(report.batchesWaiting == 1 ? "" : "es") still running; run the same command again later to collect the answers (exit 3)")
         }
