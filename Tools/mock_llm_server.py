@@ -707,6 +707,8 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 check_request(dialect, url, body)
             except Refusal as refusal:
+                with st.lock:
+                    st.refused.append("batch %s %s: %d %s" % (batch["id"], url, refusal.status, refusal.body["error"]["message"]))
                 errors.append({"id": rid, "custom_id": custom_id,
                                "response": {"status_code": refusal.status, "request_id": rid, "body": refusal.body}, "error": None})
                 failed += 1

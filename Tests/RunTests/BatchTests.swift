@@ -56,21 +56,24 @@ struct BatchTests {
 
     @Test func noWaitSubmitsAndExitsThreeAndLaterRunsCollect() async throws {
         let dir = TempDirectory()
-        let mock = try await MockLLMServer.start()
-        let job = try Demo.job(dir, endpoint: mock.baseURL, features: Self.features, batch: true)
-        let first = try await runSAELabel(["run", "--config", job, "--quiet", "--no-wait"])
+        // OpenAI's strict dialect (every batch line's body is checked as the synchronous endpoint checks it) and a key.
+        let mock = try await MockLLMServer.start(["--dialect", "openai", "--api-key", "batch-key"])
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: Self.features, model: "gpt-4.1-mini", batch: true)
+        let key = ["OPENAI_API_KEY": "batch-key"]
+        let first = try await runSAELabel(["run", "--config", job, "--quiet", "--no-wait"], environment: key)
         #expect(first.status == 3, "\(first.stderr)")
         #expect(first.stdout.contains("still running"))
         #expect(try await mock.stats().batchesCreated == 1)
         var runs = 1
         var last = first
         while last.status == 3 && runs < 8 {
-            last = try await runSAELabel(["run", "--config", job, "--quiet", "--no-wait"])
+            last = try await runSAELabel(["run", "--config", job, "--quiet", "--no-wait"], environment: key)
             runs += 1
         }
         #expect(last.status == 0, "\(last.stderr)")
         let stats = try await mock.stats()
         #expect(stats.requests == 0)
+        #expect(stats.refused.isEmpty, "\(stats.refused)")
         #expect(stats.batchCustomIDs == stats.batchCustomIDsDistinct)
         try expectEveryFeatureScored(dir.file("job.sqlite"))
     }
