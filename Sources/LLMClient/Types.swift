@@ -224,6 +224,8 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The request could not be encoded (e.g. a response-format schema that is not valid JSON);
     /// nothing was sent.
     case invalidRequest(String)
+    /// Batch mode: the request was queued for a provider batch instead of being sent; nothing was paid.
+    case deferred
 
     public var description: String {
         switch self {
@@ -251,6 +253,8 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
             return "the LLM request was cancelled: the run was stopped or its LLM client shut down before the answer came"
         case .invalidRequest(let message):
             return "invalid LLM request (\(message)): nothing was sent; fix the request"
+        case .deferred:
+            return "the LLM request waits for a batch; run again to collect its answer"
         }
     }
 

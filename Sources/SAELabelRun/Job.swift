@@ -13,6 +13,8 @@ public struct JobRequest: Sendable {
     public var selection: FeatureSelection
     public var dryRun = false
     public var newVersion = false
+    /// Batch mode: submit (or collect what is finished) and exit instead of waiting for open batches.
+    public var noWait = false
 
     public init(config: JobConfig, stage: Stage = .all, features: FeatureSelection.Set?, shard: FeatureSelection.Shard?,
                 dryRun: Bool = false, newVersion: Bool = false) {
@@ -36,7 +38,9 @@ public enum JobRunner {
         let endpoints = try checkEndpoints(request)
         try Pipeline.checkExports(config)
         try checkStorePath(config.store)
-        try await Pipeline.preflight(endpoints, limits: config.limits)
+        // An offline batch stage (vLLM's run_batch) needs no server.
+        try await Pipeline.preflight(endpoints.filter { !BatchMode.isOffline(config, stage: $0.section == "[explainer]" ? "explain" : "score") },
+                                     limits: config.limits)
         try FileManager.default.createParentDirectory(of: config.store)
         let store = try JobStore(path: config.store, exclusive: true)
         if let id = config.export.neuronpediaModelId { try store.setSetting(JobSettingKey.neuronpediaModelId, id) }
@@ -52,14 +56,35 @@ public enum JobRunner {
         }
 
         if request.stage != .collect {
-            let clients = LLMClients(limits: config.limits, store: store, progress: progress)
+            let batchStages = BatchMode.stages(config)
+            let clients = LLMClients(limits: config.limits, store: store, progress: progress,
+                                     batchQueue: batchStages.isEmpty ? nil : StoreBatchQueue(store: store, stages: batchStages))
             defer { clients.shutdown() }
             let (explainer, scorers) = try labelers(request, clients: clients, prompts: prompts)
             let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
             let wantsExplain = request.stage == .all || request.stage == .explain
-            report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
-                                                       scorers: scorers, selection: request.selection,
-                                                       concurrency: config.limits.concurrency, progress: progress)
+            let batches = BatchSubmitter(store: store, config: config, clients: clients)
+            // Batch mode runs rounds: collect finished batches, label from the cache, submit what was queued.
+            var outcome = LabelingRun.Outcome()
+            while true {
+                if !batchStages.isEmpty {
+                    report.batchesWaiting = try await batches.collect(wait: !request.noWait)
+                    if report.batchesWaiting > 0 { break }
+                }
+                let round = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
+                                                     scorers: scorers, selection: request.selection,
+                                                     concurrency: config.limits.concurrency, progress: progress)
+                outcome.explained += round.explained
+                outcome.scored += round.scored
+                outcome.failed = round.failed
+                outcome.deferred = round.deferred
+                guard round.deferred > 0 else { break }
+                report.batchesWaiting = try await batches.submitQueued()
+                report.batchRequestsQueued = try store.queuedBatchRequests().count
+                if report.batchesWaiting == 0 || request.noWait { break }
+            }
+            report.labeling = outcome
+            if !batchStages.isEmpty { report.batchRequests = try store.batchRequestCounts() }
             report.llm = clients.statistics()
         }
 

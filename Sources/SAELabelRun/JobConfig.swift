@@ -54,6 +54,8 @@ public struct JobConfig: Sendable, Equatable {
         public var llm = Endpoint()
         /// `openai` (token<TAB>N records), `highlighted` (<<token>>), or `baseline` (no LLM).
         public var style = "openai"
+        /// Send this stage's requests through the provider's Batch API (`batch` key).
+        public var batch = false
     }
 
     public struct Scoring: Sendable, Equatable {
@@ -64,6 +66,8 @@ public struct JobConfig: Sendable, Equatable {
         public var scorers = ["simulation"]
         /// `json` (any chat model) or `logprobs` (servers that return prompt logprobs).
         public var simulator = "json"
+        /// Send this stage's requests through the provider's Batch API (`batch` key).
+        public var batch = false
     }
 
     public struct Limits: Sendable, Equatable {
@@ -74,6 +78,8 @@ public struct JobConfig: Sendable, Equatable {
         public var tokensPerMinute: Int?
         public var timeoutSeconds = 120.0
         public var maxRetries = 5
+        /// How often a waiting run polls a submitted batch (`batch_poll_seconds`).
+        public var batchPollSeconds = 60.0
     }
 
     public struct Export: Sendable, Equatable {
@@ -297,7 +303,7 @@ struct JobConfigReader {
         }
 
         let explainer = try table(root, "explainer")
-        try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "server", "style"])
+        try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "server", "style", "batch"])
         config.explainer.llm = try endpoint(explainer, "explainer")
         if let style = try string(explainer, "explainer", "style") {
             guard JobConfig.explainerStyles.contains(style) else {
@@ -306,8 +312,10 @@ struct JobConfigReader {
             config.explainer.style = style
         }
 
+        config.explainer.batch = try bool(explainer, "explainer", "batch") ?? false
+
         let simulator = try table(root, "simulator")
-        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode"])
+        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode", "batch"])
         config.scoring.llm = try endpoint(simulator, "simulator")
         if let scorers = try stringArray(simulator, "simulator", "scorers") {
             for scorer in scorers where !JobConfig.scorerNames.contains(scorer) {
@@ -326,13 +334,19 @@ struct JobConfigReader {
             throw .badInput(location: "\(file): [simulator] mode", problem: refusal)
         }
 
+        config.scoring.batch = try bool(simulator, "simulator", "batch") ?? false
+
         let limits = try table(root, "limits")
-        try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries"])
+        try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries", "batch_poll_seconds"])
         config.limits.concurrency = try positive(limits, "concurrency", section: "limits") ?? config.limits.concurrency
         config.limits.requestsPerMinute = try positive(limits, "requests_per_minute", section: "limits")
         config.limits.tokensPerMinute = try positive(limits, "tokens_per_minute", section: "limits")
         config.limits.timeoutSeconds = try double(limits, "limits", "timeout_seconds") ?? config.limits.timeoutSeconds
         config.limits.maxRetries = try nonNegative(limits, "max_retries", section: "limits") ?? config.limits.maxRetries
+        if let poll = try double(limits, "limits", "batch_poll_seconds") {
+            guard poll > 0 else { throw .badInput(location: "\(file): [limits] batch_poll_seconds", problem: "must be above 0, e.g. 60") }
+            config.limits.batchPollSeconds = poll
+        }
 
         let export = try table(root, "export")
         try allow(export, "export", ["catalog", "csv", "neuronpedia", "html", "neuronpedia_model_id", "neuronpedia_layer"])

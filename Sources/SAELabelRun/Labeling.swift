@@ -1,4 +1,5 @@
 import Foundation
+import LLMClient
 import SAELabelCore
 import SAELabelExplain
 import SAELabelScore
@@ -29,6 +30,8 @@ public struct LabelingRun: Sendable {
         public var explained = 0
         public var scored = 0
         public var failed: [Int: String] = [:]
+        /// Feature steps put off because their requests wait for a batch (batch mode).
+        public var deferred = 0
     }
 
     /// One pass over what the store says is left to do. Failed features of earlier runs are retried.
@@ -60,6 +63,7 @@ public struct LabelingRun: Sendable {
                 total.explained += part.explained
                 total.scored += part.scored
                 total.failed.merge(part.failed) { first, _ in first }
+                total.deferred += part.deferred
             }
             return total
         }
@@ -70,11 +74,19 @@ public struct LabelingRun: Sendable {
     private func explainWorker(_ explainer: any Explainer, _ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToExplain() {
+            let mark = DeferralMark()
             do {
-                try await ExplainStep.run(feature: feature, store: store, explainer: explainer)
+                try await Self.deferrable(mark) { () async throws(SAELabelError) in
+                    try await ExplainStep.run(feature: feature, store: store, explainer: explainer)
+                }
                 outcome.explained += 1
                 progress.advance(stage: "explain")
                 await queue.explained(feature)
+            } catch where mark.isSet {
+                outcome.deferred += 1
+                progress.add(stage: "explain", total: -1)
+                progress.add(stage: "score", total: -1)
+                await queue.explainFailed()
             } catch {
                 let reason = error.featureReason
                 outcome.failed[feature] = reason
@@ -90,10 +102,16 @@ public struct LabelingRun: Sendable {
     private func scoreWorker(_ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToScore() {
+            let mark = DeferralMark()
             do {
-                try await ScoreStep.run(feature: feature, store: store, scorers: scorers)
+                try await Self.deferrable(mark) { () async throws(SAELabelError) in
+                    try await ScoreStep.run(feature: feature, store: store, scorers: scorers)
+                }
                 outcome.scored += 1
                 progress.advance(stage: "score")
+            } catch where mark.isSet {
+                outcome.deferred += 1
+                progress.add(stage: "score", total: -1)
             } catch {
                 let reason = error.featureReason
                 outcome.failed[feature] = reason
@@ -102,6 +120,17 @@ public struct LabelingRun: Sendable {
             }
         }
         return outcome
+    }
+}
+
+extension LabelingRun {
+    /// Runs one feature step under `mark`: in batch mode a request it cannot answer from the cache is
+    /// queued for a batch and marks the step, which is then put off (not failed) until the answer is in.
+    static func deferrable(_ mark: DeferralMark, _ step: () async throws(SAELabelError) -> Void) async throws(SAELabelError) {
+        let result: Result<Void, SAELabelError> = await BatchDeferral.$mark.withValue(mark) {
+            do throws(SAELabelError) { try await step(); return .success(()) } catch { return .failure(error) }
+        }
+        try result.get()
     }
 }
 

@@ -23,8 +23,17 @@ public struct RunReport: Sendable {
     public var exports: [String]
     /// LLM requests of this run (nil when no stage called an LLM).
     public var llm: ClientStatistics?
+    /// Batch mode: provider batches still running, and requests waiting in the store for an offline batch.
+    public var batchesWaiting = 0
+    public var batchRequestsQueued = 0
+    /// Batch mode: the store's batch requests by state (queued, submitted, answered, failed).
+    public var batchRequests: [String: Int] = [:]
 
-    public var exitCode: Int32 { status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0 }
+    /// 4 when batch mode left work waiting (open batches, or requests to export); else 1 when features failed.
+    public var exitCode: Int32 {
+        if batchesWaiting > 0 || batchRequestsQueued > 0 { return 4 }
+        return status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0
+    }
 }
 
 /// The whole nightly job: collect → explain → score (overlapped) → exports. Every step reads and
@@ -115,7 +124,7 @@ public enum Pipeline {
     }
 
     public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore?,
-                              progress: ProgressReporter? = nil) -> LLMClient {
+                              progress: ProgressReporter? = nil, batchQueue: (any LLMBatchQueue)? = nil) -> LLMClient {
         var configuration = LLMClientConfiguration(baseURL: endpoint.endpoint, apiKeyEnvironmentVariable: endpoint.apiKeyEnv)
         configuration.server = endpoint.server
         configuration.maxInFlight = limits.concurrency
@@ -127,7 +136,7 @@ public enum Pipeline {
         var logger = Logger(label: "saelabel.llm")
         logger.logLevel = ProcessInfo.processInfo.environment["SAELABEL_LLM_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
         return LLMClient(configuration: configuration, cache: store.map { StoreResponseCache(store: $0, progress: progress) },
-                         logger: logger)
+                         batchQueue: batchQueue, logger: logger)
     }
 
     /// Checks every endpoint the job will call, once, before collect or any paid call: the server
@@ -299,11 +308,14 @@ public final class LLMClients: Sendable {
     private let limits: JobConfig.Limits
     private let store: JobStore?
     private let progress: ProgressReporter?
+    private let batchQueue: (any LLMBatchQueue)?
 
-    public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil) {
+    public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil,
+                batchQueue: (any LLMBatchQueue)? = nil) {
         self.limits = limits
         self.store = store
         self.progress = progress
+        self.batchQueue = batchQueue
     }
 
     public func client(for endpoint: JobConfig.Endpoint) -> LLMClient {
@@ -312,7 +324,7 @@ public final class LLMClients: Sendable {
         let key = base + "\u{0}" + endpoint.apiKeyEnv + "\u{0}" + endpoint.server.rawValue
         return clients.withLock { clients in
             if let existing = clients[key] { return existing }
-            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress)
+            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress, batchQueue: batchQueue)
             clients[key] = client
             return client
         }

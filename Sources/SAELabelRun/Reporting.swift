@@ -28,6 +28,16 @@ public enum Reporting {
             }
             if status.failures.count > 20 { lines.append("  … see `saelabel status --db \(status.path)`") }
         }
+        if !report.batchRequests.isEmpty {
+            let counts = ["answered", "failed", "submitted", "queued"].map { "\(report.batchRequests[$0, default: 0]) \($0)" }
+            lines.append("batch requests (store total): " + counts.joined(separator: ", ") + " (failed lines are sent synchronously)")
+        }
+        if report.batchesWaiting > 0 {
+            lines.append("batch: \(report.batchesWaiting) batch\(report.batchesWaiting == 1 ? "" : "es") still running; run the same command again later to collect the answers (exit 4)")
+        }
+        if report.batchRequestsQueued > 0 {
+            lines.append("batch: \(report.batchRequestsQueued) requests wait for an offline batch: `saelabel batch export --db \(status.path) --stage explain|score --out requests.jsonl`, run vLLM's run_batch on it, `saelabel batch import --db \(status.path) results.jsonl`, then run again (exit 4)")
+        }
         for path in report.exports { lines.append("wrote \(path)") }
         lines.append(String(format: "wall time %.1f s", report.wallSeconds))
         return lines.joined(separator: "\n")

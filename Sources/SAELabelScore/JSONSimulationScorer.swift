@@ -234,13 +234,23 @@ public struct JSONSimulationScorer: Scorer {
         var failed = 0, retried = 0
         // Windows run one after another: the caller runs features in parallel, and local servers
         // answer one request at a time anyway.
+        var deferred: SAELabelError?
         for (ordinal, window) in heldout.enumerated() {
-            let result = try await simulate(feature: feature, ordinal: ordinal, explanation: explanation, tokens: window.tokens)
+            let result: WindowSimulation
+            do {
+                result = try await simulate(feature: feature, ordinal: ordinal, explanation: explanation, tokens: window.tokens)
+            } catch {
+                // Batch mode: queue every window's request in this round, then put the feature off.
+                guard ScoringSupport.isDeferred else { throw error }
+                deferred = deferred ?? error
+                continue
+            }
             if result.retried { retried += 1 }
             if result.values == nil { failed += 1 }
             simulated.append(result.values ?? Array(repeating: 0, count: window.tokens.count))
             windows.append(SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: result.values, error: result.error))
         }
+        if let deferred { throw deferred }
         var result = SimulationScoring.result(heldout: heldout, simulated: simulated, windows: windows,
                                               failedWindows: failed, retriedWindows: retried)
         result.unusableTags = windows.filter { $0.simulated == nil }.flatMap {

@@ -104,6 +104,28 @@ enum Schema {
             // A failed score drops its unusable cached answers by call tag (ScoreStep).
             try db.create(index: "llm_call_tag", on: "llm_call", columns: ["tag"])
         }
+        // Batch mode (BatchStore.swift): requests waiting for or sent in a provider batch, and the batches,
+        // so a run killed while waiting polls the same batches again instead of submitting twice.
+        migrator.registerMigration("v3-batch-requests") { db in
+            try db.create(table: "batch_request") { t in
+                t.primaryKey("key", .text)
+                t.column("stage", .text).notNull()
+                t.column("path", .text).notNull()
+                t.column("body", .blob).notNull()
+                t.column("state", .text).notNull()  // queued | submitted | answered | failed
+                t.column("batch_id", .text)
+                t.column("error", .text)
+                t.column("created_at", .datetime).notNull()
+            }
+            try db.create(table: "llm_batch") { t in
+                t.primaryKey("id", .text)
+                t.column("stage", .text).notNull()
+                t.column("input_file_id", .text).notNull()
+                t.column("status", .text).notNull()
+                t.column("done", .boolean).notNull().defaults(to: false)
+                t.column("created_at", .datetime).notNull()
+            }
+        }
         return migrator
     }
 }
