@@ -46,6 +46,7 @@ public enum JobRunner {
         if request.stage == .all || request.stage == .collect {
             report.collect = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: request.newVersion,
                                                   progress: progress)
+            try CarryOver.recordDirections(config, store: store, features: plan.features)
         } else {
             try store.verifyInputs(plan.fingerprints, acceptChanges: request.newVersion)
             try Pipeline.verifySelectionSettings(options, store: store, acceptChanges: request.newVersion)
@@ -57,9 +58,14 @@ public enum JobRunner {
             let (explainer, scorers) = try labelers(request, clients: clients, prompts: prompts)
             let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
             let wantsExplain = request.stage == .all || request.stage == .explain
-            report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
+            if config.carryOver.enabled, wantsExplain, let explainer, let pass {
+                (report.labeling, report.carryOver) = try await CarryOver.label(config, store: store, pass: pass, explainer: explainer,
+                                                                                scorers: scorers, selection: request.selection, progress: progress)
+            } else {
+                report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
                                                        scorers: scorers, selection: request.selection,
-                                                       concurrency: config.limits.concurrency, progress: progress)
+                                                           concurrency: config.limits.concurrency, progress: progress)
+            }
             report.llm = clients.statistics()
         }
 
@@ -155,6 +161,9 @@ public enum JobRunner {
                                                                  sequence: 0, start: 0),
                                       count: c.heldoutTop + c.heldoutQuantile + c.heldoutRandom)
         var estimate = DryRunEstimate(config: config, features: plan.features)
+        let carryable = wantsExplain && explainer != nil
+            ? try CarryOver.preview(config, store: store, features: plan.features, newVersion: request.newVersion) : ([], nil)
+        estimate.carryNote = carryable.note
         estimate.preflightCalls = Set(endpoints.map(\.key)).count
         let collecting = request.stage == .all || request.stage == .collect
         for feature in plan.features {
@@ -165,7 +174,9 @@ public enum JobRunner {
             if uncollected {
                 guard collecting else { continue }
                 estimate.exact = false
-                if wantsExplain { estimate.explainCalls += explainCallsPerFeature }
+                if carryable.features.contains(feature) {
+                    estimate.carriedLabels += 1
+                } else if wantsExplain { estimate.explainCalls += explainCallsPerFeature }
                 estimate.scoreCalls += scorers.reduce(0) { $0 + $1.plannedCalls(heldout: configuredHeldout) }
                 continue
             }
@@ -178,7 +189,11 @@ public enum JobRunner {
             }
             if explanation == nil {
                 guard wantsExplain else { continue }
-                estimate.explainCalls += explainCallsPerFeature
+                if carryable.features.contains(feature), try store.carriedLabels().allSatisfy({ $0.feature != feature }) {
+                    estimate.carriedLabels += 1
+                } else {
+                    estimate.explainCalls += explainCallsPerFeature
+                }
             }
             guard !scorers.isEmpty else { continue }
             let stored = try explanation.map { explanation throws(SAELabelError) in try store.scores(explanation: explanation) } ?? []
@@ -201,6 +216,10 @@ public struct DryRunEstimate: Sendable {
     public var scoreCalls = 0
     /// One check request per endpoint and model, sent before collect (see `Pipeline.preflight`).
     public var preflightCalls = 0
+    /// Features that would get a carried label from the earlier SAE version instead of an explain call (each is
+    /// still scored; one that scores worse by more than `max_score_drop` is explained after all).
+    public var carriedLabels = 0
+    public var carryNote: String?
     /// False when some features are not collected yet, so their calls are an upper bound.
     public var exact = true
     public var promptTokens = 0

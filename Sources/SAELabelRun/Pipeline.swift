@@ -23,6 +23,8 @@ public struct RunReport: Sendable {
     public var exports: [String]
     /// LLM requests of this run (nil when no stage called an LLM).
     public var llm: ClientStatistics?
+    /// Labels carried over from an earlier SAE version (nil when carry-over did not run).
+    public var carryOver: CarryOverReport?
 
     public var exitCode: Int32 { status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0 }
 }
