@@ -301,7 +301,7 @@ public enum SAEFormats {
         }
         let bias = try check("encoder.bias", [dSAE])
         let bDec = try check("b_dec", [dIn])
-        let wDec = weights.tensors["W_dec"] != nil ? try check("W_dec", [dSAE, dIn]) : nil
+        let wDec = try weights.tensors["W_dec"] != nil ? check("W_dec", [dSAE, dIn]) : nil
         let hook = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
         let config = SAEConfig(dIn: dIn, dSAE: dSAE, architecture: activation == "groupmax" ? .groupMax(k) : .topk(k), applyBDecToInput: !transcode,
                                hookName: hook, modelName: "", neuronpediaID: nil)

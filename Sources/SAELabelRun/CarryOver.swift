@@ -77,7 +77,8 @@ public enum CarryOver {
         guard let pass = try origin.labelingPass(inputVersion: version) else {
             return (nil, "carry-over unavailable: \(name) has no labels for its SAE version \(version)")
         }
-        return (Source(name: name, pass: pass, directions: directions, labels: try origin.carrySourceLabels(pass: pass, scorer: scorer)), nil)
+        let labels = try origin.carrySourceLabels(pass: pass, scorer: scorer)
+        return (Source(name: name, pass: pass, directions: directions, labels: labels), nil)
     }
 
     /// One-to-one matches by mutual best decoder cosine at or above `minCosine`: (new feature, old feature, cosine).

@@ -59,8 +59,10 @@ public enum JobRunner {
             let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
             let wantsExplain = request.stage == .all || request.stage == .explain
             if config.carryOver.enabled, wantsExplain, let explainer, let pass {
-                (report.labeling, report.carryOver) = try await CarryOver.label(config, store: store, pass: pass, explainer: explainer,
-                                                                                scorers: scorers, selection: request.selection, progress: progress)
+                let (outcome, carried) = try await CarryOver.label(config, store: store, pass: pass, explainer: explainer,
+                                                                   scorers: scorers, selection: request.selection, progress: progress)
+                report.labeling = outcome
+                report.carryOver = carried
             } else {
                 report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
                                                        scorers: scorers, selection: request.selection,
@@ -161,9 +163,12 @@ public enum JobRunner {
                                                                  sequence: 0, start: 0),
                                       count: c.heldoutTop + c.heldoutQuantile + c.heldoutRandom)
         var estimate = DryRunEstimate(config: config, features: plan.features)
-        let carryable = wantsExplain && explainer != nil
-            ? try CarryOver.preview(config, store: store, features: plan.features, newVersion: request.newVersion) : ([], nil)
+        var carryable: (features: Set<Int>, note: String?) = ([], nil)
+        if wantsExplain, explainer != nil {
+            carryable = try CarryOver.preview(config, store: store, features: plan.features, newVersion: request.newVersion)
+        }
         estimate.carryNote = carryable.note
+        let alreadyCarried = Set(try store?.carriedLabels().map(\.feature) ?? [])
         estimate.preflightCalls = Set(endpoints.map(\.key)).count
         let collecting = request.stage == .all || request.stage == .collect
         for feature in plan.features {
@@ -189,7 +194,7 @@ public enum JobRunner {
             }
             if explanation == nil {
                 guard wantsExplain else { continue }
-                if carryable.features.contains(feature), try store.carriedLabels().allSatisfy({ $0.feature != feature }) {
+                if carryable.features.contains(feature), !alreadyCarried.contains(feature) {
                     estimate.carriedLabels += 1
                 } else {
                     estimate.explainCalls += explainCallsPerFeature

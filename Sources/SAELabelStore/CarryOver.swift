@@ -81,7 +81,8 @@ extension JobStore {
             for row in try Row.fetchAll(db, sql: "SELECT feature, direction FROM decoder_direction WHERE input_version = ? ORDER BY feature",
                                         arguments: [version]) {
                 let data: Data = row["direction"]
-                let values = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+                var values = [Float](repeating: 0, count: data.count / MemoryLayout<Float>.size)
+                _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0) }
                 if width == 0 { width = values.count }
                 guard values.count == width else { throw SAELabelError.store("decoder directions of version \(version) differ in width") }
                 features.append(row["feature"])

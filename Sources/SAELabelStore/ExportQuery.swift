@@ -66,7 +66,7 @@ extension JobStore {
                         try Self.example($0, decoder: decoder)
                     }
                 }
-                let carried = explanation == nil ? nil : try Row.fetchOne(carriedStatement, arguments: [record.index, pass]).map(Self.carriedLabel)
+                let carried = try explanation.flatMap { _ in try Row.fetchOne(carriedStatement, arguments: [record.index, pass]).map(Self.carriedLabel) }
                 try body(ExportFeature(record: record, explanation: explanation, scores: scores, examples: examples, carriedFrom: carried))
             }
         }
