@@ -56,6 +56,12 @@ struct CarryOverTests {
 
         let (sae, truth) = try await nextVersion(dir)
         try switchTo(sae, job: job)
+        // --dry-run says how many labels would be carried, and sends and writes nothing.
+        let dry = try await runSAELabel(["run", "--config", job, "--new-version", "--dry-run"])
+        #expect(dry.status == 0, "\(dry.stderr)")
+        let dryLine = try #require(dry.stdout.split(separator: "\n").first { $0.hasPrefix("carry-over: ") }, "\(dry.stdout)")
+        let wouldCarry = try #require(Int(dryLine.dropFirst("carry-over: ".count).prefix { $0.isNumber }))
+        #expect(try JobStore(path: dir.file("job.sqlite")).inputVersion() == 1)
         try await mock.resetStats()
         let second = try await runSAELabel(["run", "--config", job, "--new-version"])
         #expect(second.status == 0, "\(second.stderr)")
@@ -65,6 +71,8 @@ struct CarryOverTests {
         #expect(try store.currentPass() != oldPass)
         let carried = try store.carriedLabels()
         let byFeature = Dictionary(uniqueKeysWithValues: carried.map { ($0.feature, $0) })
+        let dead = try store.features(in: [.dead, .sparse]).count
+        #expect(wouldCarry >= carried.count && wouldCarry <= carried.count + dead, "dry-run said \(wouldCarry), the run carried \(carried.count)")
         // Surviving features whose old feature had a label and that are labelable now: each should get that label.
         let labelableNow = Set(try labelable(store))
         let survivors = truth.enumerated().filter { new, old in old.map { oldLabels[$0] != nil } == true && labelableNow.contains(new) }
