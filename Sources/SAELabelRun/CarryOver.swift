@@ -38,7 +38,7 @@ public enum CarryOver {
     /// against them even after the SAE file is replaced by its retrain.
     public static func recordDirections(_ config: JobConfig, store: JobStore, features: [Int]) throws(SAELabelError) {
         let version = try store.inputVersion()
-        let recorded = try store.decoderDirections(version: version).map { Set($0.features) } ?? []
+        let recorded = try store.featuresWithDecoderDirections(version: version)
         let missing = features.filter { !recorded.contains($0) }
         guard !missing.isEmpty, let sae = config.inputs.sae,
               let directions = try SAEDecoder.directions(saePath: sae, features: missing) else { return }

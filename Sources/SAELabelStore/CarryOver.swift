@@ -67,9 +67,10 @@ extension JobStore {
         }
     }
 
-    public func hasDecoderDirections(version: Int) throws(SAELabelError) -> Bool {
+    /// The features whose directions of `version` are recorded (ids only: a resumed run checks, not reads, them).
+    public func featuresWithDecoderDirections(version: Int) throws(SAELabelError) -> Set<Int> {
         try read { db in
-            try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM decoder_direction WHERE input_version = ?)", arguments: [version]) ?? false
+            Set(try Int.fetchAll(db, sql: "SELECT feature FROM decoder_direction WHERE input_version = ?", arguments: [version]))
         }
     }
 
