@@ -120,6 +120,36 @@ struct CarryOverTests {
         #expect(csv.hasPrefix("feature,") && csv.contains("carried_from_feature"))
     }
 
+    @Test func carriesFromAnotherStoreAndSaysWhenAStoreCannot() async throws {
+        let earlier = TempDirectory()
+        let mock = try await MockLLMServer.start([])
+        #expect(try await runSAELabel(["run", "--config", try job(earlier, endpoint: mock.baseURL), "--quiet"]).status == 0)
+        let (sae, truth) = try await nextVersion(earlier)
+
+        // A new job over the next version, in its own store, carrying from the earlier job's store.
+        let dir = TempDirectory()
+        let newJob = try job(dir, endpoint: mock.baseURL, extra: "\n[carry_over]\nfrom = \"\(earlier.file("job.sqlite"))\"\n")
+        try switchTo(sae, job: newJob)
+        let run = try await runSAELabel(["run", "--config", newJob, "--quiet"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let carried = try JobStore(path: dir.file("job.sqlite")).carriedLabels()
+        #expect(carried.count >= 40)
+        #expect(carried.allSatisfy { truth[$0.feature] == $0.sourceFeature && $0.source == earlier.file("job.sqlite") })
+
+        // A store without recorded directions (as one written before carry-over) cannot carry, and says so.
+        let old = TempDirectory()
+        let oldJob = try job(old, endpoint: mock.baseURL)
+        #expect(try await runSAELabel(["run", "--config", oldJob, "--quiet"]).status == 0)
+        let wiped = try await runProcess("/usr/bin/env", ["python3", "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM decoder_direction'); c.commit()", old.file("job.sqlite")])
+        #expect(wiped.status == 0, "\(wiped.stderr)")
+        try switchTo(sae, job: oldJob)
+        let second = try await runSAELabel(["run", "--config", oldJob, "--new-version"])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stdout.contains("carry-over unavailable"), "\(second.stdout)")
+        #expect(try JobStore(path: old.file("job.sqlite")).carriedLabels().isEmpty)
+    }
+
     @Test func disabledCarriesNothing() async throws {
         let dir = TempDirectory()
         let mock = try await MockLLMServer.start([])
