@@ -82,6 +82,19 @@ public struct JobConfig: Sendable, Equatable {
         public var batchPollSeconds = 60.0
     }
 
+    /// `[carry_over]`: labels of an earlier SAE version go to the new version's matching features (CarryOver.swift).
+    public struct CarryOver: Sendable, Equatable {
+        public init() {}
+
+        public var enabled = true
+        /// Another store to carry from, instead of this store's previous version.
+        public var from: String?
+        /// A carried label whose new score is lower than its old one by more than this is re-explained.
+        public var maxScoreDrop = 0.1
+        /// Decoder-direction cosine a match needs (see README for the data behind the default).
+        public var minCosine = CarryOverDefaults.minCosine
+    }
+
     public struct Export: Sendable, Equatable {
         public init() {}
 
@@ -110,6 +123,7 @@ public struct JobConfig: Sendable, Equatable {
     public var scoring = Scoring()
     public var limits = Limits()
     public var export = Export()
+    public var carryOver = CarryOver()
 
     public init() {}
 
@@ -232,7 +246,7 @@ struct JobConfigReader {
 
     func read(_ root: TOMLTable) throws(SAELabelError) -> JobConfig {
         var config = JobConfig()
-        try allow(root, "", ["job", "inputs", "collect", "explainer", "simulator", "limits", "export"])
+        try allow(root, "", ["job", "inputs", "collect", "explainer", "simulator", "limits", "export", "carry_over"])
 
         let job = try table(root, "job")
         try allow(job, "job", ["store", "seed", "prompts_dir"])
@@ -356,6 +370,17 @@ struct JobConfigReader {
         config.export.csv = try string(export, "export", "csv").map(resolve)
         config.export.neuronpedia = try string(export, "export", "neuronpedia").map(resolve)
         config.export.html = try string(export, "export", "html").map(resolve)
+
+        let carry = try table(root, "carry_over")
+        try allow(carry, "carry_over", ["enabled", "from", "max_score_drop", "min_cosine"])
+        config.carryOver.enabled = try bool(carry, "carry_over", "enabled") ?? config.carryOver.enabled
+        config.carryOver.from = try string(carry, "carry_over", "from").map(resolve)
+        config.carryOver.maxScoreDrop = try double(carry, "carry_over", "max_score_drop") ?? config.carryOver.maxScoreDrop
+        config.carryOver.minCosine = try double(carry, "carry_over", "min_cosine") ?? config.carryOver.minCosine
+        guard config.carryOver.maxScoreDrop >= 0, (-1...1).contains(config.carryOver.minCosine) else {
+            throw .badInput(location: location("carry_over", "max_score_drop"),
+                            problem: "max_score_drop must be ≥ 0 and min_cosine within [-1, 1]")
+        }
         return config
     }
 

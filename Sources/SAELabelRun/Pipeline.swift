@@ -28,6 +28,8 @@ public struct RunReport: Sendable {
     public var batchRequestsQueued = 0
     /// Batch mode: the store's batch requests by state (queued, submitted, answered, failed).
     public var batchRequests: [String: Int] = [:]
+    /// Labels carried over from an earlier SAE version (nil when carry-over did not run).
+    public var carryOver: CarryOverReport?
 
     /// 4 when batch mode left work waiting (open batches, or requests to export); else 1 when features failed.
     public var exitCode: Int32 {

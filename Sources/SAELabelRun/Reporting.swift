@@ -17,6 +17,14 @@ public enum Reporting {
         if !report.scoreValues.isEmpty {
             lines.append("simulation scores (\(report.scoreValues.count) features): " + distribution(report.scoreValues))
         }
+        if let carry = report.carryOver {
+            if let note = carry.note {
+                lines.append(note)
+            } else if carry.matched > 0 {
+                let median = carry.medianCosine.map { String(format: "%.3f", $0) } ?? "-"
+                lines.append("carry-over: \(carry.matched) matched (decoder cosine ≥ \(carry.minCosine), median \(median)), \(carry.carried) carried and re-scored, \(carry.reexplained) re-explained; \(carry.explainCallsSaved) explain calls saved")
+            }
+        }
         if let llm = report.llm {
             lines.append("LLM this run: \(llm.requestsSent) requests sent (\(llm.retries) retries), \(llm.cacheHits) answered from the store's cache, \(llm.promptTokens) tokens in / \(llm.completionTokens) out")
         }
@@ -161,6 +169,10 @@ public enum Reporting {
         let bound = estimate.exact ? "" : " (at most: dead and sparse features are known only after collect)"
         lines.append("LLM calls: \(estimate.explainCalls) explain + \(estimate.scoreCalls) score + \(estimate.preflightCalls) endpoint check\(estimate.preflightCalls == 1 ? "" : "s") = \(estimate.totalCalls)\(bound)")
         lines.append("tokens (estimated): \(estimate.promptTokens) in / \(estimate.completionTokens) out")
+        if estimate.carriedLabels > 0 {
+            lines.append("carry-over: \(estimate.carriedLabels) features would take the matching earlier label (re-scored, not explained: \(estimate.carriedLabels) explain calls saved); up to \(estimate.carriedLabels) more explain calls if their scores drop by more than max_score_drop")
+        }
+        if let note = estimate.carryNote { lines.append(note) }
         lines.append("nothing was called or written (--dry-run)")
         return lines.joined(separator: "\n")
     }

@@ -126,6 +126,27 @@ enum Schema {
                 t.column("created_at", .datetime).notNull()
             }
         }
+        // Label carry-over (CarryOver.swift): each SAE version's decoder directions, and which labels were carried.
+        migrator.registerMigration("v3-carry-over") { db in
+            try db.create(table: "decoder_direction") { t in
+                t.column("input_version", .integer).notNull()
+                t.column("feature", .integer).notNull()
+                t.column("direction", .blob).notNull()     // unit-length W_dec row, float32 little-endian
+                t.primaryKey(["input_version", "feature"])
+            }
+            try db.create(table: "carried_label") { t in
+                t.column("pass", .text).notNull()
+                t.column("feature", .integer).notNull()
+                t.column("source", .text).notNull()          // "this store" or the other store's path
+                t.column("source_pass", .text).notNull()
+                t.column("source_feature", .integer).notNull()
+                t.column("cosine", .double).notNull()
+                t.column("previous_score", .double)
+                t.column("decision", .text).notNull()        // carried (awaiting its score) | kept | reexplained
+                t.column("new_score", .double)
+                t.primaryKey(["pass", "feature"])
+            }
+        }
         return migrator
     }
 }
