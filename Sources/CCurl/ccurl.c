@@ -4,6 +4,12 @@
 #include <string.h>
 #include <strings.h>
 #ifdef __linux__
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #endif
 
@@ -161,6 +167,154 @@ int ccurl_multi_next_done(CURLM *multi, ccurl_transfer **transfer, CURLcode *res
     }
     return 0;
 }
+
+#ifdef __linux__
+
+struct ccurl_loop {
+    CURLM *multi;
+    int epoll_fd;
+    int wake_fd;           // eventfd; written by ccurl_loop_wakeup from any thread
+    int timer_armed;       // libcurl asked for a timeout at timer_deadline_ns
+    int64_t timer_deadline_ns;
+};
+
+static int64_t ccurl_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int ccurl_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+    (void)easy; (void)socketp;
+    ccurl_loop *loop = (ccurl_loop *)userp;
+    if (what == CURL_POLL_REMOVE) {
+        // The socket may already be closed, in which case the kernel dropped it from the set.
+        epoll_ctl(loop->epoll_fd, EPOLL_CTL_DEL, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.data.fd = s;
+    if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
+    if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
+    if (epoll_ctl(loop->epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT) {
+        if (epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, s, &ev) != 0) return -1;
+    }
+    return 0;
+}
+
+static int ccurl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+    (void)multi;
+    ccurl_loop *loop = (ccurl_loop *)userp;
+    if (timeout_ms < 0) {
+        loop->timer_armed = 0;
+    } else {
+        loop->timer_armed = 1;
+        loop->timer_deadline_ns = ccurl_now_ns() + (int64_t)timeout_ms * 1000000;
+    }
+    return 0;
+}
+
+ccurl_loop *ccurl_loop_create(CURLM *multi) {
+    ccurl_loop *loop = calloc(1, sizeof(ccurl_loop));
+    if (!loop) return NULL;
+    loop->multi = multi;
+    loop->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    loop->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.fd = loop->wake_fd;
+    if (loop->epoll_fd < 0 || loop->wake_fd < 0 || epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, loop->wake_fd, &ev) != 0) {
+        if (loop->epoll_fd >= 0) close(loop->epoll_fd);
+        if (loop->wake_fd >= 0) close(loop->wake_fd);
+        free(loop);
+        return NULL;
+    }
+    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, ccurl_socket_cb);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, (void *)loop);
+    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, ccurl_timer_cb);
+    curl_multi_setopt(multi, CURLMOPT_TIMERDATA, (void *)loop);
+    return loop;
+}
+
+void ccurl_loop_destroy(ccurl_loop *loop) {
+    if (!loop) return;
+    // Transfers removed during curl_multi_cleanup may still report their sockets.
+    curl_multi_setopt(loop->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+    curl_multi_setopt(loop->multi, CURLMOPT_TIMERFUNCTION, NULL);
+    close(loop->epoll_fd);
+    close(loop->wake_fd);
+    free(loop);
+}
+
+void ccurl_loop_wakeup(ccurl_loop *loop) {
+    uint64_t one = 1;
+    // A full counter (EAGAIN) already means "wake up".
+    ssize_t written = write(loop->wake_fd, &one, sizeof one);
+    (void)written;
+}
+
+CURLMcode ccurl_loop_run_once(ccurl_loop *loop, int max_wait_ms) {
+    int wait_ms = max_wait_ms;
+    if (loop->timer_armed) {
+        int64_t left_ns = loop->timer_deadline_ns - ccurl_now_ns();
+        int64_t left_ms = left_ns <= 0 ? 0 : (left_ns + 999999) / 1000000;
+        if (left_ms < wait_ms) wait_ms = (int)left_ms;
+    }
+    struct epoll_event events[64];
+    int n = epoll_wait(loop->epoll_fd, events, 64, wait_ms);
+    if (n < 0 && errno != EINTR) return CURLM_INTERNAL_ERROR;
+    int running = 0;
+    CURLMcode mc = CURLM_OK;
+    for (int i = 0; i < n; i++) {
+        int fd = events[i].data.fd;
+        if (fd == loop->wake_fd) {
+            uint64_t count;
+            ssize_t got = read(loop->wake_fd, &count, sizeof count);
+            (void)got;
+            continue;
+        }
+        int flags = 0;
+        if (events[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
+        if (events[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+        if (events[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
+        mc = curl_multi_socket_action(loop->multi, fd, flags, &running);
+        // A socket closed while handling an earlier event of this batch is no error.
+        if (mc == CURLM_BAD_SOCKET) mc = CURLM_OK;
+        if (mc != CURLM_OK) return mc;
+    }
+    if (loop->timer_armed && loop->timer_deadline_ns <= ccurl_now_ns()) {
+        loop->timer_armed = 0;
+        mc = curl_multi_socket_action(loop->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    return mc;
+}
+
+#else  // no epoll: poll every transfer per wake-up
+
+struct ccurl_loop {
+    CURLM *multi;
+};
+
+ccurl_loop *ccurl_loop_create(CURLM *multi) {
+    ccurl_loop *loop = calloc(1, sizeof(ccurl_loop));
+    if (loop) loop->multi = multi;
+    return loop;
+}
+
+void ccurl_loop_destroy(ccurl_loop *loop) { free(loop); }
+
+void ccurl_loop_wakeup(ccurl_loop *loop) { curl_multi_wakeup(loop->multi); }
+
+CURLMcode ccurl_loop_run_once(ccurl_loop *loop, int max_wait_ms) {
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(loop->multi, &running);
+    if (mc != CURLM_OK) return mc;
+    return curl_multi_poll(loop->multi, NULL, 0, max_wait_ms, NULL);
+}
+
+#endif
 
 void ccurl_set_thread_name(const char *name) {
 #ifdef __linux__

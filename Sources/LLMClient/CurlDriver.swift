@@ -55,13 +55,15 @@ private struct Inbox: Sendable {
     var driverThread: pthread_t? = nil
 }
 
-/// Owns one libcurl multi handle on one dedicated thread, which loops on `curl_multi_poll`.
-/// Other threads only touch `inbox` (under its lock) and call `curl_multi_wakeup`, which libcurl
-/// documents as safe from any thread. All other state is confined to the driver thread.
+/// Owns one libcurl multi handle on one dedicated thread, which runs an epoll loop over
+/// `curl_multi_socket_action` (ccurl_loop): each wake-up costs the sockets that are ready, not every
+/// transfer in flight. Other threads only touch `inbox` (under its lock) and call
+/// `ccurl_loop_wakeup` (an eventfd write). All other state is confined to the driver thread.
 final class CurlDriver: @unchecked Sendable {
     private let inbox = Mutex(Inbox())
     private let exited = DispatchSemaphore(value: 0)
     private let multi: UnsafeMutableRawPointer
+    private let loop: OpaquePointer
     private let maxInFlight: Int
 
     // Driver-thread-only state.
@@ -80,6 +82,10 @@ final class CurlDriver: @unchecked Sendable {
             fatalError("curl_multi_init failed (out of memory)")
         }
         multi = m
+        guard let l = ccurl_loop_create(m) else {
+            fatalError("cannot create the libcurl event loop (out of file descriptors?)")
+        }
+        loop = l
         // One connection per in-flight request to the same host, all kept alive for reuse.
         _ = ccurl_multi_setopt_long(m, CURLMOPT_MAX_HOST_CONNECTIONS, self.maxInFlight)
         _ = ccurl_multi_setopt_long(m, CURLMOPT_MAXCONNECTS, self.maxInFlight)
@@ -94,7 +100,7 @@ final class CurlDriver: @unchecked Sendable {
                 let accepted = inbox.withLock { box -> Bool in
                     if box.terminated || box.stopRequested { return false }
                     box.submissions.append(Submission(token: token, attempt: attempt, continuation: continuation))
-                    _ = curl_multi_wakeup(multi)  // under the lock: cleanup cannot run concurrently
+                    ccurl_loop_wakeup(loop)  // under the lock: cleanup cannot run concurrently
                     return true
                 }
                 if !accepted { continuation.resume(returning: .cancelled) }
@@ -104,7 +110,7 @@ final class CurlDriver: @unchecked Sendable {
             inbox.withLock { box in
                 guard !box.terminated else { return }
                 box.cancels.append(token)
-                _ = curl_multi_wakeup(multi)
+                ccurl_loop_wakeup(loop)
             }
         }
     }
@@ -115,7 +121,7 @@ final class CurlDriver: @unchecked Sendable {
             let onDriver = box.driverThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false
             if box.terminated { return (false, onDriver) }
             box.stopRequested = true
-            _ = curl_multi_wakeup(multi)
+            ccurl_loop_wakeup(loop)
             return (true, onDriver)
         }
         if waitForExit && !onDriver {
@@ -129,7 +135,6 @@ final class CurlDriver: @unchecked Sendable {
     private func run() {
         ccurl_set_thread_name("saelabel-curl")
         inbox.withLock { $0.driverThread = pthread_self(); $0.threadStarted = true }
-        var running: Int32 = 0
         while true {
             let (submissions, cancels, stop) = inbox.withLock { box in
                 let taken = (box.submissions, box.cancels, box.stopRequested)
@@ -152,16 +157,13 @@ final class CurlDriver: @unchecked Sendable {
             for token in cancels { cancel(token) }
             startPending()
 
-            _ = curl_multi_perform(multi, &running)
-            var finishedAny = false
+            // Returns at once when libcurl's timer is due (it is, right after handles were added).
+            _ = ccurl_loop_run_once(loop, 1000)
             var transfer: UnsafeMutablePointer<ccurl_transfer>? = nil
             var code = CURLE_OK
             while ccurl_multi_next_done(multi, &transfer, &code) != 0 {
                 if let t = transfer { finish(t, code: code) }
-                finishedAny = true
             }
-            if finishedAny && pendingHead < pending.count { continue }
-            _ = curl_multi_poll(multi, nil, 0, 1000, nil)
         }
         // Stop: cancel everything still queued or running, then refuse new work.
         for (t, a) in active {
@@ -181,6 +183,7 @@ final class CurlDriver: @unchecked Sendable {
             return late
         }
         for s in late { s.continuation.resume(returning: .cancelled) }
+        ccurl_loop_destroy(loop)
         curl_multi_cleanup(multi)
         exited.signal()
     }

@@ -93,7 +93,12 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     { key: 'frequency', i: 6, title: 'Frequency', num: true },
     { key: 'max', i: 7, title: 'Max act.', num: true }
   ];
-  var S = { meta: null, parts: {}, partsLoaded: 0, rows: null, byFeature: {}, chunks: {}, loading: {}, lastIndexHash: '' };
+  // rows: every summary row once all index parts are in (until then `partial` holds the first part
+  // to arrive, so the page paints before a 131k-feature index has loaded). The search index is built
+  // once from the rows: lower-cased labels, and one sorted order per column and direction, so a
+  // keystroke only scans; a query that extends the previous one scans only its matches.
+  var S = { meta: null, parts: {}, partsLoaded: 0, rows: null, partial: null, byFeature: {}, chunks: {}, loading: {},
+            lastIndexHash: '', lower: null, orders: {}, last: null };
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -187,11 +192,17 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
   };
   window.__catalog_index = function (n, rows) {
     S.parts[n] = rows; S.partsLoaded++;
-    if (S.partsLoaded < S.meta.indexChunks) return;
+    rows.forEach(function (r) { S.byFeature[r[0]] = r; });
+    if (S.partsLoaded < S.meta.indexChunks) {
+      if (!S.partial) { S.partial = rows; render(); }
+      return;
+    }
     var all = [];
-    for (var i = 0; i < S.meta.indexChunks; i++) all = all.concat(S.parts[i]);
-    S.parts = null; S.rows = all;
-    all.forEach(function (r) { S.byFeature[r[0]] = r; });
+    for (var i = 0; i < S.meta.indexChunks; i++) Array.prototype.push.apply(all, S.parts[i]);
+    S.parts = null; S.partial = null; S.rows = all;
+    S.lower = all.map(function (r) { return (r[2] || '').toLowerCase(); });
+    S.orders = {}; S.last = null;
+    mark('data-loaded-ms');
     render();
   };
   window.__catalog_chunk = function (n, features) {
@@ -201,28 +212,53 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     render();
   };
 
+  function mark(name) {
+    if (!document.body.hasAttribute(name)) document.body.setAttribute(name, performance.now().toFixed(0));
+  }
+
   // ---- index view ----
-  function filtered(p) {
-    var q = (p.q || '').trim().toLowerCase();
-    var min = p.min !== undefined && p.min !== '' ? Number(p.min) : null;
-    var status = p.status || '';
-    var out = S.rows.filter(function (r) {
-      if (status && r[1] !== status) return false;
-      if (min !== null && !isNaN(min) && (r[3] === null || r[3] < min)) return false;
-      if (q && String(r[0]) !== q && (r[2] || '').toLowerCase().indexOf(q) < 0) return false;
-      return true;
-    });
-    var col = COLS.filter(function (c) { return c.key === p.sort; })[0] || COLS[0];
-    var dir = p.dir === 'desc' ? -1 : 1;
-    out.sort(function (a, b) {
-      var x = a[col.i], y = b[col.i];
+  function compareBy(rows, col, dir) {
+    return function (ia, ib) {
+      var a = rows[ia], b = rows[ib], x = a[col.i], y = b[col.i];
       if (x === null || x === undefined) return (y === null || y === undefined) ? a[0] - b[0] : 1;
       if (y === null || y === undefined) return -1;
       if (x < y) return -dir;
       if (x > y) return dir;
       return a[0] - b[0];
-    });
-    return { rows: out, col: col, dir: dir };
+    };
+  }
+  // Row positions in the order of one column and direction; built once per order while loaded.
+  function order(rows, col, dir) {
+    var key = col.key + dir;
+    if (rows === S.rows && S.orders[key]) return S.orders[key];
+    var positions = rows.map(function (_, i) { return i; });
+    positions.sort(compareBy(rows, col, dir));
+    if (rows === S.rows) S.orders[key] = positions;
+    return positions;
+  }
+  function filtered(p) {
+    var rows = S.rows || S.partial;
+    var q = (p.q || '').trim().toLowerCase();
+    var min = p.min !== undefined && p.min !== '' ? Number(p.min) : null;
+    if (min !== null && isNaN(min)) min = null;
+    var status = p.status || '';
+    var col = COLS.filter(function (c) { return c.key === p.sort; })[0] || COLS[0];
+    var dir = p.dir === 'desc' ? -1 : 1;
+    var key = [status, min, col.key, dir].join('\u0000');
+    // A query that extends the previous one (typing on) only needs to look at its matches; not when
+    // it could be a feature number, which matches by equality rather than as a substring.
+    var candidates = S.last && S.last.rows === rows && S.last.key === key && q.indexOf(S.last.q) === 0 && /\D/.test(q)
+      ? S.last.positions : order(rows, col, dir);
+    var positions = [];
+    for (var k = 0; k < candidates.length; k++) {
+      var i = candidates[k], r = rows[i];
+      if (status && r[1] !== status) continue;
+      if (min !== null && (r[3] === null || r[3] < min)) continue;
+      if (q && String(r[0]) !== q && (rows === S.rows ? S.lower[i] : (r[2] || '').toLowerCase()).indexOf(q) < 0) continue;
+      positions.push(i);
+    }
+    S.last = { rows: rows, key: key, q: q, positions: positions };
+    return { positions: positions, all: rows, col: col, dir: dir };
   }
 
   function renderIndex(p) {
@@ -234,13 +270,16 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     if (active !== $('q')) $('q').value = p.q || '';
     if (active !== $('min')) $('min').value = p.min || '';
     $('status').value = p.status || '';
-    var f = filtered(p), rows = f.rows;
-    var pages = Math.max(1, Math.ceil(rows.length / PAGE));
+    var f = filtered(p), matches = f.positions.length;
+    var pages = Math.max(1, Math.ceil(matches / PAGE));
     var page = Math.min(pages, Math.max(1, parseInt(p.page || '1', 10) || 1));
-    var start = (page - 1) * PAGE, slice = rows.slice(start, start + PAGE);
-    document.body.setAttribute('data-rows', String(rows.length));
-    $('count').textContent = rows.length + ' of ' + S.rows.length + ' features';
-    $('pageinfo').textContent = rows.length ? (start + 1) + '–' + (start + slice.length) + ' · page ' + page + ' of ' + pages : 'no matches';
+    var start = (page - 1) * PAGE;
+    var slice = f.positions.slice(start, start + PAGE).map(function (i) { return f.all[i]; });
+    document.body.setAttribute('data-rows', String(matches));
+    document.body.setAttribute('data-complete', S.rows ? '1' : '0');
+    $('count').textContent = matches + ' of ' + f.all.length + ' features' +
+      (S.rows ? '' : ' (loading ' + S.partsLoaded + ' of ' + S.meta.indexChunks + ' index parts\u2026)');
+    $('pageinfo').textContent = matches ? (start + 1) + '–' + (start + slice.length) + ' · page ' + page + ' of ' + pages : 'no matches';
     $('prev').disabled = page <= 1; $('next').disabled = page >= pages;
     $('prev').onclick = function () { update({ page: String(page - 1) }); };
     $('next').onclick = function () { update({ page: String(page + 1) }); };
@@ -273,7 +312,8 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     });
     table.appendChild(tbody);
     var c = $('content'); clear(c); c.appendChild(table);
-    if (!rows.length) c.appendChild(el('p', 'muted', 'No feature matches these filters.'));
+    if (!matches) c.appendChild(el('p', 'muted', 'No feature matches these filters.'));
+    mark('data-first-paint-ms');
   }
 
   // ---- feature view ----
@@ -317,6 +357,7 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     var back = el('a', null, '\u2190 All features'); back.setAttribute('href', S.lastIndexHash || '#');
     c.appendChild(back);
     var r = S.byFeature[n];
+    if (!r && !S.rows) { c.appendChild(el('p', 'muted', 'Loading the index\u2026')); document.body.setAttribute('data-view', 'loading'); return; }
     if (!r) { c.appendChild(el('p', 'error', 'Feature ' + n + ' is not in this catalog.')); return; }
     var chunk = r[8];
     var f = S.chunks[chunk] && S.chunks[chunk][n];
@@ -400,11 +441,14 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
   }
 
   function render() {
-    if (!S.meta || !S.rows) return;
+    if (!S.meta || !(S.rows || S.partial)) return;
+    var started = performance.now();
     var p = params();
     if (p.feature !== undefined && p.feature !== '') renderFeature(parseInt(p.feature, 10));
     else renderIndex(p);
-    document.body.setAttribute('data-ready', '1');
+    // How long this view took (filter, order, DOM): what a keystroke costs once the index is in.
+    document.body.setAttribute('data-render-ms', (performance.now() - started).toFixed(1));
+    if (S.rows) document.body.setAttribute('data-ready', '1');
   }
 
   $('q').addEventListener('input', function () { update({ q: $('q').value, page: '' }); });

@@ -7,7 +7,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "saelabel-bench",
         abstract: "Benchmarks: collect throughput against sgemm and numpy, LLM client throughput against the mock server.",
-        subcommands: [CollectBench.self, LLMBench.self])
+        subcommands: [CollectBench.self, LLMBench.self, StoreBench.self])
 }
 
 struct CollectBench: ParsableCommand {
@@ -68,5 +68,24 @@ struct LLMBench: AsyncParsableCommand {
 
     func run() async {
         await runLLMBenchmark(requests: requests, concurrency: concurrency, latencyMs: latencyMs, mockPath: mock, endpoint: endpoint)
+    }
+}
+
+struct StoreBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "store",
+        abstract: "Store size per feature and catalog/CSV/Neuronpedia/HTML export time on a synthetic labeled store.")
+
+    @Option(help: "Features in the synthetic store (every one labeled and scored).")
+    var features = 131_072
+
+    @Flag(help: "Keep the store and exports in the temporary folder.")
+    var keep = false
+
+    @Option(help: ArgumentHelp("Save a screenshot of the html catalog (a search, sorted by simulation) here.", valueName: "PNG"))
+    var screenshot: String?
+
+    func run() {
+        runStoreBenchmark(features: max(1, features), keep: keep, screenshot: screenshot)
     }
 }

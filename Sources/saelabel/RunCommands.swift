@@ -394,3 +394,22 @@ struct BatchImport: AsyncParsableCommand {
 enum BatchStage: String, ExpressibleByArgument, CaseIterable {
     case explain, score
 }
+
+struct Prune: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Drop cached LLM answers that finished work no longer needs and old passes' raw answers, then VACUUM.",
+        discussion: "Every label and score is kept; answers for unfinished work stay, so a resumed run pays nothing twice.")
+
+    @Option(help: ArgumentHelp("The job store.", valueName: "DB"))
+    var db: String
+
+    func run() async throws {
+        guard FileManager.default.fileExists(atPath: db) else {
+            throw SAELabelError.badInput(location: db, problem: "no job store here")
+        }
+        let summary = try JobStore(path: db, exclusive: true).prune()
+        func mib(_ bytes: Int64) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+        print("dropped \(summary.responsesDropped) cached LLM answers (\(summary.responsesKept) kept for unfinished work), "
+              + "cleared \(summary.rawResponsesCleared) raw answers of old passes; \(mib(summary.bytesBefore)) → \(mib(summary.bytesAfter))")
+    }
+}

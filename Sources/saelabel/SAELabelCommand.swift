@@ -13,10 +13,11 @@ struct SAELabelCommand: AsyncParsableCommand {
         discussion: """
             Every command is safe to kill and to run again: it continues where it stopped, and a finished \
             LLM call is never paid for twice. Exit status: 0 success; 1 the job finished but some features \
-            failed (see `saelabel status`); 2 bad usage or bad input (nothing written).
+            failed (see `saelabel status`); 2 bad usage or bad input (nothing written); 3 another command \
+            holds the store; 4 batch mode left work waiting for a batch (run again later).
             """,
         version: SAELabelVersion.current,
-        subcommands: [Run.self, Collect.self, Explain.self, Score.self, Status.self, Export.self, Merge.self, Passes.self, Batch.self])
+        subcommands: [Run.self, Collect.self, Explain.self, Score.self, Status.self, Export.self, Merge.self, Passes.self, Batch.self, Prune.self])
 
     /// Parses and runs, mapping every failure to CONTRACT.md's exit status and one line on stderr.
     static func main() async {

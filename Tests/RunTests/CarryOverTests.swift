@@ -202,7 +202,10 @@ struct CarryOverTests {
             process.waitUntilExit()
         }
         #expect(kills >= 1)
-        let final = try await runSAELabel(["run", "--config", job, "--quiet"])
+        // The new version starts with its first committed collect block: a store every kill stopped earlier still
+        // holds the old version, and the resuming run says --new-version as the user would.
+        let startedAtLast = try JobStore(path: dir.file("job.sqlite")).inputVersion() > 1
+        let final = try await runSAELabel(["run", "--config", job, "--quiet"] + (startedAtLast ? [] : ["--new-version"]))
         #expect(final.status == 0, "\(final.stderr)")
 
         let store = try JobStore(path: dir.file("job.sqlite"))

@@ -59,6 +59,22 @@ long ccurl_transfer_status(ccurl_transfer *transfer);
 // *result when one was found (the transfer is the one set via CURLOPT_PRIVATE), 0 otherwise.
 int ccurl_multi_next_done(CURLM *multi, ccurl_transfer **transfer, CURLcode *result);
 
+// --- an event loop over one multi handle: curl_multi_socket_action driven by epoll ---
+// libcurl tells the loop which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when its next timeout
+// is due (CURLMOPT_TIMERFUNCTION); each wake-up hands only the sockets that are ready to libcurl,
+// so a wake-up costs O(ready sockets), not O(transfers). Where epoll is missing (not Linux) it falls
+// back to curl_multi_poll + curl_multi_perform.
+typedef struct ccurl_loop ccurl_loop;
+// Installs the callbacks on `multi`. Returns NULL when the epoll or eventfd descriptors cannot be made.
+ccurl_loop *ccurl_loop_create(CURLM *multi);
+// Closes the loop's descriptors; call before curl_multi_cleanup, from the loop's thread.
+void ccurl_loop_destroy(ccurl_loop *loop);
+// Makes a running or future ccurl_loop_run_once return promptly. Safe from any thread.
+void ccurl_loop_wakeup(ccurl_loop *loop);
+// Waits at most max_wait_ms for ready sockets, libcurl's timeout or a wake-up, then lets libcurl
+// act on them. Finished transfers are then read with ccurl_multi_next_done. Returns a CURLMcode.
+CURLMcode ccurl_loop_run_once(ccurl_loop *loop, int max_wait_ms);
+
 // Names the calling thread (shown by top, gdb and perf); a no-op where unsupported.
 void ccurl_set_thread_name(const char *name);
 

@@ -1,0 +1,175 @@
+import Foundation
+import SAELabelCore
+import SAELabelExport
+import SAELabelStore
+
+/// Store size and export throughput at catalog scale on a synthetic store (realistic shapes: default
+/// example counts, 32-token windows of English-like tokens, one label and three scores per feature).
+///
+///     saelabel-bench store [--features 131072]
+///
+/// Each export's time is reported against a budget (60 s at 131,072 features) and as a ratio to a
+/// plain read of the same rows (every example and score row fetched, nothing written) in the same run.
+func runStoreBenchmark(features: Int, keep: Bool, screenshot: String?) {
+    let folder = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("saelabel-store-bench-\(getpid())")
+    try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    defer { if !keep { try? FileManager.default.removeItem(at: folder) } }
+    let path = folder.appendingPathComponent("job.sqlite").path
+    func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+    do {
+        let started = ContinuousClock.now
+        let store = try JobStore(path: path)
+        try fillSyntheticStore(store, features: features)
+        let fillSeconds = seconds(since: started)
+        let bytes = fileBytes(path) + fileBytes(path + "-wal")
+
+        let readStart = ContinuousClock.now
+        let (rows, textBytes) = try store.benchReadAllRows()
+        let readSeconds = seconds(since: readStart)
+
+        print("Store and exports (synthetic store, \(features) features, \(rows) example and score rows)")
+        print("  store written       \(f(fillSeconds)) s")
+        print("  store size          \(f(Double(bytes) / 1_048_576)) MiB = \(f(Double(bytes) / Double(features), 0)) bytes/feature")
+        print("  plain read of rows  \(f(readSeconds, 2)) s (\(f(Double(textBytes) / 1_048_576)) MiB of JSON text)")
+        let budget = 60.0 * Double(features) / 131_072
+        for format in ExportFormat.allCases {
+            let out = folder.appendingPathComponent("export-\(format.rawValue)" + (format == .catalog ? ".jsonl" : format == .csv ? ".csv" : "")).path
+            let start = ContinuousClock.now
+            let summary = try Exporter.export(store: store, format: format, to: out)
+            let t = seconds(since: start)
+            print("  export \(format.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)) \(f(t, 2)) s = "
+                  + "\(f(Double(summary.features) / t, 0)) features/s; \(f(t / budget, 2)) of the \(f(budget, 0)) s budget; "
+                  + "\(f(t / readSeconds, 1))× the plain read; \(f(Double(directoryBytes(out)) / 1_048_576)) MiB")
+        }
+        measureCatalogInChromium(folder.appendingPathComponent("export-html").path, screenshot: screenshot)
+        if keep { print("  kept in             \(folder.path)") }
+    } catch {
+        FileHandle.standardError.write(Data("store bench: \(error)\n".utf8))
+    }
+}
+
+private let sentences = [
+    "The dog chased the ball across the park while the cat watched from the fence .",
+    "In 1969 the first humans landed on the Moon , and in 1972 the last mission returned .",
+    "def area ( r ) : return math . pi * ( r ** 2 ) if r > 0 else 0",
+    "She said bonjour to the baker and bought a croissant et un café au lait .",
+    "Prices rose by 3.5 percent in March , the highest since 2008 according to the report .",
+    "for i in range ( 10 ) : print ( f \" value { i } \" ) # loop over the first ten numbers",
+].map { $0.split(separator: " ").map { " " + $0 } }
+
+private let labels = ["years written as four digits", "closing parentheses in Python code", "nouns for pets",
+                      "French words inside English sentences", "the token \"the\" at the start of a noun phrase",
+                      "percent signs and numeric rates", "loop headers in code", "commas separating clauses"]
+
+private func syntheticWindow(feature: Int, ordinal: Int, kind: ExampleKind) -> ActivationWindow {
+    var tokens: [String] = []
+    var s = (feature + ordinal) % sentences.count
+    while tokens.count < 32 {
+        tokens += sentences[s]
+        s = (s + 1) % sentences.count
+    }
+    tokens = Array(tokens.prefix(32))
+    let activations: [Float] = (0..<32).map { i in (i * 7 + feature + ordinal) % 11 > 7 ? Float((i + feature) % 9) + 0.5 : 0 }
+    return ActivationWindow(tokens: tokens, activations: activations, kind: kind, sequence: feature * 64 + ordinal, start: 0)
+}
+
+private func fillSyntheticStore(_ store: JobStore, features: Int) throws {
+    try store.setSetting(JobSettingKey.saeName, "synthetic-131k")
+    try store.setSetting(JobSettingKey.modelName, "gpt2-small")
+    try store.beginPass("bench")
+    let encoder = JSONEncoder()
+    for blockStart in stride(from: 0, to: features, by: 1024) {
+        let block = blockStart..<min(features, blockStart + 1024)
+        try store.saveCollected(block.map { feature in
+            let explain = (0..<20).map { syntheticWindow(feature: feature, ordinal: $0, kind: $0 < 10 ? .top : .quantile) }
+            let heldout = (0..<15).map { syntheticWindow(feature: feature, ordinal: 20 + $0, kind: $0 < 5 ? .top : $0 < 10 ? .quantile : .random) }
+            let stats = FeatureStatistics(frequency: 0.001 + Double(feature % 97) / 10_000, maxActivation: 8.5, meanActivation: 2.1,
+                                          activatingTokens: 1000 + feature % 5000, activatingWindows: 100 + feature % 400,
+                                          histogram: (0..<24).map { 400 >> ($0 / 3) })
+            return CollectedFeature(index: feature, state: .collected, statistics: stats, explain: explain, heldout: heldout)
+        })
+        for feature in block {
+            let explanation = try store.saveExplanation(feature: feature, text: "\(labels[feature % labels.count]) (\(feature))",
+                                                        explainerModel: "Llama-3.1-8B-Instruct", promptHash: "bench", rawResponse: nil)
+            let value = Double(feature % 100) / 100
+            let simulated = SimulationDetails(rsquared: value * value, absoluteDevExplained: value / 2, failedWindows: 0, retriedWindows: 0,
+                                              undefinedReason: nil, windows: (0..<15).map { ordinal in
+                SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: (0..<32).map { Double(($0 + ordinal) % 11) })
+            })
+            try store.saveScore(explanation: explanation, score: StoredScore(scorer: "simulation", value: value, model: "Llama-3.1-8B-Instruct",
+                                promptHash: "bench", details: String(decoding: try encoder.encode(simulated), as: UTF8.self)),
+                                completesFeature: false)
+            for scorer in ["detection", "fuzzing"] {
+                let details = ClassificationDetails(balancedAccuracy: value, f1: value, precision: value, recall: value, truePositives: 16,
+                                                    trueNegatives: 18, falsePositives: 2, falseNegatives: 4, failedPrompts: 0)
+                try store.saveScore(explanation: explanation, score: StoredScore(scorer: scorer, value: value, model: "Llama-3.1-8B-Instruct",
+                                    promptHash: "bench", details: String(decoding: try encoder.encode(details), as: UTF8.self)),
+                                    completesFeature: scorer == "fuzzing")
+            }
+        }
+    }
+}
+
+private func seconds(since start: ContinuousClock.Instant) -> Double {
+    let d = start.duration(to: .now)
+    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+}
+
+private func fileBytes(_ path: String) -> Int64 {
+    (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0
+}
+
+private func directoryBytes(_ path: String) -> Int64 {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else { return fileBytes(path) }
+    let files = FileManager.default.enumerator(atPath: path)?.compactMap { $0 as? String } ?? []
+    return files.reduce(Int64(0)) { $0 + fileBytes(path + "/" + $1) }
+}
+
+/// Opens the exported catalog from file:// in headless Chromium (real time, no virtual time budget)
+/// and reads the timings the page records on <body>: first paint of index rows, all index parts
+/// loaded, and how long the last view took (for a search: filter, order and DOM of one keystroke).
+private func measureCatalogInChromium(_ catalog: String, screenshot: String?) {
+    guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        print("  html in Chromium    skipped: chromium is not installed (Tools/install_deps.sh --browser)")
+        return
+    }
+    let url = URL(fileURLWithPath: catalog + "/index.html").absoluteString
+    func browse(_ extra: [String]) -> String {
+        let profile = NSTemporaryDirectory() + "saelabel-bench-chromium-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: profile) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: chromium)
+        p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                       "--user-data-dir=\(profile)"] + extra
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch { return "" }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+    func attribute(_ dom: String, _ name: String) -> Double? {
+        guard let range = dom.range(of: " \(name)=\"") else { return nil }
+        return Double(dom[range.upperBound...].prefix { $0 != "\"" })
+    }
+    func ms(_ x: Double?) -> String { x.map { String(format: "%.0f ms", $0) } ?? "not recorded" }
+    let plain = browse(["--dump-dom", url])
+    let firstPaint = attribute(plain, "data-first-paint-ms")
+    let loaded = attribute(plain, "data-loaded-ms")
+    print("  html first paint    \(ms(firstPaint)) after navigation (budget 1000 ms: \(firstPaint.map { String(format: "%.2f", $0 / 1000) } ?? "–") of it)")
+    print("  html index loaded   \(ms(loaded)) after navigation (all \(attribute(plain, "data-rows").map { String(Int($0)) } ?? "?") rows searchable)")
+    for query in ["pets", "q=pets&sort=simulation&dir=desc"] {
+        let view = query.contains("=") ? query : "q=\(query)"
+        let dom = browse(["--dump-dom", url + "#" + view])
+        let render = attribute(dom, "data-render-ms")
+        print("  html search         #\(view): \(attribute(dom, "data-rows").map { String(Int($0)) } ?? "?") matches in "
+              + "\(render.map { String(format: "%.1f ms", $0) } ?? "not recorded") (budget 100 ms a keystroke: "
+              + "\(render.map { String(format: "%.2f", $0 / 100) } ?? "–") of it)")
+    }
+    if let screenshot {
+        _ = browse(["--screenshot=\(screenshot)", "--window-size=1280,900", "--hide-scrollbars", url + "#q=pets&sort=simulation&dir=desc"])
+        print("  html screenshot     \(screenshot)")
+    }
+}

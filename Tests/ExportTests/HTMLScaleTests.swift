@@ -1,0 +1,49 @@
+import Foundation
+import TestSupport
+import Testing
+import SAELabelCore
+import SAELabelStore
+@testable import SAELabelExport
+
+extension BrowserTests {
+    /// A catalog of two index parts: searching, sorting and opening a feature from the second part
+    /// give what the rows say, whether the search is answered from the prebuilt orders or narrowed.
+    @Test func searchAndSortOverSeveralIndexParts() async throws {
+        let directory = TempDirectory()
+        let store = try JobStore(path: directory.file("c.sqlite"))
+        let count = HTMLExport.indexChunkSize + 2_000
+        let stats = FeatureStatistics(frequency: 0.1, maxActivation: 1, meanActivation: 1, activatingTokens: 1,
+                                      activatingWindows: 1, histogram: [1])
+        try store.saveCollected((0..<count).map {
+            CollectedFeature(index: $0, state: .collected, statistics: stats, explain: [], heldout: [])
+        })
+        try store.beginPass("p")
+        func label(_ i: Int) -> String { "\(i % 7 == 0 ? "Pets and animals" : "other things") number \(i)" }
+        func simulation(_ i: Int) -> Double { Double((i * 37) % 1000) / 1000 }
+        for i in 0..<count {
+            let explanation = try store.saveExplanation(feature: i, text: label(i), explainerModel: "m", promptHash: "h", rawResponse: nil)
+            try store.saveScore(explanation: explanation, score: StoredScore(scorer: "simulation", value: simulation(i), model: "m",
+                                                                             promptHash: "s", details: "{}"), completesFeature: true)
+        }
+        let out = directory.file("catalog")
+        _ = try Exporter.export(store: store, format: .html, to: out, filter: .all)
+        let index = Self.fileURL(out + "/index.html")
+
+        let pets = (0..<count).filter { $0 % 7 == 0 }
+        let bySimulation = pets.sorted { (simulation($0), -$0) > (simulation($1), -$1) }
+        let dom = try await Chromium.dumpDOM(index + "#q=pets&sort=simulation&dir=desc")
+        #expect(dom.contains("data-complete=\"1\""), "the whole index was searched")
+        #expect(dom.contains("data-rows=\"\(pets.count)\""))
+        #expect(Self.rowFeatures(dom) == Array(bySimulation.prefix(100)))
+        #expect(dom.contains("data-first-paint-ms=\""))
+
+        // A feature number matches by equality, and labels holding it as text match too.
+        let digits = try await Chromium.dumpDOM(index + "#q=1234")
+        let expected = (0..<count).filter { String($0) == "1234" || label($0).lowercased().contains("1234") }
+        #expect(Self.rowFeatures(digits) == expected)
+
+        let last = try await Chromium.dumpDOM(index + "#feature=\(count - 1)")
+        #expect(last.contains("data-view=\"feature\""), "feature view did not render: \(last.prefix(600))")
+        #expect(last.contains(label(count - 1)))
+    }
+}
