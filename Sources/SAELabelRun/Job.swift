@@ -51,15 +51,20 @@ public enum JobRunner {
             try Pipeline.verifySelectionSettings(options, store: store, acceptChanges: request.newVersion)
         }
 
+        if !config.prices.isEmpty { try store.setPrices(config.prices) }
         if request.stage != .collect {
-            let clients = LLMClients(limits: config.limits, store: store, progress: progress)
+            let budget = try config.limits.maxCost.map { limit throws(SAELabelError) in
+                SpendingLimit(limit: limit, prices: config.prices, spent: try store.spent(prices: config.prices))
+            }
+            let clients = LLMClients(limits: config.limits, store: store, progress: progress, budget: budget)
             defer { clients.shutdown() }
             let (explainer, scorers) = try labelers(request, clients: clients, prompts: prompts)
             let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
             let wantsExplain = request.stage == .all || request.stage == .explain
             report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
                                                        scorers: scorers, selection: request.selection,
-                                                       concurrency: config.limits.concurrency, progress: progress)
+                                                       concurrency: config.limits.concurrency, progress: progress,
+                                                       budget: budget)
             report.llm = clients.statistics()
         }
 
@@ -205,6 +210,8 @@ public struct DryRunEstimate: Sendable {
     public var exact = true
     public var promptTokens = 0
     public var completionTokens = 0
+    /// Money at the job file's prices; nil when a model the run calls has no price.
+    public var cost: Double?
 
     init(config: JobConfig, features: [Int]) {
         self.features = features
@@ -215,8 +222,19 @@ public struct DryRunEstimate: Sendable {
     mutating func estimateTokens(config: JobConfig) {
         let c = config.collect
         let explainWindows = c.explainTop + c.explainQuantile
-        promptTokens = explainCalls * (300 + explainWindows * c.window * 3) + scoreCalls * (250 + c.window * 4)
-        completionTokens = explainCalls * (config.explainer.llm.maxTokens ?? 60) + scoreCalls * c.window * 12
+        let explainPrompt = explainCalls * (300 + explainWindows * c.window * 3), scorePrompt = scoreCalls * (250 + c.window * 4)
+        let explainCompletion = explainCalls * (config.explainer.llm.maxTokens ?? 60)
+        // The sparse simulator lists only active tokens: measured on the demo, about 3 answer tokens per window token
+        // fewer than the dense one's 12 (see README, "Sparse simulation").
+        let scoreCompletion = scoreCalls * c.window * (config.scoring.simulator == "sparse" ? 3 : 12)
+        promptTokens = explainPrompt + scorePrompt
+        completionTokens = explainCompletion + scoreCompletion
+        let explainPrice = explainCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.explainer.llm.model]
+        let scorePrice = scoreCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.scoring.llm.model]
+        if !config.prices.isEmpty, let explainPrice, let scorePrice {
+            cost = explainPrice.cost(promptTokens: explainPrompt, completionTokens: explainCompletion)
+                + scorePrice.cost(promptTokens: scorePrompt, completionTokens: scoreCompletion)
+        }
     }
 }
 

@@ -14,6 +14,8 @@ public struct LabelingRun: Sendable {
     /// Features worked on at once per stage. The LLM client separately caps requests in flight.
     public var concurrency: Int
     public var progress: ProgressReporter
+    /// `[limits] max_cost`: once it refuses a request, workers stop and leave the rest for a later run.
+    public var budget: SpendingLimit?
 
     public init(store: JobStore, explainer: (any Explainer)?, scorers: [any Scorer], selection: FeatureSelection,
                 concurrency: Int, progress: ProgressReporter) {
@@ -29,6 +31,8 @@ public struct LabelingRun: Sendable {
         public var explained = 0
         public var scored = 0
         public var failed: [Int: String] = [:]
+        /// The spending limit stopped the run before everything was done (exit 1; a rerun continues).
+        public var stoppedByBudget = false
     }
 
     /// One pass over what the store says is left to do. Failed features of earlier runs are retried.
@@ -60,6 +64,7 @@ public struct LabelingRun: Sendable {
                 total.explained += part.explained
                 total.scored += part.scored
                 total.failed.merge(part.failed) { first, _ in first }
+                total.stoppedByBudget = total.stoppedByBudget || part.stoppedByBudget
             }
             return total
         }
@@ -70,12 +75,22 @@ public struct LabelingRun: Sendable {
     private func explainWorker(_ explainer: any Explainer, _ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToExplain() {
+            if budget?.isExhausted == true {
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
+            }
             do {
                 try await ExplainStep.run(feature: feature, store: store, explainer: explainer)
                 outcome.explained += 1
                 progress.advance(stage: "explain")
                 await queue.explained(feature)
             } catch {
+                if budget?.isExhausted == true {  // not the feature's fault: it stays to do
+                    outcome.stoppedByBudget = true
+                    await queue.stop()
+                    break
+                }
                 let reason = error.featureReason
                 outcome.failed[feature] = reason
                 try? store.markFailed(feature: feature, stage: "explain", reason: reason)
@@ -90,11 +105,21 @@ public struct LabelingRun: Sendable {
     private func scoreWorker(_ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToScore() {
+            if budget?.isExhausted == true {
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
+            }
             do {
                 try await ScoreStep.run(feature: feature, store: store, scorers: scorers)
                 outcome.scored += 1
                 progress.advance(stage: "score")
             } catch {
+                if budget?.isExhausted == true {
+                    outcome.stoppedByBudget = true
+                    await queue.stop()
+                    break
+                }
                 let reason = error.featureReason
                 outcome.failed[feature] = reason
                 try? store.markFailed(feature: feature, stage: "score", reason: reason)
@@ -144,6 +169,14 @@ actor WorkQueue {
         if let next = scoreQueue.popLast() { return next }
         if explainPending <= 0 { return nil }
         return await withCheckedContinuation { waiters.append($0) }
+    }
+
+    /// Drops the work still queued (the spending limit was reached) and releases waiting score workers.
+    func stop() {
+        explainQueue.removeAll()
+        scoreQueue.removeAll()
+        explainPending = 0
+        wakeIfFinished()
     }
 
     private func wakeIfFinished() {

@@ -24,7 +24,9 @@ public struct RunReport: Sendable {
     /// LLM requests of this run (nil when no stage called an LLM).
     public var llm: ClientStatistics?
 
-    public var exitCode: Int32 { status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0 }
+    public var exitCode: Int32 {
+        status.states[FeatureState.failed.rawValue, default: 0] > 0 || labeling?.stoppedByBudget == true ? 1 : 0
+    }
 }
 
 /// The whole nightly job: collect → explain → score (overlapped) → exports. Every step reads and
@@ -96,7 +98,7 @@ public enum Pipeline {
     }
 
     public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore?,
-                              progress: ProgressReporter? = nil) -> LLMClient {
+                              progress: ProgressReporter? = nil, budget: SpendingLimit? = nil) -> LLMClient {
         var configuration = LLMClientConfiguration(baseURL: endpoint.endpoint, apiKeyEnvironmentVariable: endpoint.apiKeyEnv)
         configuration.server = endpoint.server
         configuration.maxInFlight = limits.concurrency
@@ -104,6 +106,7 @@ public enum Pipeline {
         configuration.tokensPerMinute = limits.tokensPerMinute
         configuration.requestTimeout = limits.timeoutSeconds
         configuration.maxRetries = limits.maxRetries
+        configuration.budget = budget
         // Each failed attempt is counted in the store and summarized once at the end, not logged per attempt.
         var logger = Logger(label: "saelabel.llm")
         logger.logLevel = ProcessInfo.processInfo.environment["SAELABEL_LLM_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
@@ -192,6 +195,8 @@ public enum Pipeline {
             case "simulation":
                 if config.simulator == "logprobs" {
                     result.append(try LogprobSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+                } else if config.simulator == "sparse" {
+                    result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
                 } else {
                     result.append(try JSONSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
                 }
@@ -215,15 +220,17 @@ public enum Pipeline {
     /// Runs explain and/or score on what the store holds. With `pass`, the store moves to that labeling
     /// pass first; without it, scoring continues the store's current pass.
     public static func label(store: JobStore, pass: LabelingPass?, explainer: (any Explainer)?, scorers: [any Scorer],
-                             selection: FeatureSelection, concurrency: Int, progress: ProgressReporter)
+                             selection: FeatureSelection, concurrency: Int, progress: ProgressReporter,
+                             budget: SpendingLimit? = nil)
         async throws(SAELabelError) -> LabelingRun.Outcome {
         if let pass {
             try store.beginPass(pass)
         } else if try store.currentPass() == nil {
             throw .usage("nothing is explained in \(store.path) yet; run `saelabel explain` first")
         }
-        let run = LabelingRun(store: store, explainer: explainer, scorers: scorers, selection: selection,
+        var run = LabelingRun(store: store, explainer: explainer, scorers: scorers, selection: selection,
                               concurrency: concurrency, progress: progress)
+        run.budget = budget
         return try await run.run()
     }
 
@@ -280,11 +287,13 @@ public final class LLMClients: Sendable {
     private let limits: JobConfig.Limits
     private let store: JobStore?
     private let progress: ProgressReporter?
+    private let budget: SpendingLimit?
 
-    public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil) {
+    public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil, budget: SpendingLimit? = nil) {
         self.limits = limits
         self.store = store
         self.progress = progress
+        self.budget = budget
     }
 
     public func client(for endpoint: JobConfig.Endpoint) -> LLMClient {
@@ -293,7 +302,7 @@ public final class LLMClients: Sendable {
         let key = base + "\u{0}" + endpoint.apiKeyEnv + "\u{0}" + endpoint.server.rawValue
         return clients.withLock { clients in
             if let existing = clients[key] { return existing }
-            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress)
+            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress, budget: budget)
             clients[key] = client
             return client
         }
@@ -309,6 +318,7 @@ public final class LLMClients: Sendable {
             total.succeeded += part.succeeded
             total.promptTokens += part.promptTokens
             total.completionTokens += part.completionTokens
+            total.cachedPromptTokens += part.cachedPromptTokens
             total.failuresByKind.merge(part.failuresByKind, uniquingKeysWith: +)
             total.failedAttemptsByOutcome.merge(part.failedAttemptsByOutcome, uniquingKeysWith: +)
         }

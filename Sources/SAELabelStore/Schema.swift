@@ -104,6 +104,12 @@ enum Schema {
             // A failed score drops its unusable cached answers by call tag (ScoreStep).
             try db.create(index: "llm_call_tag", on: "llm_call", columns: ["tag"])
         }
+        // Prompt tokens the server's prompt cache answered, per call (billed cheaper; see Status.swift).
+        migrator.registerMigration("v2-llm-call-cached-tokens") { db in
+            try db.alter(table: "llm_call") { t in
+                t.add(column: "cached_prompt_tokens", .integer).notNull().defaults(to: 0)
+            }
+        }
         return migrator
     }
 }

@@ -168,7 +168,7 @@ struct Score: AsyncParsableCommand {
     @Option(parsing: .upToNextOption, help: "Scorers: simulation (correlation of simulated activations, the label's confidence), detection, fuzzing.")
     var scorer: [String] = ["simulation"]
 
-    @Option(help: "Simulator: json (any chat model) or logprobs (servers that return prompt logprobs).")
+    @Option(help: "Simulator: json (any chat model), sparse (any chat model; lists only the active tokens) or logprobs (servers that return prompt logprobs).")
     var simulator = "json"
 
     @Option(help: "Seed for the order of windows in detection and fuzzing prompts.")
