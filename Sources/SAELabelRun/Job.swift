@@ -224,9 +224,9 @@ public struct DryRunEstimate: Sendable {
         let explainWindows = c.explainTop + c.explainQuantile
         let explainPrompt = explainCalls * (300 + explainWindows * c.window * 3), scorePrompt = scoreCalls * (250 + c.window * 4)
         let explainCompletion = explainCalls * (config.explainer.llm.maxTokens ?? 60)
-        // The sparse simulator lists only active tokens: measured on the demo, about 3 answer tokens per window token
-        // fewer than the dense one's 12 (see README, "Sparse simulation").
-        let scoreCompletion = scoreCalls * c.window * (config.scoring.simulator == "sparse" ? 3 : 12)
+        // The sparse simulator lists only the active tokens: on the demo (SmolLM2, 16-token windows) it answered
+        // 27 tokens per window against the dense one's 218, so 2 per window token instead of 12 (README, "What a run costs").
+        let scoreCompletion = scoreCalls * c.window * (config.scoring.simulator == "sparse" ? 2 : 12)
         promptTokens = explainPrompt + scorePrompt
         completionTokens = explainCompletion + scoreCompletion
         let explainPrice = explainCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.explainer.llm.model]
