@@ -63,7 +63,7 @@ public struct JobConfig: Sendable, Equatable {
         public var scorers = ["simulation"]
         /// `json` (any chat model), `sparse` (any chat model; lists only the active tokens) or `logprobs`
         /// (servers that return prompt logprobs).
-        public var simulator = "json"
+        public var simulator = "sparse"
     }
 
     public struct Limits: Sendable, Equatable {

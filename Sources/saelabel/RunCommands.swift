@@ -169,7 +169,7 @@ struct Score: AsyncParsableCommand {
     var scorer: [String] = ["simulation"]
 
     @Option(help: "Simulator: json (any chat model), sparse (any chat model; lists only the active tokens) or logprobs (servers that return prompt logprobs).")
-    var simulator = "json"
+    var simulator = "sparse"
 
     @Option(help: "Seed for the order of windows in detection and fuzzing prompts.")
     var seed: UInt64 = 0

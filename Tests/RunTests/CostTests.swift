@@ -36,7 +36,7 @@ struct CostTests {
         let model = dialect == "openai" ? "gpt-4.1-mini" : "smollm2"
         var tokensOut: [String: Int] = [:]
         var scores: [String: [Int: Double]] = [:]
-        for (name, scorers) in [("dense", "[\"simulation\"]"), ("sparse", Self.sparse)] {
+        for (name, scorers) in [("dense", "[\"simulation\"]\nmode = \"json\""), ("sparse", Self.sparse)] {
             let dir = TempDirectory()
             let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..8", scorers: scorers, model: model, server: dialect)
             let result = try await runSAELabel(["run", "--config", job, "--quiet"])
