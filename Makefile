@@ -7,7 +7,7 @@ ENDPOINT = http://127.0.0.1:$(PORT)/v1
 PREFIX ?= /usr/local
 BIN ?= .build/release/saelabel
 
-.PHONY: demo demo-baseline test test-fast test-slurm build release bench deps clean-demo install install-binary prompts
+.PHONY: demo demo-baseline test test-fast test-slurm build release bench fuzz deps clean-demo install install-binary prompts
 
 deps:
 	Tools/install_deps.sh
@@ -75,6 +75,12 @@ bench:
 	$(SWIFT) build -c release --product saelabel-bench
 	.build/release/saelabel-bench collect
 	.build/release/saelabel-bench llm
+
+# libFuzzer on every file parser for FUZZ_SECONDS each (default 60); prints executions and crashes
+# per parser and fails when one crashed (RELIABILITY.md).
+fuzz: deps
+	Fuzz/build.sh
+	Fuzz/run.sh
 
 clean-demo:
 	rm -rf demo-out

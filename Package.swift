@@ -37,9 +37,10 @@ let package = Package(
                 swiftSettings: strict),
 
         // Pipeline stages
+        // No -Ounchecked: this module parses untrusted files (safetensors, cfg.json, tokenizer.json); its cost is in BENCHMARKS.md.
         .target(name: "SAELabelCollect",
                 dependencies: ["SAELabelCore", "SAELabelStore", "COpenBLAS", "ZIPFoundation"],
-                swiftSettings: strict + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+                swiftSettings: strict),
         .target(name: "LLMClient",
                 dependencies: ["CCurl", .product(name: "Logging", package: "swift-log"),
                                .product(name: "Crypto", package: "swift-crypto")],

@@ -551,6 +551,13 @@ def main():
     ap.add_argument("--layer", type=int, default=None, help="default n_layers // 2")
     ap.add_argument("--outlier-factor", type=float, default=10.0)
     ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--sae-seed", type=int, default=SEED,
+                    help="seed of the SAE's initialisation and batches (another seed = another SAE "
+                         "version on the same activations; text, split and held-out stay the same)")
+    ap.add_argument("--match-to", default=None,
+                    help="an earlier shipped sae/ folder: ship, for each of its features, this SAE's "
+                         "latent with the closest decoder direction (as labeling every latent of both "
+                         "full SAEs would find), instead of the frequency-binned draw")
     args = ap.parse_args()
     os.makedirs(os.path.join(OUT, "sae"), exist_ok=True)
     os.makedirs(CACHE, exist_ok=True)
@@ -672,7 +679,8 @@ def main():
     scale = float(np.sqrt(d_in / (X_tr.astype(np.float64) ** 2).sum(1).mean()))
     d_sae = args.expansion * d_in
 
-    spath = os.path.join(CACHE, f"sae_full_{key}_{d_sae}_{args.k}_{args.sae_steps or args.sae_minutes}_{args.batch}_{args.lr}_{args.outlier_factor}.npz")
+    seed_tag = "" if args.sae_seed == SEED else f"_seed{args.sae_seed}"
+    spath = os.path.join(CACHE, f"sae_full_{key}_{d_sae}_{args.k}_{args.sae_steps or args.sae_minutes}_{args.batch}_{args.lr}_{args.outlier_factor}{seed_tag}.npz")
     with Timer("sae_train"):
         if os.path.exists(spath) and not args.no_cache:
             z = np.load(spath, allow_pickle=True)
@@ -681,7 +689,7 @@ def main():
             log(f"loaded cached SAE {spath}")
         else:
             Ps, info = train_sae(X_tr * scale, d_sae, args.k, args.sae_minutes, lr=args.lr,
-                                 bs=args.batch, fixed_steps=args.sae_steps)
+                                 bs=args.batch, fixed_steps=args.sae_steps, seed=args.sae_seed)
             # fold the input scale in: z_raw = z/scale, x_hat_raw = x_hat/scale
             P = dict(W_enc=Ps["W_enc"], b_enc=Ps["b_enc"] / scale,
                      W_dec=Ps["W_dec"], b_dec=Ps["b_dec"] / scale)
@@ -715,6 +723,23 @@ def main():
         n_ship = min(args.n_ship, len(cand))
         bins = np.array_split(np.arange(len(cand)), n_ship)
         feats = np.sort(np.array([cand[rng2.choice(b)] for b in bins], dtype=np.int64))
+        if args.match_to:
+            from safetensors.numpy import load_file
+            old = load_file(os.path.join(args.match_to, "sae_weights.safetensors"))["W_dec"].astype(np.float32)
+            old /= np.linalg.norm(old, axis=1, keepdims=True)
+            new = P["W_dec"] / np.linalg.norm(P["W_dec"], axis=1, keepdims=True)
+            cos = old @ new.T
+            nearest = cos.argmax(1)
+            # two old features may share a nearest latent: ship it once, then fill up with drawn ones
+            uniq = list(dict.fromkeys(int(i) for i in nearest))
+            fill = [int(i) for i in feats if int(i) not in set(uniq)][:n_ship - len(uniq)]
+            feats = np.sort(np.array(uniq + fill, dtype=np.int64))
+            quality["match_to"] = dict(
+                earlier=args.match_to, nearest_unique=len(uniq), filled=len(fill),
+                nearest_cosine_median=round(float(np.median(cos.max(1))), 4),
+                nearest_cosine_quantiles={q: round(float(np.quantile(cos.max(1), q)), 4)
+                                          for q in (0.1, 0.25, 0.5, 0.75, 0.9)})
+            log("match-to:", quality["match_to"])
         log(f"{len(cand)} candidate features with held-out freq in [0.1%, 10%]; shipping {n_ship}")
         th = fit_thresholds(X_tr, P, args.k, feats)
         # agreement on the demo activations (held-out) and on the whole eval set
@@ -794,6 +819,7 @@ def main():
         quality["demo_activation_max_abs"] = mx
         quality["resid_norm_mean"] = dict(bos=round(bos_norm, 2), other=round(tok_norm, 2))
         quality["seed"] = SEED
+        quality["sae_seed"] = args.sae_seed
         TIMINGS["total"] = round(time.time() - t_all, 1)
         quality["timings_s"] = TIMINGS
         json.dump(quality, open(os.path.join(OUT, "QUALITY.json"), "w"), indent=2)

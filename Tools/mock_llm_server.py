@@ -141,6 +141,8 @@ class State:
         self.lock = threading.Lock()
         self.rng = random.Random(args.seed)
         self.script = []
+        self.files = {}    # Batch API files: id -> {"bytes", "filename", "purpose", "created_at"}
+        self.batches = {}  # id -> the Batch object plus "_created" (monotonic) and "_lines"
         self.reset_stats()
 
     def reset_stats(self):
@@ -155,6 +157,11 @@ class State:
         self.refused = []
         self.ignored = set()
         self.seen_system = set()
+        self.uploads = 0          # POST /v1/files
+        self.batches_created = 0  # POST /v1/batches
+        self.batch_lines = 0      # request lines answered (or failed) inside batches
+        self.batch_polls = 0      # GET /v1/batches/{id}
+        self.batch_custom_ids = []  # every custom_id of every created batch, to count repeats
 
     def next_fault(self):
         with self.lock:
@@ -473,6 +480,28 @@ def honours_schema(dialect, req):
     return False
 
 
+def parse_multipart(content_type, raw):
+    """multipart/form-data fields: name -> (filename, bytes); None when the body is not multipart."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.startswith("multipart/form-data") or not match:
+        return None
+    fields = {}
+    for part in raw.split(b"--" + match.group(1).encode())[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, body = part.partition(b"\r\n\r\n")
+        disposition = head.decode("utf-8", "replace")
+        name = re.search(r'name="([^"]*)"', disposition)
+        filename = re.search(r'filename="([^"]*)"', disposition)
+        if name:
+            fields[name.group(1)] = (filename.group(1) if filename else None, body[:-2] if body.endswith(b"\r\n") else body)
+    return fields
+
+
+def public_batch(batch):
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MockLLM/1.0"
@@ -510,6 +539,237 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n > 0 else b""
 
+    def answer_object(self, path, req, raw, kind, dialect, fault):
+        """The completion a request gets (shared by the synchronous endpoints and batch lines)."""
+        model = str(req.get("model") or "mock")
+        if path.endswith("/chat/completions"):
+            if kind == "simulate" and not honours_schema(dialect, req):
+                content = '{"answer": "the activations are low"}'  # unconstrained: the schema was not applied
+            else:
+                content = answer_chat(kind, req, fault)
+            prompt_tokens = sum(words(str(m.get("content") or "")) for m in (req.get("messages") or []))
+            completion_tokens, finish = words(content), "stop"
+            usage_details = {}
+            st = self.server.state
+            with st.lock:
+                cached = cached_prefix_tokens(st.seen_system, req.get("messages") or [])
+            if cached:
+                usage_details["prompt_tokens_details"] = {"cached_tokens": cached}
+            if dialect == "openai" and REASONING_MODEL.match(model):
+                # Hidden reasoning is paid out of max_completion_tokens; too small a limit leaves no answer.
+                limit = req.get("max_completion_tokens")
+                reasoning = self.server.args.reasoning_tokens
+                completion_tokens += reasoning
+                if limit is not None and completion_tokens > int(limit):
+                    content, completion_tokens, finish = "", int(limit), "length"
+                usage_details["completion_tokens_details"] = {"reasoning_tokens": min(reasoning, completion_tokens)}
+            obj = {"id": "chatcmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "chat.completion",
+                   "created": 0, "model": model,
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                "finish_reason": finish}],
+                   "usage": dict({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                  "total_tokens": prompt_tokens + completion_tokens}, **usage_details)}
+        else:
+            prompt = str(req.get("prompt") or "")
+            if kind == "logprobs" and dialect != "ollama":  # Ollama ignores echo and logprobs
+                text, logprobs, gen = logprobs_choice(req)
+            else:
+                text, logprobs, gen = "mock completion", None, 2
+            obj = {"id": "cmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "text_completion",
+                   "created": 0, "model": model,
+                   "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}],
+                   "usage": {"prompt_tokens": words(prompt), "completion_tokens": gen,
+                             "total_tokens": words(prompt) + gen}}
+        return obj
+
+    # --- OpenAI Batch API (openai-openapi: createFile, createBatch, retrieveBatch, cancelBatch, downloadFile) ---
+
+    def batch_auth_ok(self):
+        args = self.server.args
+        if args.api_key is not None and self.headers.get("Authorization") != "Bearer " + args.api_key:
+            self.send_json(401, {"error": {"message": "Incorrect API key provided (mock)", "type": "invalid_request_error",
+                                           "code": "invalid_api_key"}})
+            return False
+        return True
+
+    def batch_api_post(self, raw):
+        st = self.server.state
+        if not self.batch_auth_ok():
+            return
+        if self.path == "/v1/files":
+            fields = parse_multipart(self.headers.get("Content-Type") or "", raw)
+            if fields is None or "file" not in fields or fields.get("purpose", (None, b""))[1] != b"batch":
+                return self.send_json(400, {"error": {"message": "expected multipart/form-data with purpose=batch and file",
+                                                      "type": "invalid_request_error"}})
+            filename, content = fields["file"]
+            with st.lock:
+                st.uploads += 1
+                fid = "file-mock-%d" % (len(st.files) + 1)
+                st.files[fid] = {"bytes": content, "filename": filename or "upload.jsonl", "purpose": "batch",
+                                 "created_at": int(time.time())}
+            return self.send_json(200, {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                                        "filename": filename or "upload.jsonl", "purpose": "batch", "status": "processed"})
+        if self.path == "/v1/batches":
+            try:
+                req = json.loads(raw)
+            except ValueError:
+                req = None
+            if not isinstance(req, dict):
+                return self.send_json(400, {"error": {"message": "request body is not a JSON object"}})
+            unknown = sorted(set(req) - {"input_file_id", "endpoint", "completion_window", "metadata"})
+            if unknown:
+                return self.send_json(400, {"error": {"message": "Unrecognized request argument supplied: " + unknown[0],
+                                                      "code": "unknown_parameter", "param": unknown[0]}})
+            if req.get("endpoint") not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses") \
+                    or req.get("completion_window") != "24h":
+                return self.send_json(400, {"error": {"message": "endpoint or completion_window not supported"}})
+            with st.lock:
+                source = st.files.get(req.get("input_file_id"))
+                if source is None:
+                    return self.send_json(404, {"error": {"message": "No such File object: %s" % req.get("input_file_id")}})
+                st.batches_created += 1
+                bid = "batch_mock_%d" % (len(st.batches) + 1)
+                lines = [l for l in source["bytes"].split(b"\n") if l.strip()]
+                for l in lines:
+                    try:
+                        st.batch_custom_ids.append(json.loads(l).get("custom_id"))
+                    except ValueError:
+                        st.batch_custom_ids.append(None)
+                now = int(time.time())
+                st.batches[bid] = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "errors": None,
+                                   "input_file_id": req["input_file_id"], "completion_window": "24h",
+                                   "status": "validating", "output_file_id": None, "error_file_id": None,
+                                   "created_at": now, "in_progress_at": None, "expires_at": now + 86400,
+                                   "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+                                   "cancelling_at": None, "cancelled_at": None,
+                                   "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                                   "metadata": req.get("metadata"), "_created": time.monotonic(), "_lines": lines}
+                obj = public_batch(st.batches[bid])
+            return self.send_json(200, obj)
+        parts = self.path.split("/")  # /v1/batches/{id}/cancel
+        if len(parts) == 5 and parts[4] == "cancel":
+            with st.lock:
+                batch = st.batches.get(parts[3])
+                if batch is None:
+                    return self.send_json(404, {"error": {"message": "No such Batch object"}})
+                if batch["status"] in ("validating", "in_progress"):
+                    batch["status"] = "cancelling"
+                    batch["cancelling_at"] = int(time.time())
+                obj = public_batch(batch)
+            return self.send_json(200, obj)
+        self.send_json(404, {"error": {"message": "unknown path " + self.path}})
+
+    def batch_api_get(self):
+        st = self.server.state
+        if not self.batch_auth_ok():
+            return
+        parts = self.path.split("/")
+        if len(parts) == 5 and parts[2] == "files" and parts[4] == "content":
+            with st.lock:
+                f = st.files.get(parts[3])
+            if f is None:
+                return self.send_json(404, {"error": {"message": "No such File object: " + parts[3]}})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(f["bytes"])))
+            self.end_headers()
+            self.wfile.write(f["bytes"])
+            return
+        if len(parts) == 4 and parts[2] == "batches":
+            with st.lock:
+                st.batch_polls += 1
+                batch = st.batches.get(parts[3])
+            if batch is None:
+                return self.send_json(404, {"error": {"message": "No such Batch object: " + parts[3]}})
+            while True:  # every step whose time has come (a late poll sees the batch finished)
+                before = batch["status"]
+                self.advance_batch(batch)
+                if batch["status"] == before:
+                    break
+            with st.lock:
+                obj = public_batch(batch)
+            return self.send_json(200, obj)
+        self.send_json(404, {"error": {"message": "unknown path " + self.path}})
+
+    def advance_batch(self, batch):
+        """validating → in_progress → finalizing → completed (or expired / cancelled), driven by polls and
+        --batch-delay; the answers are made when the batch finalizes."""
+        args, st = self.server.args, self.server.state
+        now = int(time.time())
+        age = time.monotonic() - batch["_created"]
+        status = batch["status"]
+        if status == "validating" and age >= args.batch_delay * 0.25:
+            batch["status"], batch["in_progress_at"] = "in_progress", now
+        elif status == "in_progress" and age >= args.batch_delay:
+            self.run_batch_lines(batch, limit=None if not args.batch_expire else len(batch["_lines"]) // 2,
+                                 unfinished="batch_expired")
+            batch["status"], batch["finalizing_at"] = "finalizing", now
+        elif status == "cancelling":
+            self.run_batch_lines(batch, limit=0, unfinished="batch_cancelled")
+            batch["status"], batch["cancelled_at"] = "cancelled", now
+        elif status == "finalizing":
+            if args.batch_expire:
+                batch["status"], batch["expired_at"] = "expired", now
+            else:
+                batch["status"], batch["completed_at"] = "completed", now
+
+    def run_batch_lines(self, batch, limit, unfinished):
+        """Answers each input line as the synchronous endpoint would (every --batch-fail-every'th line fails with
+        HTTP 500, every --batch-drop-every'th is missing from both files); lines past `limit` get `unfinished`."""
+        args, st = self.server.args, self.server.state
+        dialect = args.dialect
+        output, errors = [], []
+        completed = failed = 0
+        for n, line in enumerate(batch["_lines"], start=1):
+            try:
+                item = json.loads(line)
+                custom_id, body = item["custom_id"], item["body"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            rid = "batch_req_%s_%d" % (batch["id"], n)
+            if limit is not None and n > limit:
+                errors.append({"id": rid, "custom_id": custom_id, "response": None,
+                               "error": {"code": unfinished, "message": "This request could not be executed before the batch ended."}})
+                failed += 1
+                continue
+            if args.batch_drop_every and n % args.batch_drop_every == 0:
+                continue
+            with st.lock:
+                st.batch_lines += 1
+            if args.batch_fail_every and n % args.batch_fail_every == 0:
+                errors.append({"id": rid, "custom_id": custom_id,
+                               "response": {"status_code": 500, "request_id": rid,
+                                            "body": {"error": {"message": "mock batch line failure", "type": "server_error"}}},
+                               "error": None})
+                failed += 1
+                continue
+            url = item.get("url") or batch["endpoint"]
+            try:
+                check_request(dialect, url, body)
+            except Refusal as refusal:
+                with st.lock:
+                    st.refused.append("batch %s %s: %d %s" % (batch["id"], url, refusal.status, refusal.body["error"]["message"]))
+                errors.append({"id": rid, "custom_id": custom_id,
+                               "response": {"status_code": refusal.status, "request_id": rid, "body": refusal.body}, "error": None})
+                failed += 1
+                continue
+            raw = json.dumps(body, sort_keys=True).encode("utf-8")
+            obj = self.answer_object(url, body, raw, classify(url, body), dialect, "ok")
+            output.append({"id": rid, "custom_id": custom_id, "response": {"status_code": 200, "request_id": rid, "body": obj},
+                           "error": None})
+            completed += 1
+        # Output order is not input order (as OpenAI documents): match by custom_id.
+        output.reverse()
+        with st.lock:
+            for key, lines in (("output_file_id", output), ("error_file_id", errors)):
+                if lines:
+                    fid = "file-mock-%d" % (len(st.files) + 1)
+                    st.files[fid] = {"bytes": b"".join(json.dumps(l).encode("utf-8") + b"\n" for l in lines),
+                                     "filename": "batch_%s_%s.jsonl" % (batch["id"], key[:-8]), "purpose": "batch_output",
+                                     "created_at": int(time.time())}
+                    batch[key] = fid
+            batch["request_counts"] = {"total": len(batch["_lines"]), "completed": completed, "failed": failed}
+
     def do_GET(self):
         st = self.server.state
         if self.path == "/_stats":
@@ -517,8 +777,12 @@ class Handler(BaseHTTPRequestHandler):
                 obj = {"requests": st.requests, "checks": st.checks, "by_kind": dict(st.by_kind), "by_outcome": dict(st.by_outcome),
                        "auth_seen": sorted(st.auth_seen), "connections": st.connections,
                        "max_in_flight": st.max_in_flight, "refused": list(st.refused),
-                       "ignored": sorted(st.ignored)}
+                       "ignored": sorted(st.ignored), "uploads": st.uploads, "batches_created": st.batches_created,
+                       "batch_lines": st.batch_lines, "batch_polls": st.batch_polls,
+                       "batch_custom_ids": len(st.batch_custom_ids), "batch_custom_ids_distinct": len(set(st.batch_custom_ids))}
             self.send_json(200, obj)
+        elif self.path.startswith("/v1/files/") or self.path.startswith("/v1/batches"):
+            self.batch_api_get()
         else:
             self.send_json(404, {"error": {"message": "not found"}})
 
@@ -537,6 +801,8 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.reset_stats()
             return self.send_json(200, {"ok": True})
+        if self.path == "/v1/files" or self.path.startswith("/v1/batches"):
+            return self.batch_api_post(raw)
         if not self.path.startswith("/v1/") or not self.path.endswith("completions"):
             return self.send_json(404, {"error": {"message": "unknown path " + self.path}})
 
@@ -621,44 +887,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             return
 
-        model = str(req.get("model") or "mock")
-        if self.path.endswith("/chat/completions"):
-            if kind == "simulate" and not honours_schema(dialect, req):
-                content = '{"answer": "the activations are low"}'  # unconstrained: the schema was not applied
-            else:
-                content = answer_chat(kind, req, fault)
-            prompt_tokens = sum(words(str(m.get("content") or "")) for m in (req.get("messages") or []))
-            completion_tokens, finish = words(content), "stop"
-            usage_details = {}
-            with st.lock:
-                cached = cached_prefix_tokens(st.seen_system, req.get("messages") or [])
-            if cached:
-                usage_details["prompt_tokens_details"] = {"cached_tokens": cached}
-            if dialect == "openai" and REASONING_MODEL.match(model):
-                # Hidden reasoning is paid out of max_completion_tokens; too small a limit leaves no answer.
-                limit = req.get("max_completion_tokens")
-                reasoning = self.server.args.reasoning_tokens
-                completion_tokens += reasoning
-                if limit is not None and completion_tokens > int(limit):
-                    content, completion_tokens, finish = "", int(limit), "length"
-                usage_details["completion_tokens_details"] = {"reasoning_tokens": min(reasoning, completion_tokens)}
-            obj = {"id": "chatcmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "chat.completion",
-                   "created": 0, "model": model,
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                "finish_reason": finish}],
-                   "usage": dict({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                  "total_tokens": prompt_tokens + completion_tokens}, **usage_details)}
-        else:
-            prompt = str(req.get("prompt") or "")
-            if kind == "logprobs" and dialect != "ollama":  # Ollama ignores echo and logprobs
-                text, logprobs, gen = logprobs_choice(req)
-            else:
-                text, logprobs, gen = "mock completion", None, 2
-            obj = {"id": "cmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "text_completion",
-                   "created": 0, "model": model,
-                   "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}],
-                   "usage": {"prompt_tokens": words(prompt), "completion_tokens": gen,
-                             "total_tokens": words(prompt) + gen}}
+        obj = self.answer_object(self.path, req, raw, kind, dialect, fault)
         if fault == "truncated":
             body = json.dumps(obj).encode("utf-8")
             self.send_response(200)
@@ -698,6 +927,12 @@ def main():
                    help="answer 401 to /v1 requests without `Authorization: Bearer KEY`")
     p.add_argument("--models", default="",
                    help="comma list of served model names; a request for another model gets 404 (default: any)")
+    p.add_argument("--batch-delay", type=float, default=0,
+                   help="seconds from creating a batch until it can finish (polls before then see validating/in_progress)")
+    p.add_argument("--batch-expire", action="store_true",
+                   help="batches expire: only the first half of their lines is answered, the rest fail with batch_expired")
+    p.add_argument("--batch-fail-every", type=int, default=0, help="every Nth batch line fails with HTTP 500 (error file)")
+    p.add_argument("--batch-drop-every", type=int, default=0, help="every Nth batch line is missing from both files")
     args = p.parse_args()
     # A parent may spawn us with signals blocked (Foundation's Process on Linux does): unblock them
     # so SIGTERM/SIGINT stop the server.

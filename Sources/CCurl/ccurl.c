@@ -131,6 +131,17 @@ CURLcode ccurl_transfer_prepare_post(ccurl_transfer *t, const char *url,
     return CURLE_OK;
 }
 
+CURLcode ccurl_transfer_prepare_get(ccurl_transfer *t, const char *url,
+                                    long timeout_ms, long connect_timeout_ms) {
+    CURLcode rc;
+    if ((rc = curl_easy_setopt(t->easy, CURLOPT_URL, url)) != CURLE_OK) return rc;
+    if ((rc = curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L)) != CURLE_OK) return rc;
+    if ((rc = curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers)) != CURLE_OK) return rc;
+    if ((rc = curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, timeout_ms)) != CURLE_OK) return rc;
+    if ((rc = curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout_ms)) != CURLE_OK) return rc;
+    return CURLE_OK;
+}
+
 long ccurl_transfer_status(ccurl_transfer *t) {
     long status = 0;
     if (curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK) return 0;

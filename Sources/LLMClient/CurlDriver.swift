@@ -11,6 +11,8 @@ struct HTTPAttempt: Sendable {
     var headers: [String]
     var timeoutMilliseconds: Int
     var connectTimeoutMilliseconds: Int
+    /// A GET (the body is ignored) instead of a POST.
+    var get = false
 }
 
 /// What libcurl reported for one attempt.
@@ -206,10 +208,12 @@ final class CurlDriver: @unchecked Sendable {
             ccurl_transfer_destroy(t)
             return fail("out of memory adding a header")
         }
-        let rc = s.attempt.body.withUnsafeBytes { raw in
-            ccurl_transfer_prepare_post(t, s.attempt.url, raw.baseAddress, raw.count,
-                                        s.attempt.timeoutMilliseconds, s.attempt.connectTimeoutMilliseconds)
-        }
+        let rc = s.attempt.get
+            ? ccurl_transfer_prepare_get(t, s.attempt.url, s.attempt.timeoutMilliseconds, s.attempt.connectTimeoutMilliseconds)
+            : s.attempt.body.withUnsafeBytes { raw in
+                ccurl_transfer_prepare_post(t, s.attempt.url, raw.baseAddress, raw.count,
+                                            s.attempt.timeoutMilliseconds, s.attempt.connectTimeoutMilliseconds)
+            }
         guard rc == CURLE_OK else {
             ccurl_transfer_destroy(t)
             return fail(String(cString: curl_easy_strerror(rc)))

@@ -12,20 +12,23 @@ import Synchronization
 /// connection errors, timeouts and malformed or truncated bodies. The API key is sent only in the
 /// Authorization header and is redacted from every error, log line and call record.
 public final class LLMClient: Sendable {
-    private let configuration: LLMClientConfiguration
+    let configuration: LLMClientConfiguration
     private let cache: (any LLMResponseCache)?
-    private let logger: Logger
-    private let driver: CurlDriver
+    let logger: Logger
+    let driver: CurlDriver
     private let limiter: RateLimiter?
-    private let apiKey: String?
-    private let baseURL: String
+    let apiKey: String?
+    let baseURL: String
     private let stats = Mutex(ClientStatistics())
+    /// Where requests of batch-mode stages go instead of the network (nil: every request is sent).
+    private let batchQueue: (any LLMBatchQueue)?
 
     private static let retryAfterCap = 60.0
 
     public init(configuration: LLMClientConfiguration, cache: (any LLMResponseCache)? = nil,
-                logger: Logger = Logger(label: "saelabel.llm")) {
+                batchQueue: (any LLMBatchQueue)? = nil, logger: Logger = Logger(label: "saelabel.llm")) {
         self.configuration = configuration
+        self.batchQueue = batchQueue
         self.cache = cache
         self.logger = logger
         var base = configuration.baseURL
@@ -176,6 +179,13 @@ public final class LLMClient: Sendable {
             }
         }
 
+        // Batch mode: the request waits for a batch (or has one under way) instead of going out now;
+        // its answer lands in the cache under this same key, where the next round finds it.
+        if let batchQueue, let mark = BatchDeferral.mark, batchQueue.enqueue(key: key, path: path, body: body, tag: tag) {
+            mark.set()
+            throw fail(.deferred, kind: "deferred")
+        }
+
         var headers = ["Content-Type: application/json", "Accept: application/json", "Expect:",
                        "User-Agent: saelabel"]
         if let apiKey { headers.append("Authorization: Bearer \(apiKey)") }
@@ -288,7 +298,7 @@ public final class LLMClient: Sendable {
     }
 
     /// base·2^(retry−1) capped at backoffMax, times a uniform factor in [1−jitter, 1+jitter].
-    private func backoff(retry: Int) -> Double {
+    func backoff(retry: Int) -> Double {
         let c = configuration
         let raw = min(c.backoffMax, c.backoffBase * pow(2, Double(max(0, retry - 1))))
         let j = max(0, min(1, c.jitter))
@@ -298,7 +308,7 @@ public final class LLMClient: Sendable {
     /// libcurl failures that another attempt cannot fix (bad URL, unsupported protocol, TLS trust).
     private static let permanentCurlCodes: Set<Int> = [1, 3, 4, 43, 48, 51, 53, 54, 58, 59, 60, 64, 66, 77, 80, 83, 90, 91]
 
-    private func redact(_ text: String) -> String {
+    func redact(_ text: String) -> String {
         guard let apiKey else { return text }
         return text.replacingOccurrences(of: apiKey, with: "[REDACTED]")
     }

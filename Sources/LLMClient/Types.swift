@@ -241,6 +241,8 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidRequest(String)
     /// `[limits] max_cost` would be exceeded by this request; nothing was sent.
     case budgetExhausted
+    /// Batch mode: the request was queued for a provider batch instead of being sent; nothing was paid.
+    case deferred
 
     public var description: String {
         switch self {
@@ -270,6 +272,8 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
             return "invalid LLM request (\(message)): nothing was sent; fix the request"
         case .budgetExhausted:
             return "the next LLM request could exceed [limits] max_cost: nothing was sent; raise max_cost and run again to continue"
+        case .deferred:
+            return "the LLM request waits for a batch; run again to collect its answer"
         }
     }
 

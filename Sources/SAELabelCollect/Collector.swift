@@ -31,6 +31,9 @@ public struct CollectOptions: Sendable {
     /// OpenBLAS threads for the encode. 1 by default: on busy 2-vCPU machines one thread measured
     /// faster than two, and it leaves a core to the rest of the pipeline; an idle machine gains from more.
     public var blasThreads = 1
+    /// Memory for one block of features (MiB): collect streams the corpus once per block and commits each
+    /// block, so peak memory stays near this however many features are selected (see `Collector.blocks`).
+    public var memoryBudgetMiB: Double = 512
 
     public init(saeDirectory: String? = nil, activationFiles: [String] = [], latentsDirectory: String? = nil,
                 tokenizerPath: String, selection: FeatureSelection = .all, seed: UInt64 = 0, windowLength: Int = 32,
@@ -92,6 +95,8 @@ public struct CollectSummary: Sendable, Equatable {
     public var streamSeconds: Double = 0
     public var finishSeconds: Double = 0
     public var writeSeconds: Double = 0
+    /// Blocks of features streamed and committed (`Collector.blocks`).
+    public var blocks = 0
 }
 
 /// One dense activation shard.
@@ -112,6 +117,27 @@ struct LatentShard {
     var locations: TensorInfo
     var activations: TensorInfo
     var tokens: TensorInfo
+}
+
+extension LatentShard {
+    /// Entry `entry`'s flat token index and latent offset in this file. Refuses a location outside the corpus
+    /// or the file's latent range, and a non-finite value on an included token; excluded tokens are never
+    /// counted, so their values are not looked at.
+    func entry(_ entry: Int, locations: [Int], values: [Float], tokens shape: [Int],
+               excluded: Set<Int>) throws(SAELabelError) -> (flat: Int, latent: Int) {
+        let sequences = shape[0], context = shape[1], span = last - first + 1
+        let sequence = locations[entry * 3], position = locations[entry * 3 + 1], latent = locations[entry * 3 + 2]
+        guard sequence >= 0, sequence < sequences, position >= 0, position < context, latent >= 0, latent < span else {
+            throw .badInput(location: file.location("locations"),
+                            problem: "entry \(entry) = (\(sequence), \(position), \(latent)) is outside tokens \([sequences, context]) or latents 0..<\(span)")
+        }
+        let flat = sequence * context + position
+        guard values[entry].isFinite || excluded.contains(flat) else {
+            throw .badInput(location: file.location("activations"),
+                            problem: "non-finite value (\(values[entry])) at sequence \(sequence), position \(position) (latent \(first + latent), entry \(entry)); fix the latent cache before collecting")
+        }
+        return (flat, latent)
+    }
 }
 
 /// The opened, validated inputs.
@@ -235,6 +261,31 @@ struct CollectInputs {
         }
     }
 
+    /// Flat indices of the tokens the exclusion leaves out of a latent cache's corpus.
+    func excludedLatentTokens(_ exclusion: TokenExclusion) -> Set<Int> {
+        guard let shard = latents.first else { return [] }
+        let context = max(1, shard.tokens.shape[1])
+        var excluded = Set<Int>()
+        for flat in 0..<shard.tokens.elementCount where exclusion.excludes(token: shard.file.readInteger(shard.tokens, at: flat),
+                                                                            position: flat % context) {
+            excluded.insert(flat)
+        }
+        return excluded
+    }
+
+    /// Every latent cache entry lies inside the corpus and holds a finite value, except on excluded tokens.
+    func checkLatentEntries(exclusion: TokenExclusion) throws(SAELabelError) {
+        guard let first = latents.first else { return }
+        let excluded = excludedLatentTokens(exclusion)
+        for shard in latents {
+            let values = shard.file.readFloats(shard.activations)
+            let locations = shard.file.readIntegers(shard.locations, start: 0, count: shard.locations.shape[0] * 3)
+            for entry in values.indices {
+                _ = try shard.entry(entry, locations: locations, values: values, tokens: first.tokens.shape, excluded: excluded)
+            }
+        }
+    }
+
     /// Decoded token strings of a window of global sequence `sequence`.
     func windowTokens(sequence: Int, start: Int, length: Int) -> [String] {
         if let shard = dense.last(where: { $0.firstSequence <= sequence }) {
@@ -257,6 +308,9 @@ public enum Collector {
             throw .usage("--features: feature \(first) does not exist; the SAE has \(inputs.featureCount) features (0..\(inputs.featureCount))")
         }
         try inputs.checkTokenCoverage()
+        // Dense activations are checked while streaming (the first block sees every token before any write);
+        // a latent cache is read per block of latents, so its values are all checked here.
+        try inputs.checkLatentEntries(exclusion: TokenExclusion(options: options, decoder: inputs.decoder))
         var fingerprints: [InputFingerprint] = []
         if let sae = inputs.sae {
             for file in sae.files { fingerprints.append(try InputFingerprint.of(file: file.path, role: file.role)) }
@@ -273,44 +327,86 @@ public enum Collector {
                            modelName: inputs.modelName, fingerprints: fingerprints, neuronpediaID: inputs.sae?.config.neuronpediaID)
     }
 
-    /// Streams the corpus once, then stores every selected feature in one transaction and the job settings.
-    /// Any input error (e.g. NaN/Inf activations) is thrown before anything is written.
-    public static func run(_ options: CollectOptions, plan: CollectPlan, store: JobStore,
+    /// Estimated bytes one feature of a block holds at once: its window slots and statistics while streaming,
+    /// its encoder column and GEMM rows, and its finished record (token strings ~24 bytes each) before the write.
+    public static func bytesPerFeature(_ options: CollectOptions, dIn: Int) -> Int {
+        let p = options.selectionParameters
+        let valueSlots = p.topCapacity + p.reservoirCapacity
+        let metadataSlots = valueSlots + p.heldoutRandom
+        let stored = p.explainTop + p.explainQuantile + p.heldoutTop + p.heldoutQuantile + p.heldoutRandom
+        let batch = max(options.windowLength, options.batchTokens)
+        return valueSlots * options.windowLength * 4 + metadataSlots * 24 + (FeatureAccumulators.fineBins + 16) * 8
+            + dIn * 4 + batch * 4 + stored * options.windowLength * (4 + 24)
+    }
+
+    /// `features` cut into the blocks collect streams and commits one at a time: at most
+    /// `memoryBudgetMiB / bytesPerFeature` features each (at least one).
+    public static func blocks(of features: [Int], options: CollectOptions, plan: CollectPlan) -> [[Int]] {
+        let budget = options.memoryBudgetMiB * 1_048_576
+        let size = max(1, Int(min(Double(Int.max / 2), budget / Double(bytesPerFeature(options, dIn: plan.dIn)))))
+        return stride(from: 0, to: features.count, by: size).map { Array(features[$0..<min($0 + size, features.count)]) }
+    }
+
+    /// Collects `features` (the plan's by default) block by block (`blocks`): each block streams the corpus
+    /// once and is committed in one transaction with the job settings, so a kill loses at most the block in
+    /// flight and a resumed run, which collects only what is still pending, skips committed blocks.
+    /// `first` (input fingerprints, settings, pending rows) is committed with the first block, after its
+    /// stream checked every included activation: input errors found while streaming leave the store unchanged.
+    public static func run(_ options: CollectOptions, plan: CollectPlan, store: JobStore, features: [Int]? = nil,
+                           first: CollectCommit = CollectCommit(),
                            progress: @Sendable (Int, Int) -> Void = { _, _ in }) throws(SAELabelError) -> CollectSummary {
-        var timing = (stream: 0.0, finish: 0.0)
-        let (features, counted, excluded) = try collect(options, plan: plan, progress: progress, timing: &timing)
-        let writeStart = DispatchTime.now().uptimeNanoseconds
-        try store.saveCollected(features)
-        try store.setSetting(JobSettingKey.saeName, plan.saeName)
-        try store.setSetting(JobSettingKey.hookName, plan.hookName)
-        try store.setSetting(JobSettingKey.modelName, plan.modelName)
-        if let id = plan.neuronpediaID { try store.setSetting(JobSettingKey.neuronpediaId, id) }
-        try store.setSetting(JobSettingKey.featureCount, String(plan.featureCount))
-        try store.setSetting(JobSettingKey.tokensCounted, String(counted))
-        try store.setSetting(JobSettingKey.tokensExcluded, String(excluded))
-        try store.setSetting(JobSettingKey.seed, String(options.seed))
-        return CollectSummary(tokens: counted, excludedTokens: excluded,
-                              collected: features.count { $0.state == .collected },
-                              dead: features.count { $0.state == .dead }, sparse: features.count { $0.state == .sparse },
-                              streamSeconds: timing.stream, finishSeconds: timing.finish,
-                              writeSeconds: Double(DispatchTime.now().uptimeNanoseconds - writeStart) / 1e9)
+        let featureBlocks = blocks(of: features ?? plan.features, options: options, plan: plan)
+        var summary = CollectSummary(tokens: 0, excludedTokens: 0, collected: 0, dead: 0, sparse: 0)
+        guard !featureBlocks.isEmpty else {
+            try store.commitCollect(first)
+            return summary
+        }
+        for (index, block) in featureBlocks.enumerated() {
+            var timing = (stream: 0.0, finish: 0.0)
+            let total = featureBlocks.count * plan.totalTokens
+            let (records, counted, excluded) = try collect(options, plan: plan, features: block, progress: { done, _ in
+                progress(index * plan.totalTokens + done, total)
+            }, timing: &timing)
+            let writeStart = DispatchTime.now().uptimeNanoseconds
+            var commit = index == 0 ? first : CollectCommit()
+            commit.features = records
+            commit.settings[JobSettingKey.saeName] = plan.saeName
+            commit.settings[JobSettingKey.hookName] = plan.hookName
+            commit.settings[JobSettingKey.modelName] = plan.modelName
+            if let id = plan.neuronpediaID { commit.settings[JobSettingKey.neuronpediaId] = id }
+            commit.settings[JobSettingKey.featureCount] = String(plan.featureCount)
+            commit.settings[JobSettingKey.tokensCounted] = String(counted)
+            commit.settings[JobSettingKey.tokensExcluded] = String(excluded)
+            commit.settings[JobSettingKey.seed] = String(options.seed)
+            try store.commitCollect(commit)
+            summary.tokens = counted
+            summary.excludedTokens = excluded
+            summary.collected += records.count { $0.state == .collected }
+            summary.dead += records.count { $0.state == .dead }
+            summary.sparse += records.count { $0.state == .sparse }
+            summary.streamSeconds += timing.stream
+            summary.finishSeconds += timing.finish
+            summary.writeSeconds += Double(DispatchTime.now().uptimeNanoseconds - writeStart) / 1e9
+            summary.blocks += 1
+        }
+        return summary
     }
 
     /// The collection without the store: the features' records, tokens counted, tokens excluded.
     static func collect(_ options: CollectOptions, plan: CollectPlan,
                         progress: @Sendable (Int, Int) -> Void) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
         var timing = (stream: 0.0, finish: 0.0)
-        return try collect(options, plan: plan, progress: progress, timing: &timing)
+        return try collect(options, plan: plan, features: plan.features, progress: progress, timing: &timing)
     }
 
-    static func collect(_ options: CollectOptions, plan: CollectPlan, progress: @Sendable (Int, Int) -> Void,
+    static func collect(_ options: CollectOptions, plan: CollectPlan, features: [Int], progress: @Sendable (Int, Int) -> Void,
                         timing: inout (stream: Double, finish: Double)) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
         let streamStart = DispatchTime.now().uptimeNanoseconds
         let inputs = try CollectInputs.open(options)
         guard inputs.featureCount == plan.featureCount, inputs.totalTokens == plan.totalTokens else {
             throw .inputChanged(path: options.saeDirectory ?? options.latentsDirectory ?? "", detail: "shapes differ from the plan")
         }
-        let accumulators = FeatureAccumulators(features: plan.features, parameters: options.selectionParameters)
+        let accumulators = FeatureAccumulators(features: features, parameters: options.selectionParameters)
         let excluded: Int
         if inputs.sae != nil {
             excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress)
@@ -321,7 +417,7 @@ public enum Collector {
         let finishStart = DispatchTime.now().uptimeNanoseconds
         timing.stream = Double(finishStart - streamStart) / 1e9
         defer { timing.finish = Double(DispatchTime.now().uptimeNanoseconds - finishStart) / 1e9 }
-        let records = plan.features.indices.map { slot in
+        let records = features.indices.map { slot in
             accumulators.finish(slot, countedTokens: counted) { inputs.windowTokens(sequence: $0, start: $1, length: $2) }
         }
         return (records, counted, excluded)

@@ -150,6 +150,14 @@ struct DenseEncoder {
                     shard.file.readFloats(shard.activations, start: firstToken * dIn, count: length * dIn, into: rowsPointer)
                     for offset in 0..<length {
                         let row = rowsPointer + offset * dIn
+                        let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
+                        if exclusion.excludes(token: token, position: start + offset) {
+                            // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
+                            row.update(repeating: 0, count: dIn)
+                            excludedInBatch.append(fill + offset)
+                            excludedTotal += 1
+                            continue
+                        }
                         var squares: Float = 0
                         for d in 0..<dIn { squares += row[d] * row[d] }
                         if !squares.isFinite {
@@ -159,10 +167,7 @@ struct DenseEncoder {
                                                 problem: "non-finite value (\(row[d])) at sequence \(sequence)\(global != sequence ? " (corpus sequence \(global))" : ""), position \(start + offset), dimension \(d); fix the activations before collecting")
                             }
                         }
-                        let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
-                        var skip = exclusion.excludes(token: token, position: start + offset)
-                        if !skip, let limit = exclusion.normAbove, squares.squareRoot() > limit { skip = true }
-                        if skip {
+                        if let limit = exclusion.normAbove, squares.squareRoot() > limit {
                             excludedInBatch.append(fill + offset)
                             excludedTotal += 1
                         }
@@ -302,12 +307,7 @@ struct LatentReader {
     func run(progress: (Int, Int) -> Void) throws(SAELabelError) -> Int {
         guard let tokenShard = inputs.latents.first else { return 0 }
         let sequences = tokenShard.tokens.shape[0], context = tokenShard.tokens.shape[1]
-        let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
-        var excludedTokens = Set<Int>()
-        for flat in 0..<(sequences * context) {
-            let token = tokenShard.file.readInteger(tokenShard.tokens, at: flat)
-            if exclusion.excludes(token: token, position: flat % max(1, context)) { excludedTokens.insert(flat) }
-        }
+        let excludedTokens = inputs.excludedLatentTokens(TokenExclusion(options: options, decoder: inputs.decoder))
         let window = options.windowLength
         let selected = accumulators.features
         var valuesBuffer = [Float](repeating: 0, count: window)
@@ -327,16 +327,9 @@ struct LatentReader {
             var bucketCounts = [Int](repeating: 0, count: upper - lower)
             let locations = shard.file.readIntegers(shard.locations, start: 0, count: count * 3)
             for entry in 0..<count {
-                let sequence = locations[entry * 3], position = locations[entry * 3 + 1], latent = locations[entry * 3 + 2]
-                guard sequence >= 0, sequence < sequences, position >= 0, position < context, latent >= 0, latent < span else {
-                    throw .badInput(location: shard.file.location("locations"),
-                                    problem: "entry \(entry) = (\(sequence), \(position), \(latent)) is outside tokens \([sequences, context]) or latents 0..<\(span)")
-                }
-                guard values[entry].isFinite else {
-                    throw .badInput(location: shard.file.location("activations"),
-                                    problem: "non-finite value at sequence \(sequence), position \(position) (latent \(shard.first + latent))")
-                }
-                flats[entry] = sequence * context + position
+                let (flat, latent) = try shard.entry(entry, locations: locations, values: values, tokens: tokenShard.tokens.shape,
+                                                     excluded: excludedTokens)
+                flats[entry] = flat
                 let bucket = slotOfLatent[latent]
                 if bucket >= 0 {
                     buckets[entry] = bucket

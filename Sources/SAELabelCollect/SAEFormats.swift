@@ -186,6 +186,7 @@ public enum SAEFormats {
         default:
             break
         }
+        if model.decoder == nil { model.decoder = wDec }  // a handle only: read for carry-over's decoder directions
         return model
     }
 
@@ -243,7 +244,7 @@ public enum SAEFormats {
                              columnMajor: header.fortranOrder && shape.count == 2)
         }
         let encoder = try tensor("W_enc", [dIn, dSAE])
-        _ = try tensor("W_dec", [dSAE, dIn])
+        let wDec = try tensor("W_dec", [dSAE, dIn])
         let bEnc = try tensor("b_enc", [dSAE])
         _ = try tensor("b_dec", [dIn])
         let threshold = try tensor("threshold", [dSAE])
@@ -256,6 +257,7 @@ public enum SAEFormats {
         var model = SAEModel(config: config, format: .gemmaScope, path: displayName, files: [(npz, "sae_weights")],
                              encoder: encoder, featureMajor: encoder.columnMajor, bEnc: bEnc)
         model.threshold = threshold
+        model.decoder = wDec
         return model
     }
 
@@ -299,14 +301,16 @@ public enum SAEFormats {
         }
         let bias = try check("encoder.bias", [dSAE])
         let bDec = try check("b_dec", [dIn])
-        if weights.tensors["W_dec"] != nil { _ = try check("W_dec", [dSAE, dIn]) }
+        let wDec = try weights.tensors["W_dec"] != nil ? check("W_dec", [dSAE, dIn]) : nil
         let hook = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
         let config = SAEConfig(dIn: dIn, dSAE: dSAE, architecture: activation == "groupmax" ? .groupMax(k) : .topk(k), applyBDecToInput: !transcode,
                                hookName: hook, modelName: "", neuronpediaID: nil)
         let encoder = SAETensor(source: .safetensors(weights, encoderInfo), shape: encoderInfo.shape,
                                 location: weights.location("encoder.weight"))
-        return SAEModel(config: config, format: .sparsify, path: directory,
-                        files: [(weightsPath, "sae_weights"), (configPath, "sae_cfg")],
-                        encoder: encoder, featureMajor: true, bEnc: bias, bDec: transcode ? nil : bDec)
+        var model = SAEModel(config: config, format: .sparsify, path: directory,
+                             files: [(weightsPath, "sae_weights"), (configPath, "sae_cfg")],
+                             encoder: encoder, featureMajor: true, bEnc: bias, bDec: transcode ? nil : bDec)
+        model.decoder = wDec
+        return model
     }
 }

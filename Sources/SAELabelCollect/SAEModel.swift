@@ -1,3 +1,4 @@
+import COpenBLAS
 import Foundation
 import SAELabelCore
 
@@ -196,5 +197,63 @@ struct SAEModel: @unchecked Sendable {
             }
         }
         return features.map { norms[$0] }
+    }
+}
+
+/// Decoder directions, the identity of a feature across SAE versions (label carry-over, SPEC §14).
+public enum SAEDecoder {
+    /// The unit-length `W_dec` rows of `features`, row-major `[features.count, width]`; nil when the SAE has
+    /// no decoder saelabel can read (no `W_dec`, or one stored column-major).
+    public static func directions(saePath: String, features: [Int]) throws(SAELabelError) -> (width: Int, rows: [Float])? {
+        let model = try SAEModel.open(path: saePath)
+        guard let decoder = model.decoder, decoder.shape.count == 2, !decoder.columnMajor else { return nil }
+        let width = decoder.shape[1]
+        var slotOf = [Int32](repeating: -1, count: model.config.dSAE)
+        for (slot, feature) in features.enumerated() where feature >= 0 && feature < slotOf.count { slotOf[feature] = Int32(slot) }
+        var rows = [Float](repeating: 0, count: features.count * width)
+        try decoder.streamRows(rowLength: width) { first, count, values in
+            for offset in 0..<count where slotOf[first + offset] >= 0 {
+                let slot = Int(slotOf[first + offset])
+                var norm: Float = 0
+                for d in 0..<width { norm += values[offset * width + d] * values[offset * width + d] }
+                let scale = norm > 0 ? 1 / norm.squareRoot() : 0
+                for d in 0..<width { rows[slot * width + d] = values[offset * width + d] * scale }
+            }
+        }
+        return (width, rows)
+    }
+}
+
+extension SAEDecoder {
+    /// Each new row's most similar old row and each old row's most similar new row, by cosine of unit rows
+    /// (`new` `[n, width]`, `old` `[m, width]`), computed by one GEMM per block of new rows so memory stays
+    /// at `block × m` floats even for wide SAEs.
+    public static func nearest(new: [Float], old: [Float], width: Int)
+        -> (oldForNew: [Int], cosineForNew: [Float], newForOld: [Int]) {
+        let n = width > 0 ? new.count / width : 0, m = width > 0 ? old.count / width : 0
+        var oldForNew = [Int](repeating: -1, count: n), cosineForNew = [Float](repeating: -.infinity, count: n)
+        var newForOld = [Int](repeating: -1, count: m), cosineForOld = [Float](repeating: -.infinity, count: m)
+        guard n > 0, m > 0 else { return (oldForNew, cosineForNew, newForOld) }
+        let block = max(1, min(n, (1 << 24) / m))
+        var products = [Float](repeating: 0, count: block * m)
+        for first in stride(from: 0, to: n, by: block) {
+            let rows = min(block, n - first)
+            new.withUnsafeBufferPointer { a in
+                old.withUnsafeBufferPointer { b in
+                    products.withUnsafeMutableBufferPointer { c in
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(m), Int32(width),
+                                    1, a.baseAddress! + first * width, Int32(width), b.baseAddress, Int32(width), 0, c.baseAddress, Int32(m))
+                    }
+                }
+            }
+            for r in 0..<rows {
+                for j in 0..<m {
+                    let cosine = products[r * m + j]
+                    if cosine > cosineForNew[first + r] { cosineForNew[first + r] = cosine; oldForNew[first + r] = j }
+                    if cosine > cosineForOld[j] { cosineForOld[j] = cosine; newForOld[j] = first + r }
+                }
+            }
+        }
+        return (oldForNew, cosineForNew, newForOld)
     }
 }

@@ -21,7 +21,8 @@ struct SelectionParameters: Sendable {
     }
 }
 
-/// A fixed number of window slots per feature: where each window came from, its max, and (optionally) its values.
+/// A fixed number of window slots per feature: where each window came from, its max, and (optionally) its values,
+/// kept as float32 so stored examples hold the raw activations (with Float16, values above 65,504 were stored as 0).
 final class WindowSlots {
     let capacity: Int
     let window: Int
@@ -30,7 +31,7 @@ final class WindowSlots {
     let length: UnsafeMutablePointer<Int32>
     let maximum: UnsafeMutablePointer<Float>
     let order: UnsafeMutablePointer<Int64>
-    let values: UnsafeMutablePointer<Float16>?
+    let values: UnsafeMutablePointer<Float>?
 
     init(features: Int, capacity: Int, window: Int, storesValues: Bool) {
         self.capacity = capacity
@@ -59,7 +60,7 @@ final class WindowSlots {
         order[slot] = ordinal
         if let values, let source {
             let destination = values + slot * window
-            for index in 0..<count { destination[index] = Float16(source[index]) }
+            destination.update(from: source, count: count)
         }
     }
 
@@ -79,7 +80,7 @@ final class WindowSlots {
     func windowValues(slot: Int) -> [Float] {
         let count = Int(length[slot])
         guard let values else { return [Float](repeating: 0, count: count) }
-        return (0..<count).map { Float(values[slot * window + $0]) }
+        return Array(UnsafeBufferPointer(start: values + slot * window, count: count))
     }
 }
 

@@ -85,6 +85,11 @@ public struct TokenDecoder: Sendable {
             if (entry["special"] as? NSNumber)?.boolValue == true { special.insert(id) }
         }
         let size = (table.keys.max() ?? -1) + 1
+        // Ids index a dense table: a stray huge id (found by fuzzing) must not ask for terabytes.
+        guard size <= 4 * table.count + 65_536 else {
+            throw .badInput(location: "\(path): model.vocab",
+                            problem: "token id \(size - 1) is far beyond the \(table.count) tokens defined; is the file corrupt?")
+        }
         var tokens = [String?](repeating: nil, count: size)
         for (id, value) in table { tokens[id] = value }
         self.tokens = tokens

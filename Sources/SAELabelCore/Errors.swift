@@ -15,11 +15,14 @@ public enum SAELabelError: Error, Sendable, Equatable, CustomStringConvertible {
     case llm(String)
     /// A stage failed on one feature; the job goes on.
     case feature(index: Int, stage: String, reason: String)
+    /// Another process is running a mutating command on the same store (exit 3).
+    case storeBusy(store: String, holder: String)
 
     public var exitCode: Int32 {
         switch self {
         case .usage, .badInput, .inputChanged: return 2
         case .store, .llm, .feature: return 1
+        case .storeBusy: return 3
         }
     }
 
@@ -37,6 +40,8 @@ public enum SAELabelError: Error, Sendable, Equatable, CustomStringConvertible {
             return message
         case .feature(let index, let stage, let reason):
             return "feature \(index), \(stage): \(reason)"
+        case .storeBusy(let store, let holder):
+            return "\(store) is busy: saelabel \(holder) is working on it; wait for it to finish, or stop it (a killed run frees the store at once)"
         }
     }
 }

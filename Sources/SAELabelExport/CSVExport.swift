@@ -5,7 +5,8 @@ import SAELabelStore
 /// One row per feature, RFC 4180 (CRLF line ends, fields quoted when they hold `"`, `,`, CR, LF or tab).
 enum CSVExport {
     static let header = ["feature", "status", "label", "simulation", "detection", "fuzzing",
-                         "frequency", "max_activation", "explainer_model", "failure_reason", "sae", "hook"]
+                         "frequency", "max_activation", "explainer_model", "failure_reason", "sae", "hook",
+                         "carried_from_feature", "carried_cosine", "carried_previous_score"]
 
     static func run(store: JobStore, job: JobInfo, session: OutputSession, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
         let writer = try session.fileWriter()
@@ -19,6 +20,8 @@ enum CSVExport {
                 row.explainerModel ?? "",
                 row.state == .failed ? (row.feature.record.failureReason ?? "") : "",
                 job.sae ?? "", job.hook ?? "",
+                row.feature.carriedFrom.map { String($0.sourceFeature) } ?? "",
+                number(row.feature.carriedFrom?.cosine), number(row.feature.carriedFrom?.previousScore),
             ]))
             count += 1
         }

@@ -41,6 +41,7 @@ enum CatalogExport {
             ("frequency", .number(row.frequency)),
             ("max_activation", row.maxActivation.map(JSONValue.float) ?? .null),
             ("examples", row.examplesJSON),
+            ("carried_from", row.carriedFromJSON),
             // Additions beyond the contract.
             ("prompt_hash", .text(row.feature.explanation?.promptHash)),
             ("score_details", row.scoreDetailsJSON),

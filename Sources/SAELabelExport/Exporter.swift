@@ -133,6 +133,13 @@ struct ExportRow {
     var frequency: Double? { feature.record.statistics?.frequency }
     var maxActivation: Float? { feature.record.statistics?.maxActivation }
 
+    /// CONTRACT's `carried_from`: `{"feature", "cosine", "previous_score"}` of a carried label, else null.
+    var carriedFromJSON: JSONValue {
+        guard let carried = feature.carriedFrom else { return .null }
+        return .object([("feature", .int(carried.sourceFeature)), ("cosine", .number(carried.cosine)),
+                        ("previous_score", .number(carried.previousScore))])
+    }
+
     func storedScore(_ scorer: String) -> StoredScore? { feature.scores.first { $0.scorer == scorer } }
     func score(_ scorer: String) -> Double? { storedScore(scorer)?.value }
 

@@ -333,6 +333,8 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     var facts = el('dl', 'facts');
     function fact(k, v) { facts.appendChild(el('dt', null, k)); facts.appendChild(el('dd', null, v)); }
     if (f.explainer_model) fact('Explainer', f.explainer_model);
+    if (f.carried_from) fact('Carried from', 'feature ' + f.carried_from.feature + ' of the earlier SAE version (decoder cosine '
+      + fmtNum(f.carried_from.cosine, 3) + ', score there ' + fmtNum(f.carried_from.previous_score, 3) + '), re-scored here');
     fact('Frequency', fmtFreq(f.frequency));
     fact('Max activation', fmtNum(f.max_activation, 3));
     if (f.mean_activation !== undefined) fact('Mean activation', fmtNum(f.mean_activation, 3));

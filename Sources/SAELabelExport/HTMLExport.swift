@@ -106,6 +106,7 @@ enum HTMLExport {
             ("frequency", .number(row.frequency)),
             ("max_activation", row.maxActivation.map(JSONValue.float) ?? .null),
             ("examples", row.examplesJSON),
+            ("carried_from", row.carriedFromJSON),
         ]
         members += CatalogExport.statisticsMembers(record)
         if let note = record.note { members.append(("note", .string(note))) }

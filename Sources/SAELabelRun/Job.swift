@@ -13,6 +13,8 @@ public struct JobRequest: Sendable {
     public var selection: FeatureSelection
     public var dryRun = false
     public var newVersion = false
+    /// Batch mode: submit (or collect what is finished) and exit instead of waiting for open batches.
+    public var noWait = false
 
     public init(config: JobConfig, stage: Stage = .all, features: FeatureSelection.Set?, shard: FeatureSelection.Shard?,
                 dryRun: Bool = false, newVersion: Bool = false) {
@@ -36,9 +38,11 @@ public enum JobRunner {
         let endpoints = try checkEndpoints(request)
         try Pipeline.checkExports(config)
         try checkStorePath(config.store)
-        try await Pipeline.preflight(endpoints, limits: config.limits)
+        // An offline batch stage (vLLM's run_batch) needs no server.
+        try await Pipeline.preflight(endpoints.filter { !BatchMode.isOffline(config, stage: $0.section == "[explainer]" ? "explain" : "score") },
+                                     limits: config.limits)
         try FileManager.default.createParentDirectory(of: config.store)
-        let store = try JobStore(path: config.store)
+        let store = try JobStore(path: config.store, exclusive: true)
         if let id = config.export.neuronpediaModelId { try store.setSetting(JobSettingKey.neuronpediaModelId, id) }
         if let layer = config.export.neuronpediaLayer { try store.setSetting(JobSettingKey.neuronpediaLayer, layer) }
 
@@ -46,6 +50,7 @@ public enum JobRunner {
         if request.stage == .all || request.stage == .collect {
             report.collect = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: request.newVersion,
                                                   progress: progress)
+            try CarryOver.recordDirections(config, store: store, features: plan.features)
         } else {
             try store.verifyInputs(plan.fingerprints, acceptChanges: request.newVersion)
             try Pipeline.verifySelectionSettings(options, store: store, acceptChanges: request.newVersion)
@@ -56,15 +61,55 @@ public enum JobRunner {
             let budget = try config.limits.maxCost.map { limit throws(SAELabelError) in
                 SpendingLimit(limit: limit, prices: config.prices, spent: try store.spent(prices: config.prices))
             }
-            let clients = LLMClients(limits: config.limits, store: store, progress: progress, budget: budget)
+            let batchStages = BatchMode.stages(config)
+            let clients = LLMClients(limits: config.limits, store: store, progress: progress,
+                                     batchQueue: batchStages.isEmpty ? nil : StoreBatchQueue(store: store, stages: batchStages),
+                                     budget: budget)
             defer { clients.shutdown() }
             let (explainer, scorers) = try labelers(request, clients: clients, prompts: prompts)
             let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
             let wantsExplain = request.stage == .all || request.stage == .explain
-            report.labeling = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
-                                                       scorers: scorers, selection: request.selection,
-                                                       concurrency: config.limits.concurrency, progress: progress,
-                                                       budget: budget)
+            let batches = BatchSubmitter(store: store, config: config, clients: clients)
+            // Carry-over (a new SAE version): matched labels enter the pass first and are re-scored by the
+            // labeling below; those whose score fell too far are explained afresh in the same round.
+            var carryNote: String?
+            let carrying = config.carryOver.enabled && wantsExplain && explainer != nil && pass != nil
+            if carrying, let pass { carryNote = try CarryOver.prepare(config, store: store, pass: pass) }
+            // Batch mode runs rounds: collect finished batches, label from the cache, submit what was queued.
+            var outcome = LabelingRun.Outcome()
+            while true {
+                if !batchStages.isEmpty {
+                    report.batchesWaiting = try await batches.collect(wait: !request.noWait)
+                    if report.batchesWaiting > 0 { break }
+                }
+                var round = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
+                                                     scorers: scorers, selection: request.selection,
+                                                     concurrency: config.limits.concurrency, progress: progress,
+                                                     budget: budget)
+                if carrying, round.deferred == 0, !round.stoppedByBudget, !(try CarryOver.settle(config, store: store, scorers: scorers)).isEmpty {
+                    let again = try await Pipeline.label(store: store, pass: pass, explainer: explainer, scorers: scorers,
+                                                         selection: request.selection, concurrency: config.limits.concurrency,
+                                                         progress: progress, budget: budget)
+                    round.explained += again.explained
+                    round.scored += again.scored
+                    round.failed.merge(again.failed) { first, _ in first }
+                    round.deferred = again.deferred
+                    round.stoppedByBudget = again.stoppedByBudget
+                }
+                outcome.explained += round.explained
+                outcome.scored += round.scored
+                outcome.failed = round.failed
+                outcome.deferred = round.deferred
+                outcome.stoppedByBudget = round.stoppedByBudget
+                // A budget stop ends the run; what it queued for a batch waits in the store for the next run.
+                guard round.deferred > 0, !round.stoppedByBudget else { break }
+                report.batchesWaiting = try await batches.submitQueued()
+                report.batchRequestsQueued = try store.queuedBatchRequests().count
+                if report.batchesWaiting == 0 || request.noWait { break }
+            }
+            report.labeling = outcome
+            if !batchStages.isEmpty { report.batchRequests = try store.batchRequestCounts() }
+            if carrying, let explainer { report.carryOver = try CarryOver.report(config, store: store, note: carryNote, explainer: explainer) }
             report.llm = clients.statistics()
         }
 
@@ -160,6 +205,12 @@ public enum JobRunner {
                                                                  sequence: 0, start: 0),
                                       count: c.heldoutTop + c.heldoutQuantile + c.heldoutRandom)
         var estimate = DryRunEstimate(config: config, features: plan.features)
+        var carryable: (features: Set<Int>, note: String?) = ([], nil)
+        if wantsExplain, explainer != nil {
+            carryable = try CarryOver.preview(config, store: store, features: plan.features, newVersion: request.newVersion)
+        }
+        estimate.carryNote = carryable.note
+        let alreadyCarried = Set(try store?.carriedLabels().map(\.feature) ?? [])
         estimate.preflightCalls = Set(endpoints.map(\.key)).count
         let collecting = request.stage == .all || request.stage == .collect
         for feature in plan.features {
@@ -170,7 +221,9 @@ public enum JobRunner {
             if uncollected {
                 guard collecting else { continue }
                 estimate.exact = false
-                if wantsExplain { estimate.explainCalls += explainCallsPerFeature }
+                if carryable.features.contains(feature) {
+                    estimate.carriedLabels += 1
+                } else if wantsExplain { estimate.explainCalls += explainCallsPerFeature }
                 estimate.scoreCalls += scorers.reduce(0) { $0 + $1.plannedCalls(heldout: configuredHeldout) }
                 continue
             }
@@ -183,7 +236,11 @@ public enum JobRunner {
             }
             if explanation == nil {
                 guard wantsExplain else { continue }
-                estimate.explainCalls += explainCallsPerFeature
+                if carryable.features.contains(feature), !alreadyCarried.contains(feature) {
+                    estimate.carriedLabels += 1
+                } else {
+                    estimate.explainCalls += explainCallsPerFeature
+                }
             }
             guard !scorers.isEmpty else { continue }
             let stored = try explanation.map { explanation throws(SAELabelError) in try store.scores(explanation: explanation) } ?? []
@@ -206,6 +263,10 @@ public struct DryRunEstimate: Sendable {
     public var scoreCalls = 0
     /// One check request per endpoint and model, sent before collect (see `Pipeline.preflight`).
     public var preflightCalls = 0
+    /// Features that would get a carried label from the earlier SAE version instead of an explain call (each is
+    /// still scored; one that scores worse by more than `max_score_drop` is explained after all).
+    public var carriedLabels = 0
+    public var carryNote: String?
     /// False when some features are not collected yet, so their calls are an upper bound.
     public var exact = true
     public var promptTokens = 0

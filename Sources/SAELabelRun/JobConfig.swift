@@ -34,6 +34,8 @@ public struct JobConfig: Sendable, Equatable {
         public var excludeNormAbove: Double?
         public var batchTokens = 512
         public var blasThreads = 1
+        /// Memory budget of one collect block (`[collect] memory_mb`); see CollectOptions.memoryBudgetMiB.
+        public var memoryMiB: Double = 512
     }
 
     public struct Endpoint: Sendable, Equatable {
@@ -53,6 +55,8 @@ public struct JobConfig: Sendable, Equatable {
         public var llm = Endpoint()
         /// `openai` (token<TAB>N records), `highlighted` (<<token>>), or `baseline` (no LLM).
         public var style = "openai"
+        /// Send this stage's requests through the provider's Batch API (`batch` key).
+        public var batch = false
     }
 
     public struct Scoring: Sendable, Equatable {
@@ -64,6 +68,8 @@ public struct JobConfig: Sendable, Equatable {
         /// `json` (any chat model), `sparse` (any chat model; lists only the active tokens) or `logprobs`
         /// (servers that return prompt logprobs).
         public var simulator = "sparse"
+        /// Send this stage's requests through the provider's Batch API (`batch` key).
+        public var batch = false
     }
 
     public struct Limits: Sendable, Equatable {
@@ -77,6 +83,21 @@ public struct JobConfig: Sendable, Equatable {
         /// Stop cleanly (exit 1, resumable) before the next calls could spend more than this, in the
         /// currency of `[prices]`.
         public var maxCost: Double?
+        /// How often a waiting run polls a submitted batch (`batch_poll_seconds`).
+        public var batchPollSeconds = 60.0
+    }
+
+    /// `[carry_over]`: labels of an earlier SAE version go to the new version's matching features (CarryOver.swift).
+    public struct CarryOver: Sendable, Equatable {
+        public init() {}
+
+        public var enabled = true
+        /// Another store to carry from, instead of this store's previous version.
+        public var from: String?
+        /// A carried label whose new score is lower than its old one by more than this is re-explained.
+        public var maxScoreDrop = 0.1
+        /// Decoder-direction cosine a match needs (see README for the data behind the default).
+        public var minCosine = CarryOverDefaults.minCosine
     }
 
     public struct Export: Sendable, Equatable {
@@ -109,6 +130,7 @@ public struct JobConfig: Sendable, Equatable {
     public var scoring = Scoring()
     public var limits = Limits()
     public var export = Export()
+    public var carryOver = CarryOver()
 
     public init() {}
 
@@ -120,6 +142,8 @@ public struct JobConfig: Sendable, Equatable {
         guard let text = String(data: data, encoding: .utf8) else {
             throw .badInput(location: path, problem: "job file is not UTF-8 text")
         }
+        try rejectControlCharacters(text, path: path)
+        try rejectMalformedTableHeaders(text, path: path)
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -133,6 +157,93 @@ public struct JobConfig: Sendable, Equatable {
         config.path = path
         return config
     }
+
+    /// toml++ also aborts when a table header's key starts with a character no key can start with, e.g.
+    /// `[#x]` (found by fuzzing): such headers are refused first. The scan follows strings, comments and
+    /// bracket depth, so a `[` that opens an array value is not taken for a header.
+    static func rejectMalformedTableHeaders(_ text: String, path: String) throws(SAELabelError) {
+        let chars = Array(text.unicodeScalars)
+        func startsKey(_ c: Unicode.Scalar) -> Bool {
+            ("A"..."Z").contains(c) || ("a"..."z").contains(c) || ("0"..."9").contains(c) || c == "_" || c == "-"
+                || c == "\"" || c == "'"
+        }
+        var index = 0, line = 1, depth = 0, lineStart = true
+        var openers: [Unicode.Scalar] = []
+        while index < chars.count {
+            let c = chars[index]
+            switch c {
+            case "\n":
+                line += 1
+                lineStart = true
+                index += 1
+                continue
+            case " ", "\t", "\r":
+                index += 1
+                continue
+            case "#":
+                while index < chars.count, chars[index] != "\n" { index += 1 }
+                continue
+            case "\"", "'":
+                let triple = index + 2 < chars.count && chars[index + 1] == c && chars[index + 2] == c
+                index += triple ? 3 : 1
+                while index < chars.count {
+                    if c == "\"", chars[index] == "\\" { index += 2; continue }
+                    if chars[index] == "\n" {
+                        if !triple { break }
+                        line += 1
+                    }
+                    if chars[index] == c, !triple || (index + 2 < chars.count && chars[index + 1] == c && chars[index + 2] == c) {
+                        index += triple ? 3 : 1
+                        break
+                    }
+                    index += 1
+                }
+            case "[" where lineStart && depth == 0:
+                var next = index + 1
+                if next < chars.count, chars[next] == "[" { next += 1 }
+                while next < chars.count, chars[next] == " " || chars[next] == "\t" { next += 1 }
+                if next < chars.count, !startsKey(chars[next]), chars[next] != "]" {
+                    throw .badInput(location: "\(path):\(line)", problem: "a table header must start with a name, as in [collect]")
+                }
+                while index < chars.count, chars[index] != "\n" { index += 1 }
+                continue
+            case "[", "{":
+                openers.append(c)
+                depth += 1
+                index += 1
+            case "]", "}":
+                // A closing bracket that does not match its opener (`[}`) also trips a toml++ assertion.
+                guard openers.popLast() == (c == "]" ? "[" : "{") else {
+                    throw .badInput(location: "\(path):\(line)", problem: "'\(c)' does not close an open \(c == "]" ? "[" : "{"); check the brackets")
+                }
+                depth = max(0, depth - 1)
+                index += 1
+            default:
+                index += 1
+            }
+            lineStart = false
+        }
+    }
+
+    /// TOML allows no raw control character but tab, LF and CR (in CRLF) anywhere; they are refused here
+    /// because toml++ (under TOMLKit) aborts the process on some of them, e.g. a form feed in a table
+    /// header (found by fuzzing, RELIABILITY.md).
+    static func rejectControlCharacters(_ text: String, path: String) throws(SAELabelError) {
+        var line = 1, column = 0
+        for scalar in text.unicodeScalars {
+            column += 1
+            if scalar == "\n" {
+                line += 1
+                column = 0
+                continue
+            }
+            let value = scalar.value
+            if (value < 0x20 && scalar != "\t" && scalar != "\r") || value == 0x7F {
+                throw .badInput(location: "\(path):\(line):\(column)",
+                                problem: String(format: "control character U+%04X is not allowed in TOML; remove it", value))
+            }
+        }
+    }
 }
 
 /// Walks the TOML tables with the list of known keys, so every mistake names its key.
@@ -142,7 +253,7 @@ struct JobConfigReader {
 
     func read(_ root: TOMLTable) throws(SAELabelError) -> JobConfig {
         var config = JobConfig()
-        try allow(root, "", ["job", "inputs", "collect", "explainer", "simulator", "limits", "export", "prices"])
+        try allow(root, "", ["job", "inputs", "collect", "explainer", "simulator", "limits", "export", "prices", "carry_over"])
 
         let job = try table(root, "job")
         try allow(job, "job", ["store", "seed", "prompts_dir"])
@@ -184,7 +295,7 @@ struct JobConfigReader {
         let collect = try table(root, "collect")
         try allow(collect, "collect", ["features", "window", "explain_top", "explain_quantile", "heldout_top", "heldout_quantile",
                                        "heldout_random", "min_activating_windows", "exclude_special_tokens", "exclude_positions",
-                                       "exclude_norm_above", "batch_tokens", "blas_threads"])
+                                       "exclude_norm_above", "batch_tokens", "blas_threads", "memory_mb"])
         if let features = try string(collect, "collect", "features") {
             do {
                 config.collect.features = try FeatureSelection.parseRange(features, flag: "[collect] features")
@@ -205,9 +316,15 @@ struct JobConfigReader {
         config.collect.excludeNormAbove = try double(collect, "collect", "exclude_norm_above")
         config.collect.batchTokens = try positive(collect, "batch_tokens") ?? c.batchTokens
         config.collect.blasThreads = try positive(collect, "blas_threads") ?? c.blasThreads
+        if let memory = try double(collect, "collect", "memory_mb") {
+            guard memory > 0, memory.isFinite else {
+                throw .badInput(location: "\(file): [collect] memory_mb", problem: "must be a positive number of MiB (got \(memory))")
+            }
+            config.collect.memoryMiB = memory
+        }
 
         let explainer = try table(root, "explainer")
-        try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "server", "style"])
+        try allow(explainer, "explainer", ["endpoint", "model", "api_key_env", "max_tokens", "server", "style", "batch"])
         config.explainer.llm = try endpoint(explainer, "explainer")
         if let style = try string(explainer, "explainer", "style") {
             guard JobConfig.explainerStyles.contains(style) else {
@@ -216,8 +333,10 @@ struct JobConfigReader {
             config.explainer.style = style
         }
 
+        config.explainer.batch = try bool(explainer, "explainer", "batch") ?? false
+
         let simulator = try table(root, "simulator")
-        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode"])
+        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode", "batch"])
         config.scoring.llm = try endpoint(simulator, "simulator")
         if let scorers = try stringArray(simulator, "simulator", "scorers") {
             for scorer in scorers where !JobConfig.scorerNames.contains(scorer) {
@@ -236,8 +355,10 @@ struct JobConfigReader {
             throw .badInput(location: "\(file): [simulator] mode", problem: refusal)
         }
 
+        config.scoring.batch = try bool(simulator, "simulator", "batch") ?? false
+
         let limits = try table(root, "limits")
-        try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries", "max_cost"])
+        try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries", "max_cost", "batch_poll_seconds"])
         config.limits.concurrency = try positive(limits, "concurrency", section: "limits") ?? config.limits.concurrency
         config.limits.requestsPerMinute = try positive(limits, "requests_per_minute", section: "limits")
         config.limits.tokensPerMinute = try positive(limits, "tokens_per_minute", section: "limits")
@@ -275,6 +396,10 @@ struct JobConfigReader {
                 throw .badInput(location: location("limits", "max_cost"), problem: "needs a price for model '\(model)': add [prices.\"\(model)\"] input = …, output = …")
             }
         }
+        if let poll = try double(limits, "limits", "batch_poll_seconds") {
+            guard poll > 0 else { throw .badInput(location: "\(file): [limits] batch_poll_seconds", problem: "must be above 0, e.g. 60") }
+            config.limits.batchPollSeconds = poll
+        }
 
         let export = try table(root, "export")
         try allow(export, "export", ["catalog", "csv", "neuronpedia", "html", "neuronpedia_model_id", "neuronpedia_layer"])
@@ -284,6 +409,17 @@ struct JobConfigReader {
         config.export.csv = try string(export, "export", "csv").map(resolve)
         config.export.neuronpedia = try string(export, "export", "neuronpedia").map(resolve)
         config.export.html = try string(export, "export", "html").map(resolve)
+
+        let carry = try table(root, "carry_over")
+        try allow(carry, "carry_over", ["enabled", "from", "max_score_drop", "min_cosine"])
+        config.carryOver.enabled = try bool(carry, "carry_over", "enabled") ?? config.carryOver.enabled
+        config.carryOver.from = try string(carry, "carry_over", "from").map(resolve)
+        config.carryOver.maxScoreDrop = try double(carry, "carry_over", "max_score_drop") ?? config.carryOver.maxScoreDrop
+        config.carryOver.minCosine = try double(carry, "carry_over", "min_cosine") ?? config.carryOver.minCosine
+        guard config.carryOver.maxScoreDrop >= 0, (-1...1).contains(config.carryOver.minCosine) else {
+            throw .badInput(location: location("carry_over", "max_score_drop"),
+                            problem: "max_score_drop must be ≥ 0 and min_cosine within [-1, 1]")
+        }
         return config
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import LLMClient
 import SAELabelCore
 import SAELabelExplain
 import SAELabelScore
@@ -33,6 +34,8 @@ public struct LabelingRun: Sendable {
         public var failed: [Int: String] = [:]
         /// The spending limit stopped the run before everything was done (exit 1; a rerun continues).
         public var stoppedByBudget = false
+        /// Feature steps put off because their requests wait for a batch (batch mode).
+        public var deferred = 0
     }
 
     /// One pass over what the store says is left to do. Failed features of earlier runs are retried.
@@ -65,6 +68,7 @@ public struct LabelingRun: Sendable {
                 total.scored += part.scored
                 total.failed.merge(part.failed) { first, _ in first }
                 total.stoppedByBudget = total.stoppedByBudget || part.stoppedByBudget
+                total.deferred += part.deferred
             }
             return total
         }
@@ -80,17 +84,24 @@ public struct LabelingRun: Sendable {
                 await queue.stop()
                 break
             }
+            let mark = DeferralMark()
             do {
-                try await ExplainStep.run(feature: feature, store: store, explainer: explainer)
+                try await Self.deferrable(mark) { () async throws(SAELabelError) in
+                    try await ExplainStep.run(feature: feature, store: store, explainer: explainer)
+                }
                 outcome.explained += 1
                 progress.advance(stage: "explain")
                 await queue.explained(feature)
+            } catch where budget?.isExhausted == true {  // checked first: not the feature's fault, it stays to do
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
+            } catch where mark.isSet {
+                outcome.deferred += 1
+                progress.add(stage: "explain", total: -1)
+                progress.add(stage: "score", total: -1)
+                await queue.explainFailed()
             } catch {
-                if budget?.isExhausted == true {  // not the feature's fault: it stays to do
-                    outcome.stoppedByBudget = true
-                    await queue.stop()
-                    break
-                }
                 let reason = error.featureReason
                 outcome.failed[feature] = reason
                 try? store.markFailed(feature: feature, stage: "explain", reason: reason)
@@ -110,16 +121,21 @@ public struct LabelingRun: Sendable {
                 await queue.stop()
                 break
             }
+            let mark = DeferralMark()
             do {
-                try await ScoreStep.run(feature: feature, store: store, scorers: scorers)
+                try await Self.deferrable(mark) { () async throws(SAELabelError) in
+                    try await ScoreStep.run(feature: feature, store: store, scorers: scorers)
+                }
                 outcome.scored += 1
                 progress.advance(stage: "score")
+            } catch where budget?.isExhausted == true {
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
+            } catch where mark.isSet {
+                outcome.deferred += 1
+                progress.add(stage: "score", total: -1)
             } catch {
-                if budget?.isExhausted == true {
-                    outcome.stoppedByBudget = true
-                    await queue.stop()
-                    break
-                }
                 let reason = error.featureReason
                 outcome.failed[feature] = reason
                 try? store.markFailed(feature: feature, stage: "score", reason: reason)
@@ -127,6 +143,17 @@ public struct LabelingRun: Sendable {
             }
         }
         return outcome
+    }
+}
+
+extension LabelingRun {
+    /// Runs one feature step under `mark`: in batch mode a request it cannot answer from the cache is
+    /// queued for a batch and marks the step, which is then put off (not failed) until the answer is in.
+    static func deferrable(_ mark: DeferralMark, _ step: () async throws(SAELabelError) -> Void) async throws(SAELabelError) {
+        let result: Result<Void, SAELabelError> = await BatchDeferral.$mark.withValue(mark) {
+            do throws(SAELabelError) { try await step(); return .success(()) } catch { return .failure(error) }
+        }
+        try result.get()
     }
 }
 

@@ -23,9 +23,19 @@ public struct RunReport: Sendable {
     public var exports: [String]
     /// LLM requests of this run (nil when no stage called an LLM).
     public var llm: ClientStatistics?
+    /// Batch mode: provider batches still running, and requests waiting in the store for an offline batch.
+    public var batchesWaiting = 0
+    public var batchRequestsQueued = 0
+    /// Batch mode: the store's batch requests by state (queued, submitted, answered, failed).
+    public var batchRequests: [String: Int] = [:]
+    /// Labels carried over from an earlier SAE version (nil when carry-over did not run).
+    public var carryOver: CarryOverReport?
 
+    /// 4 when batch mode left work waiting (open batches, or requests to export); else 1 when features failed
+    /// or the spending limit stopped the run.
     public var exitCode: Int32 {
-        status.states[FeatureState.failed.rawValue, default: 0] > 0 || labeling?.stoppedByBudget == true ? 1 : 0
+        if batchesWaiting > 0 || batchRequestsQueued > 0 { return 4 }
+        return status.states[FeatureState.failed.rawValue, default: 0] > 0 || labeling?.stoppedByBudget == true ? 1 : 0
     }
 }
 
@@ -49,30 +59,42 @@ public enum Pipeline {
         options.excludeNormAbove = config.collect.excludeNormAbove.map { Float($0) }
         options.batchTokens = config.collect.batchTokens
         options.blasThreads = config.collect.blasThreads
+        options.memoryBudgetMiB = config.collect.memoryMiB
         return options
     }
 
-    /// Validates every input (nothing written on bad input), checks the fingerprints against the store,
-    /// and collects the selected features that are still pending.
+    /// Validates every input and checks the fingerprints and settings against the store without writing, then
+    /// collects the selected features that are still pending (new ones, or all of them with `newVersion`) in
+    /// committed blocks. Features already collected, explained or scored are never touched. The fingerprints,
+    /// settings and pending rows are written with the first block, after its stream checked the whole corpus,
+    /// so bad input (even found only while streaming) leaves the store as it was.
     public static func collect(options: CollectOptions, store: JobStore, plan: CollectPlan, newVersion: Bool,
                                progress: ProgressReporter) throws(SAELabelError) -> CollectSummary? {
-        try store.verifyInputs(plan.fingerprints, acceptChanges: newVersion)
-        try verifySelectionSettings(options, store: store, acceptChanges: newVersion)
+        try store.checkInputs(plan.fingerprints, acceptChanges: newVersion)
+        let settings = try checkSelectionSettings(options, store: store, acceptChanges: newVersion)
+        var first = CollectCommit()
+        first.inputs = plan.fingerprints
+        first.acceptChangedInputs = newVersion
+        first.settings = [collectSettingsKey: settings]
+        first.register = plan.features
+        let pending: [Int]
         if newVersion {
             // A new version is a new labeling pass even when the files are byte-identical.
-            try store.bumpInputVersion()
+            first.bumpInputVersion = true
             // New inputs: every selected feature is collected again and relabeled in a new pass.
-            try store.registerFeatures(plan.features)
-            for feature in plan.features { try store.setState(feature: feature, .pending) }
+            first.resetToPending = plan.features
+            pending = plan.features
         } else {
-            try store.registerFeatures(plan.features)
+            let known = Set(try store.features(in: FeatureState.allCases.filter { $0 != .pending }))
+            pending = plan.features.filter { !known.contains($0) }
         }
-        let pending = try store.features(in: [.pending]).filter(Set(plan.features).contains)
-        guard !pending.isEmpty else { return nil }
-        var pendingOptions = options
-        pendingOptions.selection = FeatureSelection(set: .list(pending))
-        progress.begin(stage: "collect", total: plan.totalTokens)
-        let summary = try Collector.run(pendingOptions, plan: plan, store: store) { done, _ in
+        guard !pending.isEmpty else {
+            try store.commitCollect(first)
+            return nil
+        }
+        let blocks = Collector.blocks(of: pending, options: options, plan: plan)
+        progress.begin(stage: "collect", total: blocks.count * plan.totalTokens)
+        let summary = try Collector.run(options, plan: plan, store: store, features: pending, first: first) { done, _ in
             progress.setDone(stage: "collect", done: done)
         }
         progress.finish()
@@ -89,16 +111,24 @@ public enum Pipeline {
             + "positions=\(options.excludePositions) norm_above=\(exclusion)"
     }
 
+    static let collectSettingsKey = "collect_settings"
+
     static func verifySelectionSettings(_ options: CollectOptions, store: JobStore, acceptChanges: Bool) throws(SAELabelError) {
+        try store.setSetting(collectSettingsKey, try checkSelectionSettings(options, store: store, acceptChanges: acceptChanges))
+    }
+
+    /// The current settings text, or `.inputChanged` when the store recorded other settings (read-only).
+    static func checkSelectionSettings(_ options: CollectOptions, store: JobStore, acceptChanges: Bool) throws(SAELabelError) -> String {
         let current = selectionSettings(options)
-        if let recorded = try store.setting("collect_settings"), recorded != current, !acceptChanges {
+        if let recorded = try store.setting(collectSettingsKey), recorded != current, !acceptChanges {
             throw .inputChanged(path: "[collect] settings", detail: "were \(recorded), now \(current)")
         }
-        try store.setSetting("collect_settings", current)
+        return current
     }
 
     public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore?,
-                              progress: ProgressReporter? = nil, budget: SpendingLimit? = nil) -> LLMClient {
+                              progress: ProgressReporter? = nil, batchQueue: (any LLMBatchQueue)? = nil,
+                              budget: SpendingLimit? = nil) -> LLMClient {
         var configuration = LLMClientConfiguration(baseURL: endpoint.endpoint, apiKeyEnvironmentVariable: endpoint.apiKeyEnv)
         configuration.server = endpoint.server
         configuration.maxInFlight = limits.concurrency
@@ -111,7 +141,7 @@ public enum Pipeline {
         var logger = Logger(label: "saelabel.llm")
         logger.logLevel = ProcessInfo.processInfo.environment["SAELABEL_LLM_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
         return LLMClient(configuration: configuration, cache: store.map { StoreResponseCache(store: $0, progress: progress) },
-                         logger: logger)
+                         batchQueue: batchQueue, logger: logger)
     }
 
     /// Checks every endpoint the job will call, once, before collect or any paid call: the server
@@ -287,12 +317,15 @@ public final class LLMClients: Sendable {
     private let limits: JobConfig.Limits
     private let store: JobStore?
     private let progress: ProgressReporter?
+    private let batchQueue: (any LLMBatchQueue)?
     private let budget: SpendingLimit?
 
-    public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil, budget: SpendingLimit? = nil) {
+    public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil,
+                batchQueue: (any LLMBatchQueue)? = nil, budget: SpendingLimit? = nil) {
         self.limits = limits
         self.store = store
         self.progress = progress
+        self.batchQueue = batchQueue
         self.budget = budget
     }
 
@@ -302,7 +335,8 @@ public final class LLMClients: Sendable {
         let key = base + "\u{0}" + endpoint.apiKeyEnv + "\u{0}" + endpoint.server.rawValue
         return clients.withLock { clients in
             if let existing = clients[key] { return existing }
-            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress, budget: budget)
+            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress,
+                                         batchQueue: batchQueue, budget: budget)
             clients[key] = client
             return client
         }

@@ -17,6 +17,14 @@ public enum Reporting {
         if !report.scoreValues.isEmpty {
             lines.append("simulation scores (\(report.scoreValues.count) features): " + distribution(report.scoreValues))
         }
+        if let carry = report.carryOver {
+            if let note = carry.note {
+                lines.append(note)
+            } else if carry.matched > 0 {
+                let median = carry.medianCosine.map { String(format: "%.3f", $0) } ?? "-"
+                lines.append("carry-over: \(carry.matched) matched (decoder cosine ≥ \(carry.minCosine), median \(median)), \(carry.carried) carried and re-scored, \(carry.reexplained) re-explained; \(carry.explainCallsSaved) explain calls saved")
+            }
+        }
         if let llm = report.llm {
             lines.append("LLM this run: \(llm.requestsSent) requests sent (\(llm.retries) retries), \(llm.cacheHits) answered from the store's cache, \(llm.promptTokens) tokens in / \(llm.completionTokens) out")
         }
@@ -31,6 +39,16 @@ public enum Reporting {
                 lines.append("  feature \(failure.feature) (\(failure.stage), \(failure.attempts) attempt\(failure.attempts == 1 ? "" : "s")): \(failure.reason)")
             }
             if status.failures.count > 20 { lines.append("  … see `saelabel status --db \(status.path)`") }
+        }
+        if !report.batchRequests.isEmpty {
+            let counts = ["answered", "failed", "submitted", "queued"].map { "\(report.batchRequests[$0, default: 0]) \($0)" }
+            lines.append("batch requests (store total): " + counts.joined(separator: ", ") + " (failed lines are sent synchronously)")
+        }
+        if report.batchesWaiting > 0 {
+            lines.append("batch: \(report.batchesWaiting) batch\(report.batchesWaiting == 1 ? "" : "es") still running; run the same command again later to collect the answers (exit 4)")
+        }
+        if report.batchRequestsQueued > 0 {
+            lines.append("batch: \(report.batchRequestsQueued) requests wait for an offline batch: `saelabel batch export --db \(status.path) --stage explain|score --out requests.jsonl`, run vLLM's run_batch on it, `saelabel batch import --db \(status.path) results.jsonl`, then run again (exit 4)")
         }
         for path in report.exports { lines.append("wrote \(path)") }
         lines.append(String(format: "wall time %.1f s", report.wallSeconds))
@@ -174,6 +192,10 @@ public enum Reporting {
         if let cost = estimate.cost {
             lines.append(String(format: "cost (estimated, at the job file's [prices], no prompt caching): %.4f", cost))
         }
+        if estimate.carriedLabels > 0 {
+            lines.append("carry-over: \(estimate.carriedLabels) features would take the matching earlier label (re-scored, not explained: \(estimate.carriedLabels) explain calls saved); up to \(estimate.carriedLabels) more explain calls if their scores drop by more than max_score_drop")
+        }
+        if let note = estimate.carryNote { lines.append(note) }
         lines.append("nothing was called or written (--dry-run)")
         return lines.joined(separator: "\n")
     }

@@ -129,6 +129,7 @@ struct ClassificationEngine: Sendable {
         var unusableTags: [String] = []
         var start = 0
         var promptIndex = 0
+        var deferred: SAELabelError?
         while start < all.count {
             let batch = Array(all[start..<min(start + batchSize, all.count)])
             start += batch.count
@@ -136,7 +137,15 @@ struct ClassificationEngine: Sendable {
             promptIndex += 1
             let first = messages(explanation: explanation, batch: batch)
             let request = ChatRequest(model: model, messages: first, temperature: 0, maxTokens: 8 + 4 * batch.count)
-            let answer = try await ScoringSupport.chat(client, request, tag: tag).text
+            let answer: String
+            do {
+                answer = try await ScoringSupport.chat(client, request, tag: tag).text
+            } catch {
+                // Batch mode: queue every prompt's request in this round, then put the feature off.
+                guard ScoringSupport.isDeferred else { throw error }
+                deferred = deferred ?? error
+                continue
+            }
             var answers: [Bool]?
             switch Self.parseAnswer(answer, count: batch.count) {
             case .success(let values):
@@ -163,6 +172,7 @@ struct ClassificationEngine: Sendable {
                 predicted.append(answers?[position] ?? !item.truth)
             }
         }
+        if let deferred { throw deferred }
         var details = ScoreMath.classification(truth: truth, predicted: predicted)
         details.failedPrompts = failedPrompts
         // The failure rule (ScoreStep): any prompt still unusable after the retry fails the score.

@@ -255,20 +255,31 @@ enum SimulationScoring {
     }
 
     /// Simulates the held-out windows one after another (the caller runs features in parallel, and
-    /// local servers answer one request at a time anyway) and scores them.
+    /// local servers answer one request at a time anyway) and scores them. Shared by the dense JSON and
+    /// sparse simulators, so both put a feature off in batch mode the same way.
     static func score(feature: Int, heldout: [ActivationWindow],
                       simulate: (Int, [String]) async throws(SAELabelError) -> JSONSimulationScorer.WindowSimulation)
         async throws(SAELabelError) -> ScoreResult {
         var windows: [SimulationDetails.Window] = []
         var simulated: [[Double]] = []
         var failed = 0, retried = 0
+        var deferred: SAELabelError?
         for (ordinal, window) in heldout.enumerated() {
-            let result = try await simulate(ordinal, window.tokens)
+            let result: JSONSimulationScorer.WindowSimulation
+            do {
+                result = try await simulate(ordinal, window.tokens)
+            } catch {
+                // Batch mode: queue every window's request in this round, then put the feature off.
+                guard ScoringSupport.isDeferred else { throw error }
+                deferred = deferred ?? error
+                continue
+            }
             if result.retried { retried += 1 }
             if result.values == nil { failed += 1 }
             simulated.append(result.values ?? Array(repeating: 0, count: window.tokens.count))
             windows.append(SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: result.values, error: result.error))
         }
+        if let deferred { throw deferred }
         var result = Self.result(heldout: heldout, simulated: simulated, windows: windows,
                                  failedWindows: failed, retriedWindows: retried)
         result.unusableTags = windows.filter { $0.simulated == nil }.flatMap {

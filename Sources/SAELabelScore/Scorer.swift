@@ -69,8 +69,17 @@ public enum ScoreStep {
         guard !heldout.isEmpty else {
             throw .feature(index: feature, stage: "score", reason: "no held-out examples in the store; run collect first")
         }
+        var deferred: SAELabelError?
         for (position, scorer) in todo.enumerated() {
-            let result = try await scorer.score(feature: feature, explanation: explanation.text, heldout: heldout)
+            let result: ScoreResult
+            do {
+                result = try await scorer.score(feature: feature, explanation: explanation.text, heldout: heldout)
+            } catch {
+                // Batch mode: let the other scorers queue their requests too before the feature is put off.
+                guard ScoringSupport.isDeferred else { throw error }
+                deferred = deferred ?? error
+                continue
+            }
             if let failure = result.failure {
                 try store.forgetLLMResponses(tags: result.unusableTags)
                 throw .feature(index: feature, stage: "score", reason: "\(scorer.name): \(failure)")
@@ -80,8 +89,9 @@ public enum ScoreStep {
             }
             let score = StoredScore(scorer: scorer.name, value: result.value, model: scorer.model,
                                     promptHash: scorer.promptHash, details: result.details)
-            try store.saveScore(explanation: explanation, score: score, completesFeature: position == todo.count - 1)
+            try store.saveScore(explanation: explanation, score: score, completesFeature: position == todo.count - 1 && deferred == nil)
         }
+        if let deferred { throw deferred }
     }
 }
 
@@ -97,6 +107,9 @@ enum ScoringSupport {
         while let last = result.last, last == "\n" || last == " " { result.removeLast() }
         return result
     }
+
+    /// Whether a request of the running feature step was queued for a batch (see `BatchDeferral`).
+    static var isDeferred: Bool { BatchDeferral.mark?.isSet ?? false }
 
     static func chat(_ client: LLMClient, _ request: ChatRequest, tag: String) async throws(SAELabelError) -> ChatResponse {
         do {

@@ -11,6 +11,8 @@ public struct ExportFeature: Sendable, Equatable {
     public var scores: [StoredScore]
     /// Explain then held-out windows, by ordinal; empty unless asked for.
     public var examples: [StoredExample]
+    /// Where the label came from when it was carried over from an earlier SAE version (and kept).
+    public var carriedFrom: CarriedLabel? = nil
 }
 
 extension JobStore {
@@ -44,6 +46,7 @@ extension JobStore {
                 SELECT split, kind, ordinal, sequence, start, tokens, activations FROM example
                 WHERE feature = ? ORDER BY split, ordinal
                 """)
+            let carriedStatement = try db.cachedStatement(sql: "SELECT * FROM carried_label WHERE feature = ? AND pass = ? AND decision != 'reexplained'")
             let decoder = JSONDecoder()
 
             let cursor = try Row.fetchCursor(db, sql: sql, arguments: arguments)
@@ -63,7 +66,8 @@ extension JobStore {
                         try Self.example($0, decoder: decoder)
                     }
                 }
-                try body(ExportFeature(record: record, explanation: explanation, scores: scores, examples: examples))
+                let carried = try explanation.flatMap { _ in try Row.fetchOne(carriedStatement, arguments: [record.index, pass]).map(Self.carriedLabel) }
+                try body(ExportFeature(record: record, explanation: explanation, scores: scores, examples: examples, carriedFrom: carried))
             }
         }
     }

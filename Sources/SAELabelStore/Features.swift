@@ -38,39 +38,61 @@ extension JobStore {
         try saveCollected([feature])
     }
 
-    /// Stores several features in one transaction (collect finishes all features of a pass together).
+    /// Stores several features in one transaction.
+    public func saveCollected(_ features: [CollectedFeature]) throws(SAELabelError) {
+        try write { db in try Self.saveCollected(db, features) }
+    }
+
+    /// Writes one block of collect in one transaction: with the first block, the run's input fingerprints,
+    /// settings and pending rows; with every block, its features' examples and states and the job settings.
+    /// Nothing of a collect run reaches the store before its first block streamed the whole corpus (which
+    /// checks every included activation), so a bad input found while streaming leaves the store unchanged.
+    public func commitCollect(_ commit: CollectCommit) throws(SAELabelError) {
+        try write { db in
+            try Self.reconcileInputs(db, commit.inputs, acceptChanges: commit.acceptChangedInputs, record: true)
+            for (key, value) in commit.settings.sorted(by: { $0.key < $1.key }) { try Self.setSetting(db, key, value) }
+            if commit.bumpInputVersion { try Self.bumpInputVersion(db) }
+            let now = Date()
+            for index in commit.register {
+                try db.execute(sql: "INSERT OR IGNORE INTO feature(id, state, updated_at) VALUES (?, 'pending', ?)", arguments: [index, now])
+            }
+            for index in commit.resetToPending {
+                try db.execute(sql: "UPDATE feature SET state = 'pending', updated_at = ? WHERE id = ?", arguments: [now, index])
+            }
+            try Self.saveCollected(db, commit.features)
+        }
+    }
+
     /// Statements are prepared once and the token/activation arrays are written by CompactJSON:
     /// for 24,576 features (~860k example rows) JSONEncoder and re-preparing dominated the write.
-    public func saveCollected(_ features: [CollectedFeature]) throws(SAELabelError) {
-        try write { db in
-            let now = Date()
-            let upsert = try db.cachedStatement(sql: """
-                INSERT INTO feature(id, state, note, frequency, max_activation, mean_activation, activating_tokens,
-                                    activating_windows, histogram, updated_at, failed_stage, failure_reason)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)
-                ON CONFLICT(id) DO UPDATE SET state = excluded.state, note = excluded.note,
-                    frequency = excluded.frequency, max_activation = excluded.max_activation,
-                    mean_activation = excluded.mean_activation, activating_tokens = excluded.activating_tokens,
-                    activating_windows = excluded.activating_windows, histogram = excluded.histogram,
-                    updated_at = excluded.updated_at, failed_stage = NULL, failure_reason = NULL
-                """)
-            let clear = try db.cachedStatement(sql: "DELETE FROM example WHERE feature = ?")
-            let insert = try db.cachedStatement(sql: """
-                INSERT INTO example(feature, split, kind, ordinal, sequence, start, tokens, activations)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """)
-            for feature in features {
-                let stats = feature.statistics
-                try upsert.execute(arguments: [feature.index, feature.state.rawValue, feature.note, stats.frequency,
-                                               Double(stats.maxActivation), Double(stats.meanActivation), stats.activatingTokens,
-                                               stats.activatingWindows, CompactJSON.integers(stats.histogram), now])
-                try clear.execute(arguments: [feature.index])
-                for (split, windows) in [(ExampleSplit.explain, feature.explain), (.heldout, feature.heldout)] {
-                    for (ordinal, window) in windows.enumerated() {
-                        try insert.execute(arguments: [feature.index, split.rawValue, window.kind.rawValue, ordinal, window.sequence,
-                                                       window.start, CompactJSON.strings(window.tokens),
-                                                       CompactJSON.floats(window.activations)])
-                    }
+    static func saveCollected(_ db: Database, _ features: [CollectedFeature]) throws {
+        let now = Date()
+        let upsert = try db.cachedStatement(sql: """
+            INSERT INTO feature(id, state, note, frequency, max_activation, mean_activation, activating_tokens,
+                                activating_windows, histogram, updated_at, failed_stage, failure_reason)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)
+            ON CONFLICT(id) DO UPDATE SET state = excluded.state, note = excluded.note,
+                frequency = excluded.frequency, max_activation = excluded.max_activation,
+                mean_activation = excluded.mean_activation, activating_tokens = excluded.activating_tokens,
+                activating_windows = excluded.activating_windows, histogram = excluded.histogram,
+                updated_at = excluded.updated_at, failed_stage = NULL, failure_reason = NULL
+            """)
+        let clear = try db.cachedStatement(sql: "DELETE FROM example WHERE feature = ?")
+        let insert = try db.cachedStatement(sql: """
+            INSERT INTO example(feature, split, kind, ordinal, sequence, start, tokens, activations)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for feature in features {
+            let stats = feature.statistics
+            try upsert.execute(arguments: [feature.index, feature.state.rawValue, feature.note, stats.frequency,
+                                           Double(stats.maxActivation), Double(stats.meanActivation), stats.activatingTokens,
+                                           stats.activatingWindows, CompactJSON.integers(stats.histogram), now])
+            try clear.execute(arguments: [feature.index])
+            for (split, windows) in [(ExampleSplit.explain, feature.explain), (.heldout, feature.heldout)] {
+                for (ordinal, window) in windows.enumerated() {
+                    try insert.execute(arguments: [feature.index, split.rawValue, window.kind.rawValue, ordinal, window.sequence,
+                                                   window.start, CompactJSON.strings(window.tokens),
+                                                   CompactJSON.floats(window.activations)])
                 }
             }
         }
@@ -170,4 +192,22 @@ extension JobStore {
             try db.execute(sql: "UPDATE feature SET state = ?, updated_at = ? WHERE id = ?", arguments: [state.rawValue, Date(), feature])
         }
     }
+}
+
+/// One committed block of a collect run (see `JobStore.commitCollect`).
+public struct CollectCommit: Sendable {
+    /// Fingerprints to record (first block only); changed ones replace the old when `acceptChangedInputs`.
+    public var inputs: [InputFingerprint] = []
+    public var acceptChangedInputs = false
+    public var settings: [String: String] = [:]
+    /// Features to add as `pending` rows when absent.
+    public var register: [Int] = []
+    /// Features to move back to `pending` (a new version collects them again).
+    public var resetToPending: [Int] = []
+    /// A new version: the input version (part of the pass identity) goes up with the first commit, so
+    /// a refused or killed run leaves the old version and its pass untouched.
+    public var bumpInputVersion = false
+    public var features: [CollectedFeature] = []
+
+    public init() {}
 }

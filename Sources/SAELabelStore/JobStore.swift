@@ -7,10 +7,14 @@ import SAELabelCore
 public final class JobStore: Sendable {
     public let path: String
     let pool: DatabasePool
+    /// Held by mutating commands (run, collect, explain, score, merge) for the store's lifetime.
+    let lock: StoreLock?
 
-    /// Opens (creating if needed) and migrates the store at `path`.
-    public init(path: String) throws(SAELabelError) {
+    /// Opens (creating if needed) and migrates the store at `path`. `exclusive` first takes the store's
+    /// run lock (see StoreLock) and throws `.storeBusy` at once when another process holds it.
+    public init(path: String, exclusive: Bool = false) throws(SAELabelError) {
         self.path = path
+        lock = exclusive ? try StoreLock.acquire(store: path) : nil
         do {
             var configuration = Configuration()
             configuration.busyMode = .timeout(30)
@@ -56,10 +60,12 @@ public final class JobStore: Sendable {
     }
 
     public func setSetting(_ key: String, _ value: String) throws(SAELabelError) {
-        try write { db in
-            try db.execute(sql: "INSERT INTO job_setting(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                           arguments: [key, value])
-        }
+        try write { db in try Self.setSetting(db, key, value) }
+    }
+
+    static func setSetting(_ db: Database, _ key: String, _ value: String) throws {
+        try db.execute(sql: "INSERT INTO job_setting(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       arguments: [key, value])
     }
 
     public func settings() throws(SAELabelError) -> [String: String] {
@@ -77,26 +83,35 @@ public final class JobStore: Sendable {
     /// Records the inputs on first use; afterwards refuses any input whose content changed, unless
     /// `acceptChanges` (a new labeling version) is set, in which case the new fingerprints replace the old.
     public func verifyInputs(_ inputs: [InputFingerprint], acceptChanges: Bool = false) throws(SAELabelError) {
-        try write { db in
-            for input in inputs {
-                let row = try Row.fetchOne(db, sql: "SELECT path, size, sha256, version FROM input_fingerprint WHERE role = ?",
-                                           arguments: [input.role])
-                if let row {
-                    let oldHash: String = row["sha256"]
-                    let oldSize: Int64 = row["size"]
-                    guard oldHash != input.sha256 else { continue }
-                    if !acceptChanges {
-                        throw SAELabelError.inputChanged(
-                            path: input.path,
-                            detail: "\(input.role): was \(oldSize) bytes sha256 \(oldHash.prefix(12))…, now \(input.size) bytes sha256 \(input.sha256.prefix(12))…")
-                    }
-                    let version: Int = row["version"]
-                    try db.execute(sql: "UPDATE input_fingerprint SET path = ?, size = ?, sha256 = ?, version = ? WHERE role = ?",
-                                   arguments: [input.path, input.size, input.sha256, version + 1, input.role])
-                } else {
-                    try db.execute(sql: "INSERT INTO input_fingerprint(role, path, size, sha256) VALUES (?, ?, ?, ?)",
-                                   arguments: [input.role, input.path, input.size, input.sha256])
+        try write { db in try Self.reconcileInputs(db, inputs, acceptChanges: acceptChanges, record: true) }
+    }
+
+    /// The refusal of `verifyInputs` without writing anything: collect checks first and records the
+    /// fingerprints only with its first committed block, so bad input leaves the store as it was.
+    public func checkInputs(_ inputs: [InputFingerprint], acceptChanges: Bool = false) throws(SAELabelError) {
+        try read { db in try Self.reconcileInputs(db, inputs, acceptChanges: acceptChanges, record: false) }
+    }
+
+    static func reconcileInputs(_ db: Database, _ inputs: [InputFingerprint], acceptChanges: Bool, record: Bool) throws {
+        for input in inputs {
+            let row = try Row.fetchOne(db, sql: "SELECT path, size, sha256, version FROM input_fingerprint WHERE role = ?",
+                                       arguments: [input.role])
+            if let row {
+                let oldHash: String = row["sha256"]
+                let oldSize: Int64 = row["size"]
+                guard oldHash != input.sha256 else { continue }
+                if !acceptChanges {
+                    throw SAELabelError.inputChanged(
+                        path: input.path,
+                        detail: "\(input.role): was \(oldSize) bytes sha256 \(oldHash.prefix(12))…, now \(input.size) bytes sha256 \(input.sha256.prefix(12))…")
                 }
+                guard record else { continue }
+                let version: Int = row["version"]
+                try db.execute(sql: "UPDATE input_fingerprint SET path = ?, size = ?, sha256 = ?, version = ? WHERE role = ?",
+                               arguments: [input.path, input.size, input.sha256, version + 1, input.role])
+            } else if record {
+                try db.execute(sql: "INSERT INTO input_fingerprint(role, path, size, sha256) VALUES (?, ?, ?, ?)",
+                               arguments: [input.role, input.path, input.size, input.sha256])
             }
         }
     }

@@ -60,11 +60,13 @@ extension JobStore {
 
     /// `--new-version`: the next pass is a new one even when the input files are byte-identical.
     public func bumpInputVersion() throws(SAELabelError) {
-        try write { db in
-            let current = Int(try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'input_version'") ?? "") ?? 1
-            try db.execute(sql: "INSERT INTO job_setting(key, value) VALUES ('input_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                           arguments: [String(current + 1)])
-        }
+        try write { db in try Self.bumpInputVersion(db) }
+    }
+
+    static func bumpInputVersion(_ db: Database) throws {
+        let current = Int(try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'input_version'") ?? "") ?? 1
+        try db.execute(sql: "INSERT INTO job_setting(key, value) VALUES ('input_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       arguments: [String(current + 1)])
     }
 
     /// Records the pass (once) and makes it current.

@@ -104,6 +104,49 @@ enum Schema {
             // A failed score drops its unusable cached answers by call tag (ScoreStep).
             try db.create(index: "llm_call_tag", on: "llm_call", columns: ["tag"])
         }
+        // Batch mode (BatchStore.swift): requests waiting for or sent in a provider batch, and the batches,
+        // so a run killed while waiting polls the same batches again instead of submitting twice.
+        migrator.registerMigration("v3-batch-requests") { db in
+            try db.create(table: "batch_request") { t in
+                t.primaryKey("key", .text)
+                t.column("stage", .text).notNull()
+                t.column("path", .text).notNull()
+                t.column("body", .blob).notNull()
+                t.column("state", .text).notNull()  // queued | submitted | answered | failed
+                t.column("batch_id", .text)
+                t.column("error", .text)
+                t.column("created_at", .datetime).notNull()
+            }
+            try db.create(table: "llm_batch") { t in
+                t.primaryKey("id", .text)
+                t.column("stage", .text).notNull()
+                t.column("input_file_id", .text).notNull()
+                t.column("status", .text).notNull()
+                t.column("done", .boolean).notNull().defaults(to: false)
+                t.column("created_at", .datetime).notNull()
+            }
+        }
+        // Label carry-over (CarryOver.swift): each SAE version's decoder directions, and which labels were carried.
+        migrator.registerMigration("v3-carry-over") { db in
+            try db.create(table: "decoder_direction") { t in
+                t.column("input_version", .integer).notNull()
+                t.column("feature", .integer).notNull()
+                t.column("direction", .blob).notNull()     // unit-length W_dec row, float32 little-endian
+                t.primaryKey(["input_version", "feature"])
+            }
+            try db.create(table: "carried_label") { t in
+                t.column("pass", .text).notNull()
+                t.column("feature", .integer).notNull()
+                t.column("source", .text).notNull()          // "this store" or the other store's path
+                t.column("source_pass", .text).notNull()
+                t.column("source_feature", .integer).notNull()
+                t.column("cosine", .double).notNull()
+                t.column("previous_score", .double)
+                t.column("decision", .text).notNull()        // carried (awaiting its score) | kept | reexplained
+                t.column("new_score", .double)
+                t.primaryKey(["pass", "feature"])
+            }
+        }
         // Prompt tokens the server's prompt cache answered, per call (billed cheaper; see Status.swift).
         migrator.registerMigration("v2-llm-call-cached-tokens") { db in
             try db.alter(table: "llm_call") { t in

@@ -29,11 +29,15 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "No progress display.")
     var quiet = false
 
+    @Flag(help: "Batch mode: submit batches (or collect finished ones) and exit with status 4 instead of waiting; run again later.")
+    var noWait = false
+
     func run() async throws {
         let jobConfig = try JobConfig.load(path: config)
         let chosen = try selection.selection(default: jobConfig.collect.features)
-        let request = JobRequest(config: jobConfig, stage: stage, features: chosen.set, shard: chosen.shard,
+        var request = JobRequest(config: jobConfig, stage: stage, features: chosen.set, shard: chosen.shard,
                                  dryRun: dryRun, newVersion: newVersion)
+        request.noWait = noWait
         if dryRun {
             print(Reporting.dryRun(try JobRunner.dryRun(request)))
             return
@@ -79,10 +83,14 @@ struct Collect: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Exclude tokens whose activation vector's L2 norm is above this.", valueName: "NORM"))
     var excludeNormAbove: Float?
 
+    @Option(name: .customLong("memory-mb"), help: ArgumentHelp("Memory for one block of features; collect streams the corpus once per block and commits each block.", valueName: "MIB"))
+    var memoryMB: Double = 512
+
     @Flag(help: "Accept changed inputs and recollect every selected feature (a new labeling pass).")
     var newVersion = false
 
     func run() async throws {
+        guard memoryMB > 0, memoryMB.isFinite else { throw SAELabelError.usage("--memory-mb must be a positive number of MiB") }
         if latents == nil && (sae == nil || activations.isEmpty) {
             throw SAELabelError.usage("collect needs --sae and --activations, or --latents")
         }
@@ -93,8 +101,9 @@ struct Collect: AsyncParsableCommand {
         options.windowLength = window
         options.excludePositions = excludePositions
         options.excludeNormAbove = excludeNormAbove
+        options.memoryBudgetMiB = memoryMB
         let plan = try Collector.plan(options)
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let summary = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: newVersion,
                                            progress: ProgressReporter())
         if let summary {
@@ -131,7 +140,7 @@ struct Explain: AsyncParsableCommand {
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
         try Self.requireStore(db)
         if style != "baseline" { try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", explainerConfig.llm)], limits: llm.limits) }
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let progress = ProgressReporter()
         let clients = LLMClients(limits: llm.limits, store: store, progress: progress)
         defer { clients.shutdown() }
@@ -193,7 +202,7 @@ struct Score: AsyncParsableCommand {
         try Explain.requireStore(db)
         let completionsOnly = scorer == ["simulation"] && simulator == "logprobs"
         try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", scoring.llm, completions: completionsOnly)], limits: llm.limits)
-        let store = try JobStore(path: db)
+        let store = try JobStore(path: db, exclusive: true)
         let progress = ProgressReporter()
         let clients = LLMClients(limits: llm.limits, store: store, progress: progress)
         defer { clients.shutdown() }
@@ -295,7 +304,7 @@ struct Merge: AsyncParsableCommand {
         let opened = try shards.map { path throws(SAELabelError) in try JobStore(path: path) }
         for shard in opened.dropFirst() { try opened[0].checkMergeable(shard) }
         if FileManager.default.fileExists(atPath: into), let first = opened.first { try JobStore(path: into).checkMergeable(first) }
-        let store = try JobStore(path: into)
+        let store = try JobStore(path: into, exclusive: true)
         for shard in shards {
             let summary = try store.merge(shardAt: shard)
             print("\(shard): \(summary.features) features, \(summary.explanations) explanations, \(summary.scores) scores merged")
@@ -331,4 +340,57 @@ struct Passes: AsyncParsableCommand {
             print(json ? try Reporting.json(try store.passes()) : Reporting.passes(try store.passes()))
         }
     }
+}
+
+struct Batch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move batch-mode requests through files that vLLM's run_batch (or OpenAI's Batch API) reads and writes.",
+        subcommands: [BatchExport.self, BatchImport.self])
+}
+
+struct BatchExport: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write the requests a batch-mode run queued as batch input JSONL (custom_id, method, url, body).",
+        discussion: "Feed the file to `python -m vllm.entrypoints.openai.run_batch -i requests.jsonl -o results.jsonl --model MODEL`, then `saelabel batch import`.")
+
+    @Option(help: ArgumentHelp("The job store (SQLite).", valueName: "DB"))
+    var db: String
+
+    @Option(help: "The stage whose requests to write: explain or score.")
+    var stage: BatchStage
+
+    @Option(help: ArgumentHelp("The requests file to write (JSONL).", valueName: "requests.jsonl"))
+    var out: String
+
+    func run() async throws {
+        try Explain.requireStore(db)
+        let store = try JobStore(path: db)
+        let count = try BatchMode.export(store: store, stage: stage.rawValue, to: out)
+        print("wrote \(count) \(stage.rawValue) requests to \(out)")
+    }
+}
+
+struct BatchImport: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Read a batch output JSONL (vLLM run_batch -o, or an OpenAI batch output file) into the store's response cache.",
+        discussion: "Then run the job again: it labels from these answers and sends nothing for them. Failed lines are sent synchronously by that run.")
+
+    @Option(help: ArgumentHelp("The job store (SQLite).", valueName: "DB"))
+    var db: String
+
+    @Argument(help: ArgumentHelp("The results file (JSONL).", valueName: "results.jsonl"))
+    var results: String
+
+    func run() async throws {
+        try Explain.requireStore(db)
+        let store = try JobStore(path: db)
+        let (answered, failed, unknown) = try BatchMode.importResults(store: store, from: results)
+        print("imported \(answered) answers; \(failed) failed lines (sent synchronously by the next run); \(unknown) lines matched no queued request")
+    }
+}
+
+enum BatchStage: String, ExpressibleByArgument, CaseIterable {
+    case explain, score
 }

@@ -16,7 +16,7 @@ struct SAELabelCommand: AsyncParsableCommand {
             failed (see `saelabel status`); 2 bad usage or bad input (nothing written).
             """,
         version: SAELabelVersion.current,
-        subcommands: [Run.self, Collect.self, Explain.self, Score.self, Status.self, Export.self, Merge.self, Passes.self])
+        subcommands: [Run.self, Collect.self, Explain.self, Score.self, Status.self, Export.self, Merge.self, Passes.self, Batch.self])
 
     /// Parses and runs, mapping every failure to CONTRACT.md's exit status and one line on stderr.
     static func main() async {

@@ -7,7 +7,7 @@ import SAELabelStore
 
 @Suite struct CatalogExportTests {
     static let contractKeys: Set<String> = ["sae", "hook", "feature", "status", "explanation", "explainer_model",
-                                            "scores", "frequency", "max_activation", "examples"]
+                                            "scores", "frequency", "max_activation", "examples", "carried_from"]
 
     @Test func catalogMatchesStoreFieldByField() throws {
         let fixture = try NastyStore()
@@ -186,11 +186,13 @@ import SAELabelStore
         #expect(text.hasSuffix("\r\n"))
         let rows = parseCSV(text)
         #expect(rows.first == ["feature", "status", "label", "simulation", "detection", "fuzzing",
-                               "frequency", "max_activation", "explainer_model", "failure_reason", "sae", "hook"])
+                               "frequency", "max_activation", "explainer_model", "failure_reason", "sae", "hook",
+                               "carried_from_feature", "carried_cosine", "carried_previous_score"])
         #expect(rows.count == 6)
         let job = try fixture.store.settings()
         for row in rows.dropFirst() {
-            #expect(row.count == 12)
+            #expect(row.count == 15)
+            #expect(row[12...] == ["", "", ""], "no label here was carried")
             let index = try #require(Int(row[0]))
             let record = try #require(try fixture.store.feature(index))
             #expect(row[1] == record.state.rawValue)

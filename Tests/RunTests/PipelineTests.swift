@@ -14,8 +14,8 @@ enum Demo {
     /// A job file over the demo data against `endpoint`, written into `dir`.
     static func job(_ dir: TempDirectory, endpoint: String, features: String, store: String = "job.sqlite",
                     scorers: String = "[\"simulation\"]", concurrency: Int = 4, retries: Int = 3, extra: String = "",
-                    model: String = "mock", server: String? = nil) throws -> String {
-        let serverLine = server.map { "server = \"\($0)\"" } ?? ""
+                    model: String = "mock", server: String? = nil, batch: Bool = false) throws -> String {
+        let serverLine = (server.map { "server = \"\($0)\"" } ?? "") + (batch ? "\nbatch = true" : "")
         return try dir.write("job.toml", """
             [job]
             store = "\(dir.file(store))"

@@ -97,7 +97,7 @@ struct SafetyTests {
                                             currentDirectory: dir.path)
         #expect(relative.status == 0, "\(relative.stderr)")
         let csv = try String(contentsOfFile: dir.file("x"), encoding: .utf8)
-        #expect(csv.hasPrefix("feature,status,label,simulation,detection,fuzzing,frequency,max_activation,explainer_model,failure_reason,sae,hook\r\n"))
+        #expect(csv.hasPrefix("feature,status,label,simulation,detection,fuzzing,frequency,max_activation,explainer_model,failure_reason,sae,hook,carried_from_feature,carried_cosine,carried_previous_score\r\n"))
         #expect(csv.split(separator: "\r\n").count == 5)
 
         let stdout = try await runSAELabel(["export", "--db", db, "--format", "catalog", "--out", "-"])

@@ -181,6 +181,13 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
         public var checks: Int = 0
         /// Requests per kind (explain, simulate, detect, logprobs, chat, completion, check).
         public var byKind: [String: Int] = [:]
+        /// Batch API: files uploaded, batches created, polls, and request lines over all created batches
+        /// (all and distinct custom_ids: equal when no request was submitted twice).
+        public var uploads = 0
+        public var batchesCreated = 0
+        public var batchPolls = 0
+        public var batchCustomIDs = 0
+        public var batchCustomIDsDistinct = 0
     }
 
     public func stats() async throws -> Stats {
@@ -192,7 +199,10 @@ public final class MockLLMServer: @unchecked Sendable {  // the Process is touch
                      authSeen: object["auth_seen"] as? [String] ?? [], connections: object["connections"] as? Int ?? -1,
                      maxInFlight: object["max_in_flight"] as? Int ?? -1, refused: object["refused"] as? [String] ?? [],
                      ignored: object["ignored"] as? [String] ?? [], checks: object["checks"] as? Int ?? -1,
-                     byKind: object["by_kind"] as? [String: Int] ?? [:])
+                     byKind: object["by_kind"] as? [String: Int] ?? [:], uploads: object["uploads"] as? Int ?? -1,
+                     batchesCreated: object["batches_created"] as? Int ?? -1, batchPolls: object["batch_polls"] as? Int ?? -1,
+                     batchCustomIDs: object["batch_custom_ids"] as? Int ?? -1,
+                     batchCustomIDsDistinct: object["batch_custom_ids_distinct"] as? Int ?? -1)
     }
 
     /// Zeroes the counters (not the fault script).

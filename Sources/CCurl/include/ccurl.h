@@ -50,6 +50,9 @@ CURLcode ccurl_transfer_prepare_post(ccurl_transfer *transfer, const char *url,
                                      const void *body, size_t body_len,
                                      long timeout_ms, long connect_timeout_ms);
 // Response status of the finished transfer (0 if none was received).
+// A GET of `url` (Batch API status and file contents).
+CURLcode ccurl_transfer_prepare_get(ccurl_transfer *transfer, const char *url,
+                                    long timeout_ms, long connect_timeout_ms);
 long ccurl_transfer_status(ccurl_transfer *transfer);
 
 // Reads the next CURLMSG_DONE message from the multi handle. Returns 1 and fills *transfer and

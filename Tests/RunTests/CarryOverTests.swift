@@ -1,0 +1,221 @@
+import Foundation
+import SAELabelCore
+import SAELabelStore
+import TestSupport
+import Testing
+
+/// Label carry-over across SAE versions, on the real binary, the demo data and the mock server: a version with
+/// known ground truth (Tools/sae_version_fixture.py shuffles, perturbs and replaces the demo SAE's features).
+@Suite(.serialized, .enabled(if: Demo.available, "Datasets/demo is missing"))
+struct CarryOverTests {
+    static let featureCount = 64
+
+    /// The next version of the demo SAE's first 64 features, and which old feature each new one came from.
+    func nextVersion(_ dir: TempDirectory) async throws -> (sae: String, truth: [Int?]) {
+        let sae = dir.file("sae-v2")
+        let made = try await runProcess("/usr/bin/env", ["python3", Repository.root.appendingPathComponent("Tools/sae_version_fixture.py").path,
+                                                         Demo.folder.appendingPathComponent("sae").path, sae,
+                                                         "--features", String(Self.featureCount), "--replace", "12"])
+        guard made.status == 0 else { throw TestFailure("sae_version_fixture.py failed: \(made.stderr)") }
+        let truth = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: sae + "/truth.json"))) as? [String: Any]
+        let old = try #require(truth?["old_index"] as? [Any])
+        return (sae, old.map { $0 as? Int })
+    }
+
+    /// The demo job over 64 features, first on the demo SAE; `switchTo` rewrites it for the next version.
+    func job(_ dir: TempDirectory, endpoint: String, extra: String = "") throws -> String {
+        try Demo.job(dir, endpoint: endpoint, features: "0..\(Self.featureCount)", extra: """
+            [export]
+            catalog = "\(dir.file("catalog.jsonl"))"
+            csv = "\(dir.file("labels.csv"))"
+            \(extra)
+            """)
+    }
+
+    func switchTo(_ sae: String, job: String) throws {
+        let text = try String(contentsOfFile: job, encoding: .utf8)
+        try text.replacingOccurrences(of: Demo.folder.appendingPathComponent("sae").path, with: sae)
+            .write(toFile: job, atomically: true, encoding: .utf8)
+    }
+
+    func labelable(_ store: JobStore) throws -> [Int] {
+        try store.features(in: [.collected, .explained, .scored, .failed, .pending])
+    }
+
+    @Test func groundTruthVersionCarriesOwnLabelsAndExplainsOnlyTheRest() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start([])
+        let job = try job(dir, endpoint: mock.baseURL)
+        let first = try await runSAELabel(["run", "--config", job, "--quiet"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let oldStore = try JobStore(path: dir.file("job.sqlite"))
+        let oldPass = try #require(try oldStore.currentPass())
+        var oldLabels: [Int: String] = [:]
+        for feature in try oldStore.features(in: [.scored]) { oldLabels[feature] = try oldStore.currentExplanation(feature: feature)?.text }
+        #expect(oldLabels.count > 20)
+
+        let (sae, truth) = try await nextVersion(dir)
+        try switchTo(sae, job: job)
+        // --dry-run says how many labels would be carried, and sends and writes nothing.
+        let dry = try await runSAELabel(["run", "--config", job, "--new-version", "--dry-run"])
+        #expect(dry.status == 0, "\(dry.stderr)")
+        let dryLine = try #require(dry.stdout.split(separator: "\n").first { $0.hasPrefix("carry-over: ") }, "\(dry.stdout)")
+        let wouldCarry = try #require(Int(dryLine.dropFirst("carry-over: ".count).prefix { $0.isNumber }))
+        #expect(try JobStore(path: dir.file("job.sqlite")).inputVersion() == 1)
+        try await mock.resetStats()
+        let second = try await runSAELabel(["run", "--config", job, "--new-version"])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stdout.contains("carry-over:") || second.stderr.contains("carry-over:"), "\(second.stdout)\n\(second.stderr)")
+
+        let store = try JobStore(path: dir.file("job.sqlite"))
+        #expect(try store.currentPass() != oldPass)
+        let carried = try store.carriedLabels()
+        let byFeature = Dictionary(uniqueKeysWithValues: carried.map { ($0.feature, $0) })
+        let dead = try store.features(in: [.dead, .sparse]).count
+        #expect(wouldCarry >= carried.count && wouldCarry <= carried.count + dead, "dry-run said \(wouldCarry), the run carried \(carried.count)")
+        // Surviving features whose old feature had a label and that are labelable now: each should get that label.
+        let labelableNow = Set(try labelable(store))
+        let survivors = truth.enumerated().filter { new, old in old.map { oldLabels[$0] != nil } == true && labelableNow.contains(new) }
+        #expect(survivors.count > 20)
+        let own = survivors.filter { new, old in byFeature[new]?.sourceFeature == old }.count
+        #expect(Double(own) >= 0.9 * Double(survivors.count), "\(own) of \(survivors.count) survivors got their own old label")
+        #expect(carried.allSatisfy { truth[$0.feature] == $0.sourceFeature }, "a label went to the wrong feature")
+        let replaced = truth.indices.filter { truth[$0] == nil }
+        let replacedCarried = replaced.filter { byFeature[$0] != nil }.count
+        #expect(Double(replacedCarried) <= 0.1 * Double(replaced.count), "\(replacedCarried) of \(replaced.count) replaced features got an old label")
+
+        // Every kept carried label was re-scored in the new pass, on the examples collected from the new SAE.
+        let kept = carried.filter { $0.decision == "kept" }
+        #expect(!kept.isEmpty)
+        for label in kept {
+            let explanation = try #require(try store.currentExplanation(feature: label.feature))
+            #expect(explanation.text == oldLabels[label.sourceFeature])
+            let scores = try store.scores(explanation: explanation)
+            #expect(scores.map(\.scorer) == ["simulation"], "feature \(label.feature)")
+            #expect(scores.first?.value == label.newScore)
+            let heldout = try store.examples(feature: label.feature, split: .heldout)
+            #expect(!heldout.isEmpty)
+        }
+        // Explain calls: at most the features that did not keep a carried label.
+        let stats = try await mock.stats()
+        let explains = stats.byKind["explain", default: 0]
+        #expect(explains <= labelableNow.count - kept.count, "\(explains) explain calls for \(labelableNow.count - kept.count) features not carried")
+        #expect(explains >= 1)
+        for feature in labelableNow { #expect(try store.feature(feature)?.state == .scored, "feature \(feature)") }
+
+        // Provenance in the catalog and the CSV.
+        let catalog = try readCatalog(dir.file("catalog.jsonl"))
+        for row in catalog {
+            let feature = try #require(row["feature"] as? Int)
+            if let label = kept.first(where: { $0.feature == feature }) {
+                let from = try #require(row["carried_from"] as? [String: Any], "feature \(feature)")
+                #expect(from["feature"] as? Int == label.sourceFeature)
+                #expect(abs((from["cosine"] as? Double ?? 0) - label.cosine) < 1e-9)
+                #expect(abs((from["previous_score"] as? Double ?? .nan) - (label.previousScore ?? .nan)) < 1e-9)
+            } else {
+                #expect(row["carried_from"] is NSNull, "feature \(feature)")
+            }
+        }
+        let csv = try String(contentsOfFile: dir.file("labels.csv"), encoding: .utf8)
+        #expect(csv.hasPrefix("feature,") && csv.contains("carried_from_feature"))
+    }
+
+    @Test func carriesFromAnotherStoreAndSaysWhenAStoreCannot() async throws {
+        let earlier = TempDirectory()
+        let mock = try await MockLLMServer.start([])
+        #expect(try await runSAELabel(["run", "--config", try job(earlier, endpoint: mock.baseURL), "--quiet"]).status == 0)
+        let (sae, truth) = try await nextVersion(earlier)
+
+        // A new job over the next version, in its own store, carrying from the earlier job's store.
+        let dir = TempDirectory()
+        let newJob = try job(dir, endpoint: mock.baseURL, extra: "\n[carry_over]\nfrom = \"\(earlier.file("job.sqlite"))\"\n")
+        try switchTo(sae, job: newJob)
+        let run = try await runSAELabel(["run", "--config", newJob, "--quiet"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let carried = try JobStore(path: dir.file("job.sqlite")).carriedLabels()
+        #expect(carried.count >= 40)
+        #expect(carried.allSatisfy { truth[$0.feature] == $0.sourceFeature && $0.source == earlier.file("job.sqlite") })
+
+        // A store without recorded directions (as one written before carry-over) cannot carry, and says so.
+        let old = TempDirectory()
+        let oldJob = try job(old, endpoint: mock.baseURL)
+        #expect(try await runSAELabel(["run", "--config", oldJob, "--quiet"]).status == 0)
+        let wiped = try await runProcess("/usr/bin/env", ["python3", "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM decoder_direction'); c.commit()", old.file("job.sqlite")])
+        #expect(wiped.status == 0, "\(wiped.stderr)")
+        try switchTo(sae, job: oldJob)
+        let second = try await runSAELabel(["run", "--config", oldJob, "--new-version"])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stdout.contains("carry-over unavailable"), "\(second.stdout)")
+        #expect(try JobStore(path: old.file("job.sqlite")).carriedLabels().isEmpty)
+    }
+
+    @Test func disabledCarriesNothing() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start([])
+        let job = try job(dir, endpoint: mock.baseURL, extra: "\n[carry_over]\nenabled = false\n")
+        #expect(try await runSAELabel(["run", "--config", job, "--quiet"]).status == 0)
+        let (sae, _) = try await nextVersion(dir)
+        try switchTo(sae, job: job)
+        try await mock.resetStats()
+        let second = try await runSAELabel(["run", "--config", job, "--new-version", "--quiet"])
+        #expect(second.status == 0, "\(second.stderr)")
+        let store = try JobStore(path: dir.file("job.sqlite"))
+        #expect(try store.carriedLabels().isEmpty)
+        #expect(try await mock.stats().byKind["explain", default: 0] == (try labelable(store).count))
+    }
+
+    @Test func killNineDuringCarryOverThenResumeDuplicatesNothing() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start(["--latency-ms", "40"])
+        let job = try job(dir, endpoint: mock.baseURL)
+        #expect(try await runSAELabel(["run", "--config", job, "--quiet"]).status == 0)
+        let (sae, _) = try await nextVersion(dir)
+        try switchTo(sae, job: job)
+
+        // The uninterrupted cost of the carry-over run, in a copy of the store.
+        let reference = TempDirectory()
+        let referenceMock = try await MockLLMServer.start(["--latency-ms", "40"])
+        try FileManager.default.copyItem(atPath: dir.file("job.sqlite"), toPath: reference.file("job.sqlite"))
+        var referenceJob = try String(contentsOfFile: job, encoding: .utf8)
+        for name in ["job.sqlite", "catalog.jsonl", "labels.csv"] {
+            referenceJob = referenceJob.replacingOccurrences(of: dir.file(name), with: reference.file(name))
+        }
+        referenceJob = referenceJob
+            .replacingOccurrences(of: mock.baseURL, with: referenceMock.baseURL)
+        let referencePath = try reference.write("job.toml", referenceJob)
+        #expect(try await runSAELabel(["run", "--config", referencePath, "--new-version", "--quiet"]).status == 0)
+        let need = try await referenceMock.stats().requests
+
+        try await mock.resetStats()
+        var kills = 0
+        var generator = SplitMix64(state: 20261202)
+        for _ in 0..<8 {
+            // --new-version until a run got far enough to start the new version (a run killed before that never did).
+            let started = try JobStore(path: dir.file("job.sqlite")).inputVersion() > 1
+            let process = try startSAELabel(["run", "--config", job, "--quiet"] + (started ? [] : ["--new-version"]))
+            try await Task.sleep(nanoseconds: UInt64(Double.random(in: 0.3...1.5, using: &generator) * 1e9))
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                kills += 1
+            }
+            process.waitUntilExit()
+        }
+        #expect(kills >= 1)
+        let final = try await runSAELabel(["run", "--config", job, "--quiet"])
+        #expect(final.status == 0, "\(final.stderr)")
+
+        let store = try JobStore(path: dir.file("job.sqlite"))
+        let pass = try #require(try store.currentPass())
+        let referenceStore = try JobStore(path: reference.file("job.sqlite"))
+        #expect(try store.carriedLabels().map(\.feature) == referenceStore.carriedLabels().map(\.feature))
+        for feature in try labelable(store) {
+            #expect(try store.feature(feature)?.state == .scored, "feature \(feature)")
+            let inPass = try store.explanations(feature: feature).filter { $0.pass == pass }
+            #expect(inPass.count == 1, "feature \(feature) has \(inPass.count) labels in the new pass")
+            #expect(inPass.first?.text == (try referenceStore.currentExplanation(feature: feature)?.text))
+        }
+        let made = try await mock.stats().requests
+        #expect(made <= need + kills * 4, "made \(made) calls for a need of \(need) with \(kills) kills")
+    }
+}
