@@ -52,6 +52,11 @@ Kinds of request (detected from the content, checked in this order):
   JSON array of token strings between `<tokens>` and `</tokens>`): the answer is
   `{"activations":[{"token":t,"activation":mock_activation(t)}, ...]}`, one entry per token.
   The `wrong_length` fault drops the last entry (of a detect answer too).
+  Sparse simulate (the schema's `activations` items have an `index`; the tokens are `[index, token]`
+  pairs): `{"activations":[{"index":i,"activation":mock_activation(t)}, ...]}` listing only the tokens
+  whose mock_activation is above 0; `wrong_length` adds an entry whose index names no token.
+* every chat answer's usage: when the first message is a system message an earlier request also began
+  with, its words are reported as `usage.prompt_tokens_details.cached_tokens` (OpenAI's prompt cache).
 * explain (chat without response_format; the LAST user message has lines `token<TAB>N`, N an
   integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
   stripped) with the highest total N over all such lines; ties go to the lexicographically
@@ -151,6 +156,7 @@ class State:
         self.max_in_flight = 0
         self.refused = []
         self.ignored = set()
+        self.seen_system = set()
         self.uploads = 0          # POST /v1/files
         self.batches_created = 0  # POST /v1/batches
         self.batch_lines = 0      # request lines answered (or failed) inside batches
@@ -225,6 +231,14 @@ def answer_chat(kind, req, fault):
                 tokens = []
         except ValueError:
             tokens = []
+        if is_sparse(req):
+            # saelabel's sparse simulator: tokens come as [index, token] pairs; only active ones are listed.
+            pairs = [p for p in tokens if isinstance(p, list) and len(p) == 2]
+            active = [{"index": int(i), "activation": mock_activation(str(t))} for i, t in pairs
+                      if mock_activation(str(t)) > 0]
+            if fault == "wrong_length":
+                active.append({"index": len(pairs), "activation": 1})  # names no token: unusable
+            return json.dumps({"activations": active}, ensure_ascii=False)
         entries = [{"token": str(t), "activation": mock_activation(str(t))} for t in tokens]
         if fault == "wrong_length" and entries:
             entries = entries[:-1]
@@ -241,6 +255,27 @@ def answer_chat(kind, req, fault):
         best = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         return 'the token "%s"' % best
     return "mock answer " + fnv_hex(user)
+
+
+def is_sparse(req):
+    """A sparse simulation request: its schema's entries are {index, activation}."""
+    rf = req.get("response_format")
+    schema = ((rf or {}).get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
+    schema = schema or (rf or {}).get("schema") or req.get("guided_json") or {}
+    items = (((schema.get("properties") or {}).get("activations") or {}).get("items") or {}) if isinstance(schema, dict) else {}
+    return isinstance(items, dict) and "index" in (items.get("properties") or {})
+
+
+def cached_prefix_tokens(seen, messages):
+    """Prompt caching as OpenAI reports it: the leading system message, when an earlier request began
+    with the same one, counts as cached (`usage.prompt_tokens_details.cached_tokens`)."""
+    if not messages or messages[0].get("role") != "system":
+        return 0
+    system = str(messages[0].get("content") or "")
+    if system in seen:
+        return words(system)
+    seen.add(system)
+    return 0
 
 
 def logprobs_choice(req):
@@ -515,6 +550,11 @@ class Handler(BaseHTTPRequestHandler):
             prompt_tokens = sum(words(str(m.get("content") or "")) for m in (req.get("messages") or []))
             completion_tokens, finish = words(content), "stop"
             usage_details = {}
+            st = self.server.state
+            with st.lock:
+                cached = cached_prefix_tokens(st.seen_system, req.get("messages") or [])
+            if cached:
+                usage_details["prompt_tokens_details"] = {"cached_tokens": cached}
             if dialect == "openai" and REASONING_MODEL.match(model):
                 # Hidden reasoning is paid out of max_completion_tokens; too small a limit leaves no answer.
                 limit = req.get("max_completion_tokens")
@@ -522,7 +562,7 @@ class Handler(BaseHTTPRequestHandler):
                 completion_tokens += reasoning
                 if limit is not None and completion_tokens > int(limit):
                     content, completion_tokens, finish = "", int(limit), "length"
-                usage_details = {"completion_tokens_details": {"reasoning_tokens": min(reasoning, completion_tokens)}}
+                usage_details["completion_tokens_details"] = {"reasoning_tokens": min(reasoning, completion_tokens)}
             obj = {"id": "chatcmpl-mock-" + fnv_hex(raw.decode("utf-8", "replace")), "object": "chat.completion",
                    "created": 0, "model": model,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},

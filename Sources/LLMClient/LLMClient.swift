@@ -106,7 +106,8 @@ public final class LLMClient: Sendable {
         let body = try Wire.chatBody(request, server: configuration.server)
         let estimate = body.count / 4 + (request.maxTokens ?? 256)
         let (parsed, raw, fromCache) = try await perform(path: "/chat/completions", body: body, model: request.model,
-                                                         tag: tag, estimatedTokens: estimate) { data throws(Wire.ParseError) in
+                                                         tag: tag, estimatedTokens: estimate,
+                                                         maxTokens: request.maxTokens) { data throws(Wire.ParseError) in
             let p = try Wire.parseChat(data)
             return (p, p.usage)
         }
@@ -118,7 +119,8 @@ public final class LLMClient: Sendable {
         let body = try Wire.completionBody(request)
         let estimate = body.count / 4 + request.maxTokens
         let (parsed, raw, fromCache) = try await perform(path: "/completions", body: body, model: request.model,
-                                                         tag: tag, estimatedTokens: estimate) { data throws(Wire.ParseError) in
+                                                         tag: tag, estimatedTokens: estimate,
+                                                         maxTokens: request.maxTokens) { data throws(Wire.ParseError) in
             let p = try Wire.parseCompletion(data)
             return (p, p.usage)
         }
@@ -145,7 +147,7 @@ public final class LLMClient: Sendable {
     }
 
     private func perform<T: Sendable>(
-        path: String, body: Data, model: String, tag: String, estimatedTokens: Int,
+        path: String, body: Data, model: String, tag: String, estimatedTokens: Int, maxTokens: Int?,
         parse: (Data) throws(Wire.ParseError) -> (T, TokenUsage)
     ) async throws(LLMError) -> (T, Data, Bool) {
         let key = Self.cacheKey(baseURL: baseURL, path: path, body: body)
@@ -153,9 +155,11 @@ public final class LLMClient: Sendable {
         let shownURL = Self.withoutUserinfo(url)
         func record(_ outcome: String, attempt: Int, usage: TokenUsage = .init(promptTokens: 0, completionTokens: 0),
                     latency: Double = 0) -> LLMCallRecord {
-            LLMCallRecord(key: key, endpoint: shownURL, model: model, tag: tag, promptTokens: usage.promptTokens,
-                          completionTokens: usage.completionTokens, latencySeconds: latency, outcome: outcome,
-                          attempt: attempt)
+            var record = LLMCallRecord(key: key, endpoint: shownURL, model: model, tag: tag, promptTokens: usage.promptTokens,
+                                       completionTokens: usage.completionTokens, latencySeconds: latency, outcome: outcome,
+                                       attempt: attempt)
+            record.cachedPromptTokens = usage.cachedPromptTokens
+            return record
         }
         func fail(_ error: LLMError, kind: String) -> LLMError {
             stats.withLock { $0.failuresByKind[kind, default: 0] += 1 }
@@ -196,6 +200,15 @@ public final class LLMClient: Sendable {
             if let limiter {
                 do { try await limiter.acquire(tokens: estimatedTokens) } catch { throw fail(error, kind: "cancelled") }
             }
+            var reservation = 0.0
+            if let budget = configuration.budget {
+                guard let reserved = budget.reserve(model: model, promptBytes: body.count, maxTokens: maxTokens) else {
+                    throw fail(.budgetExhausted, kind: "budget")
+                }
+                reservation = reserved
+            }
+            var billed: TokenUsage?
+            defer { configuration.budget?.settle(reservation: reservation, model: model, usage: billed) }
             stats.withLock { $0.requestsSent += 1; if attempt > 1 { $0.retries += 1 } }
             logger.trace("LLM request", metadata: ["url": "\(shownURL)", "attempt": "\(attempt)", "tag": "\(tag)"])
 
@@ -209,6 +222,7 @@ public final class LLMClient: Sendable {
             if result.curlCode == 0 && (200..<300).contains(result.status) {
                 do {
                     let (value, usage) = try parse(result.body)
+                    billed = usage
                     limiter?.correct(by: usage.promptTokens + usage.completionTokens - estimatedTokens)
                     let rec = record("ok", attempt: attempt, usage: usage, latency: result.elapsedSeconds)
                     if let cache {
@@ -224,6 +238,7 @@ public final class LLMClient: Sendable {
                         $0.succeeded += 1
                         $0.promptTokens += usage.promptTokens
                         $0.completionTokens += usage.completionTokens
+                        $0.cachedPromptTokens += usage.cachedPromptTokens
                     }
                     return (value, result.body, false)
                 } catch {

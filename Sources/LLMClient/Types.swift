@@ -107,9 +107,13 @@ public struct CompletionRequest: Sendable, Equatable {
 public struct TokenUsage: Sendable, Equatable, Codable {
     public var promptTokens: Int
     public var completionTokens: Int
-    public init(promptTokens: Int, completionTokens: Int) {
+    /// The part of `promptTokens` the server's prompt cache answered
+    /// (`usage.prompt_tokens_details.cached_tokens`; 0 when not reported). Providers bill it cheaper.
+    public var cachedPromptTokens: Int = 0
+    public init(promptTokens: Int, completionTokens: Int, cachedPromptTokens: Int = 0) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
+        self.cachedPromptTokens = cachedPromptTokens
     }
 }
 
@@ -169,6 +173,15 @@ public struct CompletionResponse: Sendable, Equatable {
     }
 }
 
+/// A spending limit (`[limits] max_cost`): asked before each request goes out, told what it cost.
+public protocol LLMBudget: Sendable {
+    /// Reserves the most a request to `model` with a body of `promptBytes` bytes and at most
+    /// `maxTokens` answer tokens can cost (a prompt has no more tokens than bytes); nil refuses it.
+    func reserve(model: String, promptBytes: Int, maxTokens: Int?) -> Double?
+    /// Replaces the reservation by the call's cost from its usage (nil: the server answered nothing billable).
+    func settle(reservation: Double, model: String, usage: TokenUsage?)
+}
+
 public struct LLMClientConfiguration: Sendable {
     /// e.g. `http://127.0.0.1:8081/v1`; `/chat/completions` and `/completions` are appended.
     public var baseURL: String
@@ -191,6 +204,8 @@ public struct LLMClientConfiguration: Sendable {
     public var backoffBase: Double = 1.0
     public var backoffMax: Double = 10.0
     public var jitter: Double = 0.2
+    /// A spending limit asked before every request sent (not before cache hits).
+    public var budget: (any LLMBudget)?
 
     public init(baseURL: String, apiKeyEnvironmentVariable: String = "OPENAI_API_KEY", server: LLMServer = .openai,
                 maxInFlight: Int = 64,
@@ -224,6 +239,8 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The request could not be encoded (e.g. a response-format schema that is not valid JSON);
     /// nothing was sent.
     case invalidRequest(String)
+    /// `[limits] max_cost` would be exceeded by this request; nothing was sent.
+    case budgetExhausted
     /// Batch mode: the request was queued for a provider batch instead of being sent; nothing was paid.
     case deferred
 
@@ -253,6 +270,8 @@ public enum LLMError: Error, Sendable, Equatable, CustomStringConvertible {
             return "the LLM request was cancelled: the run was stopped or its LLM client shut down before the answer came"
         case .invalidRequest(let message):
             return "invalid LLM request (\(message)): nothing was sent; fix the request"
+        case .budgetExhausted:
+            return "the next LLM request could exceed [limits] max_cost: nothing was sent; raise max_cost and run again to continue"
         case .deferred:
             return "the LLM request waits for a batch; run again to collect its answer"
         }
@@ -281,6 +300,8 @@ public struct LLMCallRecord: Sendable, Equatable {
     public var tag: String
     public var promptTokens: Int
     public var completionTokens: Int
+    /// Prompt tokens served from the server's prompt cache (part of `promptTokens`).
+    public var cachedPromptTokens: Int = 0
     public var latencySeconds: Double
     /// "ok", "cache_hit", "http_<status>", "timeout", "transport", "malformed", "truncated", "cancelled".
     public var outcome: String
@@ -316,5 +337,6 @@ public struct ClientStatistics: Sendable, Equatable {
     public var failedAttemptsByOutcome: [String: Int] = [:]
     public var promptTokens: Int = 0
     public var completionTokens: Int = 0
+    public var cachedPromptTokens: Int = 0
     public init() {}
 }

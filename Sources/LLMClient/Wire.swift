@@ -99,8 +99,10 @@ enum Wire {
 
     private static func usage(_ root: [String: Any]) -> TokenUsage {
         let u = root["usage"] as? [String: Any] ?? [:]
+        let details = u["prompt_tokens_details"] as? [String: Any] ?? [:]
         return TokenUsage(promptTokens: Int(number(u["prompt_tokens"]) ?? 0),
-                          completionTokens: Int(number(u["completion_tokens"]) ?? 0))
+                          completionTokens: Int(number(u["completion_tokens"]) ?? 0),
+                          cachedPromptTokens: Int(number(details["cached_tokens"]) ?? 0))
     }
 
     private static func firstChoice(_ root: [String: Any]) throws(ParseError) -> [String: Any] {

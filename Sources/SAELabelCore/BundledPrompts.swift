@@ -85,6 +85,19 @@ Neuron B responds to: {{{explanation}}}
 {{{records}}}
 
 """#,
+        "simulator-sparse": #"""
+The neuron responds to: {{{explanation}}}
+
+List the tokens (indices 0 to {{last}}) on which it fires.
+<tokens>{{{tokens}}}</tokens>
+
+"""#,
+        "simulator-sparse.system": #"""
+You predict how strongly a neuron in a language model fires on each token of a text, knowing only a short description of what the neuron responds to. Activations are integers from 0 (not at all) to 10 (strongest); most tokens are 0.
+
+The tokens come numbered, as [index, token] pairs. Reply with JSON only, of the form {"activations": [{"index": 3, "activation": 7}, ...]}, listing only the tokens on which the neuron fires (activation 1 to 10), by index. Leave every other token out: it counts as 0. If the neuron fires on no token, reply {"activations": []}.
+
+"""#,
         "simulator": #"""
 The neuron responds to: {{{explanation}}}
 

@@ -56,10 +56,15 @@ public enum JobRunner {
             try Pipeline.verifySelectionSettings(options, store: store, acceptChanges: request.newVersion)
         }
 
+        if !config.prices.isEmpty { try store.setPrices(config.prices) }
         if request.stage != .collect {
+            let budget = try config.limits.maxCost.map { limit throws(SAELabelError) in
+                SpendingLimit(limit: limit, prices: config.prices, spent: try store.spent(prices: config.prices))
+            }
             let batchStages = BatchMode.stages(config)
             let clients = LLMClients(limits: config.limits, store: store, progress: progress,
-                                     batchQueue: batchStages.isEmpty ? nil : StoreBatchQueue(store: store, stages: batchStages))
+                                     batchQueue: batchStages.isEmpty ? nil : StoreBatchQueue(store: store, stages: batchStages),
+                                     budget: budget)
             defer { clients.shutdown() }
             let (explainer, scorers) = try labelers(request, clients: clients, prompts: prompts)
             let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
@@ -79,21 +84,25 @@ public enum JobRunner {
                 }
                 var round = try await Pipeline.label(store: store, pass: pass, explainer: wantsExplain ? explainer : nil,
                                                      scorers: scorers, selection: request.selection,
-                                                     concurrency: config.limits.concurrency, progress: progress)
-                if carrying, round.deferred == 0, !(try CarryOver.settle(config, store: store, scorers: scorers)).isEmpty {
+                                                     concurrency: config.limits.concurrency, progress: progress,
+                                                     budget: budget)
+                if carrying, round.deferred == 0, !round.stoppedByBudget, !(try CarryOver.settle(config, store: store, scorers: scorers)).isEmpty {
                     let again = try await Pipeline.label(store: store, pass: pass, explainer: explainer, scorers: scorers,
                                                          selection: request.selection, concurrency: config.limits.concurrency,
-                                                         progress: progress)
+                                                         progress: progress, budget: budget)
                     round.explained += again.explained
                     round.scored += again.scored
                     round.failed.merge(again.failed) { first, _ in first }
                     round.deferred = again.deferred
+                    round.stoppedByBudget = again.stoppedByBudget
                 }
                 outcome.explained += round.explained
                 outcome.scored += round.scored
                 outcome.failed = round.failed
                 outcome.deferred = round.deferred
-                guard round.deferred > 0 else { break }
+                outcome.stoppedByBudget = round.stoppedByBudget
+                // A budget stop ends the run; what it queued for a batch waits in the store for the next run.
+                guard round.deferred > 0, !round.stoppedByBudget else { break }
                 report.batchesWaiting = try await batches.submitQueued()
                 report.batchRequestsQueued = try store.queuedBatchRequests().count
                 if report.batchesWaiting == 0 || request.noWait { break }
@@ -262,6 +271,8 @@ public struct DryRunEstimate: Sendable {
     public var exact = true
     public var promptTokens = 0
     public var completionTokens = 0
+    /// Money at the job file's prices; nil when a model the run calls has no price.
+    public var cost: Double?
 
     init(config: JobConfig, features: [Int]) {
         self.features = features
@@ -272,8 +283,19 @@ public struct DryRunEstimate: Sendable {
     mutating func estimateTokens(config: JobConfig) {
         let c = config.collect
         let explainWindows = c.explainTop + c.explainQuantile
-        promptTokens = explainCalls * (300 + explainWindows * c.window * 3) + scoreCalls * (250 + c.window * 4)
-        completionTokens = explainCalls * (config.explainer.llm.maxTokens ?? 60) + scoreCalls * c.window * 12
+        let explainPrompt = explainCalls * (300 + explainWindows * c.window * 3), scorePrompt = scoreCalls * (250 + c.window * 4)
+        let explainCompletion = explainCalls * (config.explainer.llm.maxTokens ?? 60)
+        // The sparse simulator lists only the active tokens: on the demo (SmolLM2, 16-token windows) it answered
+        // 27 tokens per window against the dense one's 218, so 2 per window token instead of 12 (README, "What a run costs").
+        let scoreCompletion = scoreCalls * c.window * (config.scoring.simulator == "sparse" ? 2 : 12)
+        promptTokens = explainPrompt + scorePrompt
+        completionTokens = explainCompletion + scoreCompletion
+        let explainPrice = explainCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.explainer.llm.model]
+        let scorePrice = scoreCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.scoring.llm.model]
+        if !config.prices.isEmpty, let explainPrice, let scorePrice {
+            cost = explainPrice.cost(promptTokens: explainPrompt, completionTokens: explainCompletion)
+                + scorePrice.cost(promptTokens: scorePrompt, completionTokens: scoreCompletion)
+        }
     }
 }
 

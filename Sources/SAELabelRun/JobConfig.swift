@@ -3,6 +3,7 @@ import LLMClient
 import SAELabelCollect
 import SAELabelCore
 import SAELabelScore
+import SAELabelStore
 import TOMLKit
 
 /// The job file (`saelabel run --config JOB.toml`). Every key is documented in the README; unknown keys,
@@ -64,8 +65,9 @@ public struct JobConfig: Sendable, Equatable {
         public var llm = Endpoint()
         /// Any of `simulation`, `detection`, `fuzzing`.
         public var scorers = ["simulation"]
-        /// `json` (any chat model) or `logprobs` (servers that return prompt logprobs).
-        public var simulator = "json"
+        /// `json` (any chat model), `sparse` (any chat model; lists only the active tokens) or `logprobs`
+        /// (servers that return prompt logprobs).
+        public var simulator = "sparse"
         /// Send this stage's requests through the provider's Batch API (`batch` key).
         public var batch = false
     }
@@ -78,6 +80,9 @@ public struct JobConfig: Sendable, Equatable {
         public var tokensPerMinute: Int?
         public var timeoutSeconds = 120.0
         public var maxRetries = 5
+        /// Stop cleanly (exit 1, resumable) before the next calls could spend more than this, in the
+        /// currency of `[prices]`.
+        public var maxCost: Double?
         /// How often a waiting run polls a submitted batch (`batch_poll_seconds`).
         public var batchPollSeconds = 60.0
     }
@@ -111,9 +116,11 @@ public struct JobConfig: Sendable, Equatable {
     /// The values the job file and the command line accept, in one place.
     public static let explainerStyles = ["openai", "highlighted", "baseline"]
     public static let scorerNames = ["simulation", "detection", "fuzzing"]
-    public static let simulatorModes = ["json", "logprobs"]
+    public static let simulatorModes = ["json", "logprobs", "sparse"]
 
     public var path: String = ""
+    /// `[prices."MODEL"]`: input, cached_input, output per million tokens, batch_discount.
+    public var prices: [String: ModelPrice] = [:]
     public var store = ""
     public var seed: UInt64 = 0
     public var promptsDirectory: String?
@@ -246,7 +253,7 @@ struct JobConfigReader {
 
     func read(_ root: TOMLTable) throws(SAELabelError) -> JobConfig {
         var config = JobConfig()
-        try allow(root, "", ["job", "inputs", "collect", "explainer", "simulator", "limits", "export", "carry_over"])
+        try allow(root, "", ["job", "inputs", "collect", "explainer", "simulator", "limits", "export", "prices", "carry_over"])
 
         let job = try table(root, "job")
         try allow(job, "job", ["store", "seed", "prompts_dir"])
@@ -339,7 +346,7 @@ struct JobConfigReader {
         }
         if let mode = try string(simulator, "simulator", "mode") {
             guard JobConfig.simulatorModes.contains(mode) else {
-                throw .badInput(location: "\(file): [simulator] mode", problem: "'\(mode)' is not one of json, logprobs")
+                throw .badInput(location: "\(file): [simulator] mode", problem: "'\(mode)' is not one of json, logprobs, sparse")
             }
             config.scoring.simulator = mode
         }
@@ -351,12 +358,44 @@ struct JobConfigReader {
         config.scoring.batch = try bool(simulator, "simulator", "batch") ?? false
 
         let limits = try table(root, "limits")
-        try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries", "batch_poll_seconds"])
+        try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries", "max_cost", "batch_poll_seconds"])
         config.limits.concurrency = try positive(limits, "concurrency", section: "limits") ?? config.limits.concurrency
         config.limits.requestsPerMinute = try positive(limits, "requests_per_minute", section: "limits")
         config.limits.tokensPerMinute = try positive(limits, "tokens_per_minute", section: "limits")
         config.limits.timeoutSeconds = try double(limits, "limits", "timeout_seconds") ?? config.limits.timeoutSeconds
         config.limits.maxRetries = try nonNegative(limits, "max_retries", section: "limits") ?? config.limits.maxRetries
+        config.limits.maxCost = try double(limits, "limits", "max_cost")
+        if let maxCost = config.limits.maxCost, !(maxCost >= 0) {
+            throw .badInput(location: location("limits", "max_cost"), problem: "must be ≥ 0, got \(maxCost)")
+        }
+
+        let prices = try table(root, "prices")
+        for model in prices.keys.sorted() {
+            let section = "prices.\"\(model)\""
+            guard let entry = prices[model]?.table else {
+                throw .badInput(location: location("", section), problem: "expected a table like [prices.\"gpt-4.1-mini\"] input = 0.4, output = 1.6")
+            }
+            try allow(entry, section, ["input", "cached_input", "output", "batch_discount"])
+            var price: [String: Double] = [:]
+            for key in ["input", "cached_input", "output", "batch_discount"] {
+                guard let value = try double(entry, section, key) else { continue }
+                guard value >= 0, key != "batch_discount" || value <= 1 else {
+                    throw .badInput(location: location(section, key), problem: key == "batch_discount"
+                                    ? "must be a fraction from 0 to 1 (0.5 = half price), got \(value)" : "must be ≥ 0, got \(value)")
+                }
+                price[key] = value
+            }
+            guard let input = price["input"], let output = price["output"] else {
+                throw .badInput(location: location("", section), problem: "needs input and output (per million tokens)")
+            }
+            config.prices[model] = ModelPrice(input: input, cachedInput: price["cached_input"], output: output,
+                                              batchDiscount: price["batch_discount"] ?? 0)
+        }
+        if config.limits.maxCost != nil {
+            for model in Set([config.explainer.llm.model, config.scoring.llm.model]) where !model.isEmpty && config.prices[model] == nil {
+                throw .badInput(location: location("limits", "max_cost"), problem: "needs a price for model '\(model)': add [prices.\"\(model)\"] input = …, output = …")
+            }
+        }
         if let poll = try double(limits, "limits", "batch_poll_seconds") {
             guard poll > 0 else { throw .badInput(location: "\(file): [limits] batch_poll_seconds", problem: "must be above 0, e.g. 60") }
             config.limits.batchPollSeconds = poll

@@ -15,6 +15,8 @@ public struct LabelingRun: Sendable {
     /// Features worked on at once per stage. The LLM client separately caps requests in flight.
     public var concurrency: Int
     public var progress: ProgressReporter
+    /// `[limits] max_cost`: once it refuses a request, workers stop and leave the rest for a later run.
+    public var budget: SpendingLimit?
 
     public init(store: JobStore, explainer: (any Explainer)?, scorers: [any Scorer], selection: FeatureSelection,
                 concurrency: Int, progress: ProgressReporter) {
@@ -30,6 +32,8 @@ public struct LabelingRun: Sendable {
         public var explained = 0
         public var scored = 0
         public var failed: [Int: String] = [:]
+        /// The spending limit stopped the run before everything was done (exit 1; a rerun continues).
+        public var stoppedByBudget = false
         /// Feature steps put off because their requests wait for a batch (batch mode).
         public var deferred = 0
     }
@@ -63,6 +67,7 @@ public struct LabelingRun: Sendable {
                 total.explained += part.explained
                 total.scored += part.scored
                 total.failed.merge(part.failed) { first, _ in first }
+                total.stoppedByBudget = total.stoppedByBudget || part.stoppedByBudget
                 total.deferred += part.deferred
             }
             return total
@@ -74,6 +79,11 @@ public struct LabelingRun: Sendable {
     private func explainWorker(_ explainer: any Explainer, _ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToExplain() {
+            if budget?.isExhausted == true {
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
+            }
             let mark = DeferralMark()
             do {
                 try await Self.deferrable(mark) { () async throws(SAELabelError) in
@@ -82,6 +92,10 @@ public struct LabelingRun: Sendable {
                 outcome.explained += 1
                 progress.advance(stage: "explain")
                 await queue.explained(feature)
+            } catch where budget?.isExhausted == true {  // checked first: not the feature's fault, it stays to do
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
             } catch where mark.isSet {
                 outcome.deferred += 1
                 progress.add(stage: "explain", total: -1)
@@ -102,6 +116,11 @@ public struct LabelingRun: Sendable {
     private func scoreWorker(_ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToScore() {
+            if budget?.isExhausted == true {
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
+            }
             let mark = DeferralMark()
             do {
                 try await Self.deferrable(mark) { () async throws(SAELabelError) in
@@ -109,6 +128,10 @@ public struct LabelingRun: Sendable {
                 }
                 outcome.scored += 1
                 progress.advance(stage: "score")
+            } catch where budget?.isExhausted == true {
+                outcome.stoppedByBudget = true
+                await queue.stop()
+                break
             } catch where mark.isSet {
                 outcome.deferred += 1
                 progress.add(stage: "score", total: -1)
@@ -173,6 +196,14 @@ actor WorkQueue {
         if let next = scoreQueue.popLast() { return next }
         if explainPending <= 0 { return nil }
         return await withCheckedContinuation { waiters.append($0) }
+    }
+
+    /// Drops the work still queued (the spending limit was reached) and releases waiting score workers.
+    func stop() {
+        explainQueue.removeAll()
+        scoreQueue.removeAll()
+        explainPending = 0
+        wakeIfFinished()
     }
 
     private func wakeIfFinished() {

@@ -31,10 +31,11 @@ public struct RunReport: Sendable {
     /// Labels carried over from an earlier SAE version (nil when carry-over did not run).
     public var carryOver: CarryOverReport?
 
-    /// 4 when batch mode left work waiting (open batches, or requests to export); else 1 when features failed.
+    /// 4 when batch mode left work waiting (open batches, or requests to export); else 1 when features failed
+    /// or the spending limit stopped the run.
     public var exitCode: Int32 {
         if batchesWaiting > 0 || batchRequestsQueued > 0 { return 4 }
-        return status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0
+        return status.states[FeatureState.failed.rawValue, default: 0] > 0 || labeling?.stoppedByBudget == true ? 1 : 0
     }
 }
 
@@ -126,7 +127,8 @@ public enum Pipeline {
     }
 
     public static func client(_ endpoint: JobConfig.Endpoint, limits: JobConfig.Limits, store: JobStore?,
-                              progress: ProgressReporter? = nil, batchQueue: (any LLMBatchQueue)? = nil) -> LLMClient {
+                              progress: ProgressReporter? = nil, batchQueue: (any LLMBatchQueue)? = nil,
+                              budget: SpendingLimit? = nil) -> LLMClient {
         var configuration = LLMClientConfiguration(baseURL: endpoint.endpoint, apiKeyEnvironmentVariable: endpoint.apiKeyEnv)
         configuration.server = endpoint.server
         configuration.maxInFlight = limits.concurrency
@@ -134,6 +136,7 @@ public enum Pipeline {
         configuration.tokensPerMinute = limits.tokensPerMinute
         configuration.requestTimeout = limits.timeoutSeconds
         configuration.maxRetries = limits.maxRetries
+        configuration.budget = budget
         // Each failed attempt is counted in the store and summarized once at the end, not logged per attempt.
         var logger = Logger(label: "saelabel.llm")
         logger.logLevel = ProcessInfo.processInfo.environment["SAELABEL_LLM_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
@@ -222,6 +225,8 @@ public enum Pipeline {
             case "simulation":
                 if config.simulator == "logprobs" {
                     result.append(try LogprobSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+                } else if config.simulator == "sparse" {
+                    result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
                 } else {
                     result.append(try JSONSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
                 }
@@ -245,15 +250,17 @@ public enum Pipeline {
     /// Runs explain and/or score on what the store holds. With `pass`, the store moves to that labeling
     /// pass first; without it, scoring continues the store's current pass.
     public static func label(store: JobStore, pass: LabelingPass?, explainer: (any Explainer)?, scorers: [any Scorer],
-                             selection: FeatureSelection, concurrency: Int, progress: ProgressReporter)
+                             selection: FeatureSelection, concurrency: Int, progress: ProgressReporter,
+                             budget: SpendingLimit? = nil)
         async throws(SAELabelError) -> LabelingRun.Outcome {
         if let pass {
             try store.beginPass(pass)
         } else if try store.currentPass() == nil {
             throw .usage("nothing is explained in \(store.path) yet; run `saelabel explain` first")
         }
-        let run = LabelingRun(store: store, explainer: explainer, scorers: scorers, selection: selection,
+        var run = LabelingRun(store: store, explainer: explainer, scorers: scorers, selection: selection,
                               concurrency: concurrency, progress: progress)
+        run.budget = budget
         return try await run.run()
     }
 
@@ -311,13 +318,15 @@ public final class LLMClients: Sendable {
     private let store: JobStore?
     private let progress: ProgressReporter?
     private let batchQueue: (any LLMBatchQueue)?
+    private let budget: SpendingLimit?
 
     public init(limits: JobConfig.Limits, store: JobStore?, progress: ProgressReporter? = nil,
-                batchQueue: (any LLMBatchQueue)? = nil) {
+                batchQueue: (any LLMBatchQueue)? = nil, budget: SpendingLimit? = nil) {
         self.limits = limits
         self.store = store
         self.progress = progress
         self.batchQueue = batchQueue
+        self.budget = budget
     }
 
     public func client(for endpoint: JobConfig.Endpoint) -> LLMClient {
@@ -326,7 +335,8 @@ public final class LLMClients: Sendable {
         let key = base + "\u{0}" + endpoint.apiKeyEnv + "\u{0}" + endpoint.server.rawValue
         return clients.withLock { clients in
             if let existing = clients[key] { return existing }
-            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress, batchQueue: batchQueue)
+            let client = Pipeline.client(endpoint, limits: limits, store: store, progress: progress,
+                                         batchQueue: batchQueue, budget: budget)
             clients[key] = client
             return client
         }
@@ -342,6 +352,7 @@ public final class LLMClients: Sendable {
             total.succeeded += part.succeeded
             total.promptTokens += part.promptTokens
             total.completionTokens += part.completionTokens
+            total.cachedPromptTokens += part.cachedPromptTokens
             total.failuresByKind.merge(part.failuresByKind, uniquingKeysWith: +)
             total.failedAttemptsByOutcome.merge(part.failedAttemptsByOutcome, uniquingKeysWith: +)
         }

@@ -29,6 +29,10 @@ public enum Reporting {
             lines.append("LLM this run: \(llm.requestsSent) requests sent (\(llm.retries) retries), \(llm.cacheHits) answered from the store's cache, \(llm.promptTokens) tokens in / \(llm.completionTokens) out")
         }
         lines.append("LLM (store total, all runs): \(status.llm.calls) calls, \(status.llm.cacheHits) answered from the store's cache, \(status.llm.promptTokens) tokens in / \(status.llm.completionTokens) out")
+        lines += spending(status)
+        if report.labeling?.stoppedByBudget == true {
+            lines.append("stopped: the next calls could exceed [limits] max_cost; raise it and run again to continue (nothing is paid twice)")
+        }
         if !status.failures.isEmpty {
             lines.append("failed:")
             for failure in status.failures.prefix(20) {
@@ -49,6 +53,21 @@ public enum Reporting {
         for path in report.exports { lines.append("wrote \(path)") }
         lines.append(String(format: "wall time %.1f s", report.wallSeconds))
         return lines.joined(separator: "\n")
+    }
+
+    /// Tokens (with the prompt-cached part) and money per stage and model, then the total and the
+    /// cost per labeled feature; money only for models the job file prices.
+    static func spending(_ status: JobStatus) -> [String] {
+        var lines = status.usageByStage.map { usage in
+            let cost = usage.cost.map { String(format: ", cost %.4f", $0) } ?? ""
+            return "  \(usage.stage) (\(usage.model)): \(usage.calls) calls, \(usage.promptTokens) tokens in "
+                + "(\(usage.cachedPromptTokens) prompt-cached) / \(usage.completionTokens) out\(cost)"
+        }
+        if let cost = status.cost {
+            let perFeature = status.costPerLabeledFeature.map { String(format: ", %.5f per labeled feature", $0) } ?? ""
+            lines.append(String(format: "cost: %.4f spent", cost) + perFeature + " (at the job file's [prices])")
+        }
+        return lines
     }
 
     static func stateLine(_ status: JobStatus) -> String {
@@ -138,6 +157,7 @@ public enum Reporting {
             lines.append("simulation scores (\(scores.count) features): " + distribution(scores))
         }
         lines.append("LLM: \(status.llm.calls) calls (\(status.llm.failedAttempts) failed attempts), \(status.llm.cacheHits) cache hits, \(status.llm.promptTokens) tokens in / \(status.llm.completionTokens) out")
+        lines += spending(status)
         if !status.failures.isEmpty {
             lines.append("failed features:")
             for failure in status.failures {
@@ -169,6 +189,9 @@ public enum Reporting {
         let bound = estimate.exact ? "" : " (at most: dead and sparse features are known only after collect)"
         lines.append("LLM calls: \(estimate.explainCalls) explain + \(estimate.scoreCalls) score + \(estimate.preflightCalls) endpoint check\(estimate.preflightCalls == 1 ? "" : "s") = \(estimate.totalCalls)\(bound)")
         lines.append("tokens (estimated): \(estimate.promptTokens) in / \(estimate.completionTokens) out")
+        if let cost = estimate.cost {
+            lines.append(String(format: "cost (estimated, at the job file's [prices], no prompt caching): %.4f", cost))
+        }
         if estimate.carriedLabels > 0 {
             lines.append("carry-over: \(estimate.carriedLabels) features would take the matching earlier label (re-scored, not explained: \(estimate.carriedLabels) explain calls saved); up to \(estimate.carriedLabels) more explain calls if their scores drop by more than max_score_drop")
         }

@@ -24,6 +24,7 @@ struct StoreResponseCache: LLMResponseCache {
         }
         try? store.recordLLMCall(key: record.key, endpoint: record.endpoint, model: record.model, tag: record.tag,
                                  promptTokens: record.promptTokens, completionTokens: record.completionTokens,
+                                 cachedPromptTokens: record.cachedPromptTokens,
                                  latencySeconds: record.latencySeconds, outcome: record.outcome, attempt: record.attempt)
     }
 }

@@ -111,9 +111,13 @@ public struct JSONSimulationScorer: Scorer {
         case notJSON
         case noActivations
         case wrongLength(got: Int, expected: Int)
+        /// Sparse answers: an index that names no token of the window.
+        case indexOutOfRange(index: Int, count: Int)
 
         public var description: String {
             switch self {
+            case .indexOutOfRange(let index, let count):
+                return "index \(index) names no token (the indices run from 0 to \(count - 1))"
             case .notJSON: return "the answer is not valid JSON"
             case .noActivations: return "the answer has no \"activations\" list"
             case .wrongLength(let got, let expected):
@@ -150,7 +154,7 @@ public struct JSONSimulationScorer: Scorer {
         return .success(ParsedAnswer(values: values, badValues: bad))
     }
 
-    private static func number(_ value: Any?) -> Double? {
+    static func number(_ value: Any?) -> Double? {
         switch value {
         case let number as NSNumber:
             let double = number.doubleValue
@@ -199,46 +203,71 @@ public struct JSONSimulationScorer: Scorer {
 
     /// Simulates one window (with at most one retry). Throws only when the LLM call itself fails.
     public func simulate(feature: Int, ordinal: Int, explanation: String, tokens: [String]) async throws(SAELabelError) -> WindowSimulation {
-        guard !tokens.isEmpty else { return WindowSimulation(values: [], retried: false, error: nil) }
-        let first = messages(explanation: explanation, tokens: tokens)
-        let tag = "simulate:\(feature):\(ordinal)"
-        let answer = try await ScoringSupport.chat(client, request(first, tokens: tokens), tag: tag).text
-        let parsed = Self.parseAnswer(answer, expectedCount: tokens.count)
+        try await SimulationScoring.simulate(
+            client: client, tag: "simulate:\(feature):\(ordinal)", tokens: tokens,
+            first: messages(explanation: explanation, tokens: tokens),
+            request: { request($0, tokens: tokens) },
+            parse: { Self.parseAnswer($0, expectedCount: tokens.count) },
+            retry: { retryMessages(first: $0, answer: $1, problem: $2, tokens: tokens) })
+    }
+
+    public func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult {
+        try await SimulationScoring.score(feature: feature, heldout: heldout) { (ordinal, tokens) async throws(SAELabelError) in
+            try await simulate(feature: feature, ordinal: ordinal, explanation: explanation, tokens: tokens)
+        }
+    }
+}
+
+/// The score and details from simulated values, shared by the JSON and logprob simulators.
+enum SimulationScoring {
+    /// One window through the chat simulators (dense JSON and sparse): the first request, and when its
+    /// answer cannot be used as it is, one retry that shows the model what was wrong (see
+    /// JSONSimulationScorer for the rule on which answer is kept).
+    static func simulate(client: LLMClient, tag: String, tokens: [String], first: [ChatMessage],
+                         request: ([ChatMessage]) -> ChatRequest,
+                         parse: (String) -> Result<JSONSimulationScorer.ParsedAnswer, JSONSimulationScorer.AnswerProblem>,
+                         retry: ([ChatMessage], String, String) -> [ChatMessage])
+        async throws(SAELabelError) -> JSONSimulationScorer.WindowSimulation {
+        guard !tokens.isEmpty else { return .init(values: [], retried: false, error: nil) }
+        let answer = try await ScoringSupport.chat(client, request(first), tag: tag).text
+        let parsed = parse(answer)
         let problem: String
         switch parsed {
         case .success(let result) where result.badValues == 0:
-            return WindowSimulation(values: result.values, retried: false, error: nil)
+            return .init(values: result.values, retried: false, error: nil)
         case .success(let result):
             problem = "\(result.badValues) of the activations are not integers from 0 to 10"
         case .failure(let error):
             problem = error.description
         }
-        let retryMessages = retryMessages(first: first, answer: answer, problem: problem, tokens: tokens)
-        let second = try await ScoringSupport.chat(client, request(retryMessages, tokens: tokens), tag: tag + ":retry").text
-        switch Self.parseAnswer(second, expectedCount: tokens.count) {
+        let second = try await ScoringSupport.chat(client, request(retry(first, answer, problem)), tag: tag + ":retry").text
+        switch parse(second) {
         case .success(let result):
             let note = result.badValues > 0 ? "\(result.badValues) values outside 0–10 or not numbers were set to 0" : nil
-            return WindowSimulation(values: result.values, retried: true, error: note)
+            return .init(values: result.values, retried: true, error: note)
         case .failure(let error):
             if case .success(let result) = parsed {
-                return WindowSimulation(values: result.values, retried: true,
-                                        error: "\(result.badValues) values outside 0–10 or not numbers were set to 0; retry: \(error)")
+                return .init(values: result.values, retried: true,
+                             error: "\(result.badValues) values outside 0–10 or not numbers were set to 0; retry: \(error)")
             }
-            return WindowSimulation(values: nil, retried: true, error: "first answer: \(problem); retry: \(error)")
+            return .init(values: nil, retried: true, error: "first answer: \(problem); retry: \(error)")
         }
     }
 
-    public func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult {
+    /// Simulates the held-out windows one after another (the caller runs features in parallel, and
+    /// local servers answer one request at a time anyway) and scores them. Shared by the dense JSON and
+    /// sparse simulators, so both put a feature off in batch mode the same way.
+    static func score(feature: Int, heldout: [ActivationWindow],
+                      simulate: (Int, [String]) async throws(SAELabelError) -> JSONSimulationScorer.WindowSimulation)
+        async throws(SAELabelError) -> ScoreResult {
         var windows: [SimulationDetails.Window] = []
         var simulated: [[Double]] = []
         var failed = 0, retried = 0
-        // Windows run one after another: the caller runs features in parallel, and local servers
-        // answer one request at a time anyway.
         var deferred: SAELabelError?
         for (ordinal, window) in heldout.enumerated() {
-            let result: WindowSimulation
+            let result: JSONSimulationScorer.WindowSimulation
             do {
-                result = try await simulate(feature: feature, ordinal: ordinal, explanation: explanation, tokens: window.tokens)
+                result = try await simulate(ordinal, window.tokens)
             } catch {
                 // Batch mode: queue every window's request in this round, then put the feature off.
                 guard ScoringSupport.isDeferred else { throw error }
@@ -251,17 +280,14 @@ public struct JSONSimulationScorer: Scorer {
             windows.append(SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: result.values, error: result.error))
         }
         if let deferred { throw deferred }
-        var result = SimulationScoring.result(heldout: heldout, simulated: simulated, windows: windows,
-                                              failedWindows: failed, retriedWindows: retried)
+        var result = Self.result(heldout: heldout, simulated: simulated, windows: windows,
+                                 failedWindows: failed, retriedWindows: retried)
         result.unusableTags = windows.filter { $0.simulated == nil }.flatMap {
             ["simulate:\(feature):\($0.heldoutOrdinal)", "simulate:\(feature):\($0.heldoutOrdinal):retry"]
         }
         return result
     }
-}
 
-/// The score and details from simulated values, shared by the JSON and logprob simulators.
-enum SimulationScoring {
     static func result(heldout: [ActivationWindow], simulated: [[Double]], windows: [SimulationDetails.Window],
                        failedWindows: Int, retriedWindows: Int) -> ScoreResult {
         let truth = heldout.flatMap { $0.activations.map(Double.init) }

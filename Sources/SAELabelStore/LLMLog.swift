@@ -17,12 +17,15 @@ extension JobStore {
     }
 
     public func recordLLMCall(key: String, endpoint: String, model: String, tag: String, promptTokens: Int,
-                              completionTokens: Int, latencySeconds: Double, outcome: String, attempt: Int) throws(SAELabelError) {
+                              completionTokens: Int, cachedPromptTokens: Int = 0, latencySeconds: Double, outcome: String,
+                              attempt: Int) throws(SAELabelError) {
         try write { db in
             try db.execute(sql: """
-                INSERT INTO llm_call(key, endpoint, model, tag, prompt_tokens, completion_tokens, latency_ms, outcome, attempt, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [key, endpoint, model, tag, promptTokens, completionTokens, latencySeconds * 1000, outcome, attempt, Date()])
+                INSERT INTO llm_call(key, endpoint, model, tag, prompt_tokens, completion_tokens, cached_prompt_tokens, latency_ms,
+                                     outcome, attempt, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [key, endpoint, model, tag, promptTokens, completionTokens, cachedPromptTokens, latencySeconds * 1000,
+                                 outcome, attempt, Date()])
         }
     }
 }

@@ -147,6 +147,12 @@ enum Schema {
                 t.primaryKey(["pass", "feature"])
             }
         }
+        // Prompt tokens the server's prompt cache answered, per call (billed cheaper; see Status.swift).
+        migrator.registerMigration("v2-llm-call-cached-tokens") { db in
+            try db.alter(table: "llm_call") { t in
+                t.add(column: "cached_prompt_tokens", .integer).notNull().defaults(to: 0)
+            }
+        }
         return migrator
     }
 }

@@ -25,6 +25,20 @@ public struct JobStatus: Sendable, Equatable, Codable {
         public var failedAttempts: Int
         public var promptTokens: Int
         public var completionTokens: Int
+        /// Prompt tokens the servers' prompt caches answered (part of promptTokens).
+        public var cachedPromptTokens: Int = 0
+    }
+
+    /// Answered calls of one stage (`explain` or `score`) to one model, and what they cost at the
+    /// job file's prices (nil without a price for the model).
+    public struct StageUsage: Sendable, Equatable, Codable {
+        public var stage: String
+        public var model: String
+        public var calls: Int
+        public var promptTokens: Int
+        public var cachedPromptTokens: Int
+        public var completionTokens: Int
+        public var cost: Double?
     }
 
     public var path: String
@@ -43,6 +57,11 @@ public struct JobStatus: Sendable, Equatable, Codable {
     public var models: [String] = []
     /// The current pass's simulation scores (computed ones; failures are not scores).
     public var simulationScores: ScoreDistribution?
+    /// Tokens and money per stage and model (money when the job file priced the model).
+    public var usageByStage: [StageUsage] = []
+    /// Money spent on every priced call, and per labeled (explained) feature of the current pass.
+    public var cost: Double?
+    public var costPerLabeledFeature: Double?
 }
 
 /// Count, mean, median and a count per bin of a set of scores.
@@ -74,7 +93,7 @@ public struct ScoreDistribution: Sendable, Equatable, Codable {
 extension JobStore {
     /// `maxFailuresListed` nil lists every failed feature.
     public func status(maxFailuresListed: Int? = 50) throws(SAELabelError) -> JobStatus {
-        try read { db in
+        var status: JobStatus = try read { db in
             var states: [String: Int] = [:]
             for state in FeatureState.allCases { states[state.rawValue] = 0 }
             for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM feature GROUP BY state") {
@@ -100,12 +119,14 @@ extension JobStore {
                        SUM(CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END) AS hits,
                        SUM(CASE WHEN outcome NOT IN ('ok', 'cache_hit') THEN 1 ELSE 0 END) AS failed,
                        SUM(CASE WHEN outcome = 'ok' THEN prompt_tokens ELSE 0 END) AS prompt,
-                       SUM(CASE WHEN outcome = 'ok' THEN completion_tokens ELSE 0 END) AS completion
+                       SUM(CASE WHEN outcome = 'ok' THEN completion_tokens ELSE 0 END) AS completion,
+                       SUM(CASE WHEN outcome = 'ok' THEN cached_prompt_tokens ELSE 0 END) AS cached
                 FROM llm_call
                 """)
             let usage = JobStatus.LLMUsage(calls: usageRow?["calls"] ?? 0, cacheHits: usageRow?["hits"] ?? 0,
                                            failedAttempts: usageRow?["failed"] ?? 0, promptTokens: usageRow?["prompt"] ?? 0,
-                                           completionTokens: usageRow?["completion"] ?? 0)
+                                           completionTokens: usageRow?["completion"] ?? 0,
+                                           cachedPromptTokens: usageRow?["cached"] ?? 0)
             let mean = try Double.fetchOne(db, sql: """
                 SELECT AVG(s.value) FROM score s JOIN explanation e ON e.id = s.explanation
                 WHERE e.pass = ? AND s.scorer = 'simulation' AND s.value IS NOT NULL
@@ -127,5 +148,18 @@ extension JobStore {
             status.simulationScores = ScoreDistribution(values)
             return status
         }
+        status.usageByStage = try usageByStage()
+        let prices = try prices()
+        if !prices.isEmpty {
+            for index in status.usageByStage.indices {
+                let usage = status.usageByStage[index]
+                status.usageByStage[index].cost = prices[usage.model]?.cost(
+                    promptTokens: usage.promptTokens, cachedPromptTokens: usage.cachedPromptTokens, completionTokens: usage.completionTokens)
+            }
+            let total = status.usageByStage.compactMap(\.cost).reduce(0, +)
+            status.cost = total
+            status.costPerLabeledFeature = status.explanations > 0 ? total / Double(status.explanations) : nil
+        }
+        return status
     }
 }

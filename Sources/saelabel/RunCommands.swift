@@ -177,8 +177,8 @@ struct Score: AsyncParsableCommand {
     @Option(parsing: .upToNextOption, help: "Scorers: simulation (correlation of simulated activations, the label's confidence), detection, fuzzing.")
     var scorer: [String] = ["simulation"]
 
-    @Option(help: "Simulator: json (any chat model) or logprobs (servers that return prompt logprobs).")
-    var simulator = "json"
+    @Option(help: "Simulator: json (any chat model), sparse (any chat model; lists only the active tokens) or logprobs (servers that return prompt logprobs).")
+    var simulator = "sparse"
 
     @Option(help: "Seed for the order of windows in detection and fuzzing prompts.")
     var seed: UInt64 = 0

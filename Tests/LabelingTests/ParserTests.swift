@@ -117,3 +117,45 @@ import Testing
         #expect(DetectionScorer.parseAnswer("no idea", count: 2) == .failure(.noList))
     }
 }
+
+@Suite struct SparseAnswerTests {
+    @Test func unlistedTokensAreZeroAndBadIndicesAreUnusable() throws {
+        let good = try SparseSimulationScorer.parseAnswer(#"{"activations":[{"index":2,"activation":7},{"index":0,"activation":"3"}]}"#, count: 4).get()
+        #expect(good.values == [3, 0, 7, 0] && good.badValues == 0)
+        // A bare list of [index, value] pairs, a repeated index (the larger value stays), bad values → 0 and counted.
+        let loose = try SparseSimulationScorer.parseAnswer("Sure: [[1, 4], [1, 9], [3, 12], [2, \"high\"]]", count: 4).get()
+        #expect(loose.values == [0, 9, 0, 0] && loose.badValues == 2)
+        #expect(try SparseSimulationScorer.parseAnswer(#"{"activations":[]}"#, count: 3).get().values == [0, 0, 0])
+        #expect(SparseSimulationScorer.parseAnswer(#"{"activations":[{"index":4,"activation":1}]}"#, count: 4)
+            == .failure(.indexOutOfRange(index: 4, count: 4)))
+        #expect(SparseSimulationScorer.parseAnswer(#"{"activations":[{"index":1.5,"activation":1}]}"#, count: 4).failureDescription != nil)
+        #expect(SparseSimulationScorer.parseAnswer("no", count: 2) == .failure(.notJSON))
+        #expect(SparseSimulationScorer.parseAnswer(#"{"active":[]}"#, count: 2) == .failure(.noActivations))
+    }
+
+    /// One schema for every server: indices fixed to the window, values 1–10, at most one entry per
+    /// token, closed objects with every property required (OpenAI strict mode).
+    @Test func schemaBoundsIndicesAndEntries() throws {
+        let schema = try #require(try JSONSerialization.jsonObject(with: Data(SparseSimulationScorer.schema(count: 5).utf8)) as? [String: Any])
+        let list = try #require((schema["properties"] as? [String: Any])?["activations"] as? [String: Any])
+        #expect(list["maxItems"] as? Int == 5 && list["minItems"] == nil)
+        let entry = try #require(list["items"] as? [String: Any])
+        let properties = try #require(entry["properties"] as? [String: Any])
+        #expect((properties["index"] as? [String: Any])?["enum"] as? [Int] == [0, 1, 2, 3, 4])
+        #expect((properties["activation"] as? [String: Any])?["enum"] as? [Int] == Array(1...10))
+        #expect(entry["additionalProperties"] as? Bool == false && Set(entry["required"] as? [String] ?? []) == ["index", "activation"])
+        #expect(schema["additionalProperties"] as? Bool == false && schema["required"] as? [String] == ["activations"])
+    }
+
+    /// The numbered list the prompt shows, and a prompt whose first message is the same for every window
+    /// (the part a server's prompt cache can reuse).
+    @Test func promptSharesItsSystemTextAcrossFeatures() throws {
+        #expect(SparseSimulationScorer.tokenList(["The", " \"cat\""]) == #"[[0,"The"],[1," \"cat\""]]"#)
+        let client = LLMClient(configuration: LLMClientConfiguration(baseURL: "http://127.0.0.1:9/v1"))
+        defer { client.shutdown() }
+        let scorer = try SparseSimulationScorer(client: client, model: "m", prompts: prompts)
+        let a = scorer.messages(explanation: "cats", tokens: ["a", "b"]), b = scorer.messages(explanation: "dogs", tokens: ["c"])
+        #expect(a.count == 2 && a[0].role == "system" && a[0].content == b[0].content)
+        #expect(a[1].content.contains("cats") && a[1].content.contains(#"<tokens>[[0,"a"],[1,"b"]]</tokens>"#))
+    }
+}

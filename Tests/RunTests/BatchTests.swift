@@ -78,6 +78,21 @@ struct BatchTests {
         try expectEveryFeatureScored(dir.file("job.sqlite"))
     }
 
+    /// Both chat simulators queue every held-out window of a feature in the same round, so all simulation
+    /// requests go out in one batch (one round per window would make a batch per window).
+    @Test(arguments: ["json", "sparse"]) func eachChatSimulatorBatchesEveryWindowInOneRound(mode: String) async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start()
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: Self.features, scorers: "[\"simulation\"]\nmode = \"\(mode)\"",
+                               extra: "batch_poll_seconds = 0.1", batch: true)
+        let result = try await runSAELabel(["run", "--config", job, "--quiet"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let stats = try await mock.stats()
+        #expect(stats.batchesCreated == 2, "one explain batch, one simulation batch")
+        #expect(stats.requests == 0, "every work request went through a batch")
+        try expectEveryFeatureScored(dir.file("job.sqlite"))
+    }
+
     @Test func expiredAndPartlyFailedBatchesEndWithEveryFeatureLabeled() async throws {
         let dir = TempDirectory()
         // Batches expire after answering half their lines; of those, every 3rd fails and every 5th is missing.

@@ -21,11 +21,12 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
     @Test func schemaMigratesFromEmpty() throws {
         let dir = TempDirectory()
         let store = try JobStore(path: dir.file("job.sqlite"))
-        #expect(try store.appliedMigrations() == ["v1", "v2-labeling-passes", "v3-batch-requests", "v3-carry-over"])
+        let migrations = ["v1", "v2-labeling-passes", "v3-batch-requests", "v3-carry-over", "v2-llm-call-cached-tokens"]
+        #expect(try store.appliedMigrations() == migrations)
         #expect(try store.status().features == 0)
         // Reopening an existing store applies nothing twice.
         let again = try JobStore(path: dir.file("job.sqlite"))
-        #expect(try again.appliedMigrations() == ["v1", "v2-labeling-passes", "v3-batch-requests", "v3-carry-over"])
+        #expect(try again.appliedMigrations() == migrations)
     }
 
     @Test func notAStoreIsRefusedClearly() throws {
