@@ -79,11 +79,7 @@ public struct LabelingRun: Sendable {
     private func explainWorker(_ explainer: any Explainer, _ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToExplain() {
-            if budget?.isExhausted == true {
-                outcome.stoppedByBudget = true
-                await queue.stop()
-                break
-            }
+            if await stopsForBudget(&outcome, queue) { break }
             let mark = DeferralMark()
             do {
                 try await Self.deferrable(mark) { () async throws(SAELabelError) in
@@ -93,8 +89,7 @@ public struct LabelingRun: Sendable {
                 progress.advance(stage: "explain")
                 await queue.explained(feature)
             } catch where budget?.isExhausted == true {  // checked first: not the feature's fault, it stays to do
-                outcome.stoppedByBudget = true
-                await queue.stop()
+                _ = await stopsForBudget(&outcome, queue)
                 break
             } catch where mark.isSet {
                 outcome.deferred += 1
@@ -113,14 +108,18 @@ public struct LabelingRun: Sendable {
         return outcome
     }
 
+    /// When the spending limit is reached: records it and stops the queue for every worker.
+    private func stopsForBudget(_ outcome: inout Outcome, _ queue: WorkQueue) async -> Bool {
+        guard budget?.isExhausted == true else { return false }
+        outcome.stoppedByBudget = true
+        await queue.stop()
+        return true
+    }
+
     private func scoreWorker(_ queue: WorkQueue) async -> Outcome {
         var outcome = Outcome()
         while let feature = await queue.nextToScore() {
-            if budget?.isExhausted == true {
-                outcome.stoppedByBudget = true
-                await queue.stop()
-                break
-            }
+            if await stopsForBudget(&outcome, queue) { break }
             let mark = DeferralMark()
             do {
                 try await Self.deferrable(mark) { () async throws(SAELabelError) in
@@ -129,8 +128,7 @@ public struct LabelingRun: Sendable {
                 outcome.scored += 1
                 progress.advance(stage: "score")
             } catch where budget?.isExhausted == true {
-                outcome.stoppedByBudget = true
-                await queue.stop()
+                _ = await stopsForBudget(&outcome, queue)
                 break
             } catch where mark.isSet {
                 outcome.deferred += 1
