@@ -81,10 +81,7 @@ struct ClassificationEngine: Sendable {
     func messages(explanation: String, batch: [Item]) -> [ChatMessage] {
         let examples: [[String: Any]] = batch.enumerated().map { ["index": $0.offset + 1, "text": $0.element.text] }
         let context: [String: Any] = ["explanation": explanation, "count": batch.count, "examples": examples]
-        var messages: [ChatMessage] = []
-        if let system { messages.append(ChatMessage(role: "system", content: ScoringSupport.trimmed(system.render(context)))) }
-        messages.append(ChatMessage(role: "user", content: ScoringSupport.trimmed(user.render(context))))
-        return messages
+        return ScoringSupport.messages(system: system, user: user, context: context)
     }
 
     /// Reads N answers: a JSON list of 0/1 (numbers, booleans or "0"/"1" strings), or else the

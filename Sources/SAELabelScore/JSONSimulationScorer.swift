@@ -48,10 +48,7 @@ public struct JSONSimulationScorer: Scorer {
     /// The messages of the first request for one window.
     public func messages(explanation: String, tokens: [String]) -> [ChatMessage] {
         let context: [String: Any] = ["explanation": explanation, "tokens": Self.tokenList(tokens), "count": tokens.count]
-        var messages: [ChatMessage] = []
-        if let system { messages.append(ChatMessage(role: "system", content: ScoringSupport.trimmed(system.render(context)))) }
-        messages.append(ChatMessage(role: "user", content: ScoringSupport.trimmed(user.render(context))))
-        return messages
+        return ScoringSupport.messages(system: system, user: user, context: context)
     }
 
     /// JSON schema: an object with `activations`, an array of exactly `tokens.count` entries

@@ -101,6 +101,14 @@ enum ScoringSupport {
         String(Hashing.sha256Hex(parts.joined(separator: "\u{0}")).prefix(16))
     }
 
+    /// The optional system message, then the user message, both rendered from one context.
+    static func messages(system: PromptTemplate?, user: PromptTemplate, context: [String: Any]) -> [ChatMessage] {
+        var messages: [ChatMessage] = []
+        if let system { messages.append(ChatMessage(role: "system", content: trimmed(system.render(context)))) }
+        messages.append(ChatMessage(role: "user", content: trimmed(user.render(context))))
+        return messages
+    }
+
     /// Drops the trailing whitespace Mustache leaves after the last line.
     static func trimmed(_ text: String) -> String {
         var result = text

@@ -42,10 +42,7 @@ public struct SparseSimulationScorer: Scorer {
     /// server's prompt cache reuses it), then the explanation and the window.
     public func messages(explanation: String, tokens: [String]) -> [ChatMessage] {
         let context: [String: Any] = ["explanation": explanation, "tokens": Self.tokenList(tokens), "last": tokens.count - 1]
-        var messages: [ChatMessage] = []
-        if let system { messages.append(ChatMessage(role: "system", content: ScoringSupport.trimmed(system.render(context)))) }
-        messages.append(ChatMessage(role: "user", content: ScoringSupport.trimmed(user.render(context))))
-        return messages
+        return ScoringSupport.messages(system: system, user: user, context: context)
     }
 
     /// `{"activations": [{"index": 0…count-1, "activation": 1…10}]}` with at most `count` entries; closed
