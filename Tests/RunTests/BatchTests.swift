@@ -27,7 +27,9 @@ struct BatchTests {
 
     @Test func aRunKilledWhileWaitingResumesPollingAndSubmitsNothingTwice() async throws {
         let dir = TempDirectory()
-        let mock = try await MockLLMServer.start(["--batch-delay", "6"])
+        // A batch takes 20 s: the kill must land while the first one is still running, and under a loaded
+        // parallel test run noticing the first poll has taken longer than 6 s.
+        let mock = try await MockLLMServer.start(["--batch-delay", "20"])
         let job = try Demo.job(dir, endpoint: mock.baseURL, features: Self.features, extra: "batch_poll_seconds = 0.2", batch: true)
         let process = try startSAELabel(["run", "--config", job, "--quiet"])
         // Kill once the first batch is recorded and being polled (the poll follows the store write).
@@ -37,7 +39,7 @@ struct BatchTests {
             polled = try await mock.stats().batchPolls > 0
         }
         #expect(polled, "the run never polled a batch")
-        #expect(process.isRunning, "the run finished before the 6 s batch could have")
+        #expect(process.isRunning, "the run finished before the 20 s batch could have")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         let before = try await mock.stats()
