@@ -55,8 +55,13 @@ Kinds of request (detected from the content, checked in this order):
   Sparse simulate (the schema's `activations` items have an `index`; the tokens are `[index, token]`
   pairs): `{"activations":[{"index":i,"activation":mock_activation(t)}, ...]}` listing only the tokens
   whose mock_activation is above 0; `wrong_length` adds an entry whose index names no token.
-* every chat answer's usage: when the first message is a system message an earlier request also began
-  with, its words are reported as `usage.prompt_tokens_details.cached_tokens` (OpenAI's prompt cache).
+* every chat answer's usage reports OpenAI's automatic prompt caching as
+  `usage.prompt_tokens_details.cached_tokens`: the prompt is the sequence of its messages' tokens (each
+  whitespace-split word, tagged with its message's role); a prompt of at least --prompt-cache-min (1024)
+  tokens gets as cached the longest prefix, in whole steps of --prompt-cache-step (128) tokens and at
+  least --prompt-cache-min long, that an earlier prompt of the same model also began with (OpenAI:
+  "cache hits in increments of 128 tokens" for prompts of 1,024 tokens or more). Shorter prompts are
+  never cached and are not remembered.
 * explain (chat without response_format; the LAST user message has lines `token<TAB>N`, N an
   integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
   stripped) with the highest total N over all such lines; ties go to the lexicographically
@@ -102,6 +107,7 @@ dialect's server would ignore}; POST /_reset_stats zeroes it.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -156,7 +162,7 @@ class State:
         self.max_in_flight = 0
         self.refused = []
         self.ignored = set()
-        self.seen_system = set()
+        self.prompt_cache = set()  # digests of remembered prompt prefixes (see cached_prefix_tokens)
         self.uploads = 0          # POST /v1/files
         self.batches_created = 0  # POST /v1/batches
         self.batch_lines = 0      # request lines answered (or failed) inside batches
@@ -266,16 +272,27 @@ def is_sparse(req):
     return isinstance(items, dict) and "index" in (items.get("properties") or {})
 
 
-def cached_prefix_tokens(seen, messages):
-    """Prompt caching as OpenAI reports it: the leading system message, when an earlier request began
-    with the same one, counts as cached (`usage.prompt_tokens_details.cached_tokens`)."""
-    if not messages or messages[0].get("role") != "system":
+def cached_prefix_tokens(cache, model, messages, minimum, step):
+    """OpenAI's automatic prompt caching: the longest prefix of this prompt, in whole `step`s of tokens and
+    at least `minimum` long, that an earlier prompt of the same model began with; this prompt's prefixes
+    are then remembered. `cache` holds digests of remembered prefixes (one per step boundary)."""
+    tokens = [str(m.get("role")) + "\x00" + w for m in messages for w in str(m.get("content") or "").split()]
+    if len(tokens) < minimum:
         return 0
-    system = str(messages[0].get("content") or "")
-    if system in seen:
-        return words(system)
-    seen.add(system)
-    return 0
+    digest = hashlib.sha256(model.encode("utf-8"))
+    cached, matching = 0, True
+    for end in range(step, len(tokens) + 1, step):
+        for token in tokens[end - step:end]:
+            digest.update(b"\x01" + token.encode("utf-8"))
+        if end < minimum:
+            continue
+        key = digest.hexdigest()
+        # A longer remembered prefix implies every shorter one: the match ends at the first miss.
+        matching = matching and key in cache
+        if matching:
+            cached = end
+        cache.add(key)
+    return cached
 
 
 def logprobs_choice(req):
@@ -552,7 +569,8 @@ class Handler(BaseHTTPRequestHandler):
             usage_details = {}
             st = self.server.state
             with st.lock:
-                cached = cached_prefix_tokens(st.seen_system, req.get("messages") or [])
+                cached = cached_prefix_tokens(st.prompt_cache, model, req.get("messages") or [],
+                                              self.server.args.prompt_cache_min, self.server.args.prompt_cache_step)
             if cached:
                 usage_details["prompt_tokens_details"] = {"cached_tokens": cached}
             if dialect == "openai" and REASONING_MODEL.match(model):
@@ -933,6 +951,8 @@ def main():
                    help="batches expire: only the first half of their lines is answered, the rest fail with batch_expired")
     p.add_argument("--batch-fail-every", type=int, default=0, help="every Nth batch line fails with HTTP 500 (error file)")
     p.add_argument("--batch-drop-every", type=int, default=0, help="every Nth batch line is missing from both files")
+    p.add_argument("--prompt-cache-min", type=int, default=1024, help="shortest prompt (tokens) the prompt cache serves")
+    p.add_argument("--prompt-cache-step", type=int, default=128, help="cached prefixes are whole multiples of this many tokens")
     args = p.parse_args()
     # A parent may spawn us with signals blocked (Foundation's Process on Linux does): unblock them
     # so SIGTERM/SIGINT stop the server.

@@ -117,6 +117,15 @@ public struct TokenUsage: Sendable, Equatable, Codable {
     }
 }
 
+extension TokenUsage {
+    /// The usage a chat or completions response body reports, e.g. a batch output line's body (nil when
+    /// the body is not a JSON object; zeros when it reports none).
+    public init?(responseBody: Data) {
+        guard let usage = Wire.usage(ofResponse: responseBody) else { return nil }
+        self = usage
+    }
+}
+
 public struct ChatResponse: Sendable, Equatable {
     /// `choices[0].message.content`.
     public var text: String

@@ -97,6 +97,11 @@ enum Wire {
         return nil
     }
 
+    /// The usage a response body reports (a batch line's body); nil when it is not a JSON object.
+    static func usage(ofResponse data: Data) -> TokenUsage? {
+        (try? root(data)).map(usage)
+    }
+
     private static func usage(_ root: [String: Any]) -> TokenUsage {
         let u = root["usage"] as? [String: Any] ?? [:]
         let details = u["prompt_tokens_details"] as? [String: Any] ?? [:]

@@ -5,16 +5,16 @@ enum BundledPrompts {
     /// Template name (file name without `.mustache`) → file contents, byte for byte.
     static let sources: [String: String] = [
         "detection": #"""
-A neuron is described as: {{{explanation}}}
+For each excerpt below, decide whether it contains something the neuron would fire on according to its description. Reply with a JSON list of numbers, one per excerpt in their order: 1 if the excerpt contains it, 0 if not.
 
-For each excerpt below, decide whether it contains something the neuron would fire on according to the description.
+A neuron is described as: {{{explanation}}}
 <examples count={{count}}>
 {{#examples}}
 <example {{index}}>{{{text}}}</example>
 {{/examples}}
 </examples>
 
-Reply with a JSON list of {{count}} numbers in the order of the excerpts: 1 if the excerpt contains it, 0 if not.
+Reply with a JSON list of {{count}} numbers.
 
 """#,
         "detection.system": #"""
@@ -22,7 +22,7 @@ You judge whether a description of a language-model neuron fits text excerpts. R
 
 """#,
         "explainer-highlighted": #"""
-Tokens marked <<like this>> are where a detector fires:
+Tokens marked <<like this>> are where a detector fires. Say in a few words what it fires on.
 {{#examples}}
 Excerpt {{index}}: {{{text}}}
 {{/examples}}
@@ -32,6 +32,7 @@ What does the detector fire on? Answer in a few words.
 """#,
         "explainer": #"""
 Below are text excerpts, one token per line. After each token, separated by a tab, is how strongly the neuron fired on it, from 0 (not at all) to 10 (its strongest).
+What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens; name what they have in common.
 {{{records}}}
 {{#hasSparse}}
 The same excerpts again, keeping only the tokens where the neuron fired:
@@ -40,7 +41,6 @@ The same excerpts again, keeping only the tokens where the neuron fired:
 <end>
 
 {{/hasSparse}}
-What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens; name what they have in common.
 the main thing this neuron does is find
 
 """#,
@@ -49,16 +49,16 @@ You study single neurons inside a language model and name, in a few words, the p
 
 """#,
         "fuzzing": #"""
-A neuron is described as: {{{explanation}}}
+In each excerpt below some tokens are marked <<like this>>. Decide whether the marked tokens are the ones the neuron fires on according to its description. Reply with a JSON list of numbers, one per excerpt in their order: 1 if the marking is right, 0 if not.
 
-In each excerpt below some tokens are marked <<like this>>. Decide whether the marked tokens are the ones the neuron fires on according to the description.
+A neuron is described as: {{{explanation}}}
 <examples count={{count}}>
 {{#examples}}
 <example {{index}}>{{{text}}}</example>
 {{/examples}}
 </examples>
 
-Reply with a JSON list of {{count}} numbers in the order of the excerpts: 1 if the marking is right, 0 if not.
+Reply with a JSON list of {{count}} numbers.
 
 """#,
         "fuzzing.system": #"""
@@ -99,9 +99,10 @@ The tokens come numbered, as [index, token] pairs. Reply with JSON only, of the 
 
 """#,
         "simulator": #"""
-The neuron responds to: {{{explanation}}}
+Give the neuron's activation on every token of the list below, in order, as JSON of the form {"activations": [{"token": "...", "activation": 0}, ...]}, one entry per token.
 
-Give the neuron's activation on every token of the list below, in order, as JSON of the form {"activations": [{"token": "...", "activation": 0}, ...]} with exactly {{count}} entries, one per token.
+The neuron responds to: {{{explanation}}}
+The list holds {{count}} tokens, so the answer has exactly {{count}} entries.
 <tokens>{{{tokens}}}</tokens>
 
 """#,

@@ -20,7 +20,7 @@ struct StoreBatchQueue: LLMBatchQueue {
     func enqueue(key: String, path: String, body: Data, tag: String) -> Bool {
         let stage = Self.stage(ofTag: tag)
         guard stages.contains(stage) else { return false }
-        return store.enqueueBatchRequest(key: key, stage: stage, path: path, body: body)
+        return store.enqueueBatchRequest(key: key, stage: stage, path: path, body: body, tag: tag)
     }
 }
 
@@ -91,6 +91,37 @@ public enum BatchMode {
         return (answers, failures, lines)
     }
 
+    /// The most these requests can cost as batch calls at `prices`: the body's bytes as prompt tokens (a
+    /// token is at least one byte) and its answer-token limit (4,096 without one), at the batch discount.
+    /// Requests to models without a price count 0 (the job file refuses max_cost without prices for its models).
+    static func mostCost(_ requests: [BatchRequestRecord], prices: [String: ModelPrice]) -> Double {
+        requests.reduce(0) { total, request in
+            let body = (try? JSONSerialization.jsonObject(with: request.body)) as? [String: Any]
+            guard let model = body?["model"] as? String, let price = prices[model] else { return total }
+            let limit = ((body?["max_completion_tokens"] ?? body?["max_tokens"]) as? NSNumber)?.intValue
+            return total + price.cost(promptTokens: request.body.count, completionTokens: limit ?? 4096, batch: true)
+        }
+    }
+
+    /// The usage each answer reports, by request key, as the call log keeps it.
+    static func usage(_ answers: [String: Data]) -> [String: BatchCallUsage] {
+        answers.compactMapValues { body in
+            TokenUsage(responseBody: body).map {
+                BatchCallUsage(promptTokens: $0.promptTokens, cachedPromptTokens: $0.cachedPromptTokens, completionTokens: $0.completionTokens)
+            }
+        }
+    }
+
+    /// What the answered requests cost at the batch price (the model named in each request's body).
+    static func cost(_ requests: [BatchRequestRecord], usage: [String: BatchCallUsage], prices: [String: ModelPrice]) -> Double {
+        requests.reduce(0) { total, request in
+            let body = (try? JSONSerialization.jsonObject(with: request.body)) as? [String: Any]
+            guard let call = usage[request.key], let model = body?["model"] as? String, let price = prices[model] else { return total }
+            return total + price.cost(promptTokens: call.promptTokens, cachedPromptTokens: call.cachedPromptTokens,
+                                      completionTokens: call.completionTokens, batch: true)
+        }
+    }
+
     /// `saelabel batch export`: the queued requests of `stage` as a batch input file (the store is not changed).
     public static func export(store: JobStore, stage: String, to path: String) throws(SAELabelError) -> Int {
         let requests = try store.queuedBatchRequests(stage: stage)
@@ -113,7 +144,7 @@ public enum BatchMode {
         guard lines > 0 else {
             throw .badInput(location: path, problem: "no batch output lines ({\"custom_id\", \"response\", \"error\"} per line) in the file")
         }
-        return try store.importBatchAnswers(answers: answers, failures: failures)
+        return try store.importBatchAnswers(answers: answers, failures: failures, usage: usage(answers))
     }
 }
 
@@ -122,6 +153,8 @@ struct BatchSubmitter {
     let store: JobStore
     let config: JobConfig
     let clients: LLMClients
+    /// `[limits] max_cost`: a batch is submitted only when all of it fits (see `SpendingLimit.reserveBatch`).
+    let budget: SpendingLimit?
 
     private func client(stage: String) -> LLMClient {
         clients.client(for: stage == "explain" ? config.explainer.llm : config.scoring.llm)
@@ -156,19 +189,31 @@ struct BatchSubmitter {
                     answers.merge(part.answers) { first, _ in first }
                     failures.merge(part.failures) { first, _ in first }
                 }
-                try store.closeBatch(id: id, status: info.status, answers: answers, failures: failures)
+                let submitted = try store.submittedBatchRequests(batch: id)
+                let usage = BatchMode.usage(answers)
+                try store.closeBatch(id: id, status: info.status, answers: answers, failures: failures, usage: usage)
+                budget?.settleBatch(reserved: BatchMode.mostCost(submitted, prices: config.prices),
+                                    cost: BatchMode.cost(submitted, usage: usage, prices: config.prices))
             }
             if open == 0 || !wait { return open }
             do { try await Task.sleep(for: .seconds(config.limits.batchPollSeconds)) } catch { throw .llm("stopped while waiting for a batch") }
         }
     }
 
-    /// Uploads the queued requests of online batch stages and creates their batches. Returns how many were created.
-    func submitQueued() async throws(SAELabelError) -> Int {
+    /// Uploads the queued requests of online batch stages and creates their batches. Returns how many were
+    /// created, and whether `max_cost` stopped a batch from going out (its requests stay queued for a rerun).
+    func submitQueued() async throws(SAELabelError) -> (created: Int, stoppedByBudget: Bool) {
         var created = 0
         for stage in BatchMode.stages(config).sorted() where !BatchMode.isOffline(config, stage: stage) {
             let client = client(stage: stage)
-            for file in BatchMode.files(try store.queuedBatchRequests(stage: stage)) {
+            let queued = try store.queuedBatchRequests(stage: stage)
+            for file in BatchMode.files(queued) {
+                if let budget {
+                    let keys = Set(file.keys)
+                    guard budget.reserveBatch(BatchMode.mostCost(queued.filter { keys.contains($0.key) }, prices: config.prices)) else {
+                        return (created, true)
+                    }
+                }
                 let fileID: String
                 let info: BatchInfo
                 do {
@@ -184,6 +229,6 @@ struct BatchSubmitter {
                 created += 1
             }
         }
-        return created
+        return (created, false)
     }
 }

@@ -45,6 +45,26 @@ public final class SpendingLimit: LLMBudget {
         state.withLock { $0.reserved -= reservation; $0.spent += cost }
     }
 
+    /// A batch about to be submitted that could cost at most `most` (at the batch price): counted as spent
+    /// when it fits under the limit; otherwise nothing is counted, the limit is exhausted and the batch must
+    /// not be submitted.
+    public func reserveBatch(_ most: Double) -> Bool {
+        state.withLock { state in
+            guard !state.exhausted, state.spent + state.reserved + most <= limit else {
+                state.exhausted = true
+                return false
+            }
+            state.spent += most
+            return true
+        }
+    }
+
+    /// A batch read back: what it could have cost (`reserved`, counted by `reserveBatch` or at the start of
+    /// the run) is replaced by what its answers cost.
+    public func settleBatch(reserved: Double, cost: Double) {
+        state.withLock { $0.spent += cost - reserved }
+    }
+
     /// True once a request was refused: workers stop taking features.
     public var isExhausted: Bool { state.withLock { $0.exhausted } }
     public var spent: Double { state.withLock { $0.spent } }

@@ -112,7 +112,7 @@ public enum CarryOver {
 
     /// The scorer whose score decides whether a carried label still holds: simulation when the job runs it.
     static func decidingScorer(_ config: JobConfig) -> String? {
-        config.scoring.scorers.contains("simulation") ? "simulation" : config.scoring.scorers.first
+        (config.scoring.scorers.contains(.simulation) ? .simulation : config.scoring.scorers.first)?.rawValue
     }
 
     /// Carries labels into the store's current pass (idempotent: a resumed run carries nothing twice).

@@ -58,8 +58,10 @@ public enum JobRunner {
 
         if !config.prices.isEmpty { try store.setPrices(config.prices) }
         if request.stage != .collect {
+            // Batches submitted by an earlier run and not read back yet count at the most they can cost.
             let budget = try config.limits.maxCost.map { limit throws(SAELabelError) in
-                SpendingLimit(limit: limit, prices: config.prices, spent: try store.spent(prices: config.prices))
+                SpendingLimit(limit: limit, prices: config.prices, spent: try store.spent(prices: config.prices)
+                                + BatchMode.mostCost(try store.submittedBatchRequests(), prices: config.prices))
             }
             let batchStages = BatchMode.stages(config)
             let clients = LLMClients(limits: config.limits, store: store, progress: progress,
@@ -69,7 +71,7 @@ public enum JobRunner {
             let (explainer, scorers) = try labelers(request, clients: clients, prompts: prompts)
             let pass = try explainer.map { explainer throws(SAELabelError) in try Pipeline.pass(store: store, explainer: explainer) }
             let wantsExplain = request.stage == .all || request.stage == .explain
-            let batches = BatchSubmitter(store: store, config: config, clients: clients)
+            let batches = BatchSubmitter(store: store, config: config, clients: clients, budget: budget)
             // Carry-over (a new SAE version): matched labels enter the pass first and are re-scored by the
             // labeling below; those whose score fell too far are explained afresh in the same round.
             var carryNote: String?
@@ -103,8 +105,13 @@ public enum JobRunner {
                 outcome.stoppedByBudget = round.stoppedByBudget
                 // A budget stop ends the run; what it queued for a batch waits in the store for the next run.
                 guard round.deferred > 0, !round.stoppedByBudget else { break }
-                report.batchesWaiting = try await batches.submitQueued()
+                let submitted = try await batches.submitQueued()
+                report.batchesWaiting = submitted.created
                 report.batchRequestsQueued = try store.queuedBatchRequests().count
+                if submitted.stoppedByBudget {
+                    outcome.stoppedByBudget = true
+                    break
+                }
                 if report.batchesWaiting == 0 || request.noWait { break }
             }
             report.labeling = outcome
@@ -136,9 +143,8 @@ public enum JobRunner {
             guard !config.scoring.llm.endpoint.isEmpty, !config.scoring.llm.model.isEmpty else {
                 throw .badInput(location: "\(config.path): [simulator]", problem: "endpoint and model are required")
             }
-            let simulatorOnly = config.scoring.scorers == ["simulation"]
             endpoints.append(Pipeline.EndpointCheck("[simulator]", config.scoring.llm,
-                                                    completions: simulatorOnly && config.scoring.simulator == "logprobs"))
+                                                    completions: Pipeline.needsOnlyCompletions(config.scoring)))
         }
         return endpoints
     }
@@ -273,6 +279,8 @@ public struct DryRunEstimate: Sendable {
     public var completionTokens = 0
     /// Money at the job file's prices; nil when a model the run calls has no price.
     public var cost: Double?
+    /// Some stage of `cost` goes through batches, priced at the batch discount.
+    public var batchPriced = false
 
     init(config: JobConfig, features: [Int]) {
         self.features = features
@@ -287,14 +295,17 @@ public struct DryRunEstimate: Sendable {
         let explainCompletion = explainCalls * (config.explainer.llm.maxTokens ?? 60)
         // The sparse simulator lists only the active tokens: on the demo (SmolLM2, 16-token windows) it answered
         // 27 tokens per window against the dense one's 218, so 2 per window token instead of 12 (README, "What a run costs").
-        let scoreCompletion = scoreCalls * c.window * (config.scoring.simulator == "sparse" ? 2 : 12)
+        let scoreCompletion = scoreCalls * c.window * (config.scoring.simulator == .sparse ? 2 : 12)
         promptTokens = explainPrompt + scorePrompt
         completionTokens = explainCompletion + scoreCompletion
         let explainPrice = explainCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.explainer.llm.model]
         let scorePrice = scoreCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.scoring.llm.model]
+        // Batch stages are billed at their model's batch discount.
+        let stages = BatchMode.stages(config)
         if !config.prices.isEmpty, let explainPrice, let scorePrice {
-            cost = explainPrice.cost(promptTokens: explainPrompt, completionTokens: explainCompletion)
-                + scorePrice.cost(promptTokens: scorePrompt, completionTokens: scoreCompletion)
+            cost = explainPrice.cost(promptTokens: explainPrompt, completionTokens: explainCompletion, batch: stages.contains("explain"))
+                + scorePrice.cost(promptTokens: scorePrompt, completionTokens: scoreCompletion, batch: stages.contains("score"))
+            batchPriced = !stages.isEmpty
         }
     }
 }

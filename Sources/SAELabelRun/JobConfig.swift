@@ -63,11 +63,10 @@ public struct JobConfig: Sendable, Equatable {
         public init() {}
 
         public var llm = Endpoint()
-        /// Any of `simulation`, `detection`, `fuzzing`.
-        public var scorers = ["simulation"]
-        /// `json` (any chat model), `sparse` (any chat model; lists only the active tokens) or `logprobs`
-        /// (servers that return prompt logprobs).
-        public var simulator = "sparse"
+        /// The scorers to run, in order (`scorers` key, `--scorer`).
+        public var scorers: [ScorerKind] = [.simulation]
+        /// How the simulation scorer asks for activations (`mode` key, `--simulator`).
+        public var simulator: SimulatorMode = .sparse
         /// Send this stage's requests through the provider's Batch API (`batch` key).
         public var batch = false
     }
@@ -115,8 +114,6 @@ public struct JobConfig: Sendable, Equatable {
 
     /// The values the job file and the command line accept, in one place.
     public static let explainerStyles = ["openai", "highlighted", "baseline"]
-    public static let scorerNames = ["simulation", "detection", "fuzzing"]
-    public static let simulatorModes = ["json", "logprobs", "sparse"]
 
     public var path: String = ""
     /// `[prices."MODEL"]`: input, cached_input, output per million tokens, batch_discount.
@@ -339,18 +336,12 @@ struct JobConfigReader {
         try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode", "batch"])
         config.scoring.llm = try endpoint(simulator, "simulator")
         if let scorers = try stringArray(simulator, "simulator", "scorers") {
-            for scorer in scorers where !JobConfig.scorerNames.contains(scorer) {
-                throw .badInput(location: "\(file): [simulator] scorers", problem: "'\(scorer)' is not one of simulation, detection, fuzzing")
-            }
-            config.scoring.scorers = scorers
+            config.scoring.scorers = try scorers.map { name throws(SAELabelError) in try choice(name, "simulator", "scorers") }
         }
         if let mode = try string(simulator, "simulator", "mode") {
-            guard JobConfig.simulatorModes.contains(mode) else {
-                throw .badInput(location: "\(file): [simulator] mode", problem: "'\(mode)' is not one of json, logprobs, sparse")
-            }
-            config.scoring.simulator = mode
+            config.scoring.simulator = try choice(mode, "simulator", "mode")
         }
-        if config.scoring.simulator == "logprobs", config.scoring.scorers.contains("simulation"),
+        if config.scoring.simulator == .logprobs, config.scoring.scorers.contains(.simulation),
            let refusal = LogprobSimulationScorer.unsupported(config.scoring.llm.server) {
             throw .badInput(location: "\(file): [simulator] mode", problem: refusal)
         }
@@ -433,6 +424,12 @@ struct JobConfigReader {
         for key in table.keys.sorted() where !known.contains(key) {
             throw .badInput(location: location(section, key), problem: "unknown key; known keys here: \(known.joined(separator: ", "))")
         }
+    }
+
+    /// A name of a closed set (scorer, simulator mode); an unknown one is refused with the valid names.
+    private func choice<Choice: NamedChoice>(_ name: String, _ section: String, _ key: String) throws(SAELabelError) -> Choice {
+        guard let value = Choice(rawValue: name) else { throw .badInput(location: location(section, key), problem: Choice.unknown(name)) }
+        return value
     }
 
     private func table(_ root: TOMLTable, _ name: String) throws(SAELabelError) -> TOMLTable {

@@ -31,11 +31,13 @@ public struct RunReport: Sendable {
     /// Labels carried over from an earlier SAE version (nil when carry-over did not run).
     public var carryOver: CarryOverReport?
 
-    /// 4 when batch mode left work waiting (open batches, or requests to export); else 1 when features failed
-    /// or the spending limit stopped the run.
+    /// 1 when the spending limit stopped the run (queued batch requests wait for a rerun with a higher
+    /// limit); else 4 when batch mode left work waiting (open batches, or requests to export); else 1 when
+    /// features failed.
     public var exitCode: Int32 {
+        if labeling?.stoppedByBudget == true { return 1 }
         if batchesWaiting > 0 || batchRequestsQueued > 0 { return 4 }
-        return status.states[FeatureState.failed.rawValue, default: 0] > 0 || labeling?.stoppedByBudget == true ? 1 : 0
+        return status.states[FeatureState.failed.rawValue, default: 0] > 0 ? 1 : 0
     }
 }
 
@@ -220,25 +222,26 @@ public enum Pipeline {
             throw .usage("scoring needs a simulator endpoint and model: set [simulator] endpoint and model, or pass --endpoint and --model")
         }
         var result: [any Scorer] = []
-        for name in config.scorers {
-            switch name {
-            case "simulation":
-                if config.simulator == "logprobs" {
-                    result.append(try LogprobSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
-                } else if config.simulator == "sparse" {
-                    result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
-                } else {
-                    result.append(try JSONSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
-                }
-            case "detection":
+        for kind in config.scorers {
+            switch (kind, config.simulator) {
+            case (.simulation, .logprobs):
+                result.append(try LogprobSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+            case (.simulation, .sparse):
+                result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+            case (.simulation, .json):
+                result.append(try JSONSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+            case (.detection, _):
                 result.append(try DetectionScorer(client: client, model: config.llm.model, prompts: prompts, seed: seed))
-            case "fuzzing":
+            case (.fuzzing, _):
                 result.append(try FuzzingScorer(client: client, model: config.llm.model, prompts: prompts, seed: seed))
-            default:
-                throw .usage("unknown scorer '\(name)'; use simulation, detection or fuzzing")
             }
         }
         return result
+    }
+
+    /// The logprob simulator alone talks only to /completions, so the endpoint is checked there.
+    public static func needsOnlyCompletions(_ config: JobConfig.Scoring) -> Bool {
+        config.scorers == [.simulation] && config.simulator == .logprobs
     }
 
     /// The labeling pass `explainer` writes into, given the store's inputs and collect settings

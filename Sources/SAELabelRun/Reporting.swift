@@ -60,7 +60,7 @@ public enum Reporting {
     static func spending(_ status: JobStatus) -> [String] {
         var lines = status.usageByStage.map { usage in
             let cost = usage.cost.map { String(format: ", cost %.4f", $0) } ?? ""
-            return "  \(usage.stage) (\(usage.model)): \(usage.calls) calls, \(usage.promptTokens) tokens in "
+            return "  \(usage.stage) (\(usage.model)\(usage.batch ? ", batch" : "")): \(usage.calls) calls, \(usage.promptTokens) tokens in "
                 + "(\(usage.cachedPromptTokens) prompt-cached) / \(usage.completionTokens) out\(cost)"
         }
         if let cost = status.cost {
@@ -190,7 +190,8 @@ public enum Reporting {
         lines.append("LLM calls: \(estimate.explainCalls) explain + \(estimate.scoreCalls) score + \(estimate.preflightCalls) endpoint check\(estimate.preflightCalls == 1 ? "" : "s") = \(estimate.totalCalls)\(bound)")
         lines.append("tokens (estimated): \(estimate.promptTokens) in / \(estimate.completionTokens) out")
         if let cost = estimate.cost {
-            lines.append(String(format: "cost (estimated, at the job file's [prices], no prompt caching): %.4f", cost))
+            let batch = estimate.batchPriced ? ", batch stages at the batch discount" : ""
+            lines.append("cost (estimated, at the job file's [prices]\(batch), no prompt caching): " + String(format: "%.4f", cost))
         }
         if estimate.carriedLabels > 0 {
             lines.append("carry-over: \(estimate.carriedLabels) features would take the matching earlier label (re-scored, not explained: \(estimate.carriedLabels) explain calls saved); up to \(estimate.carriedLabels) more explain calls if their scores drop by more than max_score_drop")

@@ -89,9 +89,9 @@ extension JobStore {
                     try db.execute(sql: "INSERT OR IGNORE INTO main.llm_response SELECT * FROM shard.llm_response")
                     try db.execute(sql: """
                         INSERT INTO main.llm_call(key, endpoint, model, tag, prompt_tokens, completion_tokens, cached_prompt_tokens,
-                                                  latency_ms, outcome, attempt, created_at)
+                                                  latency_ms, outcome, attempt, created_at, batch)
                         SELECT key, endpoint, model, tag, prompt_tokens, completion_tokens, cached_prompt_tokens,
-                               latency_ms, outcome, attempt, created_at
+                               latency_ms, outcome, attempt, created_at, batch
                         FROM shard.llm_call c WHERE NOT EXISTS (
                             SELECT 1 FROM main.llm_call m WHERE m.key = c.key AND m.tag = c.tag AND m.attempt = c.attempt
                               AND m.created_at = c.created_at AND m.outcome = c.outcome)

@@ -46,22 +46,21 @@ extension JobStore {
     /// without a price count 0.
     public func spent(prices: [String: ModelPrice]) throws(SAELabelError) -> Double {
         try usageByStage().reduce(0) { total, usage in
-            total + (prices[usage.model]?.cost(promptTokens: usage.promptTokens, cachedPromptTokens: usage.cachedPromptTokens,
-                                               completionTokens: usage.completionTokens) ?? 0)
+            total + (prices[usage.model].map { usage.cost(at: $0) } ?? 0)
         }
     }
 
-    /// Answered calls and their tokens per stage (`explain`, `score`) and model.
+    /// Answered calls and their tokens per stage (`explain`, `score`), model, and synchronous or batch.
     public func usageByStage() throws(SAELabelError) -> [JobStatus.StageUsage] {
         try read { db in
             try Row.fetchAll(db, sql: """
-                SELECT CASE WHEN tag LIKE 'explain%' THEN 'explain' ELSE 'score' END AS stage, model,
+                SELECT CASE WHEN tag LIKE 'explain%' THEN 'explain' ELSE 'score' END AS stage, model, batch,
                        COUNT(*) AS calls, SUM(prompt_tokens) AS prompt, SUM(cached_prompt_tokens) AS cached,
                        SUM(completion_tokens) AS completion
-                FROM llm_call WHERE outcome = 'ok' GROUP BY 1, 2 ORDER BY 1, 2
+                FROM llm_call WHERE outcome = 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
                 """).map {
-                JobStatus.StageUsage(stage: $0["stage"], model: $0["model"], calls: $0["calls"], promptTokens: $0["prompt"],
-                                     cachedPromptTokens: $0["cached"], completionTokens: $0["completion"])
+                JobStatus.StageUsage(stage: $0["stage"], model: $0["model"], batch: $0["batch"], calls: $0["calls"],
+                                     promptTokens: $0["prompt"], cachedPromptTokens: $0["cached"], completionTokens: $0["completion"])
             }
         }
     }

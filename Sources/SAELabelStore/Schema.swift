@@ -153,6 +153,16 @@ enum Schema {
                 t.add(column: "cached_prompt_tokens", .integer).notNull().defaults(to: 0)
             }
         }
+        // Batch mode's calls are logged like synchronous ones, marked as batch calls (billed at the
+        // batch discount); a queued request keeps its call tag for that log.
+        migrator.registerMigration("v5-batch-call-accounting") { db in
+            try db.alter(table: "llm_call") { t in
+                t.add(column: "batch", .boolean).notNull().defaults(to: false)
+            }
+            try db.alter(table: "batch_request") { t in
+                t.add(column: "tag", .text)
+            }
+        }
         return migrator
     }
 }

@@ -34,11 +34,19 @@ public struct JobStatus: Sendable, Equatable, Codable {
     public struct StageUsage: Sendable, Equatable, Codable {
         public var stage: String
         public var model: String
+        /// Calls answered through a provider's Batch API (billed at the model's batch discount).
+        public var batch: Bool = false
         public var calls: Int
         public var promptTokens: Int
         public var cachedPromptTokens: Int
         public var completionTokens: Int
         public var cost: Double?
+
+        /// What these calls cost at `price` (cached prompt tokens at the cached rate, batch calls discounted).
+        public func cost(at price: ModelPrice) -> Double {
+            price.cost(promptTokens: promptTokens, cachedPromptTokens: cachedPromptTokens, completionTokens: completionTokens,
+                       batch: batch)
+        }
     }
 
     public var path: String
@@ -153,8 +161,7 @@ extension JobStore {
         if !prices.isEmpty {
             for index in status.usageByStage.indices {
                 let usage = status.usageByStage[index]
-                status.usageByStage[index].cost = prices[usage.model]?.cost(
-                    promptTokens: usage.promptTokens, cachedPromptTokens: usage.cachedPromptTokens, completionTokens: usage.completionTokens)
+                status.usageByStage[index].cost = prices[usage.model].map { usage.cost(at: $0) }
             }
             let total = status.usageByStage.compactMap(\.cost).reduce(0, +)
             status.cost = total

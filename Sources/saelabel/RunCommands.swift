@@ -175,23 +175,18 @@ struct Score: AsyncParsableCommand {
     @OptionGroup var selection: SelectionOptions
 
     @Option(parsing: .upToNextOption, help: "Scorers: simulation (correlation of simulated activations, the label's confidence), detection, fuzzing.")
-    var scorer: [String] = ["simulation"]
+    var scorer: [ScorerKind] = [.simulation]
 
     @Option(help: "Simulator: json (any chat model), sparse (any chat model; lists only the active tokens) or logprobs (servers that return prompt logprobs).")
-    var simulator = "sparse"
+    var simulator: SimulatorMode = .sparse
 
     @Option(help: "Seed for the order of windows in detection and fuzzing prompts.")
     var seed: UInt64 = 0
 
     func run() async throws {
         // Flags are checked before the store is opened, so bad usage writes nothing.
-        for name in scorer where !JobConfig.scorerNames.contains(name) {
-            throw SAELabelError.usage("--scorer \(name): use \(JobConfig.scorerNames.joined(separator: ", "))")
-        }
-        guard JobConfig.simulatorModes.contains(simulator) else {
-            throw SAELabelError.usage("--simulator \(simulator): use \(JobConfig.simulatorModes.joined(separator: ", "))")
-        }
-        if simulator == "logprobs", scorer.contains("simulation"), let refusal = LogprobSimulationScorer.unsupported(llm.server) {
+        // Unknown scorer and simulator names are refused by the parser with the enums' valid names.
+        if simulator == .logprobs, scorer.contains(.simulation), let refusal = LogprobSimulationScorer.unsupported(llm.server) {
             throw SAELabelError.usage("--simulator logprobs: \(refusal)")
         }
         var scoring = JobConfig.Scoring()
@@ -200,8 +195,8 @@ struct Score: AsyncParsableCommand {
         scoring.simulator = simulator
         let prompts = try PromptLibrary.locate(explicit: llm.prompts)
         try Explain.requireStore(db)
-        let completionsOnly = scorer == ["simulation"] && simulator == "logprobs"
-        try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", scoring.llm, completions: completionsOnly)], limits: llm.limits)
+        try await Pipeline.preflight([Pipeline.EndpointCheck("--endpoint", scoring.llm, completions: Pipeline.needsOnlyCompletions(scoring))],
+                                     limits: llm.limits)
         let store = try JobStore(path: db, exclusive: true)
         let progress = ProgressReporter()
         let clients = LLMClients(limits: llm.limits, store: store, progress: progress)

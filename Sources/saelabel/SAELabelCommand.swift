@@ -115,3 +115,5 @@ struct LLMOptions: ParsableArguments {
 
 extension Stage: ExpressibleByArgument {}
 extension LLMServer: ExpressibleByArgument {}
+extension ScorerKind: ExpressibleByArgument {}
+extension SimulatorMode: ExpressibleByArgument {}

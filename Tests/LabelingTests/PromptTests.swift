@@ -38,8 +38,9 @@ func idleClient() -> LLMClient {
 
 @Suite struct PromptRenderingTests {
     static let system = "You study single neurons inside a language model and name, in a few words, the pattern each one responds to. Reply with one short phrase and nothing else."
-    static let question = "What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens; name what they have in common.\nthe main thing this neuron does is find"
-    static let intro = "Below are text excerpts, one token per line. After each token, separated by a tab, is how strongly the neuron fired on it, from 0 (not at all) to 10 (its strongest).\n"
+    static let cue = "the main thing this neuron does is find"
+    /// The instructions come first (shared by every feature, for prompt caching), the records after them.
+    static let intro = "Below are text excerpts, one token per line. After each token, separated by a tab, is how strongly the neuron fired on it, from 0 (not at all) to 10 (its strongest).\nWhat does the neuron respond to? Answer with a single short phrase. Do not list the example tokens; name what they have in common.\n"
 
     @Test func explainerPromptForKnownInput() throws {
         let client = idleClient()
@@ -48,7 +49,7 @@ func idleClient() -> LLMClient {
         let messages = explainer.messages(for: [window(["a", "b", "c"], [0, 2, 4]), window(["d", "e"], [1, 0])])
         #expect(messages.count == 2)
         #expect(messages[0] == ChatMessage(role: "system", content: Self.system))
-        let expected = Self.intro + "\n<start>\na\t0\nb\t5\nc\t10\n<end>\n<start>\nd\t2\ne\t0\n<end>\n\n" + Self.question
+        let expected = Self.intro + "\n<start>\na\t0\nb\t5\nc\t10\n<end>\n<start>\nd\t2\ne\t0\n<end>\n\n" + Self.cue
         #expect(messages[1].role == "user")
         #expect(messages[1].content == expected)
     }
@@ -62,7 +63,7 @@ func idleClient() -> LLMClient {
         let expected = Self.intro
             + "\n<start>\nx\t0\n\\n\t10\ny\t0\nz\t0\nw\t0\nv\t0\n<end>\n<start>\nq\t0\nr\t0\ns\t0\nt\t0\n<end>\n\n"
             + "The same excerpts again, keeping only the tokens where the neuron fired:\n<start>\n\\n\t10\n<end>\n\n"
-            + Self.question
+            + Self.cue
         #expect(messages[1].content == expected)
     }
 
@@ -75,7 +76,7 @@ func idleClient() -> LLMClient {
         #expect(openai.promptHash.count == 16)
         let messages = highlighted.messages(for: [window(["import", " os", "\n"], [5, 1, 0]), window(["a", "b"], [0, 1])])
         #expect(messages.count == 1)  // no explainer-highlighted.system.mustache: no system message
-        #expect(messages[0].content == "Tokens marked <<like this>> are where a detector fires:\nExcerpt 1: <<import>> os\n\nExcerpt 2: a<<b>>\n\nWhat does the detector fire on? Answer in a few words.")
+        #expect(messages[0].content == "Tokens marked <<like this>> are where a detector fires. Say in a few words what it fires on.\nExcerpt 1: <<import>> os\n\nExcerpt 2: a<<b>>\n\nWhat does the detector fire on? Answer in a few words.")
         #expect(try LLMExplainer(client: client, model: "m", prompts: prompts, maxTokens: 61).promptHash != openai.promptHash)
     }
 
@@ -94,7 +95,8 @@ func idleClient() -> LLMClient {
         let messages = scorer.messages(explanation: "cats", tokens: ["the", " \"cat\"", "\n"])
         #expect(messages.first?.role == "system")
         let user = try #require(messages.last?.content)
-        #expect(user.hasPrefix("The neuron responds to: cats\n"))
+        #expect(user.hasPrefix("Give the neuron's activation on every token of the list below"))
+        #expect(user.contains("\nThe neuron responds to: cats\n"))
         #expect(user.hasSuffix(#"<tokens>["the"," \"cat\"","\n"]</tokens>"#))
         #expect(user.contains("exactly 3 entries"))
     }

@@ -73,26 +73,50 @@ struct CostTests {
         }
     }
 
-    /// The mock reports a repeated system message as prompt-cached: the store keeps it per call and
-    /// status and the summary report it, priced at the cached rate.
+    /// A copy of the built-in prompts whose system messages open with a 1,100-word block (as few-shot
+    /// examples would): long enough for OpenAI's prompt cache, which serves only prompts of 1,024 tokens
+    /// or more, in 128-token steps.
+    static func longSystemPrompts(_ dir: TempDirectory) throws -> String {
+        let folder = dir.file("prompts")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let block = (0..<1100).map { "example\($0)" }.joined(separator: " ")
+        for name in PromptLibrary.bundledNames {
+            var source = try PromptLibrary.bundled.template(name).source
+            if name.hasSuffix(".system") { source = block + "\n\n" + source }
+            try source.write(toFile: folder + "/\(name).mustache", atomically: true, encoding: .utf8)
+        }
+        return folder
+    }
+
+    /// The mock caches prompt prefixes as OpenAI does: with the built-in prompts (a short shared part)
+    /// nothing is cached; with a long shared system message every request after the first reuses it.
+    /// The store keeps the cached tokens per call, and status and the summary price them at cached_input.
     @Test func cachedPromptTokensAreStoredAndPriced() async throws {
-        let mock = try await MockLLMServer.start(["--dialect", "openai"])
-        defer { mock.stop() }
-        let dir = TempDirectory()
-        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..4", scorers: Self.sparse, extra: Self.prices)
-        let result = try await runSAELabel(["run", "--config", job])
-        #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.contains("prompt-cached") && result.stdout.contains("per labeled feature"), "\(result.stdout)")
-        let json = try await status(dir.file("job.sqlite"))
-        let llm = try #require(json["llm"] as? [String: Any])
-        let cached = try #require(llm["cached_prompt_tokens"] as? Int)
-        let prompt = try #require(llm["prompt_tokens"] as? Int), completion = try #require(llm["completion_tokens"] as? Int)
-        #expect(cached > 0 && cached < prompt)
-        let cost = try #require(json["cost"] as? Double)
-        let expected = (Double(prompt - cached) * 100 + Double(cached) * 25 + Double(completion) * 400) / 1_000_000
-        #expect(abs(cost - expected) < 1e-9, "\(cost) vs \(expected)")
-        let explained = try #require(json["explanations"] as? Int)
-        #expect(abs(try #require(json["cost_per_labeled_feature"] as? Double) - cost / Double(explained)) < 1e-12)
+        var cachedByPrompts: [String: Int] = [:]
+        for variant in ["built-in", "long system"] {
+            let mock = try await MockLLMServer.start(["--dialect", "openai"])
+            defer { mock.stop() }
+            let dir = TempDirectory()
+            let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..4", scorers: Self.sparse, extra: Self.prices)
+            let environment = variant == "built-in" ? [:] : ["SAELABEL_PROMPTS": try Self.longSystemPrompts(dir)]
+            let result = try await runSAELabel(["run", "--config", job], environment: environment)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout.contains("prompt-cached") && result.stdout.contains("per labeled feature"), "\(result.stdout)")
+            let json = try await status(dir.file("job.sqlite"))
+            let llm = try #require(json["llm"] as? [String: Any])
+            let cached = try #require(llm["cached_prompt_tokens"] as? Int)
+            cachedByPrompts[variant] = cached
+            let prompt = try #require(llm["prompt_tokens"] as? Int), completion = try #require(llm["completion_tokens"] as? Int)
+            #expect(cached < prompt)
+            let cost = try #require(json["cost"] as? Double)
+            let expected = (Double(prompt - cached) * 100 + Double(cached) * 25 + Double(completion) * 400) / 1_000_000
+            #expect(abs(cost - expected) < 1e-9, "\(cost) vs \(expected)")
+            let explained = try #require(json["explanations"] as? Int)
+            #expect(abs(try #require(json["cost_per_labeled_feature"] as? Double) - cost / Double(explained)) < 1e-12)
+        }
+        #expect(cachedByPrompts["built-in"] == 0, "the built-in prompts share fewer than 1,024 tokens")
+        let long = try #require(cachedByPrompts["long system"])
+        #expect(long >= 1024 && long % 128 == 0, "cached \(long): whole 128-token steps of at least 1,024")
     }
 
     /// `[limits] max_cost` stops the run before it could spend more (exit 1, no feature failed), and a

@@ -50,7 +50,7 @@ import Testing
         #expect(config.collect.excludeNormAbove == 250)
         #expect(config.collect.blasThreads == 2)
         #expect(config.explainer.llm.model == "smollm2")
-        #expect(config.scoring.scorers == ["simulation", "detection"])
+        #expect(config.scoring.scorers == [.simulation, .detection])
         #expect(config.limits.concurrency == 64)
     }
 
@@ -68,12 +68,30 @@ import Testing
         expectBadInput(try validJob(dir, extra: "temprature = 0.5"), naming: "[simulator] temprature")
     }
 
+    /// Scorer and simulator names are typed enums shared with the CLI: an unknown one is refused with the
+    /// names the enum holds, so a new case shows up in the message without editing it.
+    @Test func unknownScorerOrSimulatorNamesListTheValidOnes() async throws {
+        let dir = TempDirectory()
+        let scorers = ScorerKind.allCases.map(\.rawValue), modes = SimulatorMode.allCases.map(\.rawValue)
+        #expect(scorers == ["simulation", "detection", "fuzzing"] && modes == ["json", "sparse", "logprobs"])
+        let text = try String(contentsOfFile: try validJob(dir), encoding: .utf8)
+            .replacingOccurrences(of: "scorers = [\"simulation\", \"detection\"]", with: "")
+        for (extra, key, valid) in [("scorers = [\"simulation\", \"vibes\"]", "[simulator] scorers", scorers),
+                                    ("mode = \"dense\"", "[simulator] mode", modes)] {
+            let path = try dir.write("bad.toml", text + "\n" + extra + "\n")
+            expectBadInput(path, naming: key)
+            expectBadInput(path, naming: "is not one of " + valid.joined(separator: ", "))
+        }
+        let every = try JobConfig.load(path: try dir.write("all.toml", text + "\nscorers = [\"fuzzing\", \"simulation\"]\nmode = \"json\"\n"))
+        #expect(every.scoring.scorers == [.fuzzing, .simulation] && every.scoring.simulator == .json)
+    }
+
     @Test func serverKindIsReadAndCheckedAgainstTheSimulatorMode() async throws {
         let dir = TempDirectory()
         let defaults = try JobConfig.load(path: try validJob(dir))
         #expect(defaults.explainer.llm.server == .openai && defaults.scoring.llm.server == .openai)
         let vllm = try JobConfig.load(path: try validJob(dir, extra: "server = \"vllm\"\nmode = \"logprobs\""))
-        #expect(vllm.scoring.llm.server == .vllm && vllm.scoring.simulator == "logprobs")
+        #expect(vllm.scoring.llm.server == .vllm && vllm.scoring.simulator == .logprobs)
         #expect(vllm.explainer.llm.server == .openai)
         expectBadInput(try validJob(dir, extra: "server = \"lmstudio\""), naming: "[simulator] server")
         expectBadInput(try validJob(dir, extra: "server = \"ollama\"\nmode = \"logprobs\""), naming: "[simulator] mode")

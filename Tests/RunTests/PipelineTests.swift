@@ -106,6 +106,13 @@ enum Demo {
             #expect(refused.status == 2, "\(arguments): \(refused.stderr)")
             #expect(refused.stderr.split(separator: "\n").count == 1)
         }
+        // The CLI's scorer and simulator flags are the job file's enums: the message lists their names.
+        for (flag, valid) in [("--scorer", ScorerKind.validNames), ("--simulator", SimulatorMode.validNames)] {
+            let refused = try await runSAELabel(["score", "--db", dir.file("s.sqlite"), "--endpoint", "http://127.0.0.1:9/v1",
+                                                 "--model", "m", flag, "vibes"])
+            #expect(refused.status == 2, "\(refused.stderr)")
+            for name in valid.components(separatedBy: ", ") { #expect(refused.stderr.contains("'\(name)'"), "\(refused.stderr)") }
+        }
         #expect(!FileManager.default.fileExists(atPath: dir.file("e.sqlite")) && !FileManager.default.fileExists(atPath: dir.file("s.sqlite")),
                 "bad flags create no store")
         let badFlag = try await runSAELabel(["status", "--dbb", "x"])
