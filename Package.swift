@@ -67,7 +67,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .executableTarget(name: "saelabel-bench",
-                          dependencies: ["SAELabelCollect", "SAELabelStore", "SAELabelExport", "LLMClient", "COpenBLAS",
+                          dependencies: ["SAELabelCollect", "SAELabelStore", "SAELabelExport", "SAELabelRun", "LLMClient", "COpenBLAS",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
 

@@ -6,8 +6,8 @@ import ArgumentParser
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "saelabel-bench",
-        abstract: "Benchmarks: collect throughput against sgemm and numpy, LLM client throughput against the mock server.",
-        subcommands: [CollectBench.self, LLMBench.self, StoreBench.self])
+        abstract: "Benchmarks: collect throughput against sgemm and numpy, LLM client throughput against the mock server, cost per feature against the anchors.",
+        subcommands: [CollectBench.self, LLMBench.self, StoreBench.self, CostBench.self])
 }
 
 struct CollectBench: ParsableCommand {
