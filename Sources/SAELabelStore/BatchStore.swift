@@ -37,22 +37,22 @@ extension JobStore {
 
     /// Requests waiting to be submitted, oldest first (optionally of one stage).
     public func queuedBatchRequests(stage: String? = nil) throws(SAELabelError) -> [BatchRequestRecord] {
-        try read { db in
-            let rows = try Row.fetchAll(db, sql: """
-                SELECT key, stage, path, body FROM batch_request WHERE state = 'queued' AND (? IS NULL OR stage = ?)
-                ORDER BY created_at, key
-                """, arguments: [stage, stage])
-            return rows.map { BatchRequestRecord(key: $0["key"], stage: $0["stage"], path: $0["path"], body: $0["body"]) }
-        }
+        try batchRequests(state: "queued", stage: stage)
     }
 
     /// Requests sent in batches that have not been read back yet (what an open batch may still cost).
     public func submittedBatchRequests(batch: String? = nil) throws(SAELabelError) -> [BatchRequestRecord] {
+        try batchRequests(state: "submitted", batch: batch)
+    }
+
+    /// Requests in one state, optionally of one stage or one batch, oldest first.
+    private func batchRequests(state: String, stage: String? = nil, batch: String? = nil) throws(SAELabelError) -> [BatchRequestRecord] {
         try read { db in
             let rows = try Row.fetchAll(db, sql: """
-                SELECT key, stage, path, body FROM batch_request WHERE state = 'submitted' AND (? IS NULL OR batch_id = ?)
+                SELECT key, stage, path, body FROM batch_request
+                WHERE state = ? AND (? IS NULL OR stage = ?) AND (? IS NULL OR batch_id = ?)
                 ORDER BY created_at, key
-                """, arguments: [batch, batch])
+                """, arguments: [state, stage, stage, batch, batch])
             return rows.map { BatchRequestRecord(key: $0["key"], stage: $0["stage"], path: $0["path"], body: $0["body"]) }
         }
     }

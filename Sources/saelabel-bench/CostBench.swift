@@ -39,18 +39,8 @@ struct CostBench: AsyncParsableCommand {
     var script = "Tools/cost_anchors.py"
 
     func run() async throws {
-        try await runCostBenchmark(CostBenchOptions(demo: demo, features: features, label: label, openaiGit: openaiGit,
-                                                    delphiGit: delphiGit, script: script))
+        try await runCostBenchmark(self)
     }
-}
-
-struct CostBenchOptions {
-    var demo: String
-    var features: String
-    var label: String
-    var openaiGit: String
-    var delphiGit: String
-    var script: String
 }
 
 /// The stated price list: gpt-4.1-mini, USD per million tokens; the Batch API takes half off.
@@ -62,7 +52,7 @@ func providerCachedTokens(prompt: Int, sharedPrefix: Int) -> Int {
     return sharedPrefix / 128 * 128
 }
 
-func runCostBenchmark(_ options: CostBenchOptions) async throws {
+func runCostBenchmark(_ options: CostBench) async throws {
     let started = Date()
     let folder = FileManager.default.temporaryDirectory.appendingPathComponent("saelabel-cost-\(UUID().uuidString)").path
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
@@ -117,7 +107,7 @@ func runCostBenchmark(_ options: CostBenchOptions) async throws {
 }
 
 /// Runs Tools/cost_anchors.py and decodes what it counted.
-func runAnchorScript(_ options: CostBenchOptions, input: String) throws -> AnchorCounts {
+func runAnchorScript(_ options: CostBench, input: String) throws -> AnchorCounts {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = ["python3", options.script, "--input", input, "--tokenizer", options.demo + "/tokenizer.json",
@@ -187,7 +177,7 @@ struct ContenderCost {
     }
 }
 
-func printCostReport(_ counts: AnchorCounts, options: CostBenchOptions, collected: Int, seconds: Double) {
+func printCostReport(_ counts: AnchorCounts, options: CostBench, collected: Int, seconds: Double) {
     let costs = counts.contenders.keys.sorted().map { name -> ContenderCost in
         let stages = counts.contenders[name] ?? [:]
         let explain = stages["explain"], score = stages["score"]
