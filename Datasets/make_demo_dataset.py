@@ -558,6 +558,9 @@ def main():
                     help="an earlier shipped sae/ folder: ship, for each of its features, this SAE's "
                          "latent with the closest decoder direction (as labeling every latent of both "
                          "full SAEs would find), instead of the frequency-binned draw")
+    ap.add_argument("--shuffle-seed", type=int, default=None,
+                    help="ship the chosen features in a random order drawn with this seed instead of "
+                         "sorted by full-SAE index (a later SAE version puts a carried feature at a new index)")
     args = ap.parse_args()
     os.makedirs(os.path.join(OUT, "sae"), exist_ok=True)
     os.makedirs(CACHE, exist_ok=True)
@@ -740,6 +743,11 @@ def main():
                 nearest_cosine_quantiles={q: round(float(np.quantile(cos.max(1), q)), 4)
                                           for q in (0.1, 0.25, 0.5, 0.75, 0.9)})
             log("match-to:", quality["match_to"])
+        if args.shuffle_seed is not None:
+            # Same seed and more steps keeps each latent at its index, so sorted order would give a
+            # carried feature the same shipped index in both versions; real versions do not do that.
+            feats = feats[np.random.default_rng(args.shuffle_seed).permutation(len(feats))]
+            quality["shuffle_seed"] = args.shuffle_seed
         log(f"{len(cand)} candidate features with held-out freq in [0.1%, 10%]; shipping {n_ship}")
         th = fit_thresholds(X_tr, P, args.k, feats)
         # agreement on the demo activations (held-out) and on the whole eval set

@@ -17,6 +17,8 @@ public final class LLMClient: Sendable {
     let logger: Logger
     let driver: CurlDriver
     private let limiter: RateLimiter?
+    /// Held from sending a request until its answer is stored, so a kill loses at most `maxInFlight` paid answers.
+    private let permits: InFlightPermits
     let apiKey: String?
     let baseURL: String
     private let stats = Mutex(ClientStatistics())
@@ -37,6 +39,7 @@ public final class LLMClient: Sendable {
         let key = ProcessInfo.processInfo.environment[configuration.apiKeyEnvironmentVariable]
         self.apiKey = (key?.isEmpty ?? true) ? nil : key
         self.driver = CurlDriver(maxInFlight: configuration.maxInFlight)
+        self.permits = InFlightPermits(count: configuration.maxInFlight)
         self.limiter = RateLimiter(requestsPerMinute: configuration.requestsPerMinute,
                                    tokensPerMinute: configuration.tokensPerMinute)
     }
@@ -209,6 +212,9 @@ public final class LLMClient: Sendable {
             }
             var billed: TokenUsage?
             defer { configuration.budget?.settle(reservation: reservation, model: model, usage: billed) }
+            guard await permits.acquire() else { throw fail(.cancelled, kind: "cancelled") }
+            var holdsPermit = true
+            defer { if holdsPermit { permits.release() } }
             stats.withLock { $0.requestsSent += 1; if attempt > 1 { $0.retries += 1 } }
             logger.trace("LLM request", metadata: ["url": "\(shownURL)", "attempt": "\(attempt)", "tag": "\(tag)"])
 
@@ -256,6 +262,8 @@ public final class LLMClient: Sendable {
 
             cache?.recordCall(record(failure.outcome, attempt: attempt, latency: result.elapsedSeconds))
             stats.withLock { $0.failedAttemptsByOutcome[failure.outcome, default: 0] += 1 }
+            permits.release()  // not through the backoff below
+            holdsPermit = false
 
             let retryable: Bool
             switch failure {

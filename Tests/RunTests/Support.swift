@@ -56,3 +56,32 @@ func catalogDifferences(_ a: Any?, _ b: Any?, path: String) -> [String] {
         return ["\(path): \(String(describing: a)) vs \(String(describing: b))"]
     }
 }
+
+/// What a store's call log says was paid for: per request (response-cache key), how many server answers reached
+/// the store, and how many attempts failed (a retry repeats each). A kill -9 may lose answers the store never
+/// got; no run may pay again for an answer the store already holds (each key answered once).
+struct PaidCalls {
+    var answersPerKey: [String: Int]
+    var failedAttempts: Int
+    /// Explain requests the response cache answered (no server call).
+    var explainCacheHits: Int
+
+    var answeredTwice: [String] { answersPerKey.filter { $0.value > 1 }.map(\.key).sorted() }
+
+    static func read(store: String) async throws -> PaidCalls {
+        let query = try await runProcess("/usr/bin/env", ["python3", "-c", """
+            import json, sqlite3, sys
+            db = sqlite3.connect(sys.argv[1])
+            answered = dict(db.execute("SELECT key, COUNT(*) FROM llm_call WHERE outcome = 'ok' GROUP BY key"))
+            failed = db.execute("SELECT COUNT(*) FROM llm_call WHERE outcome NOT IN ('ok', 'cache_hit')").fetchone()[0]
+            hits = db.execute("SELECT COUNT(*) FROM llm_call WHERE outcome = 'cache_hit' AND tag LIKE 'explain%'").fetchone()[0]
+            print(json.dumps({"answered": answered, "failed": failed, "explain_hits": hits}))
+            """, store])
+        guard query.status == 0,
+              let object = try JSONSerialization.jsonObject(with: Data(query.stdout.utf8)) as? [String: Any],
+              let answered = object["answered"] as? [String: Int], let failed = object["failed"] as? Int,
+              let hits = object["explain_hits"] as? Int
+        else { throw TestFailure("reading the call log of \(store) failed: \(query.stderr)") }
+        return PaidCalls(answersPerKey: answered, failedAttempts: failed, explainCacheHits: hits)
+    }
+}
