@@ -102,7 +102,20 @@ public final class LLMClient: Sendable {
         var hasher = SHA256()
         hasher.update(data: Data("saelabel-llm-cache-v1\n\(path)\n".utf8))
         hasher.update(data: body)
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hexDigits(hasher.finalize())
+    }
+
+    private static let hexTable: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// Lowercase hex in one pass through a lookup table (`String(format:)` per byte cost more than the hash).
+    static func hexDigits<Bytes: Sequence<UInt8>>(_ bytes: Bytes) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for byte in bytes {
+            out.append(hexTable[Int(byte >> 4)])
+            out.append(hexTable[Int(byte & 0x0F)])
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     public func chat(_ request: ChatRequest, tag: String = "") async throws(LLMError) -> ChatResponse {

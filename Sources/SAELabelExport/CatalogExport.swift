@@ -7,50 +7,42 @@ enum CatalogExport {
     static func run(store: JobStore, job: JobInfo, session: OutputSession, filter: ExportFilter) throws(SAELabelError) -> ExportSummary {
         let writer = try session.fileWriter()
         var count = 0
-        var line = ""
+        var line = JSONBytes(scriptSafe: false)
         try Exporter.forEachRow(store: store, filter: filter, includeExamples: true) { row throws(SAELabelError) in
-            line.removeAll(keepingCapacity: true)
-            object(row, job: job).write(into: &line, scriptSafe: false)
-            line += "\n"
-            try writer.write(line)
+            line.removeAll()
+            try write(row, job: job, into: &line)
+            line.bytes.append(UInt8(ascii: "\n"))
+            try writer.write(line.bytes)
             count += 1
         }
         try writer.close()
         return ExportSummary(features: count, files: [session.target.path])
     }
 
-    /// The statistics beyond the contract's frequency and max, shared with the HTML catalog's data.
-    static func statisticsMembers(_ record: FeatureRecord) -> [(String, JSONValue)] {
-        guard let statistics = record.statistics else { return [] }
-        return [("mean_activation", .float(statistics.meanActivation)),
-                ("activating_tokens", .int(statistics.activatingTokens)),
-                ("activating_windows", .int(statistics.activatingWindows)),
-                ("histogram", .array(statistics.histogram.map(JSONValue.int)))]
-    }
-
-    static func object(_ row: ExportRow, job: JobInfo) -> JSONValue {
+    static func write(_ row: ExportRow, job: JobInfo, into out: inout JSONBytes) throws(SAELabelError) {
         let record = row.feature.record
-        var members: [(String, JSONValue)] = [
-            ("sae", .text(job.sae)),
-            ("hook", .text(job.hook)),
-            ("feature", .int(row.index)),
-            ("status", .string(row.state.rawValue)),
-            ("explanation", .text(row.label)),
-            ("explainer_model", .text(row.explainerModel)),
-            ("scores", row.scoresJSON),
-            ("frequency", .number(row.frequency)),
-            ("max_activation", row.maxActivation.map(JSONValue.float) ?? .null),
-            ("examples", row.examplesJSON),
-            ("carried_from", row.carriedFromJSON),
-            // Additions beyond the contract.
-            ("prompt_hash", .text(row.feature.explanation?.promptHash)),
-            ("score_details", row.scoreDetailsJSON),
-        ]
-        members += statisticsMembers(record)
-        if let note = record.note { members.append(("note", .string(note))) }
+        let details = row.details()
+        out.raw("{")
+        out.key("sae"); out.text(job.sae)
+        out.key("hook"); out.text(job.hook)
+        out.key("feature"); out.int(row.index)
+        out.key("status"); out.string(row.state.rawValue)
+        out.key("explanation"); out.text(row.label)
+        out.key("explainer_model"); out.text(row.explainerModel)
+        out.key("scores"); row.writeScores(&out)
+        out.key("frequency"); out.number(row.frequency)
+        out.key("max_activation"); out.float(row.maxActivation)
+        out.key("examples"); try row.writeExamples(details, &out)
+        out.key("carried_from"); row.writeCarriedFrom(&out)
+        // Additions beyond the contract.
+        out.key("prompt_hash"); out.text(row.feature.explanation?.promptHash)
+        out.key("score_details"); row.writeScoreDetails(details, &out)
+        row.writeStatistics(&out)
+        if let note = record.note { out.key("note"); out.string(note) }
         if record.state == .failed {
-            members += [("failed_stage", .text(record.failedStage)), ("failure_reason", .text(record.failureReason))]
+            out.key("failed_stage"); out.text(record.failedStage)
+            out.key("failure_reason"); out.text(record.failureReason)
         }
-        return .object(members)
+        out.raw("}")
     }
 }

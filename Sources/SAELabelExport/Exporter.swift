@@ -76,8 +76,7 @@ public enum Exporter {
         let showSimulated = try filter.pass.map { pass throws(SAELabelError) in try store.passSharesExamples(pass) } ?? true
         try store.forEachExportFeature(selection: filter.selection, states: filter.states, pass: filter.pass,
                                        includeExamples: includeExamples) { feature in
-            var row = ExportRow(feature)
-            if !showSimulated { row.simulation?.windows = [] }
+            let row = ExportRow(feature: feature, showSimulated: showSimulated)
             if let minScore = filter.minScore {
                 guard let simulation = row.score("simulation"), simulation >= minScore else { return }
             }
@@ -105,26 +104,14 @@ struct JobInfo {
     }
 }
 
-/// One feature as the exports see it: the stored rows plus decoded score details.
+/// One feature as the exports see it: the stored rows; score details are read only by the
+/// exports that print them (`details()`).
 struct ExportRow {
     static let scorers = ["simulation", "detection", "fuzzing"]
 
     var feature: ExportFeature
-    var simulation: SimulationDetails?
-    var classification: [String: ClassificationDetails] = [:]
-
-    init(_ feature: ExportFeature) {
-        self.feature = feature
-        let decoder = JSONDecoder()
-        for score in feature.scores {
-            let data = Data(score.details.utf8)
-            if score.scorer == "simulation" {
-                simulation = try? decoder.decode(SimulationDetails.self, from: data)
-            } else {
-                classification[score.scorer] = try? decoder.decode(ClassificationDetails.self, from: data)
-            }
-        }
-    }
+    /// False when the exported pass labeled other windows than today's: no simulated values are shown.
+    var showSimulated = true
 
     var index: Int { feature.record.index }
     var state: FeatureState { feature.record.state }
@@ -133,66 +120,126 @@ struct ExportRow {
     var frequency: Double? { feature.record.statistics?.frequency }
     var maxActivation: Float? { feature.record.statistics?.maxActivation }
 
-    /// CONTRACT's `carried_from`: `{"feature", "cosine", "previous_score"}` of a carried label, else null.
-    var carriedFromJSON: JSONValue {
-        guard let carried = feature.carriedFrom else { return .null }
-        return .object([("feature", .int(carried.sourceFeature)), ("cosine", .number(carried.cosine)),
-                        ("previous_score", .number(carried.previousScore))])
-    }
-
     func storedScore(_ scorer: String) -> StoredScore? { feature.scores.first { $0.scorer == scorer } }
     func score(_ scorer: String) -> Double? { storedScore(scorer)?.value }
 
-    func windows(_ split: ExampleSplit) -> [StoredExample] { feature.examples.filter { $0.split == split } }
-
-    /// Simulated values for the held-out window with this ordinal, when simulated.
-    func simulated(heldoutOrdinal: Int) -> [Double]? {
-        simulation?.windows.first { $0.heldoutOrdinal == heldoutOrdinal }?.simulated
+    func details() -> PrintedDetails {
+        var details = PrintedDetails()
+        for score in feature.scores {
+            if score.scorer == "simulation" {
+                details.simulation = PrintedSimulation(score.details)
+                if !showSimulated { details.simulation?.windows = [] }
+            } else {
+                details.classification[score.scorer] = PrintedClassification(score.details)
+            }
+        }
+        return details
     }
 
     // MARK: JSON pieces shared by catalog and html
 
-    var scoresJSON: JSONValue {
-        .object(Self.scorers.map { ($0, .number(score($0))) })
+    func writeScores(_ out: inout JSONBytes) {
+        out.raw("{")
+        out.key("simulation"); out.number(score("simulation"))
+        out.key("detection"); out.number(score("detection"))
+        out.key("fuzzing"); out.number(score("fuzzing"))
+        out.raw("}")
     }
 
-    var scoreDetailsJSON: JSONValue {
-        var members: [(String, JSONValue)] = []
+    /// CONTRACT's `carried_from`: `{"feature", "cosine", "previous_score"}` of a carried label, else null.
+    func writeCarriedFrom(_ out: inout JSONBytes) {
+        guard let carried = feature.carriedFrom else { return out.null() }
+        out.raw("{")
+        out.key("feature"); out.int(carried.sourceFeature)
+        out.key("cosine"); out.double(carried.cosine)
+        out.key("previous_score"); out.number(carried.previousScore)
+        out.raw("}")
+    }
+
+    func writeScoreDetails(_ details: PrintedDetails, _ out: inout JSONBytes) {
+        out.raw("{")
         for scorer in Self.scorers {
             guard let stored = storedScore(scorer) else { continue }
-            var detail: [(String, JSONValue)] = [("model", .string(stored.model)), ("prompt_hash", .string(stored.promptHash))]
-            if scorer == "simulation", let simulation {
-                detail += [("rsquared", .number(simulation.rsquared)),
-                           ("absolute_dev_explained", .number(simulation.absoluteDevExplained)),
-                           ("failed_windows", .int(simulation.failedWindows)),
-                           ("retried_windows", .int(simulation.retriedWindows)),
-                           ("undefined_reason", .text(simulation.undefinedReason))]
-            } else if let details = classification[scorer] {
-                detail += [("balanced_accuracy", .double(details.balancedAccuracy)), ("f1", .double(details.f1)),
-                           ("precision", .double(details.precision)), ("recall", .double(details.recall)),
-                           ("true_positives", .int(details.truePositives)), ("true_negatives", .int(details.trueNegatives)),
-                           ("false_positives", .int(details.falsePositives)), ("false_negatives", .int(details.falseNegatives)),
-                           ("failed_prompts", .int(details.failedPrompts))]
+            out.separator()
+            out.string(scorer)
+            out.raw(":{")
+            out.key("model"); out.string(stored.model)
+            out.key("prompt_hash"); out.string(stored.promptHash)
+            if scorer == "simulation", let simulation = details.simulation {
+                out.key("rsquared"); out.printed(simulation.rsquared)
+                out.key("absolute_dev_explained"); out.printed(simulation.absoluteDevExplained)
+                out.key("failed_windows"); out.int(simulation.failedWindows)
+                out.key("retried_windows"); out.int(simulation.retriedWindows)
+                out.key("undefined_reason"); out.text(simulation.undefinedReason)
+            } else if let classification = details.classification[scorer] {
+                out.key("balanced_accuracy"); out.append(classification.balancedAccuracy)
+                out.key("f1"); out.append(classification.f1)
+                out.key("precision"); out.append(classification.precision)
+                out.key("recall"); out.append(classification.recall)
+                out.key("true_positives"); out.int(classification.truePositives)
+                out.key("true_negatives"); out.int(classification.trueNegatives)
+                out.key("false_positives"); out.int(classification.falsePositives)
+                out.key("false_negatives"); out.int(classification.falseNegatives)
+                out.key("failed_prompts"); out.int(classification.failedPrompts)
             }
-            members.append((scorer, .object(detail)))
+            out.raw("}")
         }
-        return .object(members)
+        out.raw("}")
     }
 
-    var examplesJSON: JSONValue {
-        func window(_ example: StoredExample, heldout: Bool) -> JSONValue {
-            var members: [(String, JSONValue)] = [
-                ("tokens", .array(example.window.tokens.map(JSONValue.string))),
-                ("activations", .array(example.window.activations.map(JSONValue.float))),
-                ("kind", .string(example.window.kind.rawValue)),
-            ]
-            if heldout {
-                members.append(("simulated", simulated(heldoutOrdinal: example.ordinal).map { .array($0.map(JSONValue.double)) } ?? .null))
+    /// `{"explain": [window…], "heldout": [window…]}`; the stored token and activation arrays are copied
+    /// through StoredJSON (decoded with Foundation only when it does not recognise them).
+    func writeExamples(_ details: PrintedDetails, _ out: inout JSONBytes) throws(SAELabelError) {
+        out.raw("{")
+        for split in ExampleSplit.allCases {
+            out.key(split == .explain ? "explain" : "heldout")
+            out.raw("[")
+            for example in feature.examples where example.split == split {
+                out.separator()
+                out.raw("{")
+                out.key("tokens")
+                if !StoredJSON.appendStringArray(example.tokensJSON, to: &out) {
+                    out.raw("[")
+                    for token in try decode([String].self, example.tokensJSON, what: "tokens") { out.separator(); out.string(token) }
+                    out.raw("]")
+                }
+                out.key("activations")
+                if !StoredJSON.appendNumberArray(example.activationsJSON, kind: .float, to: &out) {
+                    out.raw("[")
+                    for value in try decode([Float].self, example.activationsJSON, what: "activations") { out.separator(); out.float(value) }
+                    out.raw("]")
+                }
+                out.key("kind"); out.string(example.kind.rawValue)
+                if split == .heldout {
+                    out.key("simulated")
+                    out.printed(details.simulation?.windows.first { $0.ordinal == example.ordinal }?.simulated)
+                }
+                out.key("sequence"); out.int(example.sequence)
+                out.key("start"); out.int(example.start)
+                out.raw("}")
             }
-            members += [("sequence", .int(example.window.sequence)), ("start", .int(example.window.start))]
-            return .object(members)
+            out.raw("]")
         }
-        return .object([("explain", .array(windows(.explain).map { window($0, heldout: false) })),
-                        ("heldout", .array(windows(.heldout).map { window($0, heldout: true) }))])
+        out.raw("}")
+    }
+
+    /// The statistics beyond the contract's frequency and max, shared by the catalog and the html data.
+    func writeStatistics(_ out: inout JSONBytes) {
+        guard let statistics = feature.record.statistics else { return }
+        out.key("mean_activation"); out.float(statistics.meanActivation)
+        out.key("activating_tokens"); out.int(statistics.activatingTokens)
+        out.key("activating_windows"); out.int(statistics.activatingWindows)
+        out.key("histogram")
+        out.raw("[")
+        for count in statistics.histogram { out.separator(); out.int(count) }
+        out.raw("]")
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ text: String, what: String) throws(SAELabelError) -> T {
+        do {
+            return try JSONDecoder().decode(type, from: Data(text.utf8))
+        } catch {
+            throw .store("feature \(index): the stored example \(what) are not readable JSON (\(error)); the store is damaged")
+        }
     }
 }

@@ -32,7 +32,7 @@ enum HTMLExport {
                 files.append(relative(name))
             }
 
-            var text = ""
+            var text = JSONBytes(scriptSafe: true)
             try Exporter.forEachRow(store: store, filter: filter, includeExamples: true) { row throws(SAELabelError) in
                 let detailChunk = count / detailChunkSize
                 if count % detailChunkSize == 0 {
@@ -54,12 +54,12 @@ enum HTMLExport {
                     try indexWriter!.write(",\n")
                 }
 
-                text.removeAll(keepingCapacity: true)
-                detail(row).write(into: &text, scriptSafe: true)
-                try detailWriter!.write(text)
-                text.removeAll(keepingCapacity: true)
-                summary(row, chunk: detailChunk).write(into: &text, scriptSafe: true)
-                try indexWriter!.write(text)
+                text.removeAll()
+                try writeDetail(row, into: &text)
+                try detailWriter!.write(text.bytes)
+                text.removeAll()
+                writeSummary(row, chunk: detailChunk, into: &text)
+                try indexWriter!.write(text.bytes)
                 statusCounts[row.state.rawValue, default: 0] += 1
                 count += 1
             }
@@ -88,30 +88,38 @@ enum HTMLExport {
     }
 
     /// Index row: [feature, status, label, simulation, detection, fuzzing, frequency, max_activation, chunk].
-    static func summary(_ row: ExportRow, chunk: Int) -> JSONValue {
-        .array([.int(row.index), .string(row.state.rawValue), .text(row.label),
-                .number(row.score("simulation")), .number(row.score("detection")), .number(row.score("fuzzing")),
-                .number(row.frequency), row.maxActivation.map(JSONValue.float) ?? .null, .int(chunk)])
+    static func writeSummary(_ row: ExportRow, chunk: Int, into out: inout JSONBytes) {
+        out.raw("[")
+        out.int(row.index)
+        out.raw(","); out.string(row.state.rawValue)
+        out.raw(","); out.text(row.label)
+        out.raw(","); out.number(row.score("simulation"))
+        out.raw(","); out.number(row.score("detection"))
+        out.raw(","); out.number(row.score("fuzzing"))
+        out.raw(","); out.number(row.frequency)
+        out.raw(","); out.float(row.maxActivation)
+        out.raw(","); out.int(chunk)
+        out.raw("]")
     }
 
-    static func detail(_ row: ExportRow) -> JSONValue {
+    static func writeDetail(_ row: ExportRow, into out: inout JSONBytes) throws(SAELabelError) {
         let record = row.feature.record
-        var members: [(String, JSONValue)] = [
-            ("feature", .int(row.index)),
-            ("status", .string(row.state.rawValue)),
-            ("explanation", .text(row.label)),
-            ("explainer_model", .text(row.explainerModel)),
-            ("scores", row.scoresJSON),
-            ("score_details", row.scoreDetailsJSON),
-            ("frequency", .number(row.frequency)),
-            ("max_activation", row.maxActivation.map(JSONValue.float) ?? .null),
-            ("examples", row.examplesJSON),
-            ("carried_from", row.carriedFromJSON),
-        ]
-        members += CatalogExport.statisticsMembers(record)
-        if let note = record.note { members.append(("note", .string(note))) }
-        if let stage = record.failedStage { members.append(("failed_stage", .string(stage))) }
-        if let reason = record.failureReason { members.append(("failure_reason", .string(reason))) }
-        return .object(members)
+        let details = row.details()
+        out.raw("{")
+        out.key("feature"); out.int(row.index)
+        out.key("status"); out.string(row.state.rawValue)
+        out.key("explanation"); out.text(row.label)
+        out.key("explainer_model"); out.text(row.explainerModel)
+        out.key("scores"); row.writeScores(&out)
+        out.key("score_details"); row.writeScoreDetails(details, &out)
+        out.key("frequency"); out.number(row.frequency)
+        out.key("max_activation"); out.float(row.maxActivation)
+        out.key("examples"); try row.writeExamples(details, &out)
+        out.key("carried_from"); row.writeCarriedFrom(&out)
+        row.writeStatistics(&out)
+        if let note = record.note { out.key("note"); out.string(note) }
+        if let stage = record.failedStage { out.key("failed_stage"); out.string(stage) }
+        if let reason = record.failureReason { out.key("failure_reason"); out.string(reason) }
+        out.raw("}")
     }
 }

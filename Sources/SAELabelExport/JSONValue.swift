@@ -1,8 +1,8 @@
 import Foundation
 import SAELabelCore
 
-/// A small JSON tree with ordered keys, serialized by hand so exports control number formatting and
-/// escaping (and can stream one feature at a time).
+/// A small JSON tree with ordered keys, for the exports' few non-streamed objects (html meta,
+/// Neuronpedia rows); printed by JSONBytes like everything else the exports write.
 indirect enum JSONValue {
     case null
     case bool(Bool)
@@ -16,39 +16,38 @@ indirect enum JSONValue {
     static func number(_ value: Double?) -> JSONValue { value.map(JSONValue.double) ?? .null }
     static func text(_ value: String?) -> JSONValue { value.map(JSONValue.string) ?? .null }
 
-    /// Serializes compactly. `scriptSafe` also escapes `<`, `>`, `&`, U+2028 and U+2029 so the text
-    /// can sit inside a JavaScript file or `<script>` element without ending it.
-    func write(into out: inout String, scriptSafe: Bool) {
+    func write(into out: inout JSONBytes) {
         switch self {
-        case .null: out += "null"
-        case .bool(let value): out += value ? "true" : "false"
-        case .int(let value): out += String(value)
-        case .double(let value): out += value.isFinite ? String(value) : "null"
-        case .float(let value): out += value.isFinite ? String(value) : "null"
-        case .string(let value): JSONText.appendString(value, to: &out, scriptSafe: scriptSafe)
+        case .null: out.null()
+        case .bool(let value): value ? out.raw("true") : out.raw("false")
+        case .int(let value): out.int(value)
+        case .double(let value): out.double(value)
+        case .float(let value): out.float(value)
+        case .string(let value): out.string(value)
         case .array(let values):
-            out += "["
-            for (i, value) in values.enumerated() {
-                if i > 0 { out += "," }
-                value.write(into: &out, scriptSafe: scriptSafe)
+            out.raw("[")
+            for value in values {
+                out.separator()
+                value.write(into: &out)
             }
-            out += "]"
+            out.raw("]")
         case .object(let members):
-            out += "{"
-            for (i, (key, value)) in members.enumerated() {
-                if i > 0 { out += "," }
-                JSONText.appendString(key, to: &out, scriptSafe: scriptSafe)
-                out += ":"
-                value.write(into: &out, scriptSafe: scriptSafe)
+            out.raw("{")
+            for (key, value) in members {
+                out.separator()
+                out.string(key)
+                out.raw(":")
+                value.write(into: &out)
             }
-            out += "}"
+            out.raw("}")
         }
     }
 
+    /// Compact JSON text. `scriptSafe` also escapes `<`, `>` and `&` so the text can sit inside a
+    /// JavaScript file or `<script>` element without ending it (U+2028/2029 always are).
     func serialized(scriptSafe: Bool = false) -> String {
-        var out = ""
-        write(into: &out, scriptSafe: scriptSafe)
-        return out
+        var out = JSONBytes(scriptSafe: scriptSafe, capacity: 256)
+        write(into: &out)
+        return String(decoding: out.bytes, as: UTF8.self)
     }
-
 }

@@ -23,7 +23,7 @@ enum NeuronpediaExport {
         var files: [String] = []
         var writer: OutputWriter?
         do {
-            var line = ""
+            var line = JSONBytes(scriptSafe: false, capacity: 1024)
             try Exporter.forEachRow(store: store, filter: filter, includeExamples: false) { row throws(SAELabelError) in
                 guard let explanation = row.feature.explanation else { return }
                 if count % batchSize == 0 {
@@ -47,10 +47,10 @@ enum NeuronpediaExport {
                     ("typeName", .string(typeName)),
                     ("scores", .array(scores)),
                 ])
-                line.removeAll(keepingCapacity: true)
-                object.write(into: &line, scriptSafe: false)
-                line += "\n"
-                try writer!.write(line)
+                line.removeAll()
+                object.write(into: &line)
+                line.bytes.append(UInt8(ascii: "\n"))
+                try writer!.write(line.bytes)
                 count += 1
             }
             try writer?.close()

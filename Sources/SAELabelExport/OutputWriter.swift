@@ -44,6 +44,11 @@ final class OutputWriter {
         if buffer.count >= flushThreshold { try flush() }
     }
 
+    func write(_ bytes: [UInt8]) throws(SAELabelError) {
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= flushThreshold { try flush() }
+    }
+
     func flush() throws(SAELabelError) {
         guard !buffer.isEmpty else { return }
         do {

@@ -1,3 +1,4 @@
+import Foundation
 import GRDB
 import SAELabelCore
 
@@ -19,6 +20,73 @@ extension JobStore {
                 rows += 1
             }
             return (rows, characters)
+        }
+    }
+}
+
+/// One labeled and scored feature as a finished run leaves it, for `JobStore.benchSaveLabeled`.
+public struct BenchLabeledFeature: Sendable {
+    public struct CachedCall: Sendable {
+        /// The call tag the stage logs ("explain:F", "simulate:F:ordinal", …), which `prune` reads.
+        public var tag: String
+        public var key: String
+        public var body: Data
+        public init(tag: String, key: String, body: Data) { self.tag = tag; self.key = key; self.body = body }
+    }
+
+    public var feature: Int
+    public var explanation: String
+    public var explainerModel: String
+    public var promptHash: String
+    public var scores: [StoredScore]
+    public var cachedCalls: [CachedCall]
+
+    public init(feature: Int, explanation: String, explainerModel: String, promptHash: String, scores: [StoredScore],
+                cachedCalls: [CachedCall]) {
+        self.feature = feature
+        self.explanation = explanation
+        self.explainerModel = explainerModel
+        self.promptHash = promptHash
+        self.scores = scores
+        self.cachedCalls = cachedCalls
+    }
+}
+
+extension JobStore {
+    /// Saves many labeled features of the current pass in one transaction with prepared statements:
+    /// the label, its scores (the feature becomes `scored`) and the cached LLM answers with their call
+    /// log, as the stages would have left them. Only for building synthetic stores: the stages save
+    /// one feature per transaction so a kill loses only the work in flight.
+    public func benchSaveLabeled(_ features: [BenchLabeledFeature]) throws(SAELabelError) {
+        try write { db in
+            let pass = try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'") ?? "default"
+            let now = Date()
+            let explanation = try db.cachedStatement(sql: """
+                INSERT INTO explanation(feature, pass, text, explainer_model, prompt_hash, raw_response, created_at)
+                VALUES (?, ?, ?, ?, ?, NULL, ?)
+                """)
+            let score = try db.cachedStatement(sql: """
+                INSERT INTO score(explanation, feature, scorer, value, model, prompt_hash, details, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+            let state = try db.cachedStatement(sql: "UPDATE feature SET state = 'scored', updated_at = ? WHERE id = ?")
+            let response = try db.cachedStatement(sql: "INSERT OR IGNORE INTO llm_response(key, body, created_at) VALUES (?, ?, ?)")
+            let call = try db.cachedStatement(sql: """
+                INSERT INTO llm_call(key, endpoint, model, tag, prompt_tokens, completion_tokens, latency_ms, outcome, attempt, created_at)
+                VALUES (?, 'http://127.0.0.1:8080/v1', ?, ?, 500, 40, 900, 'ok', 1, ?)
+                """)
+            for feature in features {
+                try explanation.execute(arguments: [feature.feature, pass, feature.explanation, feature.explainerModel, feature.promptHash, now])
+                let id = db.lastInsertedRowID
+                for s in feature.scores {
+                    try score.execute(arguments: [id, feature.feature, s.scorer, s.value, s.model, s.promptHash, s.details, now])
+                }
+                try state.execute(arguments: [now, feature.feature])
+                for c in feature.cachedCalls {
+                    try response.execute(arguments: [c.key, c.body, now])
+                    try call.execute(arguments: [c.key, feature.explainerModel, c.tag, now])
+                }
+            }
         }
     }
 }

@@ -79,13 +79,16 @@ struct StoreBench: ParsableCommand {
     @Option(help: "Features in the synthetic store (every one labeled and scored).")
     var features = 131_072
 
-    @Flag(help: "Keep the store and exports in the temporary folder.")
+    @Option(help: ArgumentHelp("Keep the synthetic store here and reuse it in later runs (written when absent).", valueName: "PATH"))
+    var store: String?
+
+    @Flag(help: "Keep the exports (and the store, unless --store) in the temporary folder.")
     var keep = false
 
     @Option(help: ArgumentHelp("Save a screenshot of the html catalog (a search, sorted by simulation) here.", valueName: "PNG"))
     var screenshot: String?
 
     func run() {
-        runStoreBenchmark(features: max(1, features), keep: keep, screenshot: screenshot)
+        runStoreBenchmark(features: max(1, features), storePath: store, keep: keep, screenshot: screenshot)
     }
 }

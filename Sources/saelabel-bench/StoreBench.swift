@@ -4,22 +4,34 @@ import SAELabelExport
 import SAELabelStore
 
 /// Store size and export throughput at catalog scale on a synthetic store (realistic shapes: default
-/// example counts, 32-token windows of English-like tokens, one label and three scores per feature).
+/// example counts, 32-token windows of English-like tokens, one label and three scores per feature,
+/// and the cached LLM answers a finished run leaves: one explain call, 15 simulation calls, two
+/// detection and two fuzzing calls per feature).
 ///
-///     saelabel-bench store [--features 131072]
+///     saelabel-bench store [--features 131072] [--store PATH] [--screenshot PNG]
 ///
 /// Each export's time is reported against a budget (60 s at 131,072 features) and as a ratio to a
 /// plain read of the same rows (every example and score row fetched, nothing written) in the same run.
-func runStoreBenchmark(features: Int, keep: Bool, screenshot: String?) {
+/// Then `prune` runs on the store and the catalog is exported again, which must give the same bytes.
+/// With `--store PATH` the store is kept there and reused by later runs (when it holds the features).
+func runStoreBenchmark(features: Int, storePath: String?, keep: Bool, screenshot: String?) {
     let folder = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("saelabel-store-bench-\(getpid())")
     try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     defer { if !keep { try? FileManager.default.removeItem(at: folder) } }
-    let path = folder.appendingPathComponent("job.sqlite").path
+    let path = storePath ?? folder.appendingPathComponent("job.sqlite").path
     func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+    func mib(_ bytes: Int64) -> String { f(Double(bytes) / 1_048_576) + " MiB" }
     do {
         let started = ContinuousClock.now
         let store = try JobStore(path: path)
-        try fillSyntheticStore(store, features: features)
+        let existing = try store.features(in: [.scored]).count
+        if existing != features {
+            guard existing == 0 else {
+                FileHandle.standardError.write(Data("store bench: \(path) holds \(existing) scored features, not \(features); name another --store\n".utf8))
+                return
+            }
+            try fillSyntheticStore(store, features: features)
+        }
         let fillSeconds = seconds(since: started)
         let bytes = fileBytes(path) + fileBytes(path + "-wal")
 
@@ -28,20 +40,35 @@ func runStoreBenchmark(features: Int, keep: Bool, screenshot: String?) {
         let readSeconds = seconds(since: readStart)
 
         print("Store and exports (synthetic store, \(features) features, \(rows) example and score rows)")
-        print("  store written       \(f(fillSeconds)) s")
-        print("  store size          \(f(Double(bytes) / 1_048_576)) MiB = \(f(Double(bytes) / Double(features), 0)) bytes/feature")
+        print("  store \(existing == features ? "reused     " : "written    ")     \(f(fillSeconds)) s")
+        print("  store size          \(mib(bytes)) = \(f(Double(bytes) / Double(features), 0)) bytes/feature (with cached LLM answers)")
         print("  plain read of rows  \(f(readSeconds, 2)) s (\(f(Double(textBytes) / 1_048_576)) MiB of JSON text)")
         let budget = 60.0 * Double(features) / 131_072
-        for format in ExportFormat.allCases {
-            let out = folder.appendingPathComponent("export-\(format.rawValue)" + (format == .catalog ? ".jsonl" : format == .csv ? ".csv" : "")).path
+        func export(_ format: ExportFormat, to out: String) throws -> Double {
             let start = ContinuousClock.now
             let summary = try Exporter.export(store: store, format: format, to: out)
             let t = seconds(since: start)
             print("  export \(format.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)) \(f(t, 2)) s = "
                   + "\(f(Double(summary.features) / t, 0)) features/s; \(f(t / budget, 2)) of the \(f(budget, 0)) s budget; "
-                  + "\(f(t / readSeconds, 1))× the plain read; \(f(Double(directoryBytes(out)) / 1_048_576)) MiB")
+                  + "\(f(t / readSeconds, 1))× the plain read; \(mib(directoryBytes(out)))")
+            return t
         }
-        measureCatalogInChromium(folder.appendingPathComponent("export-html").path, screenshot: screenshot)
+        func output(_ format: ExportFormat, _ suffix: String = "") -> String {
+            folder.appendingPathComponent("export-\(format.rawValue)\(suffix)" + (format == .catalog ? ".jsonl" : format == .csv ? ".csv" : "")).path
+        }
+        for format in ExportFormat.allCases {
+            _ = try export(format, to: output(format))
+        }
+        measureCatalogInChromium(output(.html), screenshot: screenshot)
+
+        let pruneStart = ContinuousClock.now
+        let pruned = try JobStore(path: path, exclusive: true).prune()
+        print("  prune               \(f(seconds(since: pruneStart), 1)) s: dropped \(pruned.responsesDropped) cached answers "
+              + "(\(pruned.responsesKept) kept), \(mib(pruned.bytesBefore)) → \(mib(pruned.bytesAfter)) = "
+              + "\(f(Double(pruned.bytesAfter) / Double(features), 0)) bytes/feature")
+        _ = try export(.catalog, to: output(.catalog, "-after-prune"))
+        let same = FileManager.default.contentsEqual(atPath: output(.catalog), andPath: output(.catalog, "-after-prune"))
+        print("  catalog after prune \(same ? "identical to the one before (byte for byte)" : "DIFFERS from the one before")")
         if keep { print("  kept in             \(folder.path)") }
     } catch {
         FileHandle.standardError.write(Data("store bench: \(error)\n".utf8))
@@ -73,13 +100,21 @@ private func syntheticWindow(feature: Int, ordinal: Int, kind: ExampleKind) -> A
     return ActivationWindow(tokens: tokens, activations: activations, kind: kind, sequence: feature * 64 + ordinal, start: 0)
 }
 
+/// Collected features, labels, scores and cached answers in blocks of 4,096 features, one transaction
+/// each with prepared statements (a transaction per feature made the 131k store take longer than every export).
 private func fillSyntheticStore(_ store: JobStore, features: Int) throws {
     try store.setSetting(JobSettingKey.saeName, "synthetic-131k")
     try store.setSetting(JobSettingKey.modelName, "gpt2-small")
     try store.beginPass("bench")
     let encoder = JSONEncoder()
-    for blockStart in stride(from: 0, to: features, by: 1024) {
-        let block = blockStart..<min(features, blockStart + 1024)
+    let model = "Llama-3.1-8B-Instruct"
+    func answer(_ content: String) -> Data {
+        Data(("{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion\",\"model\":\"\(model)\",\"choices\":[{\"index\":0,"
+              + "\"message\":{\"role\":\"assistant\",\"content\":\"\(content)\"},\"finish_reason\":\"stop\"}],"
+              + "\"usage\":{\"prompt_tokens\":500,\"completion_tokens\":40,\"total_tokens\":540}}").utf8)
+    }
+    for blockStart in stride(from: 0, to: features, by: 4096) {
+        let block = blockStart..<min(features, blockStart + 4096)
         try store.saveCollected(block.map { feature in
             let explain = (0..<20).map { syntheticWindow(feature: feature, ordinal: $0, kind: $0 < 10 ? .top : .quantile) }
             let heldout = (0..<15).map { syntheticWindow(feature: feature, ordinal: 20 + $0, kind: $0 < 5 ? .top : $0 < 10 ? .quantile : .random) }
@@ -88,25 +123,37 @@ private func fillSyntheticStore(_ store: JobStore, features: Int) throws {
                                           histogram: (0..<24).map { 400 >> ($0 / 3) })
             return CollectedFeature(index: feature, state: .collected, statistics: stats, explain: explain, heldout: heldout)
         })
-        for feature in block {
-            let explanation = try store.saveExplanation(feature: feature, text: "\(labels[feature % labels.count]) (\(feature))",
-                                                        explainerModel: "Llama-3.1-8B-Instruct", promptHash: "bench", rawResponse: nil)
+        try store.benchSaveLabeled(try block.map { feature in
             let value = Double(feature % 100) / 100
             let simulated = SimulationDetails(rsquared: value * value, absoluteDevExplained: value / 2, failedWindows: 0, retriedWindows: 0,
                                               undefinedReason: nil, windows: (0..<15).map { ordinal in
                 SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: (0..<32).map { Double(($0 + ordinal) % 11) })
             })
-            try store.saveScore(explanation: explanation, score: StoredScore(scorer: "simulation", value: value, model: "Llama-3.1-8B-Instruct",
-                                promptHash: "bench", details: String(decoding: try encoder.encode(simulated), as: UTF8.self)),
-                                completesFeature: false)
+            var scores = [StoredScore(scorer: "simulation", value: value, model: model, promptHash: "bench",
+                                      details: String(decoding: try encoder.encode(simulated), as: UTF8.self))]
             for scorer in ["detection", "fuzzing"] {
                 let details = ClassificationDetails(balancedAccuracy: value, f1: value, precision: value, recall: value, truePositives: 16,
                                                     trueNegatives: 18, falsePositives: 2, falseNegatives: 4, failedPrompts: 0)
-                try store.saveScore(explanation: explanation, score: StoredScore(scorer: scorer, value: value, model: "Llama-3.1-8B-Instruct",
-                                    promptHash: "bench", details: String(decoding: try encoder.encode(details), as: UTF8.self)),
-                                    completesFeature: scorer == "fuzzing")
+                scores.append(StoredScore(scorer: scorer, value: value, model: model, promptHash: "bench",
+                                          details: String(decoding: try encoder.encode(details), as: UTF8.self)))
             }
-        }
+            let label = "\(labels[feature % labels.count]) (\(feature))"
+            var calls = [BenchLabeledFeature.CachedCall(tag: "explain:\(feature)", key: "explain-\(feature)",
+                                                         body: answer("Explanation: \(label)"))]
+            for ordinal in 0..<15 {
+                let values = (0..<32).map { String(($0 + ordinal) % 11) }.joined(separator: ",")
+                calls.append(.init(tag: "simulate:\(feature):\(ordinal)", key: "simulate-\(feature)-\(ordinal)",
+                                   body: answer("{\\\"activations\\\": [\(values)]}")))
+            }
+            for (scorer, step) in [("detection", "detect"), ("fuzzing", "fuzz")] {
+                for prompt in 0..<2 {
+                    calls.append(.init(tag: "\(step):\(feature):\(prompt)", key: "\(scorer)-\(feature)-\(prompt)",
+                                       body: answer("[1, 0, 1, 1, 0, 0, 1, 0, 1, 0]")))
+                }
+            }
+            return BenchLabeledFeature(feature: feature, explanation: label, explainerModel: model, promptHash: "bench",
+                                       scores: scores, cachedCalls: calls)
+        })
     }
 }
 

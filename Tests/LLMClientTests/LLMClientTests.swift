@@ -13,6 +13,9 @@ struct EncodingTests {
         #expect(key == LLMClient.cacheKey(baseURL: "http://b:2/v1", path: "/chat/completions", body: body))
         #expect(key != LLMClient.cacheKey(baseURL: "http://a:1/v1", path: "/completions", body: body))
         #expect(key != LLMClient.cacheKey(baseURL: "http://a:1/v1", path: "/chat/completions", body: Data(#"{"model":"n"}"#.utf8)))
+        // Python: hashlib.sha256(b'saelabel-llm-cache-v1\n/chat/completions\n{"model":"m"}').hexdigest()
+        #expect(key == "57cc95607359a87f4452405a2ec10ce004b6e70d6b4d5ebc4ad91d64bc1dece6")
+        #expect(LLMClient.hexDigits([0x00, 0x0f, 0xa5, 0xff]) == "000fa5ff")
     }
 
     @Test("request bodies are canonical JSON, so equal requests share a cache key")
@@ -597,5 +600,72 @@ struct ClientTests {
             #expect(body.range(of: Data(secret.utf8)) == nil)
         }
         #expect(try await server.stats().authSeen == ["Bearer \(secret)"])
+    }
+}
+
+/// The hand-written request bodies are byte for byte what JSONSerialization wrote (sorted keys, no escaped
+/// slashes), so every cache key stays what it was.
+@Suite struct CanonicalBodyTests {
+    /// The body as Wire built it before: a dictionary serialized by JSONSerialization.
+    static func legacyChatBody(_ r: ChatRequest, server: LLMServer) throws -> Data {
+        var body: [String: Any] = ["model": r.model, "messages": r.messages.map { ["role": $0.role, "content": $0.content] }]
+        if server.isReasoningModel(r.model) {
+            body["reasoning_effort"] = "low"
+            if let maxTokens = r.maxTokens { body["max_completion_tokens"] = maxTokens + LLMServer.reasoningTokenAllowance }
+        } else {
+            body["temperature"] = r.temperature
+            if let maxTokens = r.maxTokens { body[server.sendsMaxCompletionTokens ? "max_completion_tokens" : "max_tokens"] = maxTokens }
+        }
+        if let seed = r.seed { body["seed"] = seed }
+        if let grammar = r.grammar { body["grammar"] = grammar }
+        switch r.responseFormat {
+        case .text: break
+        case .jsonObject: body["response_format"] = ["type": "json_object"]
+        case .jsonSchema(let name, let schema):
+            let parsed = try JSONSerialization.jsonObject(with: Data(schema.utf8))
+            body["response_format"] = server == .llamaCppPython
+                ? ["type": "json_object", "schema": parsed]
+                : ["type": "json_schema", "json_schema": ["name": name, "schema": parsed, "strict": true] as [String: Any]]
+        }
+        return try Wire.canonicalJSON(body)
+    }
+
+    static let texts = ["", "plain", "hi/there \"quoted\" back\\slash", "tab\tnew\nline\r\u{8}\u{c}\u{0}\u{b}\u{1f}\u{7f}",
+                        "café 日本 🚀 \u{2028}\u{2029} e\u{301}", "<script>&amp;</script>", "{\"json\": [1, 2]}"]
+
+    @Test func chatBodiesMatchJSONSerialization() throws {
+        let schema = #"{"type":"object","properties":{"b":{"type":"integer"},"A":{"type":"string"},"item10":{},"item9":{},"_x":{}},"required":["b"],"additionalProperties":false,"n":1.5}"#
+        let formats: [ResponseFormat] = [.text, .jsonObject, .jsonSchema(name: "answer", schema: schema)]
+        var checked = 0
+        for server in LLMServer.allCases {
+            for model in ["smollm2", "gpt-4.1-mini", "o3-mini", "gpt-5"] {
+                for (index, text) in Self.texts.enumerated() {
+                    for format in formats {
+                        let request = ChatRequest(model: model + text.prefix(index % 2), messages: [
+                            ChatMessage(role: "system", content: text), ChatMessage(role: "user", content: "say: " + text),
+                        ], temperature: [0, 0.7, 1, 1e-5, 123.25][index % 5], maxTokens: index % 3 == 0 ? nil : 40 * index,
+                           responseFormat: format, grammar: server.isLlamaCpp && index % 2 == 1 ? "root ::= \"a\" | \"b/c\"\n" : nil,
+                           seed: index % 2 == 0 ? index : nil)
+                        let written = try Wire.chatBody(request, server: server)
+                        let legacy = try Self.legacyChatBody(request, server: server)
+                        #expect(written == legacy, "\(server) \(model) \(format): \(String(decoding: written, as: UTF8.self)) vs \(String(decoding: legacy, as: UTF8.self))")
+                        checked += 1
+                    }
+                }
+            }
+        }
+        #expect(checked == LLMServer.allCases.count * 4 * Self.texts.count * 3)
+        #expect(throws: LLMError.self) { try Wire.chatBody(ChatRequest(model: "m", messages: [], temperature: .nan), server: .openai) }
+    }
+
+    @Test func completionBodiesMatchJSONSerialization() throws {
+        for (index, text) in Self.texts.enumerated() {
+            let request = CompletionRequest(model: "m/" + text, prompt: text, maxTokens: index, echo: index % 2 == 0,
+                                            logprobs: index % 3 == 0 ? nil : index, temperature: [0, 0.5, 2][index % 3])
+            var body: [String: Any] = ["model": request.model, "prompt": request.prompt, "max_tokens": request.maxTokens,
+                                       "echo": request.echo, "temperature": request.temperature]
+            if let logprobs = request.logprobs { body["logprobs"] = logprobs }
+            #expect(try Wire.completionBody(request) == Wire.canonicalJSON(body))
+        }
     }
 }

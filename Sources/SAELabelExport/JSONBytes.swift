@@ -1,0 +1,443 @@
+import Foundation
+import SAELabelCore
+
+/// Compact JSON written straight into UTF-8 bytes: the catalog and html exports write ~15 KB per
+/// feature, and building a value tree and Strings for it cost more than reading the store.
+/// Numbers print as Swift's `description` (the shortest text that reads back the same value), strings
+/// as `JSONText` escapes them; with `scriptSafe`, `<`, `>`, `&` are escaped too (see JSONText).
+struct JSONBytes {
+    var bytes: [UInt8] = []
+    let scriptSafe: Bool
+
+    init(scriptSafe: Bool, capacity: Int = 1 << 16) {
+        self.scriptSafe = scriptSafe
+        bytes.reserveCapacity(capacity)
+    }
+
+    mutating func removeAll() { bytes.removeAll(keepingCapacity: true) }
+
+    /// Text known to need no escaping (punctuation, key names, literals).
+    mutating func raw(_ text: StaticString) {
+        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    /// A comma unless this is the first member of the enclosing object or array.
+    mutating func separator() {
+        if let last = bytes.last, last != UInt8(ascii: "{") && last != UInt8(ascii: "[") { bytes.append(UInt8(ascii: ",")) }
+    }
+
+    /// `"name":` after a separator; names are plain ASCII.
+    mutating func key(_ name: StaticString) {
+        separator()
+        bytes.append(UInt8(ascii: "\""))
+        raw(name)
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(UInt8(ascii: ":"))
+    }
+
+    mutating func null() { raw("null") }
+
+    mutating func string(_ value: String) { JSONText.appendString(value, to: &bytes, scriptSafe: scriptSafe) }
+
+    mutating func text(_ value: String?) {
+        if let value { string(value) } else { null() }
+    }
+
+    mutating func int(_ value: Int) {
+        if value >= 0 && value < 10 {
+            bytes.append(UInt8(ascii: "0") + UInt8(value))
+        } else {
+            bytes.append(contentsOf: String(value).utf8)
+        }
+    }
+
+    mutating func double(_ value: Double) {
+        if value.isFinite { bytes.append(contentsOf: value.description.utf8) } else { null() }
+    }
+
+    mutating func number(_ value: Double?) {
+        if let value { double(value) } else { null() }
+    }
+
+    mutating func float(_ value: Float?) {
+        if let value, value.isFinite { bytes.append(contentsOf: value.description.utf8) } else { null() }
+    }
+
+    mutating func append(_ other: [UInt8]) { bytes.append(contentsOf: other) }
+}
+
+/// Re-encodes JSON text the store holds (example arrays, score details) into the bytes the exports
+/// print for the decoded values, without decoding into Swift values where that can be avoided.
+/// Every function returns false (and leaves `out` as it was) for text it does not recognise; the
+/// caller then decodes with Foundation as before, so the output never depends on which path ran.
+enum StoredJSON {
+    /// How the exports print a stored number: as the Float or the Double it decodes to.
+    enum NumberKind {
+        case float, double
+
+        /// Most digits of an integral value still printed positionally with ".0" (below 2^24 / 2^53).
+        var integerDigits: Int { self == .float ? 7 : 15 }
+        /// Most significant digits of a decimal that is certainly the shortest text of the value it
+        /// reads as (FLT_DIG / DBL_DIG: such decimals map to distinct values), so it prints as itself.
+        var significantDigits: Int { self == .float ? 6 : 15 }
+    }
+
+    /// A stored array of strings, each re-escaped as JSONText writes it.
+    static func appendStringArray(_ text: String, to out: inout JSONBytes) -> Bool {
+        var text = text
+        let mark = out.bytes.count
+        let ok = text.withUTF8 { source in
+            var scanner = Scanner(source)
+            return scanner.stringArray(into: &out) && scanner.endOfText()
+        }
+        if !ok { out.bytes.removeSubrange(mark...) }
+        return ok
+    }
+
+    /// A stored array of numbers, each printed as the `kind` value it decodes to.
+    static func appendNumberArray(_ text: String, kind: NumberKind, to out: inout JSONBytes) -> Bool {
+        var text = text
+        let mark = out.bytes.count
+        let ok = text.withUTF8 { source in
+            var scanner = Scanner(source)
+            return scanner.numberArray(kind: kind, into: &out.bytes) && scanner.endOfText()
+        }
+        if !ok { out.bytes.removeSubrange(mark...) }
+        return ok
+    }
+
+    /// Reads stored JSON bytes; every method returns false on anything outside strict JSON.
+    struct Scanner {
+        let source: UnsafeBufferPointer<UInt8>
+        var position = 0
+
+        init(_ source: UnsafeBufferPointer<UInt8>) { self.source = source }
+
+        var atEnd: Bool { position >= source.count }
+        var peek: UInt8? { position < source.count ? source[position] : nil }
+
+        mutating func skipSpace() {
+            while position < source.count {
+                switch source[position] {
+                case 0x20, 0x09, 0x0A, 0x0D: position += 1
+                default: return
+                }
+            }
+        }
+
+        mutating func consume(_ byte: UInt8) -> Bool {
+            skipSpace()
+            guard peek == byte else { return false }
+            position += 1
+            return true
+        }
+
+        /// `[` items `]`, each read by `item`.
+        mutating func array(_ item: (inout Scanner) -> Bool) -> Bool {
+            guard consume(UInt8(ascii: "[")) else { return false }
+            if consume(UInt8(ascii: "]")) { return true }
+            repeat {
+                skipSpace()
+                guard item(&self) else { return false }
+            } while consume(UInt8(ascii: ","))
+            return consume(UInt8(ascii: "]"))
+        }
+
+        mutating func stringArray(into out: inout JSONBytes) -> Bool {
+            out.bytes.append(UInt8(ascii: "["))
+            let scriptSafe = out.scriptSafe
+            var first = true
+            let ok = array { scanner in
+                if !first { out.bytes.append(UInt8(ascii: ",")) }
+                first = false
+                return scanner.string(into: &out.bytes, scriptSafe: scriptSafe)
+            }
+            guard ok else { return false }
+            out.bytes.append(UInt8(ascii: "]"))
+            return true
+        }
+
+        mutating func numberArray(kind: NumberKind, into out: inout [UInt8]) -> Bool {
+            out.append(UInt8(ascii: "["))
+            var first = true
+            let ok = array { scanner in
+                if !first { out.append(UInt8(ascii: ",")) }
+                first = false
+                return scanner.number(kind: kind, into: &out)
+            }
+            guard ok else { return false }
+            out.append(UInt8(ascii: "]"))
+            return true
+        }
+
+        /// A string literal at the position, re-escaped into `out` as JSONText would write its value.
+        mutating func string(into out: inout [UInt8], scriptSafe: Bool) -> Bool {
+            guard peek == UInt8(ascii: "\"") else { return false }
+            position += 1
+            out.append(UInt8(ascii: "\""))
+            while position < source.count {
+                let byte = source[position]
+                switch byte {
+                case UInt8(ascii: "\""):
+                    position += 1
+                    out.append(byte)
+                    return true
+                case UInt8(ascii: "\\"):
+                    guard let scalar = escapedScalar() else { return false }
+                    JSONText.appendScalar(scalar, to: &out, scriptSafe: scriptSafe)
+                case ..<0x20:
+                    return false
+                case 0xE2 where position + 2 < source.count && source[position + 1] == 0x80
+                            && (source[position + 2] == 0xA8 || source[position + 2] == 0xA9):
+                    JSONText.appendScalar(source[position + 2] == 0xA8 ? 0x2028 : 0x2029, to: &out, scriptSafe: scriptSafe)
+                    position += 3
+                case 0x80...:
+                    // Part of a multi-byte scalar other than U+2028/2029: written as is (the text is valid UTF-8).
+                    out.append(byte)
+                    position += 1
+                default:
+                    JSONText.appendScalar(UInt32(byte), to: &out, scriptSafe: scriptSafe)
+                    position += 1
+                }
+            }
+            return false
+        }
+
+        /// A string literal's value (for the few strings the details hold).
+        mutating func stringValue() -> String? {
+            guard peek == UInt8(ascii: "\"") else { return nil }
+            position += 1
+            var value = ""
+            var run = position
+            func flush(_ scanner: Scanner) {
+                if run < scanner.position {
+                    value += String(decoding: UnsafeBufferPointer(rebasing: scanner.source[run..<scanner.position]), as: UTF8.self)
+                }
+            }
+            while position < source.count {
+                switch source[position] {
+                case UInt8(ascii: "\""):
+                    flush(self)
+                    position += 1
+                    return value
+                case UInt8(ascii: "\\"):
+                    flush(self)
+                    guard let scalar = escapedScalar(), let unicode = Unicode.Scalar(scalar) else { return nil }
+                    value.unicodeScalars.append(unicode)
+                    run = position
+                case ..<0x20:
+                    return nil
+                default:
+                    position += 1
+                }
+            }
+            return nil
+        }
+
+        /// The scalar of the escape at the position (a backslash), or nil for a bad escape or a lone surrogate.
+        mutating func escapedScalar() -> UInt32? {
+            guard position + 1 < source.count else { return nil }
+            let letter = source[position + 1]
+            position += 2
+            switch letter {
+            case UInt8(ascii: "\""): return 0x22
+            case UInt8(ascii: "\\"): return 0x5C
+            case UInt8(ascii: "/"): return 0x2F
+            case UInt8(ascii: "b"): return 0x08
+            case UInt8(ascii: "f"): return 0x0C
+            case UInt8(ascii: "n"): return 0x0A
+            case UInt8(ascii: "r"): return 0x0D
+            case UInt8(ascii: "t"): return 0x09
+            case UInt8(ascii: "u"):
+                guard let unit = hex4() else { return nil }
+                switch unit {
+                case 0xD800...0xDBFF:
+                    guard position + 1 < source.count, source[position] == UInt8(ascii: "\\"), source[position + 1] == UInt8(ascii: "u")
+                    else { return nil }
+                    position += 2
+                    guard let low = hex4(), (0xDC00...0xDFFF).contains(low) else { return nil }
+                    return 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
+                case 0xDC00...0xDFFF: return nil
+                default: return unit
+                }
+            default: return nil
+            }
+        }
+
+        mutating func hex4() -> UInt32? {
+            guard position + 4 <= source.count else { return nil }
+            var value: UInt32 = 0
+            for _ in 0..<4 {
+                let byte = source[position]
+                let digit: UInt32
+                switch byte {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = UInt32(byte - UInt8(ascii: "0"))
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = UInt32(byte - UInt8(ascii: "a") + 10)
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = UInt32(byte - UInt8(ascii: "A") + 10)
+                default: return nil
+                }
+                value = value << 4 | digit
+                position += 1
+            }
+            return value
+        }
+
+        /// The extent of a strict JSON number at the position and what it looks like.
+        mutating func numberToken() -> (range: Range<Int>, integerDigits: Int, fraction: Range<Int>?, exponent: Bool)? {
+            let start = position
+            func digits() -> Int {
+                let first = position
+                while position < source.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(source[position]) { position += 1 }
+                return position - first
+            }
+            if peek == UInt8(ascii: "-") { position += 1 }
+            let integerStart = position
+            let integerDigits = digits()
+            guard integerDigits > 0, integerDigits == 1 || source[integerStart] != UInt8(ascii: "0") else { return nil }
+            var fraction: Range<Int>?
+            if peek == UInt8(ascii: ".") {
+                position += 1
+                let fractionStart = position
+                guard digits() > 0 else { return nil }
+                fraction = fractionStart..<position
+            }
+            var exponent = false
+            if peek == UInt8(ascii: "e") || peek == UInt8(ascii: "E") {
+                position += 1
+                if peek == UInt8(ascii: "+") || peek == UInt8(ascii: "-") { position += 1 }
+                guard digits() > 0 else { return nil }
+                exponent = true
+            }
+            return (start..<position, integerDigits, fraction, exponent)
+        }
+
+        /// A number at the position, printed as the `kind` value it decodes to. Text that certainly is
+        /// that print is copied: an integer of at most 7 (Float) or 15 (Double) digits gains ".0", and a
+        /// decimal of at most 6 / 15 significant digits without trailing zeros, from 0.0001 up, is kept.
+        /// Anything else (longer decimals, exponents) is parsed and printed, as the decoder would.
+        mutating func number(kind: NumberKind, into out: inout [UInt8]) -> Bool {
+            guard let token = numberToken() else { return false }
+            let text = UnsafeBufferPointer(rebasing: source[token.range])
+            if !token.exponent {
+                if let fraction = token.fraction {
+                    let integer = source[token.range.lowerBound] == UInt8(ascii: "-") ? token.range.lowerBound + 1 : token.range.lowerBound
+                    let integerIsZero = token.integerDigits == 1 && source[integer] == UInt8(ascii: "0")
+                    var leadingZeros = 0
+                    if integerIsZero {
+                        while leadingZeros < fraction.count && source[fraction.lowerBound + leadingZeros] == UInt8(ascii: "0") { leadingZeros += 1 }
+                    }
+                    let significant = integerIsZero ? fraction.count - leadingZeros : token.integerDigits + fraction.count
+                    let noTrailingZero = source[fraction.upperBound - 1] != UInt8(ascii: "0") || fraction.count == 1
+                    let zeroValue = integerIsZero && leadingZeros == fraction.count
+                    if token.integerDigits <= kind.integerDigits && noTrailingZero
+                        && (zeroValue || (significant <= kind.significantDigits && leadingZeros < 4)) {
+                        out.append(contentsOf: text)
+                        return true
+                    }
+                } else if token.integerDigits <= kind.integerDigits {
+                    out.append(contentsOf: text)
+                    out.append(UInt8(ascii: "."))
+                    out.append(UInt8(ascii: "0"))
+                    return true
+                }
+            }
+            switch kind {
+            case .float:
+                guard let value = Self.parse(text, strtof), value.isFinite else { return false }
+                out.append(contentsOf: value.description.utf8)
+            case .double:
+                guard let value = Self.parse(text, strtod), value.isFinite else { return false }
+                out.append(contentsOf: value.description.utf8)
+            }
+            return true
+        }
+
+        /// strtof/strtod over a NUL-terminated copy on the stack (no String per number); nil unless
+        /// the whole text is the number.
+        static func parse<Value>(_ text: UnsafeBufferPointer<UInt8>,
+                                 _ convert: (UnsafePointer<CChar>, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> Value) -> Value? {
+            withUnsafeTemporaryAllocation(of: CChar.self, capacity: text.count + 1) { buffer -> Value? in
+                for i in 0..<text.count { buffer[i] = CChar(bitPattern: text[i]) }
+                buffer[text.count] = 0
+                var end: UnsafeMutablePointer<CChar>?
+                let value = convert(buffer.baseAddress!, &end)
+                return end == buffer.baseAddress! + text.count ? value : nil
+            }
+        }
+
+        /// Skips any JSON value at the position.
+        mutating func skipValue() -> Bool {
+            skipSpace()
+            guard let byte = peek else { return false }
+            switch byte {
+            case UInt8(ascii: "\""):
+                var sink: [UInt8] = []
+                return string(into: &sink, scriptSafe: false)
+            case UInt8(ascii: "["):
+                position += 1
+                if consume(UInt8(ascii: "]")) { return true }
+                repeat { guard skipValue() else { return false } } while consume(UInt8(ascii: ","))
+                return consume(UInt8(ascii: "]"))
+            case UInt8(ascii: "{"):
+                position += 1
+                if consume(UInt8(ascii: "}")) { return true }
+                repeat {
+                    skipSpace()
+                    var sink: [UInt8] = []
+                    guard string(into: &sink, scriptSafe: false), consume(UInt8(ascii: ":")), skipValue() else { return false }
+                } while consume(UInt8(ascii: ","))
+                return consume(UInt8(ascii: "}"))
+            case UInt8(ascii: "t"): return literal("true")
+            case UInt8(ascii: "f"): return literal("false")
+            case UInt8(ascii: "n"): return literal("null")
+            default: return numberToken() != nil
+            }
+        }
+
+        mutating func literal(_ word: StaticString) -> Bool {
+            let count = word.utf8CodeUnitCount
+            guard position + count <= source.count else { return false }
+            for i in 0..<count where source[position + i] != word.utf8Start[i] { return false }
+            position += count
+            return true
+        }
+
+        /// Reads an object, calling `member` with each key (the scanner is at the value, which
+        /// `member` must consume). Duplicate keys are refused: decoders disagree about them.
+        mutating func object(_ member: (String, inout Scanner) -> Bool) -> Bool {
+            guard consume(UInt8(ascii: "{")) else { return false }
+            if consume(UInt8(ascii: "}")) { return true }
+            var seen: Set<String> = []
+            repeat {
+                skipSpace()
+                guard let key = stringValue(), seen.insert(key).inserted, consume(UInt8(ascii: ":")) else { return false }
+                skipSpace()
+                guard member(key, &self) else { return false }
+            } while consume(UInt8(ascii: ","))
+            return consume(UInt8(ascii: "}"))
+        }
+
+        /// An integer literal that fits an Int.
+        mutating func integer() -> Int? {
+            guard let token = numberToken(), token.fraction == nil, !token.exponent else { return nil }
+            return Int(String(decoding: UnsafeBufferPointer(rebasing: source[token.range]), as: UTF8.self))
+        }
+
+        /// `null` → .some(nil); a number → its printed Double; else nil.
+        mutating func optionalDouble() -> [UInt8]?? {
+            if peek == UInt8(ascii: "n") { return literal("null") ? .some(nil) : nil }
+            var printed: [UInt8] = []
+            return number(kind: .double, into: &printed) ? .some(printed) : nil
+        }
+
+        mutating func optionalString() -> String?? {
+            if peek == UInt8(ascii: "n") { return literal("null") ? .some(nil) : nil }
+            return stringValue().map { .some($0) }
+        }
+
+        mutating func endOfText() -> Bool {
+            skipSpace()
+            return atEnd
+        }
+    }
+}
