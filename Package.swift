@@ -36,10 +36,18 @@ let package = Package(
                 dependencies: ["SAELabelCore", .product(name: "GRDB", package: "GRDB.swift")],
                 swiftSettings: strict),
 
+        // Collect's numeric kernels (activation functions, per-feature window state, top-k): they parse nothing and
+        // only read buffers their callers sized, so they are built with -Ounchecked (no overflow or bounds checks in
+        // the per-window loops, worth 10–30 % of collect's streaming; BENCHMARKS.md). Release builds only: debug
+        // builds and tests keep every check.
+        .target(name: "SAELabelKernels",
+                dependencies: ["SAELabelCore"],
+                swiftSettings: strict + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
+
         // Pipeline stages
-        // No -Ounchecked: this module parses untrusted files (safetensors, cfg.json, tokenizer.json); its cost is in BENCHMARKS.md.
+        // No -Ounchecked: this module parses untrusted files (safetensors, cfg.json, tokenizer.json); its hot loops are in SAELabelKernels.
         .target(name: "SAELabelCollect",
-                dependencies: ["SAELabelCore", "SAELabelStore", "COpenBLAS", "ZIPFoundation"],
+                dependencies: ["SAELabelCore", "SAELabelKernels", "SAELabelStore", "COpenBLAS", "ZIPFoundation"],
                 swiftSettings: strict),
         .target(name: "LLMClient",
                 dependencies: ["CCurl", .product(name: "Logging", package: "swift-log"),
@@ -74,7 +82,7 @@ let package = Package(
         // Tests, over shared helpers (temporary folders, processes, the mock LLM server)
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "StoreTests", dependencies: ["TestSupport", "SAELabelStore", "SAELabelCore"], swiftSettings: strict),
-        .testTarget(name: "CollectTests", dependencies: ["SAELabelCollect", "SAELabelStore"], swiftSettings: strict),
+        .testTarget(name: "CollectTests", dependencies: ["SAELabelCollect", "SAELabelKernels", "SAELabelStore"], swiftSettings: strict),
         .testTarget(name: "LLMClientTests", dependencies: ["TestSupport", "LLMClient"], swiftSettings: strict),
         .testTarget(name: "LabelingTests",
                     dependencies: ["TestSupport", "SAELabelExplain", "SAELabelScore", "SAELabelStore", "LLMClient"],

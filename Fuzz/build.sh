@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 
 # One static archive per module, so the linker pulls in only the objects the parsers reach.
 libraries=()
-for module in SAELabelStore SAELabelCore TOMLKit CTOML GRDB Mustache Crypto CryptoBoringWrapper CCryptoBoringSSLShims \
+for module in SAELabelKernels SAELabelStore SAELabelCore TOMLKit CTOML GRDB Mustache Crypto CryptoBoringWrapper CCryptoBoringSSLShims \
               CCryptoBoringSSL SwiftASN1; do
   [ -d "$BIN/$module.build" ] || continue
   rm -f "$OUT/lib$module.a"

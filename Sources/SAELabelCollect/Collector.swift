@@ -1,6 +1,7 @@
 import COpenBLAS
 import Foundation
 import SAELabelCore
+import SAELabelKernels
 import SAELabelStore
 
 /// What to collect and how (see SPEC §2–§3). Defaults follow the project's brief.
@@ -28,12 +29,16 @@ public struct CollectOptions: Sendable {
     public var excludeNormAbove: Float? = nil
     /// Tokens encoded per GEMM (rounded down to whole windows).
     public var batchTokens = 512
-    /// OpenBLAS threads for the encode. 1 by default: on busy 2-vCPU machines one thread measured
+    /// Threads for the encode (`[collect] blas_threads`): each runs single-threaded GEMMs over chunks of features
+    /// and the per-feature pass of its chunks. 1 by default: on busy 2-vCPU machines one thread measured
     /// faster than two, and it leaves a core to the rest of the pipeline; an idle machine gains from more.
     public var blasThreads = 1
-    /// Memory for one block of features (MiB): collect streams the corpus once per block and commits each
-    /// block, so peak memory stays near this however many features are selected (see `Collector.blocks`).
-    public var memoryBudgetMiB: Double = 512
+    /// Collect's memory budget (MiB): features are streamed and committed in blocks sized so the process stays
+    /// within it however many features are selected (see `Collector.blocks`).
+    public var memoryBudgetMiB: Double = MemoryBudget.defaultMiB
+    /// Features per GEMM chunk: small enough that a chunk's outputs ([chunk, batch] floats) stay in the L2 cache
+    /// for the per-feature pass, large enough that BLAS packing the batch once per chunk costs little.
+    public var encodeChunkRows = 256
 
     public init(saeDirectory: String? = nil, activationFiles: [String] = [], latentsDirectory: String? = nil,
                 tokenizerPath: String, selection: FeatureSelection = .all, seed: UInt64 = 0, windowLength: Int = 32,
@@ -97,6 +102,68 @@ public struct CollectSummary: Sendable, Equatable {
     public var writeSeconds: Double = 0
     /// Blocks of features streamed and committed (`Collector.blocks`).
     public var blocks = 0
+    /// Wall time of the whole run (selection and writes overlap the next block's streaming).
+    public var seconds: Double = 0
+}
+
+/// Where a window lies in the corpus.
+struct WindowPlace: Hashable {
+    var sequence: Int
+    var start: Int
+    var length: Int
+}
+
+/// One streamed block's final selection and commit, done off the streaming thread.
+struct BlockWork: @unchecked Sendable {  // the inputs are this block's own (opened for it) and only read
+    var inputs: CollectInputs
+    var accumulators: FeatureAccumulators
+    var counted: Int
+    var commit: CollectCommit
+    var store: JobStore
+}
+
+/// Runs one `BlockWork` at a time on a background thread; `wait` joins it, adds its counts and times to the
+/// summary and rethrows its error (so a failed commit stops the run before the next block is handed over).
+final class BlockWriter: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "saelabel.collect.writer")
+    private let done = DispatchSemaphore(value: 0)
+    private var running = false
+    /// Written by the background job before it signals `done`, read after `wait` receives the signal.
+    private var outcome: Result<(collected: Int, dead: Int, sparse: Int, finish: Double, write: Double), SAELabelError>?
+
+    func start(_ work: BlockWork) {
+        running = true
+        queue.async {
+            let finishStart = DispatchTime.now().uptimeNanoseconds
+            var commit = work.commit
+            commit.features = Collector.records(work.accumulators, inputs: work.inputs, counted: work.counted)
+            let writeStart = DispatchTime.now().uptimeNanoseconds
+            do throws(SAELabelError) {
+                try work.store.commitCollect(commit)
+                let records = commit.features
+                self.outcome = .success((records.count { $0.state == .collected }, records.count { $0.state == .dead },
+                                         records.count { $0.state == .sparse }, Double(writeStart - finishStart) / 1e9,
+                                         Collector.seconds(since: writeStart)))
+            } catch {
+                self.outcome = .failure(error)
+            }
+            self.done.signal()
+        }
+    }
+
+    func wait(into summary: inout CollectSummary) throws(SAELabelError) {
+        guard running else { return }
+        done.wait()
+        running = false
+        let result = outcome!
+        outcome = nil
+        let counts = try result.get()
+        summary.collected += counts.collected
+        summary.dead += counts.dead
+        summary.sparse += counts.sparse
+        summary.finishSeconds += counts.finish
+        summary.writeSeconds += counts.write
+    }
 }
 
 /// One dense activation shard.
@@ -327,22 +394,24 @@ public enum Collector {
                            modelName: inputs.modelName, fingerprints: fingerprints, neuronpediaID: inputs.sae?.config.neuronpediaID)
     }
 
-    /// Estimated bytes one feature of a block holds at once: its window slots and statistics while streaming,
-    /// its encoder column and GEMM rows, and its finished record (token strings ~24 bytes each) before the write.
+    /// Estimated bytes one feature of a block holds at once: its window slots and statistics while streaming
+    /// (twice: the previous block's are finished while this one streams), its encoder column and GEMM rows,
+    /// and its finished record (token strings ~24 bytes each) before the write.
     public static func bytesPerFeature(_ options: CollectOptions, dIn: Int) -> Int {
         let p = options.selectionParameters
         let valueSlots = p.topCapacity + p.reservoirCapacity
         let metadataSlots = valueSlots + p.heldoutRandom
         let stored = p.explainTop + p.explainQuantile + p.heldoutTop + p.heldoutQuantile + p.heldoutRandom
         let batch = max(options.windowLength, options.batchTokens)
-        return valueSlots * options.windowLength * 4 + metadataSlots * 24 + (FeatureAccumulators.fineBins + 16) * 8
+        return 2 * (valueSlots * options.windowLength * 4 + metadataSlots * 24 + (FeatureAccumulators.fineBins + 16) * 8)
             + dIn * 4 + batch * 4 + stored * options.windowLength * (4 + 24)
     }
 
     /// `features` cut into the blocks collect streams and commits one at a time: at most
-    /// `memoryBudgetMiB / bytesPerFeature` features each (at least one).
+    /// `¾ · memoryBudgetMiB / bytesPerFeature` features each (at least one); the last quarter is left for what
+    /// does not grow with the block (code, tokenizer, batch buffers, SQLite's cache, the TopK thresholds).
     public static func blocks(of features: [Int], options: CollectOptions, plan: CollectPlan) -> [[Int]] {
-        let budget = options.memoryBudgetMiB * 1_048_576
+        let budget = options.memoryBudgetMiB * 1_048_576 * 3 / 4
         let size = max(1, Int(min(Double(Int.max / 2), budget / Double(bytesPerFeature(options, dIn: plan.dIn)))))
         return stride(from: 0, to: features.count, by: size).map { Array(features[$0..<min($0 + size, features.count)]) }
     }
@@ -361,15 +430,23 @@ public enum Collector {
             try store.commitCollect(first)
             return summary
         }
+        let runStart = DispatchTime.now().uptimeNanoseconds
+        let kthByToken = try topKThresholds(options, plan: plan, blocks: featureBlocks)
+        summary.streamSeconds += seconds(since: runStart)
+        // Block i's final selection and commit run on another thread while block i+1 streams (two blocks'
+        // window state at once, which `bytesPerFeature` counts); commits stay in block order.
+        let writer = BlockWriter()
         for (index, block) in featureBlocks.enumerated() {
-            var timing = (stream: 0.0, finish: 0.0)
+            let streamStart = DispatchTime.now().uptimeNanoseconds
             let total = featureBlocks.count * plan.totalTokens
-            let (records, counted, excluded) = try collect(options, plan: plan, features: block, progress: { done, _ in
+            let inputs = try openChecked(options, plan: plan)
+            let (accumulators, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { done, _ in
                 progress(index * plan.totalTokens + done, total)
-            }, timing: &timing)
-            let writeStart = DispatchTime.now().uptimeNanoseconds
+            })
+            summary.streamSeconds += seconds(since: streamStart)
+            try writer.wait(into: &summary)
+            let counted = inputs.totalTokens - excluded
             var commit = index == 0 ? first : CollectCommit()
-            commit.features = records
             commit.settings[JobSettingKey.saeName] = plan.saeName
             commit.settings[JobSettingKey.hookName] = plan.hookName
             commit.settings[JobSettingKey.modelName] = plan.modelName
@@ -378,49 +455,87 @@ public enum Collector {
             commit.settings[JobSettingKey.tokensCounted] = String(counted)
             commit.settings[JobSettingKey.tokensExcluded] = String(excluded)
             commit.settings[JobSettingKey.seed] = String(options.seed)
-            try store.commitCollect(commit)
             summary.tokens = counted
             summary.excludedTokens = excluded
-            summary.collected += records.count { $0.state == .collected }
-            summary.dead += records.count { $0.state == .dead }
-            summary.sparse += records.count { $0.state == .sparse }
-            summary.streamSeconds += timing.stream
-            summary.finishSeconds += timing.finish
-            summary.writeSeconds += Double(DispatchTime.now().uptimeNanoseconds - writeStart) / 1e9
+            summary.blocks += 1
+            writer.start(BlockWork(inputs: inputs, accumulators: accumulators, counted: counted, commit: commit, store: store))
+        }
+        try writer.wait(into: &summary)
+        summary.seconds = seconds(since: runStart)
+        return summary
+    }
+
+    static func seconds(since start: UInt64) -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+
+    /// The inputs, opened again for one block and checked against the plan.
+    static func openChecked(_ options: CollectOptions, plan: CollectPlan) throws(SAELabelError) -> CollectInputs {
+        let inputs = try CollectInputs.open(options)
+        guard inputs.featureCount == plan.featureCount, inputs.totalTokens == plan.totalTokens else {
+            throw .inputChanged(path: options.saeDirectory ?? options.latentsDirectory ?? "", detail: "shapes differ from the plan")
+        }
+        return inputs
+    }
+
+    /// The stored records of every slot; a window chosen by several features is decoded once.
+    static func records(_ accumulators: FeatureAccumulators, inputs: CollectInputs, counted: Int) -> [CollectedFeature] {
+        var decoded: [WindowPlace: [String]] = [:]
+        return accumulators.features.indices.map { slot in
+            accumulators.finish(slot, countedTokens: counted) { sequence, start, length in
+                let place = WindowPlace(sequence: sequence, start: start, length: length)
+                if let tokens = decoded[place] { return tokens }
+                let tokens = inputs.windowTokens(sequence: sequence, start: start, length: length)
+                decoded[place] = tokens
+                return tokens
+            }
+        }
+    }
+
+    /// Streams every block of the plan's features (read, encode, per-feature state) and stops there: no final
+    /// selection, no store. For benchmarks that measure the streaming phase and its memory alone.
+    public static func streamOnly(_ options: CollectOptions, plan: CollectPlan) throws(SAELabelError) -> CollectSummary {
+        let featureBlocks = blocks(of: plan.features, options: options, plan: plan)
+        var summary = CollectSummary(tokens: 0, excludedTokens: 0, collected: 0, dead: 0, sparse: 0)
+        let start = DispatchTime.now().uptimeNanoseconds
+        let kthByToken = try topKThresholds(options, plan: plan, blocks: featureBlocks)
+        for block in featureBlocks {
+            let inputs = try openChecked(options, plan: plan)
+            let (_, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { _, _ in })
+            summary.tokens = inputs.totalTokens - excluded
+            summary.excludedTokens = excluded
             summary.blocks += 1
         }
+        summary.streamSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return summary
     }
 
     /// The collection without the store: the features' records, tokens counted, tokens excluded.
     static func collect(_ options: CollectOptions, plan: CollectPlan,
                         progress: @Sendable (Int, Int) -> Void) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
-        var timing = (stream: 0.0, finish: 0.0)
-        return try collect(options, plan: plan, features: plan.features, progress: progress, timing: &timing)
+        let kthByToken = try topKThresholds(options, plan: plan, blocks: [plan.features])
+        let inputs = try openChecked(options, plan: plan)
+        let (accumulators, excluded) = try stream(inputs, options: options, features: plan.features, kthByToken: kthByToken, progress: progress)
+        let counted = inputs.totalTokens - excluded
+        return (records(accumulators, inputs: inputs, counted: counted), counted, excluded)
     }
 
-    static func collect(_ options: CollectOptions, plan: CollectPlan, features: [Int], progress: @Sendable (Int, Int) -> Void,
-                        timing: inout (stream: Double, finish: Double)) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
-        let streamStart = DispatchTime.now().uptimeNanoseconds
-        let inputs = try CollectInputs.open(options)
-        guard inputs.featureCount == plan.featureCount, inputs.totalTokens == plan.totalTokens else {
-            throw .inputChanged(path: options.saeDirectory ?? options.latentsDirectory ?? "", detail: "shapes differ from the plan")
-        }
+    /// One pass over the inputs filling `features`' streaming state; returns it with the number of excluded tokens.
+    static func stream(_ inputs: CollectInputs, options: CollectOptions, features: [Int], kthByToken: [Float]?,
+                       progress: (Int, Int) -> Void) throws(SAELabelError) -> (FeatureAccumulators, Int) {
         let accumulators = FeatureAccumulators(features: features, parameters: options.selectionParameters)
-        let excluded: Int
         if inputs.sae != nil {
-            excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress)
-        } else {
-            excluded = try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress)
+            return (accumulators, try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
+                .run(progress: progress))
         }
-        let counted = inputs.totalTokens - excluded
-        let finishStart = DispatchTime.now().uptimeNanoseconds
-        timing.stream = Double(finishStart - streamStart) / 1e9
-        defer { timing.finish = Double(DispatchTime.now().uptimeNanoseconds - finishStart) / 1e9 }
-        let records = features.indices.map { slot in
-            accumulators.finish(slot, countedTokens: counted) { inputs.windowTokens(sequence: $0, start: $1, length: $2) }
-        }
-        return (records, counted, excluded)
+        return (accumulators, try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress))
+    }
+
+    /// A TopK SAE whose blocks do not each hold every feature needs each token's k-th largest activation
+    /// before any block can keep its own features' top k (one extra pass over the corpus); nil otherwise.
+    static func topKThresholds(_ options: CollectOptions, plan: CollectPlan, blocks: [[Int]]) throws(SAELabelError) -> [Float]? {
+        guard options.latentsDirectory == nil, !(blocks.count == 1 && blocks[0].count == plan.featureCount) else { return nil }
+        let inputs = try CollectInputs.open(options)
+        guard case .topk = inputs.sae?.config.architecture else { return nil }
+        return try TopKThresholds.compute(inputs: inputs, options: options)
     }
 }
 

@@ -1,71 +1,277 @@
 import COpenBLAS
 import Foundation
 import SAELabelCore
+import SAELabelKernels
 
 /// Streams dense activations through the SAE encoder in batches of whole windows.
 ///
-/// Per batch: the rows are converted to Float32 (b_dec subtracted when the SAE asks for it), checked for
-/// NaN/Inf, and encoded by one `cblas_sgemm` into `pre[feature, token]`: row-major `[features, batch]`, so each
-/// feature's activations over the batch are contiguous for the per-window pass. Only the selected features'
-/// encoder columns are multiplied, except for topk, whose k largest are taken over all features.
+/// Per batch: the rows are converted to Float32 (b_dec subtracted when the SAE asks for it) and checked for
+/// NaN/Inf; then the features' rows are encoded in chunks of `CollectOptions.encodeChunkRows` (one
+/// `cblas_sgemm` each into `pre[row, token]`, row-major, so each feature's activations over the batch are
+/// contiguous and a chunk stays in cache for the per-feature pass that follows it). With `blasThreads` T > 1,
+/// T workers take chunks in turn, each running a single-threaded GEMM and then the per-feature pass of its chunk:
+/// chunk boundaries never depend on T and every feature's state is its own, so results are identical for any T.
+/// Only the selected features' rows are multiplied; TopK needs the k-th value over all features per token,
+/// computed inline when the block is every feature and otherwise taken from `kthByToken` (`TopKThresholds`).
 struct DenseEncoder {
     let inputs: CollectInputs
     let options: CollectOptions
     let accumulators: FeatureAccumulators
+    /// TopK SAEs whose block does not hold every feature: the k-th largest activation of each corpus token.
+    var kthByToken: [Float]? = nil
 
     /// Returns the number of excluded tokens.
     func run(progress: (Int, Int) -> Void) throws(SAELabelError) -> Int {
-        openblas_set_num_threads(Int32(max(1, options.blasThreads)))
         guard let sae = inputs.sae else { return 0 }
-        let dIn = inputs.dIn
+        openblas_set_num_threads(1)  // parallel over chunks of rows instead (see above)
         let selected = accumulators.features
-        let computed: [Int]
-        let rowOfSlot: [Int]
-        var topK: Int?
-        var groupCount: Int?
-        if case .topk(let k) = sae.config.architecture, !selected.isEmpty {
-            computed = Array(0..<inputs.featureCount)
+        let plan = try EncodePlan(sae: sae, selected: selected, featureCount: inputs.featureCount, kthByToken: kthByToken)
+        let rows = plan.computed.count
+        let threads = max(1, options.blasThreads)
+        let chunkRows = max(1, options.encodeChunkRows)
+        let batch = BatchStream.batchSize(options)
+        // Whole-row outputs only when a rule needs every row's values first (inline TopK, groupMax).
+        let output = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? max(1, rows * batch) : 1)
+        let chunkBuffers = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? 1 : threads * chunkRows * batch)
+        let limits = UnsafeMutablePointer<Float>.allocate(capacity: max(1, plan.limitRows * batch))
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: plan.inlineK == nil ? 1 : threads * rows * 8)
+        defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
+        let chunks = (rows + chunkRows - 1) / chunkRows
+        let chunkOf = { (chunk: Int) in (chunk * chunkRows)..<min(rows, (chunk + 1) * chunkRows) }
+
+        return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
+            let fill = encoded.fill
+            guard rows > 0 else { return }
+            let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: limits, stride: batch)
+            if !plan.needsAllRows {
+                if let table = plan.kthByToken {
+                    table.withUnsafeBufferPointer { limits.update(from: $0.baseAddress! + encoded.firstToken, count: fill) }
+                }
+                let next = WorkCounter(limit: chunks)
+                onThreads(threads) { worker in
+                    let buffer = chunkBuffers + worker * chunkRows * batch
+                    while let chunk = next.take() {
+                        let range = chunkOf(chunk)
+                        plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
+                        accumulators.observe(slots: range, batch: batchView, activation: plan.activation) { slot in
+                            (buffer + (slot - range.lowerBound) * batch, slot)
+                        }
+                    }
+                }
+                return
+            }
+            let gemms = WorkCounter(limit: chunks)
+            onThreads(threads) { _ in
+                while let chunk = gemms.take() {
+                    let range = chunkOf(chunk)
+                    plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn,
+                                          into: output + range.lowerBound * batch, stride: batch)
+                }
+            }
+            if let k = plan.inlineK {
+                let blocks = WorkCounter(limit: (fill + 63) / 64)
+                onThreads(threads) { worker in
+                    while let block = blocks.take() {
+                        kthLargest(output: output, rows: rows, columns: (block * 64)..<min(fill, (block + 1) * 64), stride: batch,
+                                   bias: plan.bias, scale: plan.scale, k: k, scratch: scratch + worker * rows * 8, into: limits)
+                    }
+                }
+            } else if let groups = plan.groups {
+                let next = WorkCounter(limit: groups)
+                onThreads(threads) { _ in
+                    while let group = next.take() {
+                        groupMaximum(output: output, rows: rows, tokens: fill, stride: batch, bias: plan.bias, groups: groups,
+                                     groupRange: group..<(group + 1), into: limits)
+                    }
+                }
+            }
+            let slotChunks = WorkCounter(limit: (selected.count + chunkRows - 1) / chunkRows)
+            onThreads(threads) { _ in
+                while let chunk = slotChunks.take() {
+                    let slots = (chunk * chunkRows)..<min(selected.count, (chunk + 1) * chunkRows)
+                    accumulators.observe(slots: slots, batch: batchView, activation: plan.activation) { slot in
+                        let row = plan.rowOfSlot[slot]
+                        return (output + row * batch, row)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What one block multiplies and how its rows become activations.
+struct EncodePlan {
+    /// Encoder rows multiplied (ascending feature indices); parameters are indexed by position in this list.
+    var computed: [Int]
+    /// Row (index into `computed`) of each selected slot.
+    var rowOfSlot: [Int]
+    var encoder: EncoderOperand
+    var activation: Activation
+    var bias: [Float]
+    var scale: [Float]?
+    /// TopK over every feature in this block: the k to select per token.
+    var inlineK: Int?
+    /// groupMax: the number of whole groups in `computed`.
+    var groups: Int?
+    var kthByToken: [Float]?
+
+    var needsAllRows: Bool { inlineK != nil || groups != nil }
+    /// Rows of per-column limits the rule reads (k-th values, or one row per group).
+    var limitRows: Int { groups ?? ((inlineK != nil || kthByToken != nil) ? 1 : 0) }
+
+    init(sae: SAEModel, selected: [Int], featureCount: Int, kthByToken: [Float]?) throws(SAELabelError) {
+        switch sae.config.architecture {
+        case .topk(let k) where kthByToken == nil && !selected.isEmpty:
+            computed = Array(0..<featureCount)
             rowOfSlot = selected
-            topK = k
-        } else if case .groupMax(let groups) = sae.config.architecture, !selected.isEmpty {
-            computed = Array(0..<inputs.featureCount)
-            rowOfSlot = selected
-            groupCount = groups
-        } else {
+            inlineK = k
+        case .groupMax(let groupCount) where !selected.isEmpty:
+            // Only the groups holding a selected feature: each group's maximum needs all of that group.
+            let size = featureCount / max(1, groupCount)
+            var touched: [Int] = []
+            for feature in selected where touched.last != feature / size { touched.append(feature / size) }
+            computed = touched.flatMap { ($0 * size)..<(($0 + 1) * size) }
+            var rowOf = [Int](repeating: 0, count: featureCount)
+            for (row, feature) in computed.enumerated() { rowOf[feature] = row }
+            rowOfSlot = selected.map { rowOf[$0] }
+            groups = touched.count
+        default:
             computed = selected
             rowOfSlot = Array(selected.indices)
         }
-        let isJumpReLU = sae.config.architecture == .jumprelu
-        let isGated = sae.config.architecture == .gated
-        let weights = try sae.gatherEncoder(features: computed)
-        let bias = try sae.vector(sae.bEnc, features: computed)
-        let thresholds = try isJumpReLU ? sae.thresholds(features: computed) : []
-        // Gated: the magnitude path reuses x'·W_enc, scaled by exp(r_mag) (sae_lens/saes/gated_sae.py `encode`).
-        var magnitudeScale: [Float] = [], magnitudeBias: [Float] = []
-        if isGated, let rMag = sae.rMag, let bMag = sae.bMag {
-            magnitudeScale = try sae.vector(rMag, features: computed).map { Foundation.exp($0) }
-            magnitudeBias = try sae.vector(bMag, features: computed)
+        self.kthByToken = kthByToken
+        encoder = try sae.encoderOperand(features: computed)
+        bias = try sae.vector(sae.bEnc, features: computed)
+        switch sae.config.architecture {
+        case .standard:
+            activation = .relu(bias: bias)
+        case .jumprelu:
+            activation = .jumpReLU(bias: bias, threshold: try sae.thresholds(features: computed))
+        case .gated:
+            // The magnitude path reuses x'·W_enc, scaled by exp(r_mag) (sae_lens/saes/gated_sae.py `encode`).
+            guard let rMag = sae.rMag, let bMag = sae.bMag else { throw .badInput(location: sae.path, problem: "gated SAE without r_mag and b_mag") }
+            activation = .gated(gateBias: bias, magnitudeScale: try sae.vector(rMag, features: computed).map { Foundation.exp($0) },
+                                magnitudeBias: try sae.vector(bMag, features: computed))
+        case .topk:
+            scale = sae.config.rescaleByDecoderNorm ? try sae.decoderNorms(features: computed) : nil
+            activation = .topK(bias: bias, scale: scale)
+        case .groupMax(let groupCount):
+            activation = .groupMax(bias: bias, groupSize: featureCount / max(1, groupCount))
         }
-        let decoderNorms: [Float]? = try topK != nil && sae.config.rescaleByDecoderNorm ? sae.decoderNorms(features: computed) : nil
+    }
+}
+
+/// The k-th largest activation of every corpus token over all features of a TopK SAE, for blocks that multiply
+/// only their own features: one extra pass over the corpus, GEMMs of `encodeChunkRows` features at a time
+/// feeding a running top-k per token (one per worker, merged per token), so no full-width output is ever held.
+enum TopKThresholds {
+    static func compute(inputs: CollectInputs, options: CollectOptions) throws(SAELabelError) -> [Float]? {
+        guard let sae = inputs.sae, case .topk(let k) = sae.config.architecture else { return nil }
+        openblas_set_num_threads(1)
+        let all = Array(0..<inputs.featureCount)
+        let encoder = try sae.encoderOperand(features: all)
+        let bias = try sae.vector(sae.bEnc, features: all)
+        let scale: [Float]? = sae.config.rescaleByDecoderNorm ? try sae.decoderNorms(features: all) : nil
+        let threads = max(1, options.blasThreads)
+        let chunkRows = max(1, options.encodeChunkRows)
+        let batch = BatchStream.batchSize(options)
+        let heaps = (0..<threads).map { _ in RunningTopK(k: k, columns: batch) }
+        let buffers = UnsafeMutablePointer<Float>.allocate(capacity: threads * chunkRows * batch)
+        let merged = UnsafeMutablePointer<Float>.allocate(capacity: threads * k)
+        defer { buffers.deallocate(); merged.deallocate() }
+        let rows = all.count
+        var table = [Float](repeating: -.infinity, count: inputs.totalTokens)
+        _ = try BatchStream(inputs: inputs, options: options).run(progress: { _, _ in }) { encoded in
+            let fill = encoded.fill
+            for heap in heaps { heap.reset() }
+            let next = WorkCounter(limit: (rows + chunkRows - 1) / chunkRows)
+            onThreads(threads) { worker in
+                let buffer = buffers + worker * chunkRows * batch
+                while let chunk = next.take() {
+                    let range = (chunk * chunkRows)..<min(rows, (chunk + 1) * chunkRows)
+                    encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
+                    heaps[worker].offer(output: buffer, rows: range, stride: batch, columnRange: 0..<fill, bias: bias, scale: scale)
+                }
+            }
+            // The k largest of the union of every worker's k largest are the column's k largest.
+            for column in 0..<fill {
+                var count = 0
+                for heap in heaps { count += heap.values(column, into: merged + count) }
+                table[encoded.firstToken + column] = count < k ? -.infinity : select(merged, count: count, rank: k - 1)
+            }
+        }
+        return table
+    }
+}
+
+/// Runs `body(worker)` for workers 0..<threads at once (the calling thread is one of them) and waits for all.
+/// The bodies share buffers by pointer: every caller gives each worker disjoint rows, slots or columns, and
+/// nothing outlives the call (concurrentPerform returns after every worker finished).
+func onThreads(_ threads: Int, _ body: (Int) -> Void) {
+    guard threads > 1 else { return body(0) }
+    withoutActuallyEscaping(body) { escapable in
+        let shared = SharedWork(body: escapable)
+        DispatchQueue.concurrentPerform(iterations: threads) { shared.body($0) }
+    }
+}
+
+private struct SharedWork: @unchecked Sendable {
+    let body: (Int) -> Void
+}
+
+/// Hands out 0, 1, 2, … below `limit`, once each, to whichever worker asks first.
+final class WorkCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var next = 0
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func take() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard next < limit else { return nil }
+        next += 1
+        return next - 1
+    }
+}
+
+/// One batch of encoder input, as `BatchStream` hands it over.
+struct InputBatch {
+    /// [fill, dIn] rows, normalized, b_dec subtracted, excluded rows zeroed.
+    var input: UnsafeMutablePointer<Float>
+    var fill: Int
+    var windows: UnsafeBufferPointer<BatchWindow>
+    var keep: UnsafePointer<Float>
+    /// Flat corpus index of the batch's first token (batches cover the corpus in order).
+    var firstToken: Int
+}
+
+/// Reads the dense shards in corpus order into batches of whole windows, checks and prepares every row
+/// (exclusions, non-finite values, normalization, b_dec), and hands each batch to `encode`.
+struct BatchStream {
+    let inputs: CollectInputs
+    let options: CollectOptions
+
+    static func batchSize(_ options: CollectOptions) -> Int {
+        max(options.windowLength, options.batchTokens / options.windowLength * options.windowLength)
+    }
+
+    /// Returns the number of excluded tokens.
+    func run(progress: (Int, Int) -> Void, encode: (InputBatch) -> Void) throws(SAELabelError) -> Int {
+        guard let sae = inputs.sae else { return 0 }
+        let dIn = inputs.dIn
         var decoderBias: [Float]?
         if sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() }
         let normalization = sae.config.normalization
         let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
         let window = options.windowLength
-        let batch = max(window, options.batchTokens / window * window)
-        let rows = computed.count
-
+        let batch = Self.batchSize(options)
         let input = UnsafeMutablePointer<Float>.allocate(capacity: batch * dIn)
-        let output = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * batch))
-        let kth = UnsafeMutablePointer<Float>.allocate(capacity: batch)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: topK == nil ? 1 : rows * 8)
-        let groupMaxima = UnsafeMutablePointer<Float>.allocate(capacity: (groupCount ?? 0) * batch + 1)
-        defer { input.deallocate(); output.deallocate(); kth.deallocate(); scratch.deallocate(); groupMaxima.deallocate() }
-
-        struct BatchWindow { var offset: Int; var length: Int; var sequence: Int; var start: Int; var order: Int64 }
-        var windows: [BatchWindow] = []
-        windows.reserveCapacity(batch / window + 1)
-        var excludedInBatch: [Int] = []
+        let keep = UnsafeMutablePointer<Float>.allocate(capacity: batch)
+        let windows = UnsafeMutablePointer<BatchWindow>.allocate(capacity: batch)  // a window holds at least one token
+        defer { input.deallocate(); keep.deallocate(); windows.deallocate() }
+        var windowCount = 0
         var fill = 0
         var excludedTotal = 0
         var done = 0
@@ -75,66 +281,12 @@ struct DenseEncoder {
             defer {
                 done += fill
                 fill = 0
-                windows.removeAll(keepingCapacity: true)
-                excludedInBatch.removeAll(keepingCapacity: true)
+                windowCount = 0
                 progress(done, inputs.totalTokens)
             }
-            guard fill > 0, rows > 0 else { return }
-            weights.withUnsafeBufferPointer { w in
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(fill), Int32(dIn),
-                            1, w.baseAddress, Int32(dIn), input, Int32(dIn), 0, output, Int32(batch))
-            }
-            if let k = topK { kthLargest(output: output, rows: rows, tokens: fill, stride: batch, bias: bias, scale: decoderNorms,
-                                         k: k, scratch: scratch, into: kth) }
-            if let groups = groupCount {
-                groupMaximum(output: output, rows: rows, tokens: fill, stride: batch, bias: bias, groups: groups, into: groupMaxima)
-            }
-            for (slot, row) in rowOfSlot.enumerated() {
-                let values = output + row * batch
-                let b = bias[row]
-                if let groups = groupCount {
-                    let maxima = groupMaxima + (row / (rows / groups)) * batch
-                    for index in 0..<fill {
-                        let v = values[index] + b
-                        values[index] = (v >= maxima[index] && v > 0) ? v : 0
-                    }
-                } else if topK != nil {
-                    let s = decoderNorms?[row] ?? 1
-                    for index in 0..<fill {
-                        let v = (values[index] + b) * s
-                        values[index] = (v >= kth[index] && v > 0) ? v : 0
-                    }
-                } else if isGated {
-                    let scale = magnitudeScale[row], magnitude = magnitudeBias[row]
-                    for index in 0..<fill {
-                        let p = values[index]
-                        let m = p * scale + magnitude
-                        values[index] = (p + b > 0 && m > 0) ? m : 0
-                    }
-                } else if isJumpReLU {
-                    let t = thresholds[row]
-                    for index in 0..<fill {
-                        let v = values[index] + b
-                        values[index] = (v > t && v > 0) ? v : 0
-                    }
-                } else {
-                    for index in 0..<fill {
-                        let v = values[index] + b
-                        values[index] = v > 0 ? v : 0
-                    }
-                }
-                for index in excludedInBatch { values[index] = 0 }
-                for w in windows {
-                    let pointer = values + w.offset
-                    let peak = peakValue(pointer, w.length)
-                    if peak > 0 {
-                        accumulators.observeActive(slot, values: pointer, length: w.length, peak: peak,
-                                                   sequence: w.sequence, start: w.start, order: w.order)
-                    } else {
-                        accumulators.observeInactive(slot, length: w.length, sequence: w.sequence, start: w.start, order: w.order)
-                    }
-                }
-            }
+            guard fill > 0 else { return }
+            encode(InputBatch(input: input, fill: fill, windows: UnsafeBufferPointer(start: windows, count: windowCount),
+                              keep: keep, firstToken: done))
         }
 
         for shard in inputs.dense {
@@ -150,11 +302,12 @@ struct DenseEncoder {
                     shard.file.readFloats(shard.activations, start: firstToken * dIn, count: length * dIn, into: rowsPointer)
                     for offset in 0..<length {
                         let row = rowsPointer + offset * dIn
+                        keep[fill + offset] = 1
                         let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
                         if exclusion.excludes(token: token, position: start + offset) {
                             // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
                             row.update(repeating: 0, count: dIn)
-                            excludedInBatch.append(fill + offset)
+                            keep[fill + offset] = 0
                             excludedTotal += 1
                             continue
                         }
@@ -168,7 +321,7 @@ struct DenseEncoder {
                             }
                         }
                         if let limit = exclusion.normAbove, squares.squareRoot() > limit {
-                            excludedInBatch.append(fill + offset)
+                            keep[fill + offset] = 0
                             excludedTotal += 1
                         }
                         normalize(row, dIn: dIn, squares: squares, normalization)
@@ -176,8 +329,9 @@ struct DenseEncoder {
                             for d in 0..<dIn { row[d] -= decoderBias[d] }
                         }
                     }
-                    windows.append(BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
-                                               start: start, order: order))
+                    windows[windowCount] = BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
+                                                       start: start, order: order)
+                    windowCount += 1
                     order += 1
                     fill += length
                     start += length
@@ -189,27 +343,6 @@ struct DenseEncoder {
         flush()
         return excludedTotal
     }
-}
-
-/// Maximum of `count` non-negative values (SIMD for whole groups of 8).
-@inline(__always)
-func peakValue(_ values: UnsafeMutablePointer<Float>, _ count: Int) -> Float {
-    var index = 0
-    var peak: Float = 0
-    if count >= 8 {
-        let raw = UnsafeRawPointer(values)
-        var lanes = SIMD8<Float>(repeating: 0)
-        while index + 8 <= count {
-            lanes = pointwiseMax(lanes, raw.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self))
-            index += 8
-        }
-        peak = lanes.max()
-    }
-    while index < count {
-        peak = max(peak, values[index])
-        index += 1
-    }
-    return peak
 }
 
 /// Applies the SAE's input normalization to one activation vector in place (`squares` = ‖row‖²), as SAELens's
@@ -238,64 +371,6 @@ func normalize(_ row: UnsafeMutablePointer<Float>, dIn: Int, squares: Float, _ n
         let inverse = 1 / (std + 1e-5)
         for d in 0..<dIn { row[d] *= inverse }
     }
-}
-
-/// For each of `groups` equal, consecutive groups of features and each token, the largest `pre + bias`
-/// (sparsify's groupmax activation keeps only each group's maximum, sparsify/fused_encoder.py).
-func groupMaximum(output: UnsafeMutablePointer<Float>, rows: Int, tokens: Int, stride: Int, bias: [Float], groups: Int,
-                  into maxima: UnsafeMutablePointer<Float>) {
-    let size = rows / groups
-    for group in 0..<groups {
-        let target = maxima + group * stride
-        for index in 0..<tokens { target[index] = -.infinity }
-        for row in (group * size)..<((group + 1) * size) {
-            let source = output + row * stride
-            let b = bias[row]
-            for index in 0..<tokens { target[index] = max(target[index], source[index] + b) }
-        }
-    }
-}
-
-/// For each token (column), the k-th largest of `(pre + bias)·scale` over all `rows` features.
-func kthLargest(output: UnsafeMutablePointer<Float>, rows: Int, tokens: Int, stride: Int, bias: [Float], scale: [Float]? = nil,
-                k: Int, scratch: UnsafeMutablePointer<Float>, into result: UnsafeMutablePointer<Float>) {
-    var first = 0
-    while first < tokens {
-        let block = min(8, tokens - first)
-        for row in 0..<rows {
-            let source = output + row * stride + first
-            let b = bias[row]
-            if let scale {
-                let s = scale[row]
-                for column in 0..<block { scratch[column * rows + row] = (source[column] + b) * s }
-            } else {
-                for column in 0..<block { scratch[column * rows + row] = source[column] + b }
-            }
-        }
-        for column in 0..<block {
-            result[first + column] = select(scratch + column * rows, count: rows, rank: k - 1)
-        }
-        first += block
-    }
-}
-
-/// The element that would be at `rank` if `values[0..<count]` were sorted descending (reorders the buffer).
-func select(_ values: UnsafeMutablePointer<Float>, count: Int, rank: Int) -> Float {
-    var lower = 0, upper = count - 1
-    while lower < upper {
-        let pivot = values[(lower + upper) / 2]
-        var i = lower, j = upper
-        while i <= j {
-            while values[i] > pivot { i += 1 }
-            while values[j] < pivot { j -= 1 }
-            if i <= j {
-                let saved = values[i]; values[i] = values[j]; values[j] = saved
-                i += 1; j -= 1
-            }
-        }
-        if rank <= j { upper = j } else if rank >= i { lower = i } else { return values[rank] }
-    }
-    return values[rank]
 }
 
 /// Reads a delphi sparse latent cache: no encode, activations come per (sequence, position, latent).
@@ -344,39 +419,44 @@ struct LatentReader {
                 sorted[cursor[buckets[entry]]] = entry
                 cursor[buckets[entry]] += 1
             }
+            // Per latent, only the windows holding one of its entries are visited; the runs of windows between
+            // are handed to the random reservoir in one step each, so the time is O(entries), not O(latents × windows).
+            let windowsPerSequence = (context + window - 1) / window
+            let totalWindows = sequences * windowsPerSequence
+            let place = { (order: Int64) -> (sequence: Int, start: Int, length: Int) in
+                let sequence = Int(order) / windowsPerSequence, start = (Int(order) % windowsPerSequence) * window
+                return (sequence, start, min(window, context - start))
+            }
             for bucket in 0..<(upper - lower) {
                 let slot = lower + bucket
                 let entries = sorted[bucketStart[bucket]..<bucketStart[bucket + 1]].sorted { flats[$0] < flats[$1] || (flats[$0] == flats[$1] && $0 < $1) }
                 var next = 0
-                var order: Int64 = 0
+                var nextOrder = 0  // first window not yet observed
                 valuesBuffer.withUnsafeMutableBufferPointer { buffer in
                     let pointer = buffer.baseAddress!
-                    for sequence in 0..<sequences {
-                        var start = 0
-                        while start < context {
-                            let length = min(window, context - start)
-                            let first = sequence * context + start
-                            if next < entries.count, flats[entries[next]] < first + length {
-                                for index in 0..<length { pointer[index] = 0 }
-                                while next < entries.count, flats[entries[next]] < first + length {
-                                    let entry = entries[next]
-                                    if !excludedTokens.contains(flats[entry]) { pointer[flats[entry] - first] = max(0, values[entry]) }
-                                    next += 1
-                                }
-                                let peak = peakValue(pointer, length)
-                                if peak > 0 {
-                                    accumulators.observeActive(slot, values: pointer, length: length, peak: peak,
-                                                               sequence: sequence, start: start, order: order)
-                                } else {
-                                    accumulators.observeInactive(slot, length: length, sequence: sequence, start: start, order: order)
-                                }
-                            } else {
-                                accumulators.observeInactive(slot, length: length, sequence: sequence, start: start, order: order)
-                            }
-                            order += 1
-                            start += length
+                    while next < entries.count {
+                        let flat = flats[entries[next]]
+                        let sequence = flat / context, start = (flat % context) / window * window
+                        let order = sequence * windowsPerSequence + start / window
+                        let length = min(window, context - start)
+                        accumulators.observeInactiveRun(slot, firstOrder: Int64(nextOrder), count: order - nextOrder, place: place)
+                        let first = sequence * context + start
+                        for index in 0..<length { pointer[index] = 0 }
+                        while next < entries.count, flats[entries[next]] < first + length {
+                            let entry = entries[next]
+                            if !excludedTokens.contains(flats[entry]) { pointer[flats[entry] - first] = max(0, values[entry]) }
+                            next += 1
                         }
+                        let peak = peakValue(pointer, length)
+                        if peak > 0 {
+                            accumulators.observeActive(slot, values: pointer, length: length, peak: peak,
+                                                       sequence: sequence, start: start, order: Int64(order))
+                        } else {
+                            accumulators.observeInactive(slot, length: length, sequence: sequence, start: start, order: Int64(order))
+                        }
+                        nextOrder = order + 1
                     }
+                    accumulators.observeInactiveRun(slot, firstOrder: Int64(nextOrder), count: totalWindows - nextOrder, place: place)
                 }
             }
         }

@@ -93,6 +93,13 @@ struct SAETensor: @unchecked Sendable {
         }
     }
 
+    /// The tensor's float32 values in the memory-mapped file, when it is stored as aligned float32 (read in place).
+    func mappedFloat32() -> UnsafePointer<Float>? {
+        guard case .safetensors(let file, let info) = source, info.dtype == .f32, let base = file.file.base,
+              info.byteOffset % MemoryLayout<Float>.alignment == 0 else { return nil }
+        return (base + info.byteOffset).assumingMemoryBound(to: Float.self)
+    }
+
     /// Reads storage row `row` of `rowLength` values directly (memory-mapped sources only).
     func readRow(_ row: Int, rowLength: Int, into destination: UnsafeMutablePointer<Float>) -> Bool {
         guard case .safetensors(let file, let info) = source else { return false }
@@ -167,6 +174,25 @@ struct SAEModel: @unchecked Sendable {
         return gathered
     }
 
+    /// The encoder rows of `features` as one GEMM reads them: straight from the memory-mapped file when they are a
+    /// contiguous run of float32 features (no copy at all), else gathered for these features only.
+    func encoderOperand(features: [Int]) throws(SAELabelError) -> EncoderOperand {
+        let contiguous = features.isEmpty || features.last! - features[0] == features.count - 1
+        if contiguous, let mapped = encoder.mappedFloat32(), encoder.shape.count == 2 {
+            let first = features.first ?? 0
+            if featureMajor {
+                return EncoderOperand(base: mapped + first * config.dIn, leading: config.dIn, transposed: false, owned: nil)
+            }
+            if !encoder.columnMajor {
+                return EncoderOperand(base: mapped + first, leading: config.dSAE, transposed: true, owned: nil)
+            }
+        }
+        let gathered = try gatherEncoder(features: features)
+        let owned = UnsafeMutablePointer<Float>.allocate(capacity: max(1, gathered.count))
+        gathered.withUnsafeBufferPointer { owned.initialize(from: $0.baseAddress!, count: gathered.count) }
+        return EncoderOperand(base: owned, leading: config.dIn, transposed: false, owned: owned)
+    }
+
     func vector(_ tensor: SAETensor, features: [Int]) throws(SAELabelError) -> [Float] {
         let all = try tensor.readFloats()
         return features.map { all[$0] }
@@ -197,6 +223,36 @@ struct SAEModel: @unchecked Sendable {
             }
         }
         return features.map { norms[$0] }
+    }
+}
+
+/// Encoder rows as the GEMM operand A of `pre[rows, tokens] = A · inputᵀ`: row r starts at `base + r·leading`, or,
+/// `transposed` (stored [d_in, n], SAELens `W_enc`), is column r of a matrix with leading dimension `leading`.
+final class EncoderOperand: @unchecked Sendable {
+    let base: UnsafePointer<Float>
+    let leading: Int
+    let transposed: Bool
+    /// A gathered copy this operand owns (nil when it reads the mapped file in place).
+    let owned: UnsafeMutablePointer<Float>?
+
+    init(base: UnsafePointer<Float>, leading: Int, transposed: Bool, owned: UnsafeMutablePointer<Float>?) {
+        self.base = base
+        self.leading = leading
+        self.transposed = transposed
+        self.owned = owned
+    }
+
+    deinit { owned?.deallocate() }
+
+    var readsInPlace: Bool { owned == nil }
+
+    /// `output[r - rows.lowerBound, t] = Σ_d A[r, d]·input[t, d]` for `tokens` rows of `input` ([tokens, dIn]).
+    func multiply(rows: Range<Int>, input: UnsafePointer<Float>, tokens: Int, dIn: Int,
+                  into output: UnsafeMutablePointer<Float>, stride: Int) {
+        guard !rows.isEmpty, tokens > 0 else { return }
+        let first = transposed ? base + rows.lowerBound : base + rows.lowerBound * leading
+        cblas_sgemm(CblasRowMajor, transposed ? CblasTrans : CblasNoTrans, CblasTrans, Int32(rows.count), Int32(tokens), Int32(dIn),
+                    1, first, Int32(leading), input, Int32(dIn), 0, output, Int32(stride))
     }
 }
 

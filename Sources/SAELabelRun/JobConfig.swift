@@ -34,8 +34,8 @@ public struct JobConfig: Sendable, Equatable {
         public var excludeNormAbove: Double?
         public var batchTokens = 512
         public var blasThreads = 1
-        /// Memory budget of one collect block (`[collect] memory_mb`); see CollectOptions.memoryBudgetMiB.
-        public var memoryMiB: Double = 512
+        /// Collect's memory budget (`[collect] memory_mb` or `memory_gb`); see CollectOptions.memoryBudgetMiB.
+        public var memoryMiB: Double = MemoryBudget.defaultMiB
     }
 
     public struct Endpoint: Sendable, Equatable {
@@ -292,7 +292,7 @@ struct JobConfigReader {
         let collect = try table(root, "collect")
         try allow(collect, "collect", ["features", "window", "explain_top", "explain_quantile", "heldout_top", "heldout_quantile",
                                        "heldout_random", "min_activating_windows", "exclude_special_tokens", "exclude_positions",
-                                       "exclude_norm_above", "batch_tokens", "blas_threads", "memory_mb"])
+                                       "exclude_norm_above", "batch_tokens", "blas_threads", "memory_mb", "memory_gb"])
         if let features = try string(collect, "collect", "features") {
             do {
                 config.collect.features = try FeatureSelection.parseRange(features, flag: "[collect] features")
@@ -313,11 +313,10 @@ struct JobConfigReader {
         config.collect.excludeNormAbove = try double(collect, "collect", "exclude_norm_above")
         config.collect.batchTokens = try positive(collect, "batch_tokens") ?? c.batchTokens
         config.collect.blasThreads = try positive(collect, "blas_threads") ?? c.blasThreads
-        if let memory = try double(collect, "collect", "memory_mb") {
-            guard memory > 0, memory.isFinite else {
-                throw .badInput(location: "\(file): [collect] memory_mb", problem: "must be a positive number of MiB (got \(memory))")
-            }
-            config.collect.memoryMiB = memory
+        switch MemoryBudget.mebibytes(mb: try double(collect, "collect", "memory_mb"), gb: try double(collect, "collect", "memory_gb"),
+                                      mbName: "memory_mb", gbName: "memory_gb") {
+        case .success(let memory): config.collect.memoryMiB = memory ?? c.memoryMiB
+        case .failure(let problem): throw .badInput(location: "\(file): [collect]", problem: problem)
         }
 
         let explainer = try table(root, "explainer")

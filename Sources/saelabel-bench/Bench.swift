@@ -39,10 +39,25 @@ struct CollectBench: ParsableCommand {
     @Option(help: ArgumentHelp("Path of Tools/bench_numpy_collect.py.", valueName: "PATH"))
     var numpy: String?
 
+    @Option(name: .customLong("memory-gb"), help: "Collect's memory budget in GiB (default: the machine's default).")
+    var memoryGB: Double?
+
+    @Flag(name: .customLong("no-store"), help: "Measure the streaming phase only: no final selection, no store write.")
+    var noStore = false
+
+    @Flag(name: .customLong("skip-numpy"), help: "Run the sgemm baseline but not the numpy one.")
+    var skipNumpy = false
+
+    @Option(name: .customLong("chunk-rows"), help: "Features per GEMM chunk (CollectOptions.encodeChunkRows).")
+    var chunkRows: Int?
+
+    @Option(help: ArgumentHelp("Folder for the synthetic files (default: the temporary folder).", valueName: "DIR"))
+    var directory: String?
+
     func run() {
-        runCollectBenchmark(tokens: tokens, features: features, dIn: dIn, batch: batch, blasThreads: blasThreads,
-                            baselines: baselines,
-                            keep: keep, numpyScript: numpy)
+        runCollectBenchmark(CollectBenchSettings(tokens: tokens, features: features, dIn: dIn, batch: batch, blasThreads: blasThreads,
+                                                 baselines: baselines, keep: keep, numpyScript: numpy, memoryGB: memoryGB,
+                                                 store: !noStore, numpy: !skipNumpy, chunkRows: chunkRows, directory: directory))
     }
 }
 

@@ -6,31 +6,48 @@ import SAELabelStore
 
 /// Collect throughput benchmark.
 ///
-///     saelabel-bench collect [--tokens 65536] [--features 24576] [--d-in 768] [--batch 512]
+///     saelabel-bench collect [--tokens 65536] [--features 24576] [--d-in 768] [--batch 512] [--blas-threads 1]
+///                            [--memory-gb G] [--no-store] [--skip-numpy] [--chunk-rows N] [--directory DIR]
 ///                            [--baselines | --no-baselines] [--keep] [--numpy PATH/TO/bench_numpy_collect.py]
 ///
 /// Synthesizes a standard SAE (d_in × d_sae, float32, b_enc set so ~0.5% of features fire per token) and a float32
-/// activation file (written in chunks, never whole in memory), then measures in one process:
-///   1. plain `cblas_sgemm` of the same shapes (the hardware limit), tokens/s;
-///   2. saelabel's collect (all features selected, default example counts), tokens/s, and its ratio to (1);
+/// activation file (both written in chunks, never whole in memory), then measures in one process:
+///   1. plain `cblas_sgemm` of the same shapes and thread count (the hardware limit), tokens/s;
+///   2. saelabel's collect (all features selected, default example counts), tokens/s, and its ratio to (1):
+///      streaming alone, and with the final selection and the store write;
 ///   3. Tools/bench_numpy_collect.py (numpy encode + per-feature top windows) on the same files, and (2)/(3).
-/// Baselines run by default up to 131,072 tokens; larger runs (e.g. --tokens 1000000) measure collect alone and
-/// report its peak RSS (getrusage ru_maxrss) against the 1 GiB budget.
-func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, batch: Int, blasThreads: Int,
-                         baselines: Bool?, keep: Bool, numpyScript: String?) {
-    var tokens = requestedTokens
-    let runBaselines = baselines ?? (tokens <= 131_072)
-    let context = 128
-    let sequences = (tokens + context - 1) / context
-    tokens = sequences * context
-    let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("saelabel-collect-bench-\(getpid())")
-    try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    defer { if !keep { try? FileManager.default.removeItem(atPath: directory) } }
+/// Baselines run by default up to 131,072 tokens; peak RSS (getrusage ru_maxrss) is reported against the budget.
+struct CollectBenchSettings {
+    var tokens: Int
+    var features: Int
+    var dIn: Int
+    var batch: Int
+    var blasThreads: Int
+    var baselines: Bool?
+    var keep: Bool
+    var numpyScript: String?
+    var memoryGB: Double?
+    var store: Bool
+    var numpy: Bool
+    var chunkRows: Int?
+    var directory: String?
+}
 
-    print("collect benchmark: d_in \(dIn), d_sae \(features) (standard, float32), \(tokens) tokens (\(sequences) × \(context)), batch \(batch)")
+func runCollectBenchmark(_ settings: CollectBenchSettings) {
+    let features = settings.features, dIn = settings.dIn, batch = settings.batch, blasThreads = settings.blasThreads
+    let runBaselines = settings.baselines ?? (settings.tokens <= 131_072)
+    let context = 128
+    let sequences = (settings.tokens + context - 1) / context
+    let tokens = sequences * context
+    let directory = ((settings.directory ?? NSTemporaryDirectory()) as NSString).appendingPathComponent("saelabel-collect-bench-\(getpid())")
+    try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    defer { if !settings.keep { try? FileManager.default.removeItem(atPath: directory) } }
+
+    print("collect benchmark: d_in \(dIn), d_sae \(features) (standard, float32), \(tokens) tokens (\(sequences) × \(context)), batch \(batch), \(blasThreads) thread(s)")
     for name in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
         print("  \(name)=\(ProcessInfo.processInfo.environment[name] ?? "(unset)")")
     }
+    print("  load average: \(loadAverage())")
     var clock = BenchClock()
     let saeDirectory = (directory as NSString).appendingPathComponent("bench-sae")
     let activationPath = (directory as NSString).appendingPathComponent("activations.safetensors")
@@ -55,6 +72,8 @@ func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, b
     var options = CollectOptions(saeDirectory: saeDirectory, activationFiles: [activationPath], tokenizerPath: tokenizerPath)
     options.batchTokens = batch
     options.blasThreads = blasThreads
+    if let memoryGB = settings.memoryGB { options.memoryBudgetMiB = memoryGB * 1024 }
+    if let chunkRows = settings.chunkRows { options.encodeChunkRows = chunkRows }
     let summary: CollectSummary
     let planSeconds: Double
     let totalSeconds: Double
@@ -63,7 +82,7 @@ func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, b
         _ = clock.lap()
         let plan = try Collector.plan(options)
         planSeconds = clock.lap()
-        summary = try Collector.run(options, plan: plan, store: store)
+        summary = settings.store ? try Collector.run(options, plan: plan, store: store) : try Collector.streamOnly(options, plan: plan)
         totalSeconds = clock.lap()
     } catch {
         print("collect failed: \(error)")
@@ -72,15 +91,17 @@ func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, b
     let rssMiB = Double(peakRSSKiB()) / 1024
     let streamRate = Double(tokens) / summary.streamSeconds
     let endToEndRate = Double(tokens) / (summary.streamSeconds + summary.finishSeconds + summary.writeSeconds)
-    print(String(format: "  collect: plan (validate + SHA-256 fingerprints) %.1f s, stream %.1f s, select+decode %.1f s, store write %.1f s (run %.1f s)",
-                 planSeconds, summary.streamSeconds, summary.finishSeconds, summary.writeSeconds, totalSeconds))
-    print("  features: \(summary.collected) collected, \(summary.sparse) sparse, \(summary.dead) dead; \(summary.excludedTokens) tokens excluded (BOS)")
+    print(String(format: "  collect: %d block(s), plan (validate + SHA-256 fingerprints) %.1f s, stream %.1f s, select+decode %.1f s, store write %.1f s (run %.1f s)",
+                 summary.blocks, planSeconds, summary.streamSeconds, summary.finishSeconds, summary.writeSeconds, totalSeconds))
+    if settings.store {
+        print("  features: \(summary.collected) collected, \(summary.sparse) sparse, \(summary.dead) dead; \(summary.excludedTokens) tokens excluded (BOS)")
+    }
 
     var numpyRate: Double? = nil
     if runBaselines {
         sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch, threads: blasThreads))
         print(String(format: "  plain sgemm (again, after collect): %.0f tokens/s", sgemmRates[1]))
-        numpyRate = runNumpy(script: numpyScript, sae: saeDirectory, activations: activationPath)
+        if settings.numpy { numpyRate = runNumpy(script: settings.numpyScript, sae: saeDirectory, activations: activationPath) }
     }
 
     print("")
@@ -90,13 +111,20 @@ func runCollectBenchmark(tokens requestedTokens: Int, features: Int, dIn: Int, b
     if let hardware { print(String(format: "| (1) plain cblas_sgemm [%d×%d]·[%d×%d], %d BLAS thread(s) (best of 2) | %.0f | 1.00 |", batch, dIn, dIn, features, blasThreads, hardware)) }
     let ratio1 = hardware.map { String(format: "%.2f of (1)", streamRate / $0) } ?? "–"
     print(String(format: "| (2) saelabel collect: stream (read, encode, select state) | %.0f | %@ |", streamRate, ratio1))
-    let ratio1e = hardware.map { String(format: "%.2f of (1)", endToEndRate / $0) } ?? "–"
-    print(String(format: "| (2') saelabel collect incl. final selection + store write | %.0f | %@ |", endToEndRate, ratio1e))
+    if settings.store {
+        let ratio1e = hardware.map { String(format: "%.2f of (1)", endToEndRate / $0) } ?? "–"
+        print(String(format: "| (2') saelabel collect incl. final selection + store write | %.0f | %@ |", endToEndRate, ratio1e))
+    }
     if let numpyRate {
         print(String(format: "| (3) numpy collect (Tools/bench_numpy_collect.py) | %.0f | (2)/(3) = %.2f |", numpyRate, streamRate / numpyRate))
     }
-    print(String(format: "peak RSS (ru_maxrss): %.0f MiB; budget < 1024 MiB at %d features%@", rssMiB, features,
+    print(String(format: "peak RSS (ru_maxrss): %.0f MiB; memory budget %.0f MiB%@", rssMiB, options.memoryBudgetMiB,
                  runBaselines ? " (includes the sgemm baseline's buffers)" : ""))
+    print("  load average after: \(loadAverage())")
+}
+
+func loadAverage() -> String {
+    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
 }
 
 struct BenchClock {
@@ -146,25 +174,40 @@ func writeStreamingSafetensors(path: String, tensors: [(name: String, dtype: Str
     prefix.append(contentsOf: Array(header.utf8))
     handle.write(prefix)
     for index in tensors.indices { try produce(index) { handle.write($0) } }
+    // A producer that wrote nothing for the last tensors leaves them as a hole of zeros.
+    try handle.truncate(atOffset: UInt64(prefix.count + offset))
 }
 
 func floatData(_ values: [Float]) -> Data { values.withUnsafeBufferPointer { Data(buffer: $0) } }
 
+/// W_enc columns come from a pool of random rows (so a 1M-wide SAE is written in seconds); W_dec, which a
+/// standard SAE's collect never reads, is left as a hole in the file (zeros that take no disk).
 func writeBenchSAE(directory: String, dIn: Int, dSAE: Int) throws {
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     var random = BenchRandom(state: 42)
     let scale = 1 / Float(dIn).squareRoot()
+    let poolRows = 64
+    let pool = (0..<(poolRows * dSAE)).map { _ in random.normal() * scale }
     try writeStreamingSafetensors(path: (directory as NSString).appendingPathComponent("sae_weights.safetensors"), tensors: [
         ("W_enc", "F32", [dIn, dSAE], dIn * dSAE * 4), ("b_enc", "F32", [dSAE], dSAE * 4),
-        ("W_dec", "F32", [dSAE, dIn], dIn * dSAE * 4), ("b_dec", "F32", [dIn], dIn * 4),
+        ("b_dec", "F32", [dIn], dIn * 4), ("W_dec", "F32", [dSAE, dIn], dIn * dSAE * 4),
     ]) { index, write in
         switch index {
-        case 0, 2:
-            for _ in 0..<dIn { write(floatData((0..<dSAE).map { _ in random.normal() * scale })) }
+        case 0:
+            for _ in 0..<dIn {
+                let row = Int(random.next() % UInt64(poolRows)), shift = Int(random.next() % UInt64(dSAE))
+                pool.withUnsafeBufferPointer { buffer in
+                    let base = buffer.baseAddress! + row * dSAE
+                    write(Data(buffer: UnsafeBufferPointer(start: base + shift, count: dSAE - shift)))
+                    write(Data(buffer: UnsafeBufferPointer(start: base, count: shift)))
+                }
+            }
         case 1:
             write(floatData((0..<dSAE).map { _ in -2.6 + 0.2 * random.normal() }))
-        default:
+        case 2:
             write(floatData((0..<dIn).map { _ in 0.05 * random.normal() }))
+        default:
+            break  // W_dec: the file is extended to its full size below, as a hole
         }
     }
     let cfg: [String: Any] = ["d_in": dIn, "d_sae": dSAE, "architecture": "standard", "apply_b_dec_to_input": true,

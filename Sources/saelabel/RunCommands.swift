@@ -83,14 +83,21 @@ struct Collect: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Exclude tokens whose activation vector's L2 norm is above this.", valueName: "NORM"))
     var excludeNormAbove: Float?
 
-    @Option(name: .customLong("memory-mb"), help: ArgumentHelp("Memory for one block of features; collect streams the corpus once per block and commits each block.", valueName: "MIB"))
-    var memoryMB: Double = 512
+    @Option(name: .customLong("memory-mb"), help: ArgumentHelp("Memory budget of collect; features are streamed and committed in blocks that fit it (default: a quarter of the machine's memory, 512 MiB to 8 GiB).", valueName: "MIB"))
+    var memoryMB: Double?
+
+    @Option(name: .customLong("memory-gb"), help: ArgumentHelp("The same budget in GiB (give one of the two).", valueName: "GIB"))
+    var memoryGB: Double?
 
     @Flag(help: "Accept changed inputs and recollect every selected feature (a new labeling pass).")
     var newVersion = false
 
     func run() async throws {
-        guard memoryMB > 0, memoryMB.isFinite else { throw SAELabelError.usage("--memory-mb must be a positive number of MiB") }
+        let memory: Double?
+        switch MemoryBudget.mebibytes(mb: memoryMB, gb: memoryGB, mbName: "--memory-mb", gbName: "--memory-gb") {
+        case .success(let value): memory = value
+        case .failure(let problem): throw SAELabelError.usage(problem)
+        }
         if latents == nil && (sae == nil || activations.isEmpty) {
             throw SAELabelError.usage("collect needs --sae and --activations, or --latents")
         }
@@ -101,7 +108,7 @@ struct Collect: AsyncParsableCommand {
         options.windowLength = window
         options.excludePositions = excludePositions
         options.excludeNormAbove = excludeNormAbove
-        options.memoryBudgetMiB = memoryMB
+        options.memoryBudgetMiB = memory ?? MemoryBudget.defaultMiB
         let plan = try Collector.plan(options)
         let store = try JobStore(path: db, exclusive: true)
         let summary = try Pipeline.collect(options: options, store: store, plan: plan, newVersion: newVersion,

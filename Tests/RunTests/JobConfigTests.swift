@@ -39,7 +39,7 @@ import Testing
 
     @Test func readsEveryKeyAndResolvesPathsFromTheJobFile() async throws {
         let dir = TempDirectory()
-        let config = try JobConfig.load(path: try validJob(dir, collect: "exclude_positions = [0]\nexclude_norm_above = 250\nblas_threads = 2"))
+        let config = try JobConfig.load(path: try validJob(dir, collect: "exclude_positions = [0]\nexclude_norm_above = 250\nblas_threads = 2\nmemory_gb = 1.5"))
         #expect(config.store == dir.file("out/job.sqlite"))
         #expect(config.seed == 7)
         #expect(config.inputs.sae == dir.file("sae"))
@@ -49,6 +49,7 @@ import Testing
         #expect(config.collect.excludePositions == [0])
         #expect(config.collect.excludeNormAbove == 250)
         #expect(config.collect.blasThreads == 2)
+        #expect(config.collect.memoryMiB == 1536)
         #expect(config.explainer.llm.model == "smollm2")
         #expect(config.scoring.scorers == [.simulation, .detection])
         #expect(config.limits.concurrency == 64)

@@ -202,7 +202,10 @@ struct NightlyTests {
         let cases = [("formfeed.toml", good.replacingOccurrences(of: "[explainer]", with: "[\u{0C}\u{0C}explainer]"), "U+000C"),
                      ("hash.toml", good.replacingOccurrences(of: "[explainer]", with: "[# explainer]"), "table header"),
                      ("bracket.toml", good.replacingOccurrences(of: "activations = [", with: "activations = [}"), "does not close"),
-                     ("memory.toml", good.replacingOccurrences(of: "window = 16", with: "window = 16\nmemory_mb = 0"), "memory_mb")]
+                     ("memory.toml", good.replacingOccurrences(of: "window = 16", with: "window = 16\nmemory_mb = 0"), "memory_mb"),
+                     ("memory-gb.toml", good.replacingOccurrences(of: "window = 16", with: "window = 16\nmemory_gb = -1"), "memory_gb"),
+                     ("memory-both.toml", good.replacingOccurrences(of: "window = 16", with: "window = 16\nmemory_mb = 256\nmemory_gb = 1"),
+                      "either memory_mb or memory_gb")]
         for (name, text, mention) in cases {
             let result = try await runSAELabel(["run", "--config", try dir.write(name, text), "--dry-run"])
             #expect(result.status == 2, "\(name): \(result.stderr)")

@@ -15,9 +15,9 @@ import TestSupport
         return (dir, reference)
     }
 
-    func collect(_ dir: TempDirectory, sae: String, db: String) async throws -> ProcessResult {
+    func collect(_ dir: TempDirectory, sae: String, db: String, extra: [String] = []) async throws -> ProcessResult {
         try await runSAELabel(["collect", "--db", dir.file(db), "--sae", sae, "--activations", dir.file("activations.safetensors"),
-                               "--tokenizer", dir.file("tokenizer.json")])
+                               "--tokenizer", dir.file("tokenizer.json")] + extra)
     }
 
     @Test(arguments: ["gemma-scope/layer_3/width_24/average_l0_5", "gemma-scope/layer_3/width_24/average_l0_5/params.npz",
@@ -25,10 +25,21 @@ import TestSupport
                       "saelens-gated", "saelens-transcoder", "saelens-skip-transcoder", "saelens-batchtopk", "saelens-topk-layernorm", "saelens-constnorm-f16",
                       "saelens-expected-average"])
     func collectMatchesTheFormatsOwnEncode(sae: String) async throws {
+        try await expectMatchesReference(sae: sae)
+    }
+
+    /// TopK and groupMax collected one feature per block (`--memory-mb 0.05`): each block multiplies only its own
+    /// rows (groupMax: its group's), the k-th value per token coming from one extra pass over the corpus.
+    @Test(arguments: ["sparsify-run/layers.1", "saelens-topk-layernorm", "sparsify-groupmax"])
+    func topKAndGroupMaxInBlocksMatchTheFormatsOwnEncode(sae: String) async throws {
+        try await expectMatchesReference(sae: sae, extra: ["--memory-mb", "0.05"])
+    }
+
+    func expectMatchesReference(sae: String, extra: [String] = []) async throws {
         let (dir, reference) = try await fixtures()
         let key = sae.hasSuffix("/params.npz") ? String(sae.dropLast("/params.npz".count)) : sae
         let expected = try #require(reference[key])
-        let result = try await collect(dir, sae: dir.file(sae), db: "job.sqlite")
+        let result = try await collect(dir, sae: dir.file(sae), db: "job.sqlite", extra: extra)
         #expect(result.status == 0, "\(result.stderr)")
         let exported = try await runSAELabel(["export", "--db", dir.file("job.sqlite"), "--format", "catalog", "--out", dir.file("catalog.jsonl")])
         #expect(exported.status == 0, "\(exported.stderr)")

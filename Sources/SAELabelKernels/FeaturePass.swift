@@ -1,0 +1,210 @@
+/// One window of an encoded batch: batch columns `offset..<offset+length`, and where it came from in the corpus.
+public struct BatchWindow: Sendable {
+    public var offset: Int
+    public var length: Int
+    public var sequence: Int
+    public var start: Int
+    public var order: Int64
+
+    public init(offset: Int, length: Int, sequence: Int, start: Int, order: Int64) {
+        self.offset = offset
+        self.length = length
+        self.sequence = sequence
+        self.start = start
+        self.order = order
+    }
+}
+
+/// The SAE's activation function, with its per-feature parameters indexed by a row's parameter index.
+/// Rows hold `x'·W_enc` without the bias; the function turns them into activations in place.
+public enum Activation: Sendable {
+    /// relu(pre + b).
+    case relu(bias: [Float])
+    /// (pre + b) where pre + b > threshold, else 0.
+    case jumpReLU(bias: [Float], threshold: [Float])
+    /// (pre + b_gate > 0) · relu(pre·scale + b_mag) (SAELens gated_sae.py `encode`).
+    case gated(gateBias: [Float], magnitudeScale: [Float], magnitudeBias: [Float])
+    /// (pre + b)·scale where it is ≥ the column's k-th largest over all features (`EncodedBatch.columnLimits`), else 0.
+    case topK(bias: [Float], scale: [Float]?)
+    /// pre + b where it is its group's largest in the column (`columnLimits`: [groups × stride]), else 0.
+    case groupMax(bias: [Float], groupSize: Int)
+}
+
+/// Where one batch's windows lie and which of its columns count.
+public struct EncodedBatch: @unchecked Sendable {
+    public var windows: UnsafeBufferPointer<BatchWindow>
+    /// Per column, 1 for a counted token and 0 for an excluded one (its activations are stored as 0).
+    public var keep: UnsafePointer<Float>
+    /// topK: per column, the k-th largest value over all features; groupMax: each group's maxima, row-major [groups × stride].
+    public var columnLimits: UnsafePointer<Float>?
+    public var stride: Int
+
+    public init(windows: UnsafeBufferPointer<BatchWindow>, keep: UnsafePointer<Float>, columnLimits: UnsafePointer<Float>?, stride: Int) {
+        self.windows = windows
+        self.keep = keep
+        self.columnLimits = columnLimits
+        self.stride = stride
+    }
+}
+
+/// An activation function specialized to one feature row; the pass is generic over it so each case
+/// compiles to its own loop with no branch per element.
+protocol RowActivation {
+    func callAsFunction(_ pre: SIMD8<Float>, column: Int) -> SIMD8<Float>
+    func callAsFunction(_ pre: Float, column: Int) -> Float
+}
+
+struct ReLURow: RowActivation {
+    let bias: Float
+    @inline(__always) func callAsFunction(_ pre: SIMD8<Float>, column: Int) -> SIMD8<Float> {
+        let v = pre + bias
+        return v.replacing(with: 0, where: .!(v .> 0))
+    }
+    @inline(__always) func callAsFunction(_ pre: Float, column: Int) -> Float {
+        let v = pre + bias
+        return v > 0 ? v : 0
+    }
+}
+
+struct JumpReLURow: RowActivation {
+    let bias: Float, threshold: Float
+    @inline(__always) func callAsFunction(_ pre: SIMD8<Float>, column: Int) -> SIMD8<Float> {
+        let v = pre + bias
+        return v.replacing(with: 0, where: .!((v .> threshold) .& (v .> 0)))
+    }
+    @inline(__always) func callAsFunction(_ pre: Float, column: Int) -> Float {
+        let v = pre + bias
+        return (v > threshold && v > 0) ? v : 0
+    }
+}
+
+struct GatedRow: RowActivation {
+    let gateBias: Float, scale: Float, magnitudeBias: Float
+    @inline(__always) func callAsFunction(_ pre: SIMD8<Float>, column: Int) -> SIMD8<Float> {
+        let m = pre * scale + magnitudeBias
+        return m.replacing(with: 0, where: .!((pre + gateBias .> 0) .& (m .> 0)))
+    }
+    @inline(__always) func callAsFunction(_ pre: Float, column: Int) -> Float {
+        let m = pre * scale + magnitudeBias
+        return (pre + gateBias > 0 && m > 0) ? m : 0
+    }
+}
+
+/// TopK (scale = the decoder norm when the SAE rescales, else 1) and groupMax (scale 1, limits = the group's maxima)
+/// share one rule: keep the value where it reaches the column's limit.
+struct LimitRow: RowActivation {
+    let bias: Float, scale: Float
+    let limits: UnsafePointer<Float>
+    @inline(__always) func callAsFunction(_ pre: SIMD8<Float>, column: Int) -> SIMD8<Float> {
+        let v = (pre + bias) * scale
+        let limit = UnsafeRawPointer(limits).loadUnaligned(fromByteOffset: column * 4, as: SIMD8<Float>.self)
+        return v.replacing(with: 0, where: .!((v .>= limit) .& (v .> 0)))
+    }
+    @inline(__always) func callAsFunction(_ pre: Float, column: Int) -> Float {
+        let v = (pre + bias) * scale
+        return (v >= limits[column] && v > 0) ? v : 0
+    }
+}
+
+extension FeatureAccumulators {
+    /// The per-feature pass after a batch's GEMM: for each slot of `slots`, applies `activation` in place to its
+    /// row (zero on excluded columns) and feeds every window to the slot's state. `row(slot)` gives the row's
+    /// values and the index of its parameters in `activation`. Slots are independent: disjoint ranges may run
+    /// on different threads at once.
+    public func observe(slots: Range<Int>, batch: EncodedBatch, activation: Activation,
+                        row: (Int) -> (values: UnsafeMutablePointer<Float>, parameter: Int)) {
+        switch activation {
+        case .relu(let bias):
+            for slot in slots {
+                let (values, p) = row(slot)
+                observeRow(slot, values: values, batch: batch, rule: ReLURow(bias: bias[p]))
+            }
+        case .jumpReLU(let bias, let threshold):
+            for slot in slots {
+                let (values, p) = row(slot)
+                observeRow(slot, values: values, batch: batch, rule: JumpReLURow(bias: bias[p], threshold: threshold[p]))
+            }
+        case .gated(let gateBias, let scale, let magnitudeBias):
+            for slot in slots {
+                let (values, p) = row(slot)
+                observeRow(slot, values: values, batch: batch,
+                           rule: GatedRow(gateBias: gateBias[p], scale: scale[p], magnitudeBias: magnitudeBias[p]))
+            }
+        case .topK(let bias, let scale):
+            guard let limits = batch.columnLimits else { preconditionFailure("topK needs the k-th value per column") }
+            for slot in slots {
+                let (values, p) = row(slot)
+                observeRow(slot, values: values, batch: batch, rule: LimitRow(bias: bias[p], scale: scale?[p] ?? 1, limits: limits))
+            }
+        case .groupMax(let bias, let groupSize):
+            guard let limits = batch.columnLimits else { preconditionFailure("groupMax needs each group's maxima") }
+            for slot in slots {
+                let (values, p) = row(slot)
+                let maxima = limits + (p / max(1, groupSize)) * batch.stride
+                observeRow(slot, values: values, batch: batch, rule: LimitRow(bias: bias[p], scale: 1, limits: maxima))
+            }
+        }
+    }
+
+    @inline(__always)
+    private func observeRow<Rule: RowActivation>(_ slot: Int, values: UnsafeMutablePointer<Float>, batch: EncodedBatch, rule: Rule) {
+        for window in batch.windows {
+            let pointer = values + window.offset
+            let peak = activateWindow(pointer, column: window.offset, length: window.length, keep: batch.keep, rule: rule)
+            if peak > 0 {
+                observeActive(slot, values: pointer, length: window.length, peak: peak,
+                              sequence: window.sequence, start: window.start, order: window.order)
+            } else {
+                observeInactive(slot, length: window.length, sequence: window.sequence, start: window.start, order: window.order)
+            }
+        }
+    }
+}
+
+/// Applies `rule` in place to one window's `length` values (batch columns `column`…), zeroing excluded
+/// columns, and returns the window's largest activation: one pass, eight lanes at a time.
+@inline(__always)
+func activateWindow<Rule: RowActivation>(_ values: UnsafeMutablePointer<Float>, column: Int, length: Int,
+                                         keep: UnsafePointer<Float>, rule: Rule) -> Float {
+    let raw = UnsafeMutableRawPointer(values)
+    let keepRaw = UnsafeRawPointer(keep)
+    var lanes = SIMD8<Float>(repeating: 0)
+    var index = 0
+    while index + 8 <= length {
+        let pre = raw.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self)
+        let kept = keepRaw.loadUnaligned(fromByteOffset: (column + index) * 4, as: SIMD8<Float>.self)
+        let activated = rule(pre, column: column + index).replacing(with: 0, where: kept .== 0)
+        raw.storeBytes(of: activated, toByteOffset: index * 4, as: SIMD8<Float>.self)
+        lanes = pointwiseMax(lanes, activated)
+        index += 8
+    }
+    var peak = lanes.max()
+    while index < length {
+        let activated = keep[column + index] == 0 ? 0 : rule(values[index], column: column + index)
+        values[index] = activated
+        peak = max(peak, activated)
+        index += 1
+    }
+    return peak
+}
+
+/// Maximum of `count` non-negative values (SIMD for whole groups of 8).
+@inline(__always)
+public func peakValue(_ values: UnsafeMutablePointer<Float>, _ count: Int) -> Float {
+    var index = 0
+    var peak: Float = 0
+    if count >= 8 {
+        let raw = UnsafeRawPointer(values)
+        var lanes = SIMD8<Float>(repeating: 0)
+        while index + 8 <= count {
+            lanes = pointwiseMax(lanes, raw.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self))
+            index += 8
+        }
+        peak = lanes.max()
+    }
+    while index < count {
+        peak = max(peak, values[index])
+        index += 1
+    }
+    return peak
+}
