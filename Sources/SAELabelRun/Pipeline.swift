@@ -226,7 +226,8 @@ public enum Pipeline {
                 if config.simulator == "logprobs" {
                     result.append(try LogprobSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
                 } else if config.simulator == "sparse" {
-                    result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+                    result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts,
+                                                             windowsPerRequest: config.windowsPerRequest))
                 } else {
                     result.append(try JSONSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
                 }
