@@ -55,6 +55,9 @@ Kinds of request (detected from the content, checked in this order):
   Sparse simulate (the schema's `activations` items have an `index`; the tokens are `[index, token]`
   pairs): `{"activations":[{"index":i,"activation":mock_activation(t)}, ...]}` listing only the tokens
   whose mock_activation is above 0; `wrong_length` adds an entry whose index names no token.
+  Several-window sparse simulate (the schema has a `windows` property; the last user message has lines
+  `Window K: <tokens>[[index, token], ...]</tokens>`): `{"windows":[{"window":K,"activations":[...]}, ...]}`,
+  one entry per such line, each listing its active tokens as above; `wrong_length` leaves out the last window.
 * every chat answer's usage reports OpenAI's automatic prompt caching as
   `usage.prompt_tokens_details.cached_tokens`: the prompt is the sequence of its messages' tokens (each
   whitespace-split word, tagged with its message's role); a prompt of at least --prompt-cache-min (1024)
@@ -237,6 +240,22 @@ def answer_chat(kind, req, fault):
                 tokens = []
         except ValueError:
             tokens = []
+        if is_sparse_windows(req):
+            # saelabel's several-window sparse simulator: "Window K: <tokens>[[index, token], ...]</tokens>"
+            # lines; one entry per window, listing only its active tokens.
+            found = re.findall(r"Window (\d+): <tokens>(.*?)</tokens>", user, re.S)
+            windows = []
+            for number, listed in found:
+                try:
+                    pairs = [p for p in json.loads(listed) if isinstance(p, list) and len(p) == 2]
+                except ValueError:
+                    pairs = []
+                windows.append({"window": int(number),
+                                "activations": [{"index": int(i), "activation": mock_activation(str(t))} for i, t in pairs
+                                                if mock_activation(str(t)) > 0]})
+            if fault == "wrong_length" and windows:
+                windows = windows[:-1]  # the last window is missing: unusable
+            return json.dumps({"windows": windows}, ensure_ascii=False)
         if is_sparse(req):
             # saelabel's sparse simulator: tokens come as [index, token] pairs; only active ones are listed.
             pairs = [p for p in tokens if isinstance(p, list) and len(p) == 2]
@@ -263,13 +282,23 @@ def answer_chat(kind, req, fault):
     return "mock answer " + fnv_hex(user)
 
 
-def is_sparse(req):
-    """A sparse simulation request: its schema's entries are {index, activation}."""
+def request_schema(req):
+    """The JSON schema a chat request carries (json_schema, json_object + schema, or vLLM's guided_json)."""
     rf = req.get("response_format")
     schema = ((rf or {}).get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
     schema = schema or (rf or {}).get("schema") or req.get("guided_json") or {}
-    items = (((schema.get("properties") or {}).get("activations") or {}).get("items") or {}) if isinstance(schema, dict) else {}
+    return schema if isinstance(schema, dict) else {}
+
+
+def is_sparse(req):
+    """A sparse simulation request: its schema's entries are {index, activation}."""
+    items = ((request_schema(req).get("properties") or {}).get("activations") or {}).get("items") or {}
     return isinstance(items, dict) and "index" in (items.get("properties") or {})
+
+
+def is_sparse_windows(req):
+    """A several-window sparse simulation request: its schema lists `windows`."""
+    return "windows" in (request_schema(req).get("properties") or {})
 
 
 def cached_prefix_tokens(cache, model, messages, minimum, step):

@@ -85,6 +85,21 @@ Neuron B responds to: {{{explanation}}}
 {{{records}}}
 
 """#,
+        "simulator-sparse-windows": #"""
+The neuron responds to: {{{explanation}}}
+
+List, for each of these {{count}} windows, the tokens on which it fires.
+{{#windows}}
+Window {{number}}: <tokens>{{{tokens}}}</tokens>
+{{/windows}}
+
+"""#,
+        "simulator-sparse-windows.system": #"""
+You predict how strongly a neuron in a language model fires on each token of some texts, knowing only a short description of what the neuron responds to. Activations are integers from 0 (not at all) to 10 (strongest); most tokens are 0.
+
+The texts come as numbered windows, each a list of [index, token] pairs. Reply with JSON only, of the form {"windows": [{"window": 0, "activations": [{"index": 3, "activation": 7}, ...]}, {"window": 1, "activations": []}, ...]}: one entry per window, in order, listing only the tokens of that window on which the neuron fires (activation 1 to 10), by their index in that window. Leave every other token out: it counts as 0. A window on which the neuron fires on no token gets "activations": [].
+
+"""#,
         "simulator-sparse": #"""
 The neuron responds to: {{{explanation}}}
 

@@ -291,11 +291,15 @@ public struct DryRunEstimate: Sendable {
     mutating func estimateTokens(config: JobConfig) {
         let c = config.collect
         let explainWindows = c.explainTop + c.explainQuantile
-        let explainPrompt = explainCalls * (300 + explainWindows * c.window * 3), scorePrompt = scoreCalls * (250 + c.window * 4)
+        // A sparse simulation request carries up to `windows_per_request` of a feature's held-out windows.
+        let heldoutWindows = c.heldoutTop + c.heldoutQuantile + c.heldoutRandom
+        let windowsPerCall = config.scoring.simulator == .sparse ? max(1, min(config.scoring.windowsPerRequest, heldoutWindows)) : 1
+        let explainPrompt = explainCalls * (300 + explainWindows * c.window * 3)
+        let scorePrompt = scoreCalls * (250 + windowsPerCall * c.window * 4)
         let explainCompletion = explainCalls * (config.explainer.llm.maxTokens ?? 60)
         // The sparse simulator lists only the active tokens: on the demo (SmolLM2, 16-token windows) it answered
         // 27 tokens per window against the dense one's 218, so 2 per window token instead of 12 (README, "What a run costs").
-        let scoreCompletion = scoreCalls * c.window * (config.scoring.simulator == .sparse ? 2 : 12)
+        let scoreCompletion = scoreCalls * windowsPerCall * c.window * (config.scoring.simulator == .sparse ? 2 : 12)
         promptTokens = explainPrompt + scorePrompt
         completionTokens = explainCompletion + scoreCompletion
         let explainPrice = explainCalls == 0 ? ModelPrice(input: 0, output: 0) : config.prices[config.explainer.llm.model]

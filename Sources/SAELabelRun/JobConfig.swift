@@ -67,6 +67,8 @@ public struct JobConfig: Sendable, Equatable {
         public var scorers: [ScorerKind] = [.simulation]
         /// How the simulation scorer asks for activations (`mode` key, `--simulator`).
         public var simulator: SimulatorMode = .sparse
+        /// Held-out windows one sparse simulation request carries (`windows_per_request`; 1: a request per window).
+        public var windowsPerRequest = SparseSimulationScorer.defaultWindowsPerRequest
         /// Send this stage's requests through the provider's Batch API (`batch` key).
         public var batch = false
     }
@@ -332,7 +334,8 @@ struct JobConfigReader {
         config.explainer.batch = try bool(explainer, "explainer", "batch") ?? false
 
         let simulator = try table(root, "simulator")
-        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode", "batch"])
+        try allow(simulator, "simulator", ["endpoint", "model", "api_key_env", "max_tokens", "server", "scorers", "mode", "batch",
+                                               "windows_per_request"])
         config.scoring.llm = try endpoint(simulator, "simulator")
         if let scorers = try stringArray(simulator, "simulator", "scorers") {
             config.scoring.scorers = try scorers.map { name throws(SAELabelError) in try choice(name, "simulator", "scorers") }
@@ -346,6 +349,13 @@ struct JobConfigReader {
         }
 
         config.scoring.batch = try bool(simulator, "simulator", "batch") ?? false
+        if let windows = try positive(simulator, "windows_per_request", section: "simulator") {
+            guard config.scoring.simulator == .sparse else {
+                throw .badInput(location: location("simulator", "windows_per_request"),
+                                problem: "applies to mode = \"sparse\" only; remove it or set mode = \"sparse\"")
+            }
+            config.scoring.windowsPerRequest = windows
+        }
 
         let limits = try table(root, "limits")
         try allow(limits, "limits", ["concurrency", "requests_per_minute", "tokens_per_minute", "timeout_seconds", "max_retries", "max_cost", "batch_poll_seconds"])

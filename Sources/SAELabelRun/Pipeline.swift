@@ -227,7 +227,8 @@ public enum Pipeline {
             case (.simulation, .logprobs):
                 result.append(try LogprobSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
             case (.simulation, .sparse):
-                result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
+                result.append(try SparseSimulationScorer(client: client, model: config.llm.model, prompts: prompts,
+                                                         windowsPerRequest: config.windowsPerRequest))
             case (.simulation, .json):
                 result.append(try JSONSimulationScorer(client: client, model: config.llm.model, prompts: prompts))
             case (.detection, _):

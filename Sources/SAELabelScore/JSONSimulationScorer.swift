@@ -228,24 +228,33 @@ enum SimulationScoring {
         guard !tokens.isEmpty else { return .init(values: [], retried: false, error: nil) }
         let answer = try await ScoringSupport.chat(client, request(first), tag: tag).text
         let parsed = parse(answer)
-        let problem: String
-        switch parsed {
-        case .success(let result) where result.badValues == 0:
-            return .init(values: result.values, retried: false, error: nil)
-        case .success(let result):
-            problem = "\(result.badValues) of the activations are not integers from 0 to 10"
-        case .failure(let error):
-            problem = error.description
-        }
+        guard let problem = problem(of: parsed) else { return .init(values: try? parsed.get().values, retried: false, error: nil) }
         let second = try await ScoringSupport.chat(client, request(retry(first, answer, problem)), tag: tag + ":retry").text
-        switch parse(second) {
+        return afterRetry(first: try? parsed.get(), problem: problem, retry: parse(second))
+    }
+
+    /// Why a window's answer needs the retry, or nil when it can be used as it is.
+    static func problem<Problem: Error & CustomStringConvertible>(of parsed: Result<JSONSimulationScorer.ParsedAnswer, Problem>) -> String? {
+        switch parsed {
+        case .success(let result) where result.badValues == 0: return nil
+        case .success(let result): return "\(result.badValues) of the activations are not integers from 0 to 10"
+        case .failure(let error): return error.description
+        }
+    }
+
+    /// A window once its retry answered: the retry's values when they parse (bad values set to 0),
+    /// else the first answer's when it had the right shape, else none (the window failed).
+    static func afterRetry<Problem: Error & CustomStringConvertible>(
+        first: JSONSimulationScorer.ParsedAnswer?, problem: String, retry: Result<JSONSimulationScorer.ParsedAnswer, Problem>)
+        -> JSONSimulationScorer.WindowSimulation {
+        switch retry {
         case .success(let result):
             let note = result.badValues > 0 ? "\(result.badValues) values outside 0–10 or not numbers were set to 0" : nil
             return .init(values: result.values, retried: true, error: note)
         case .failure(let error):
-            if case .success(let result) = parsed {
-                return .init(values: result.values, retried: true,
-                             error: "\(result.badValues) values outside 0–10 or not numbers were set to 0; retry: \(error)")
+            if let first {
+                return .init(values: first.values, retried: true,
+                             error: "\(first.badValues) values outside 0–10 or not numbers were set to 0; retry: \(error)")
             }
             return .init(values: nil, retried: true, error: "first answer: \(problem); retry: \(error)")
         }
@@ -257,31 +266,36 @@ enum SimulationScoring {
     static func score(feature: Int, heldout: [ActivationWindow],
                       simulate: (Int, [String]) async throws(SAELabelError) -> JSONSimulationScorer.WindowSimulation)
         async throws(SAELabelError) -> ScoreResult {
-        var windows: [SimulationDetails.Window] = []
-        var simulated: [[Double]] = []
-        var failed = 0, retried = 0
+        var simulations: [JSONSimulationScorer.WindowSimulation] = []
         var deferred: SAELabelError?
         for (ordinal, window) in heldout.enumerated() {
-            let result: JSONSimulationScorer.WindowSimulation
             do {
-                result = try await simulate(ordinal, window.tokens)
+                simulations.append(try await simulate(ordinal, window.tokens))
             } catch {
                 // Batch mode: queue every window's request in this round, then put the feature off.
                 guard ScoringSupport.isDeferred else { throw error }
                 deferred = deferred ?? error
-                continue
             }
-            if result.retried { retried += 1 }
-            if result.values == nil { failed += 1 }
-            simulated.append(result.values ?? Array(repeating: 0, count: window.tokens.count))
-            windows.append(SimulationDetails.Window(heldoutOrdinal: ordinal, simulated: result.values, error: result.error))
         }
         if let deferred { throw deferred }
-        var result = Self.result(heldout: heldout, simulated: simulated, windows: windows,
-                                 failedWindows: failed, retriedWindows: retried)
-        result.unusableTags = windows.filter { $0.simulated == nil }.flatMap {
-            ["simulate:\(feature):\($0.heldoutOrdinal)", "simulate:\(feature):\($0.heldoutOrdinal):retry"]
+        return assemble(heldout: heldout, simulations: simulations) {
+            ["simulate:\(feature):\($0)", "simulate:\(feature):\($0):retry"]
         }
+    }
+
+    /// The score from one simulation per held-out window (element i for held-out ordinal i).
+    /// `tags(ordinal)` names the calls that answered that window, dropped from the cache when it failed.
+    static func assemble(heldout: [ActivationWindow], simulations: [JSONSimulationScorer.WindowSimulation],
+                         tags: (Int) -> [String]) -> ScoreResult {
+        let windows = simulations.enumerated().map {
+            SimulationDetails.Window(heldoutOrdinal: $0.offset, simulated: $0.element.values, error: $0.element.error)
+        }
+        let simulated = zip(heldout, simulations).map { $1.values ?? Array(repeating: 0, count: $0.tokens.count) }
+        var result = Self.result(heldout: heldout, simulated: simulated, windows: windows,
+                                 failedWindows: simulations.filter { $0.values == nil }.count,
+                                 retriedWindows: simulations.filter(\.retried).count)
+        var seen = Set<String>()
+        result.unusableTags = windows.filter { $0.simulated == nil }.flatMap { tags($0.heldoutOrdinal) }.filter { seen.insert($0).inserted }
         return result
     }
 

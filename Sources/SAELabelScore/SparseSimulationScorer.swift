@@ -2,34 +2,106 @@ import Foundation
 import LLMClient
 import SAELabelCore
 
-/// The sparse simulator: like the JSON simulator (SPEC §5) one chat request per held-out window at
-/// temperature 0, but the model lists only the tokens it predicts active, as
-/// `{"activations": [{"index": i, "activation": 1…10}, …]}`; every token not listed is 0. Its output
-/// grows with the active tokens rather than with the window, which is most of a scoring bill
-/// (output tokens cost several times input tokens), and most of the demo's wall time.
+/// The sparse simulator: at temperature 0 the model lists only the tokens it predicts active; every
+/// token not listed is 0. Its output grows with the active tokens rather than with the window, which
+/// is most of a scoring bill (output tokens cost several times input tokens) and most of the demo's
+/// wall time.
 ///
-/// Tokens are shown numbered, `[[0, "The"], [1, " cat"], …]`. The structured-output schema fixes each
-/// index to the window's range and each value to 1–10; the same schema goes to every server (nothing
-/// is pinned per token, so llama.cpp and OpenAI's strict mode accept it alike). An index outside the
-/// window, or an answer that is not such a list, gets one retry as in the JSON simulator, and a window
-/// still unusable after it fails the whole score. A listed token given twice keeps its larger value.
+/// Two request shapes:
+/// - **one window a request** (`windowsPerRequest == 1`): tokens shown numbered, `[[0, "The"], [1, " cat"], …]`,
+///   answer `{"activations": [{"index": i, "activation": 1…10}, …]}`;
+/// - **several windows a request** (the default): a feature's held-out windows in chunks of at most
+///   `windowsPerRequest`, each shown as `Window k: <tokens>[[0, "The"], …]</tokens>`, answer
+///   `{"windows": [{"window": k, "activations": [{"index": i, "activation": v}, …]}, …]}` with one entry per
+///   window (an empty list where nothing fires). The instructions (system message) and then the
+///   explanation come first, so a prompt cache reuses them; each window is sent once instead of the
+///   instructions once per window.
+///
+/// The structured-output schema closes every object and requires all its properties (OpenAI's strict
+/// mode), fixes indices to the window and values to 1–10, and on llama.cpp servers also pins each
+/// entry's window number (`prefixItems`, which strict mode refuses). Properties are written in the
+/// order the model should answer them (a llama.cpp grammar follows the schema's order): window before
+/// its activations, index before its activation.
+///
+/// Robustness: an answer that is not such JSON, misses a window, or names a token outside its window
+/// gets one retry that shows the model what was wrong, for the unusable windows only; a window still
+/// unusable after it fails the whole score (never scored as zeros). A token listed twice keeps its
+/// larger value. Requests are cached by their bytes, so a resumed run pays for nothing twice.
 public struct SparseSimulationScorer: Scorer {
+    /// Windows a request carries unless the job says otherwise (`[simulator] windows_per_request`):
+    /// every held-out window of a usual feature (the demo has 5) in one request. Measured on the demo
+    /// with SmolLM2 (README, "Sparse against dense simulation").
+    public static let defaultWindowsPerRequest = 8
+
     public let name = "simulation"
     public let model: String
     public let promptHash: String
+    public let windowsPerRequest: Int
     private let client: LLMClient
     private let system: PromptTemplate?
     private let user: PromptTemplate
 
-    public init(client: LLMClient, model: String, prompts: PromptLibrary) throws(SAELabelError) {
+    public init(client: LLMClient, model: String, prompts: PromptLibrary,
+                windowsPerRequest: Int = SparseSimulationScorer.defaultWindowsPerRequest) throws(SAELabelError) {
         self.client = client
         self.model = model
-        self.user = try prompts.template("simulator-sparse")
-        self.system = try prompts.optionalTemplate("simulator-sparse.system")
-        var parts = ["sparse-simulator-v1", user.source]
+        self.windowsPerRequest = max(1, windowsPerRequest)
+        let several = self.windowsPerRequest > 1
+        self.user = try prompts.template(several ? "simulator-sparse-windows" : "simulator-sparse")
+        self.system = try prompts.optionalTemplate(several ? "simulator-sparse-windows.system" : "simulator-sparse.system")
+        var parts = [several ? "sparse-windows-simulator-v1" : "sparse-simulator-v2", user.source]
         if let system { parts.append(system.source) }
+        if several {
+            parts.append("windows_per_request=\(self.windowsPerRequest)")
+            if !client.server.isLlamaCpp { parts.append("schema=unpinned") }
+        }
         self.promptHash = ScoringSupport.hash(parts)
     }
+
+    public func plannedCalls(heldout: [ActivationWindow]) -> Int { chunks(heldout).count }
+
+    public func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult {
+        if windowsPerRequest == 1 {
+            return try await SimulationScoring.score(feature: feature, heldout: heldout) { (ordinal, tokens) async throws(SAELabelError) in
+                try await simulate(feature: feature, ordinal: ordinal, explanation: explanation, tokens: tokens)
+            }
+        }
+        let chunks = chunks(heldout)
+        var simulations = heldout.map { _ in JSONSimulationScorer.WindowSimulation(values: [], retried: false, error: nil) }
+        var deferred: SAELabelError?
+        for chunk in chunks {
+            do {
+                let results = try await simulate(feature: feature, explanation: explanation,
+                                                 windows: chunk.map { heldout[$0].tokens }, ordinals: chunk)
+                for (ordinal, result) in zip(chunk, results) { simulations[ordinal] = result }
+            } catch {
+                // Batch mode: queue every chunk's request in this round, then put the feature off.
+                guard ScoringSupport.isDeferred else { throw error }
+                deferred = deferred ?? error
+            }
+        }
+        if let deferred { throw deferred }
+        return SimulationScoring.assemble(heldout: heldout, simulations: simulations) { ordinal in
+            let tag = chunks.first { $0.contains(ordinal) }.map { Self.tag(feature: feature, ordinals: $0) } ?? "simulate:\(feature):\(ordinal)"
+            return [tag, tag + ":retry"]
+        }
+    }
+
+    /// The held-out ordinals each request carries: the non-empty windows in order, `windowsPerRequest`
+    /// at a time (an empty window needs no call and scores as no tokens).
+    func chunks(_ heldout: [ActivationWindow]) -> [[Int]] {
+        let ordinals = heldout.indices.filter { !heldout[$0].tokens.isEmpty }
+        return stride(from: 0, to: ordinals.count, by: windowsPerRequest).map {
+            Array(ordinals[$0..<min($0 + windowsPerRequest, ordinals.count)])
+        }
+    }
+
+    /// "simulate:F:first-last": the feature and the held-out ordinals a several-window request covers.
+    static func tag(feature: Int, ordinals: [Int]) -> String {
+        "simulate:\(feature):\(ordinals.first ?? 0)-\(ordinals.last ?? 0)"
+    }
+
+    // MARK: One window a request
 
     /// The numbered token list placed between `<tokens>` and `</tokens>`.
     public static func tokenList(_ tokens: [String]) -> String {
@@ -48,21 +120,14 @@ public struct SparseSimulationScorer: Scorer {
     /// `{"activations": [{"index": 0…count-1, "activation": 1…10}]}` with at most `count` entries; closed
     /// objects that require every property, as OpenAI's strict mode demands.
     public static func schema(count: Int) -> String {
-        let entry: [String: Any] = [
-            "type": "object",
-            "properties": ["index": ["type": "integer", "enum": Array(0..<max(count, 1))],
-                           "activation": ["type": "integer", "enum": Array(1...10)]],
-            "required": ["index", "activation"],
-            "additionalProperties": false,
-        ]
-        let schema: [String: Any] = [
-            "type": "object",
-            "properties": ["activations": ["type": "array", "maxItems": count, "items": entry] as [String: Any]],
-            "required": ["activations"],
-            "additionalProperties": false,
-        ]
-        guard let data = try? JSONSerialization.data(withJSONObject: schema, options: [.sortedKeys]) else { return "{\"type\":\"object\"}" }
-        return String(decoding: data, as: UTF8.self)
+        SchemaText.object([("activations", activationList(count: count))])
+    }
+
+    /// Up to `count` entries `{"index": 0…count-1, "activation": 1…10}`, index first.
+    static func activationList(count: Int) -> String {
+        let entry = SchemaText.object([("index", SchemaText.integers(0..<max(count, 1))),
+                                       ("activation", SchemaText.integers(1..<11))])
+        return #"{"type":"array","maxItems":\#(count),"items":\#(entry)}"#
     }
 
     /// Room for every token listed (about 12 tokens an entry), which the schema's `maxItems` bounds.
@@ -78,6 +143,11 @@ public struct SparseSimulationScorer: Scorer {
     /// number in 0–10 becomes 0 and is counted; an index outside the window makes the answer unusable.
     public static func parseAnswer(_ text: String, count: Int) -> Result<JSONSimulationScorer.ParsedAnswer, JSONSimulationScorer.AnswerProblem> {
         guard let object = JSONSimulationScorer.jsonValue(in: text) else { return .failure(.notJSON) }
+        return parseActivations(object, count: count)
+    }
+
+    /// `{"activations": [...]}` or the bare list, as one value per token of a `count`-token window.
+    static func parseActivations(_ object: Any, count: Int) -> Result<JSONSimulationScorer.ParsedAnswer, JSONSimulationScorer.AnswerProblem> {
         let entries: [Any]
         if let dict = object as? [String: Any] {
             guard let list = dict["activations"] as? [Any] else { return .failure(.noActivations) }
@@ -130,9 +200,169 @@ public struct SparseSimulationScorer: Scorer {
             retry: { retryMessages(first: $0, answer: $1, problem: $2, tokens: tokens) })
     }
 
-    public func score(feature: Int, explanation: String, heldout: [ActivationWindow]) async throws(SAELabelError) -> ScoreResult {
-        try await SimulationScoring.score(feature: feature, heldout: heldout) { (ordinal, tokens) async throws(SAELabelError) in
-            try await simulate(feature: feature, ordinal: ordinal, explanation: explanation, tokens: tokens)
+    // MARK: Several windows a request
+
+    /// What makes one window of a several-window answer unusable.
+    public enum WindowProblem: Error, Sendable, Equatable, CustomStringConvertible {
+        /// The whole answer: not JSON, or no `windows` list.
+        case answer(JSONSimulationScorer.AnswerProblem)
+        /// The answer has no entry for this window.
+        case missing(window: Int)
+        /// This window's entry is unusable.
+        case window(Int, JSONSimulationScorer.AnswerProblem)
+
+        public var description: String {
+            switch self {
+            case .answer(let problem): return problem.description
+            case .missing(let window): return "window \(window) is missing from the answer"
+            case .window(let window, let problem): return "window \(window): \(problem)"
+            }
         }
+    }
+
+    /// The first request's messages for a chunk: the system text (the same for every request), then
+    /// the explanation, then the windows numbered from 0.
+    public func messages(explanation: String, windows: [[String]]) -> [ChatMessage] {
+        let context: [String: Any] = ["explanation": explanation, "count": windows.count,
+                                      "windows": Self.windowContext(windows, numbers: Array(windows.indices))]
+        return ScoringSupport.messages(system: system, user: user, context: context)
+    }
+
+    /// `{"number": k, "tokens": "[[0,…]]", "last": n-1}` per window, for the templates.
+    static func windowContext(_ windows: [[String]], numbers: [Int]) -> [[String: Any]] {
+        zip(numbers, windows).map { ["number": $0, "tokens": tokenList($1), "last": $1.count - 1] }
+    }
+
+    /// `{"windows": [...]}` with exactly one entry per window of `lengths` (window numbers `numbers`):
+    /// `{"window": k, "activations": <up to len_k entries>}`. `pinned` (llama.cpp servers) fixes entry i
+    /// to window numbers[i] and its own length with `prefixItems`; otherwise every entry shares one
+    /// `items` schema (window numbers as an enum, indices up to the longest window), which strict mode accepts.
+    public static func schema(lengths: [Int], numbers: [Int], pinned: Bool) -> String {
+        func entry(numbers: [Int], length: Int) -> String {
+            SchemaText.object([("window", SchemaText.integers(numbers)), ("activations", activationList(count: length))])
+        }
+        let count = lengths.count
+        let list = pinned
+            ? #"{"type":"array","minItems":\#(count),"maxItems":\#(count),"prefixItems":[\#(zip(numbers, lengths).map { entry(numbers: [$0], length: $1) }.joined(separator: ","))]}"#
+            : #"{"type":"array","minItems":\#(count),"maxItems":\#(count),"items":\#(entry(numbers: numbers, length: lengths.max() ?? 1))}"#
+        return SchemaText.object([("windows", list)])
+    }
+
+    /// Room for a window's entry (about 16 tokens) and every one of its tokens listed.
+    static func maxTokens(lengths: [Int]) -> Int { 32 + lengths.reduce(0) { $0 + 16 + 12 * $1 } }
+
+    private func request(_ messages: [ChatMessage], lengths: [Int], numbers: [Int]) -> ChatRequest {
+        ChatRequest(model: model, messages: messages, temperature: 0, maxTokens: Self.maxTokens(lengths: lengths),
+                    responseFormat: .jsonSchema(name: "active_tokens_by_window",
+                                                schema: Self.schema(lengths: lengths, numbers: numbers, pinned: client.server.isLlamaCpp)))
+    }
+
+    /// Parses a several-window answer: for each asked window number (key of `lengths`, value its token
+    /// count) the values, or why that window cannot be used. Also accepted: text around the JSON, a bare
+    /// list of window entries, and everything the one-window parser accepts
+    /// inside an entry. A window given twice keeps the larger value of each token; entries for windows
+    /// not asked are ignored.
+    public static func parseAnswer(_ text: String, lengths: [Int: Int])
+        -> [Int: Result<JSONSimulationScorer.ParsedAnswer, WindowProblem>] {
+        func all(_ problem: JSONSimulationScorer.AnswerProblem) -> [Int: Result<JSONSimulationScorer.ParsedAnswer, WindowProblem>] {
+            lengths.mapValues { _ in .failure(.answer(problem)) }
+        }
+        guard let object = JSONSimulationScorer.jsonValue(in: text) else { return all(.notJSON) }
+        let entries: [Any]
+        if let dict = object as? [String: Any], let list = dict["windows"] as? [Any] {
+            entries = list
+        } else if let list = object as? [Any] {
+            entries = list
+        } else {
+            return all(.noActivations)
+        }
+        var found: [Int: Result<JSONSimulationScorer.ParsedAnswer, WindowProblem>] = [:]
+        for case let entry as [String: Any] in entries {
+            guard let raw = JSONSimulationScorer.number(entry["window"]), raw == raw.rounded(),
+                  let length = lengths[Int(raw)] else { continue }
+            let window = Int(raw)
+            let parsed = parseActivations(entry, count: length).mapError { WindowProblem.window(window, $0) }
+            switch (found[window], parsed) {
+            case (.success(let earlier)?, .success(let later)):
+                found[window] = .success(.init(values: zip(earlier.values, later.values).map { max($0, $1) },
+                                               badValues: earlier.badValues + later.badValues))
+            case (.failure?, _):
+                break  // an unusable entry makes the window unusable, whatever else is given for it
+            default:
+                found[window] = parsed
+            }
+        }
+        return lengths.keys.reduce(into: found) { result, window in
+            if result[window] == nil { result[window] = .failure(.missing(window: window)) }
+        }
+    }
+
+    /// The retry conversation for a chunk: the bad answer as the assistant's turn, then what was wrong
+    /// with which windows, and those windows' tokens again (under the same numbers).
+    public func retryMessages(first: [ChatMessage], answer: String, problems: [Int: String], windows: [Int: [String]]) -> [ChatMessage] {
+        let numbers = problems.keys.sorted()
+        let listed = numbers.map { "window \($0)" }.joined(separator: ", ")
+        let what = numbers.map { "\(problems[$0] ?? "")" }.uniqued().joined(separator: "; ")
+        let shown = numbers.map { "Window \($0): <tokens>\(Self.tokenList(windows[$0] ?? []))</tokens>" }.joined(separator: "\n")
+        let correction = "That answer cannot be used for \(listed): \(what). Reply again with JSON only, for "
+            + "\(numbers.count == 1 ? "that window" : "those \(numbers.count) windows") only, "
+            + "{\"windows\": [{\"window\": \(numbers[0]), \"activations\": [{\"index\": 0, \"activation\": 5}, ...]}, ...]}, "
+            + "one entry per window listing only the tokens the neuron fires on by their index in that window, "
+            + "each activation an integer from 1 to 10.\n\(shown)"
+        return first + [ChatMessage(role: "assistant", content: ScoringSupport.shown(answer)),
+                        ChatMessage(role: "user", content: correction)]
+    }
+
+    /// Simulates one chunk of windows (shown numbered 0…n-1) with at most one retry, for the windows
+    /// whose first answer was unusable. Returns one simulation per window; throws only when an LLM
+    /// call itself fails.
+    public func simulate(feature: Int, explanation: String, windows: [[String]], ordinals: [Int])
+        async throws(SAELabelError) -> [JSONSimulationScorer.WindowSimulation] {
+        let tag = Self.tag(feature: feature, ordinals: ordinals)
+        let numbers = Array(windows.indices)
+        let lengths = Dictionary(uniqueKeysWithValues: zip(numbers, windows.map(\.count)))
+        let first = messages(explanation: explanation, windows: windows)
+        let answer = try await ScoringSupport.chat(client, request(first, lengths: windows.map(\.count), numbers: numbers), tag: tag).text
+        let parsed = Self.parseAnswer(answer, lengths: lengths)
+        let problems = parsed.compactMapValues { SimulationScoring.problem(of: $0) }
+        guard !problems.isEmpty else {
+            return numbers.map { .init(values: try? parsed[$0]?.get().values, retried: false, error: nil) }
+        }
+        let again = problems.keys.sorted()
+        let retry = retryMessages(first: first, answer: answer, problems: problems,
+                                  windows: Dictionary(uniqueKeysWithValues: again.map { ($0, windows[$0]) }))
+        let second = try await ScoringSupport.chat(client, request(retry, lengths: again.map { windows[$0].count }, numbers: again),
+                                                   tag: tag + ":retry").text
+        let reparsed = Self.parseAnswer(second, lengths: lengths.filter { problems[$0.key] != nil })
+        return numbers.map { number in
+            guard let problem = problems[number] else {
+                return .init(values: try? parsed[number]?.get().values, retried: false, error: nil)
+            }
+            return SimulationScoring.afterRetry(first: try? parsed[number]?.get(), problem: problem,
+                                                retry: reparsed[number] ?? .failure(.missing(window: number)))
+        }
+    }
+}
+
+/// JSON schema text written by hand, so that properties keep the order given: a llama.cpp grammar
+/// makes the model write them in the schema's order, and the bytes (the cache key) stay stable.
+enum SchemaText {
+    /// A closed object requiring every property, in the given order.
+    static func object(_ properties: [(String, String)]) -> String {
+        let body = properties.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",")
+        let required = properties.map { "\"\($0.0)\"" }.joined(separator: ",")
+        return #"{"type":"object","properties":{\#(body)},"required":[\#(required)],"additionalProperties":false}"#
+    }
+
+    /// An integer that is one of `values`.
+    static func integers<Values: Sequence<Int>>(_ values: Values) -> String {
+        #"{"type":"integer","enum":[\#(values.map(String.init).joined(separator: ","))]}"#
+    }
+}
+
+private extension Array where Element: Hashable {
+    func uniqued() -> [Element] {
+        var seen = Set<Element>()
+        return filter { seen.insert($0).inserted }
     }
 }

@@ -187,6 +187,9 @@ struct Score: AsyncParsableCommand {
     @Option(help: "Simulator: json (any chat model), sparse (any chat model; lists only the active tokens) or logprobs (servers that return prompt logprobs).")
     var simulator: SimulatorMode = .sparse
 
+    @Option(help: ArgumentHelp("Sparse simulator: held-out windows per request (1: one request per window; default \(SparseSimulationScorer.defaultWindowsPerRequest)).", valueName: "N"))
+    var windowsPerRequest: Int?
+
     @Option(help: "Seed for the order of windows in detection and fuzzing prompts.")
     var seed: UInt64 = 0
 
@@ -196,7 +199,11 @@ struct Score: AsyncParsableCommand {
         if simulator == .logprobs, scorer.contains(.simulation), let refusal = LogprobSimulationScorer.unsupported(llm.server) {
             throw SAELabelError.usage("--simulator logprobs: \(refusal)")
         }
+        if let windowsPerRequest, windowsPerRequest < 1 || simulator != .sparse {
+            throw SAELabelError.usage("--windows-per-request \(windowsPerRequest): give a number ≥ 1, with --simulator sparse only")
+        }
         var scoring = JobConfig.Scoring()
+        scoring.windowsPerRequest = windowsPerRequest ?? scoring.windowsPerRequest
         scoring.llm = try llm.endpointConfig()
         scoring.scorers = scorer
         scoring.simulator = simulator

@@ -60,7 +60,7 @@ struct CostTests {
         defer { mock.stop() }
         try await mock.script(Array(repeating: "wrong_length", count: 500))
         let dir = TempDirectory()
-        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..2", scorers: Self.sparse, model: "gpt-4.1-mini",
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..2", scorers: Self.sparse + "\nwindows_per_request = 1", model: "gpt-4.1-mini",
                                server: "openai")
         let result = try await runSAELabel(["run", "--config", job, "--quiet"])
         #expect(result.status == 1, "\(result.stdout)\n\(result.stderr)")
