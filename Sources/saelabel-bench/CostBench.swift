@@ -232,23 +232,26 @@ enum IdealAnswers {
                 return "{\"activations\": [" + entries.joined(separator: ", ") + "]}"
             }
         case .sparse where requests == heldout.count:
-            return values.map { window in
-                let entries = window.enumerated().filter { $0.element > 0 }.map { "{\"index\": \($0.offset), \"activation\": \($0.element)}" }
-                return "{\"activations\": [" + entries.joined(separator: ", ") + "]}"
-            }
+            return values.map { "{\"activations\": [" + activeEntries($0) + "]}" }
         case .sparse:
-            // Several windows per request: the active tokens of each, named by window number (a modeled format).
+            // Several windows per request (split evenly): each window's active tokens, in the multi-window
+            // simulator's answer form {"windows": [{"window": k, "activations": [...]}, ...]}.
             let perRequest = max(1, (heldout.count + max(requests, 1) - 1) / max(requests, 1))
             return stride(from: 0, to: values.count, by: perRequest).map { start in
-                let entries = values[start..<min(start + perRequest, values.count)].enumerated().flatMap { offset, window in
-                    window.enumerated().filter { $0.element > 0 }
-                        .map { "{\"window\": \(offset), \"index\": \($0.offset), \"activation\": \($0.element)}" }
+                let windows = values[start..<min(start + perRequest, values.count)].enumerated().map { offset, window in
+                    "{\"window\": \(offset), \"activations\": [" + activeEntries(window) + "]}"
                 }
-                return "{\"activations\": [" + entries.joined(separator: ", ") + "]}"
+                return "{\"windows\": [" + windows.joined(separator: ", ") + "]}"
             }
         case .logprobs:
             return Array(repeating: "", count: requests)
         }
+    }
+
+    /// `{"index": i, "activation": v}` for every token with a value above 0.
+    static func activeEntries(_ values: [Int]) -> String {
+        values.enumerated().filter { $0.element > 0 }.map { "{\"index\": \($0.offset), \"activation\": \($0.element)}" }
+            .joined(separator: ", ")
     }
 
     static func jsonString(_ text: String) -> String {

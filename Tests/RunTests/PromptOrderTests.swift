@@ -36,22 +36,25 @@ import Testing
         return String(source[..<(source.range(of: "{{")?.lowerBound ?? source.endIndex)])
     }
 
-    static func systemText(_ name: String) throws -> String? {
-        try PromptLibrary.bundled.optionalTemplate("\(name).system").map { $0.source.trimmingCharacters(in: .whitespacesAndNewlines) }
+    /// The system message a recorded chat request carries, if any.
+    static func systemMessage(_ request: RecordedRequest) -> String? {
+        let body = try? JSONSerialization.jsonObject(with: request.body) as? [String: Any]
+        let messages = body?["messages"] as? [[String: Any]] ?? []
+        return messages.first.flatMap { $0["role"] as? String == "system" ? $0["content"] as? String : nil }
     }
 
-    /// Checks two features' first requests: same number, and each pair shares a prefix holding the
-    /// system text, the user template's leading text and every instruction named.
-    func expectSharedPrefix(_ first: [RecordedRequest], _ second: [RecordedRequest], template: String, instructions: [String],
+    /// Checks two features' first requests: same number, and each pair shares a prefix holding the whole
+    /// system message sent, the user template's leading text (when named) and every instruction named.
+    func expectSharedPrefix(_ first: [RecordedRequest], _ second: [RecordedRequest], template: String?, instructions: [String],
                             sourceLocation: SourceLocation = #_sourceLocation) throws {
         #expect(!first.isEmpty && first.count == second.count, "\(first.count) vs \(second.count) requests", sourceLocation: sourceLocation)
-        let required = try [Self.systemText(template), Self.leadingText(template)].compactMap { $0 } + instructions
         for (a, b) in zip(first, second) {
+            let required = try [Self.systemMessage(a), template.map(Self.leadingText)].compactMap { $0 } + instructions
             let textA = RequestPreview.promptText(a), textB = RequestPreview.promptText(b)
             #expect(textA != textB, sourceLocation: sourceLocation)
             let prefix = Self.commonPrefix(textA, textB)
             for part in required where !part.isEmpty {
-                #expect(prefix.contains(part), "\(template): the shared prefix lacks \"\(part)\"; it is:\n\(prefix)",
+                #expect(prefix.contains(part), "\(template ?? "sparse simulator"): the shared prefix lacks \"\(part)\"; it is:\n\(prefix)",
                         sourceLocation: sourceLocation)
             }
         }
@@ -79,14 +82,16 @@ import Testing
             try await RequestPreview.score(config, prompts: .bundled, seed: 0, feature: feature, explanation: Self.labels[feature],
                                            heldout: Self.windows(feature: feature))
         }
-        let (template, instructions): (String, [String])
+        let (template, instructions): (String?, [String])
         switch (scorer, mode) {
         case (.simulation, .json):
             template = "simulator"
             instructions = ["Give the neuron's activation on every token of the list below, in order, as JSON"]
         case (.simulation, _):
-            template = "simulator-sparse"
-            instructions = []
+            // The sparse simulator's templates belong to its own work (one or several windows a request):
+            // here only its system message, all of its instructions, must be shared.
+            template = nil
+            instructions = ["Reply with JSON only"]
         case (.detection, _):
             template = "detection"
             instructions = ["decide whether it contains something the neuron would fire on", "1 if the excerpt contains it, 0 if not."]
