@@ -34,9 +34,10 @@ prompts:
 
 # Labels the bundled demo SAE's features with the real local LLM, then writes the catalogs.
 # Running it again resumes: finished features and LLM calls are not repeated.
+# --chat-only: the demo needs no prompt logprobs, so the server skips computing them (see Tools/llm_server.sh).
 demo: release
 	Tools/install_deps.sh --llm
-	Tools/llm_server.sh start $(PORT)
+	Tools/llm_server.sh start $(PORT) --chat-only
 	status=0; .build/release/saelabel run --config Datasets/demo/job.toml || status=$$?; \
 	  Tools/llm_server.sh stop; \
 	  test $$status -le 1 && .build/release/saelabel status --db demo-out/demo.sqlite; exit $$status

@@ -95,6 +95,7 @@ def main():
     parser.add_argument("--features", default="0..24")
     parser.add_argument("--setting", action="append", help="NAME=FLAGS[@FEATURES] for `saelabel score` (repeatable)")
     args = parser.parse_args()
+    args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     labels = os.path.join(args.out, "labels.sqlite")
     summary = {"load_before": os.getloadavg()}
@@ -103,11 +104,12 @@ def main():
         job = os.path.join(args.out, "job.toml")
         with open(job, "w", encoding="utf-8") as f:
             f.write(job_text(labels))
-        status, seconds = run([args.bin, "run", "--config", job, "--features", args.features, "--stage", "explain"],
-                              os.path.join(args.out, "explain.log"))
-        if status != 0:
-            sys.exit("explain stage failed (exit %d); see %s/explain.log" % (status, args.out))
-        summary["explain_seconds"] = seconds
+        for stage in ("collect", "explain"):
+            status, seconds = run([args.bin, "run", "--config", job, "--features", args.features, "--stage", stage],
+                                  os.path.join(args.out, stage + ".log"))
+            if status != 0:
+                sys.exit("%s stage failed (exit %d); see %s/%s.log" % (stage, status, args.out, stage))
+            summary[stage + "_seconds"] = seconds
     con = sqlite3.connect(labels)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()

@@ -94,9 +94,7 @@ import Testing
         let server = try await MockLLMServer.start()
         defer { server.stop() }
         let recorder = TagRecorder()
-        let client = LLMClient(configuration: LLMClientConfiguration(
-            baseURL: server.baseURL, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY", maxInFlight: 4,
-            requestTimeout: 10, maxRetries: 2, backoffBase: 0.02, backoffMax: 0.1), cache: recorder)
+        let client = server.client(cache: recorder)
         defer { client.shutdown() }
         try await server.script(faults)
         let scorer = try SparseSimulationScorer(client: client, model: "mock", prompts: prompts, windowsPerRequest: windowsPerRequest)

@@ -11,10 +11,10 @@ let prompts = PromptLibrary(directory: Repository.root.appendingPathComponent("P
 
 extension MockLLMServer {
     /// A client with quick retries, for fault tests.
-    func client(retries: Int = 2, server: LLMServer = .openai) -> LLMClient {
+    func client(retries: Int = 2, server: LLMServer = .openai, cache: (any LLMResponseCache)? = nil) -> LLMClient {
         LLMClient(configuration: LLMClientConfiguration(
             baseURL: baseURL, apiKeyEnvironmentVariable: "SAELABEL_TEST_NO_SUCH_KEY", server: server, maxInFlight: 4,
-            requestTimeout: 10, maxRetries: retries, backoffBase: 0.02, backoffMax: 0.1, jitter: 0.2))
+            requestTimeout: 10, maxRetries: retries, backoffBase: 0.02, backoffMax: 0.1, jitter: 0.2), cache: cache)
     }
 }
 

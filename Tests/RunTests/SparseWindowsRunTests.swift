@@ -69,8 +69,11 @@ struct SparseWindowsRunTests {
         defer { mock.stop() }
         let dir = TempDirectory()
         let job = try Demo.job(dir, endpoint: mock.baseURL, features: Self.features, model: "gpt-4.1-mini", server: "openai")
-        let explained = try await runSAELabel(["run", "--config", job, "--quiet", "--stage", "explain"])
-        #expect(explained.status == 0, "\(explained.stderr)")
+        for stage in ["collect", "explain"] {
+            let result = try await runSAELabel(["run", "--config", job, "--quiet", "--stage", stage])
+            #expect(result.status == 0, "\(stage): \(result.stderr)")
+        }
+        #expect(try await mock.stats().byKind["explain", default: 0] >= 5)
 
         try await mock.script(Array(repeating: "wrong_length", count: 200))
         let failing = try await runSAELabel(["run", "--config", job, "--quiet"])
