@@ -25,38 +25,6 @@ struct PrintedSimulation {
     var undefinedReason: String?
     var windows: [Window]
 
-    init?(_ details: String) {
-        if let fast = Self.scan(details) {
-            self = fast
-            return
-        }
-        guard let decoded = try? JSONDecoder().decode(SimulationDetails.self, from: Data(details.utf8)) else { return nil }
-        rsquared = decoded.rsquared.map(Self.print)
-        absoluteDevExplained = decoded.absoluteDevExplained.map(Self.print)
-        failedWindows = decoded.failedWindows
-        retriedWindows = decoded.retriedWindows
-        undefinedReason = decoded.undefinedReason
-        windows = decoded.windows.map { window in
-            Window(ordinal: window.heldoutOrdinal, simulated: window.simulated.map { values in
-                var out = JSONBytes(scriptSafe: false, capacity: values.count * 4 + 2)
-                out.raw("[")
-                for value in values { out.separator(); out.double(value) }
-                out.raw("]")
-                return out.bytes
-            })
-        }
-    }
-
-    private init(rsquared: [UInt8]?, absoluteDevExplained: [UInt8]?, failedWindows: Int, retriedWindows: Int,
-                 undefinedReason: String?, windows: [Window]) {
-        self.rsquared = rsquared
-        self.absoluteDevExplained = absoluteDevExplained
-        self.failedWindows = failedWindows
-        self.retriedWindows = retriedWindows
-        self.undefinedReason = undefinedReason
-        self.windows = windows
-    }
-
     static func print(_ value: Double) -> [UInt8] {
         var out = JSONBytes(scriptSafe: false, capacity: 24)
         out.double(value)
@@ -136,6 +104,30 @@ struct PrintedSimulation {
     }
 }
 
+extension PrintedSimulation {
+    init?(_ details: String) {
+        if let fast = Self.scan(details) {
+            self = fast
+            return
+        }
+        guard let decoded = try? JSONDecoder().decode(SimulationDetails.self, from: Data(details.utf8)) else { return nil }
+        rsquared = decoded.rsquared.map(Self.print)
+        absoluteDevExplained = decoded.absoluteDevExplained.map(Self.print)
+        failedWindows = decoded.failedWindows
+        retriedWindows = decoded.retriedWindows
+        undefinedReason = decoded.undefinedReason
+        windows = decoded.windows.map { window in
+            Window(ordinal: window.heldoutOrdinal, simulated: window.simulated.map { values in
+                var out = JSONBytes(scriptSafe: false, capacity: values.count * 4 + 2)
+                out.raw("[")
+                for value in values { out.separator(); out.double(value) }
+                out.raw("]")
+                return out.bytes
+            })
+        }
+    }
+}
+
 /// `ClassificationDetails` (detection, fuzzing) with its rates printed as Doubles; read like PrintedSimulation.
 struct PrintedClassification {
     var balancedAccuracy: [UInt8]
@@ -148,6 +140,9 @@ struct PrintedClassification {
     var falseNegatives: Int
     var failedPrompts: Int
 
+}
+
+extension PrintedClassification {
     init?(_ details: String) {
         var text = details
         let fast = text.withUTF8 { source -> PrintedClassification? in
@@ -186,19 +181,6 @@ struct PrintedClassification {
                   precision: PrintedSimulation.print(decoded.precision), recall: PrintedSimulation.print(decoded.recall),
                   truePositives: decoded.truePositives, trueNegatives: decoded.trueNegatives, falsePositives: decoded.falsePositives,
                   falseNegatives: decoded.falseNegatives, failedPrompts: decoded.failedPrompts)
-    }
-
-    private init(balancedAccuracy: [UInt8], f1: [UInt8], precision: [UInt8], recall: [UInt8], truePositives: Int,
-                 trueNegatives: Int, falsePositives: Int, falseNegatives: Int, failedPrompts: Int) {
-        self.balancedAccuracy = balancedAccuracy
-        self.f1 = f1
-        self.precision = precision
-        self.recall = recall
-        self.truePositives = truePositives
-        self.trueNegatives = trueNegatives
-        self.falsePositives = falsePositives
-        self.falseNegatives = falseNegatives
-        self.failedPrompts = failedPrompts
     }
 }
 
