@@ -436,29 +436,35 @@ public enum Collector {
         // Block i's final selection and commit run on another thread while block i+1 streams (two blocks'
         // window state at once, which `bytesPerFeature` counts); commits stay in block order.
         let writer = BlockWriter()
-        for (index, block) in featureBlocks.enumerated() {
-            let streamStart = DispatchTime.now().uptimeNanoseconds
-            let total = featureBlocks.count * plan.totalTokens
-            let inputs = try openChecked(options, plan: plan)
-            let (accumulators, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { done, _ in
-                progress(index * plan.totalTokens + done, total)
-            })
-            summary.streamSeconds += seconds(since: streamStart)
-            try writer.wait(into: &summary)
-            let counted = inputs.totalTokens - excluded
-            var commit = index == 0 ? first : CollectCommit()
-            commit.settings[JobSettingKey.saeName] = plan.saeName
-            commit.settings[JobSettingKey.hookName] = plan.hookName
-            commit.settings[JobSettingKey.modelName] = plan.modelName
-            if let id = plan.neuronpediaID { commit.settings[JobSettingKey.neuronpediaId] = id }
-            commit.settings[JobSettingKey.featureCount] = String(plan.featureCount)
-            commit.settings[JobSettingKey.tokensCounted] = String(counted)
-            commit.settings[JobSettingKey.tokensExcluded] = String(excluded)
-            commit.settings[JobSettingKey.seed] = String(options.seed)
-            summary.tokens = counted
-            summary.excludedTokens = excluded
-            summary.blocks += 1
-            writer.start(BlockWork(inputs: inputs, accumulators: accumulators, counted: counted, commit: commit, store: store))
+        do throws(SAELabelError) {
+            for (index, block) in featureBlocks.enumerated() {
+                let streamStart = DispatchTime.now().uptimeNanoseconds
+                let total = featureBlocks.count * plan.totalTokens
+                let inputs = try openChecked(options, plan: plan)
+                let (accumulators, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { done, _ in
+                    progress(index * plan.totalTokens + done, total)
+                })
+                summary.streamSeconds += seconds(since: streamStart)
+                try writer.wait(into: &summary)
+                let counted = inputs.totalTokens - excluded
+                var commit = index == 0 ? first : CollectCommit()
+                commit.settings[JobSettingKey.saeName] = plan.saeName
+                commit.settings[JobSettingKey.hookName] = plan.hookName
+                commit.settings[JobSettingKey.modelName] = plan.modelName
+                if let id = plan.neuronpediaID { commit.settings[JobSettingKey.neuronpediaId] = id }
+                commit.settings[JobSettingKey.featureCount] = String(plan.featureCount)
+                commit.settings[JobSettingKey.tokensCounted] = String(counted)
+                commit.settings[JobSettingKey.tokensExcluded] = String(excluded)
+                commit.settings[JobSettingKey.seed] = String(options.seed)
+                summary.tokens = counted
+                summary.excludedTokens = excluded
+                summary.blocks += 1
+                writer.start(BlockWork(inputs: inputs, accumulators: accumulators, counted: counted, commit: commit, store: store))
+            }
+        } catch {
+            // A failed stream never leaves a commit running behind the caller's back (it may close the store).
+            try? writer.wait(into: &summary)
+            throw error
         }
         try writer.wait(into: &summary)
         summary.seconds = seconds(since: runStart)

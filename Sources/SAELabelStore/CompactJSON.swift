@@ -20,7 +20,8 @@ enum CompactJSON {
         out.reserveCapacity(values.count * 6)
         for (index, value) in values.enumerated() {
             if index > 0 { out += "," }
-            out += value.isFinite ? value.description : "0"
+            // Most values of a window are 0: skip the shortest-decimal search for them.
+            out += value == 0 ? "0" : value.isFinite ? value.description : "0"
         }
         return out + "]"
     }

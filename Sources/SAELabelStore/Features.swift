@@ -63,6 +63,11 @@ extension JobStore {
         }
     }
 
+    private struct WindowKey: Hashable {
+        var sequence: Int
+        var start: Int
+    }
+
     /// Statements are prepared once and the token/activation arrays are written by CompactJSON:
     /// for 24,576 features (~860k example rows) JSONEncoder and re-preparing dominated the write.
     static func saveCollected(_ db: Database, _ features: [CollectedFeature]) throws {
@@ -82,6 +87,16 @@ extension JobStore {
             INSERT INTO example(feature, split, kind, ordinal, sequence, start, tokens, activations)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """)
+        // Many features keep the same windows (a strong window tops hundreds of features): their token JSON is
+        // written once. Reused only for equal tokens (collect shares one array per window, so the check is O(1)).
+        var tokenJSON: [WindowKey: (tokens: [String], json: String)] = [:]
+        func tokensText(_ window: ActivationWindow) -> String {
+            let key = WindowKey(sequence: window.sequence, start: window.start)
+            if let cached = tokenJSON[key], cached.tokens == window.tokens { return cached.json }
+            let json = CompactJSON.strings(window.tokens)
+            tokenJSON[key] = (window.tokens, json)
+            return json
+        }
         for feature in features {
             let stats = feature.statistics
             try upsert.execute(arguments: [feature.index, feature.state.rawValue, feature.note, stats.frequency,
@@ -91,7 +106,7 @@ extension JobStore {
             for (split, windows) in [(ExampleSplit.explain, feature.explain), (.heldout, feature.heldout)] {
                 for (ordinal, window) in windows.enumerated() {
                     try insert.execute(arguments: [feature.index, split.rawValue, window.kind.rawValue, ordinal, window.sequence,
-                                                   window.start, CompactJSON.strings(window.tokens),
+                                                   window.start, tokensText(window),
                                                    CompactJSON.floats(window.activations)])
                 }
             }

@@ -6,8 +6,8 @@ import ArgumentParser
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "saelabel-bench",
-        abstract: "Benchmarks: collect throughput against sgemm and numpy, LLM client throughput against the mock server, cost per feature against the anchors.",
-        subcommands: [CollectBench.self, LLMBench.self, StoreBench.self, CostBench.self])
+        abstract: "Benchmarks: collect throughput against sgemm and numpy, delphi-cache collect against width, LLM client throughput against the mock server, store and exports, cost per feature against the anchors.",
+        subcommands: [CollectBench.self, LatentBench.self, LLMBench.self, StoreBench.self, CostBench.self])
 }
 
 struct CollectBench: ParsableCommand {
@@ -58,6 +58,25 @@ struct CollectBench: ParsableCommand {
         runCollectBenchmark(CollectBenchSettings(tokens: tokens, features: features, dIn: dIn, batch: batch, blasThreads: blasThreads,
                                                  baselines: baselines, keep: keep, numpyScript: numpy, memoryGB: memoryGB,
                                                  store: !noStore, numpy: !skipNumpy, chunkRows: chunkRows, directory: directory))
+    }
+}
+
+struct LatentBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "latents",
+        abstract: "Sparse latent (delphi cache) collect time against the SAE width at a fixed number of non-zeros.")
+
+    @Option(help: "Tokens of the synthetic corpus (rounded up to whole 128-token sequences).")
+    var tokens = 65_536
+
+    @Option(parsing: .upToNextOption, help: "SAE widths to measure.")
+    var widths: [Int] = [16_384, 262_144]
+
+    @Option(name: .customLong("per-token"), help: "Latents firing on every token.")
+    var perToken = 32
+
+    func run() {
+        runLatentBenchmark(tokens: tokens, widths: widths.map { max(4, $0) }, perToken: max(1, perToken))
     }
 }
 
