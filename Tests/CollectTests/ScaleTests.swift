@@ -21,6 +21,16 @@ import SAELabelStore
         return rows
     }
 
+    /// Windows of 8 tokens, every firing feature collected, small batches and GEMM chunks.
+    func smallWindowFixture(sae: TestSAE, corpus: TestCorpus, batchTokens: Int, chunkRows: Int) throws -> (String, CollectOptions) {
+        var (directory, options) = try makeFixture(sae: sae, corpus: corpus)
+        options.windowLength = 8
+        options.batchTokens = batchTokens
+        options.minActivatingWindows = 1
+        options.encodeChunkRows = chunkRows
+        return (directory, options)
+    }
+
     func collectIntoStore(_ options: CollectOptions, directory: String, name: String) throws -> JobStore {
         let store = try JobStore(path: (directory as NSString).appendingPathComponent(name))
         _ = try Collector.run(options, plan: try Collector.plan(options), store: store)
@@ -33,11 +43,7 @@ import SAELabelStore
     func oneAndTwoThreadsStoreIdenticalExamplesAndStatistics(architecture: String) throws {
         let sae = TestSAE.random(dIn: 16, dSAE: 48, architecture: architecture, seed: 21, dtype: "F32")
         let corpus = TestCorpus.random(nSeq: 24, ctx: 40, dIn: 16, seed: 22, dtype: "F32")
-        var (directory, options) = try makeFixture(sae: sae, corpus: corpus)
-        options.windowLength = 8
-        options.batchTokens = 64
-        options.minActivatingWindows = 1
-        options.encodeChunkRows = 5
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 64, chunkRows: 5)
         options.blasThreads = 1
         let single = try collectIntoStore(options, directory: directory, name: "one.sqlite")
         options.blasThreads = 2
@@ -52,11 +58,7 @@ import SAELabelStore
     @Test func topKInBlocksMatchesTheReference() throws {
         let sae = TestSAE.random(dIn: 12, dSAE: 30, architecture: "topk", seed: 31, dtype: "F32")
         let corpus = TestCorpus.random(nSeq: 10, ctx: 24, dIn: 12, seed: 32, dtype: "F32")
-        var (directory, options) = try makeFixture(sae: sae, corpus: corpus)
-        options.windowLength = 8
-        options.batchTokens = 48
-        options.minActivatingWindows = 1
-        options.encodeChunkRows = 7
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 7)
         options.memoryBudgetMiB = Double(Collector.bytesPerFeature(options, dIn: 12) * 8) / 1_048_576  // 6 features a block
         let plan = try Collector.plan(options)
         #expect(Collector.blocks(of: plan.features, options: options, plan: plan).count == 5)
