@@ -39,16 +39,16 @@ func runStoreBenchmark(features: Int, storePath: String?, keep: Bool, screenshot
         let (rows, textBytes) = try store.benchReadAllRows()
         let readSeconds = seconds(since: readStart)
 
-        print("Store and exports (synthetic store, \(features) features, \(rows) example and score rows)")
-        print("  store \(existing == features ? "reused     " : "written    ")     \(f(fillSeconds)) s")
-        print("  store size          \(mib(bytes)) = \(f(Double(bytes) / Double(features), 0)) bytes/feature (with cached LLM answers)")
-        print("  plain read of rows  \(f(readSeconds, 2)) s (\(f(Double(textBytes) / 1_048_576)) MiB of JSON text)")
+        report("Store and exports (synthetic store, \(features) features, \(rows) example and score rows)")
+        report("  store \(existing == features ? "reused     " : "written    ")     \(f(fillSeconds)) s")
+        report("  store size          \(mib(bytes)) = \(f(Double(bytes) / Double(features), 0)) bytes/feature (with cached LLM answers)")
+        report("  plain read of rows  \(f(readSeconds, 2)) s (\(f(Double(textBytes) / 1_048_576)) MiB of JSON text)")
         let budget = 60.0 * Double(features) / 131_072
         func export(_ format: ExportFormat, to out: String) throws -> Double {
             let start = ContinuousClock.now
             let summary = try Exporter.export(store: store, format: format, to: out)
             let t = seconds(since: start)
-            print("  export \(format.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)) \(f(t, 2)) s = "
+            report("  export \(format.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)) \(f(t, 2)) s = "
                   + "\(f(Double(summary.features) / t, 0)) features/s; \(f(t / budget, 2)) of the \(f(budget, 0)) s budget; "
                   + "\(f(t / readSeconds, 1))× the plain read; \(mib(directoryBytes(out)))")
             return t
@@ -63,13 +63,13 @@ func runStoreBenchmark(features: Int, storePath: String?, keep: Bool, screenshot
 
         let pruneStart = ContinuousClock.now
         let pruned = try JobStore(path: path, exclusive: true).prune()
-        print("  prune               \(f(seconds(since: pruneStart), 1)) s: dropped \(pruned.responsesDropped) cached answers "
+        report("  prune               \(f(seconds(since: pruneStart), 1)) s: dropped \(pruned.responsesDropped) cached answers "
               + "(\(pruned.responsesKept) kept), \(mib(pruned.bytesBefore)) → \(mib(pruned.bytesAfter)) = "
               + "\(f(Double(pruned.bytesAfter) / Double(features), 0)) bytes/feature")
         _ = try export(.catalog, to: output(.catalog, "-after-prune"))
         let same = FileManager.default.contentsEqual(atPath: output(.catalog), andPath: output(.catalog, "-after-prune"))
-        print("  catalog after prune \(same ? "identical to the one before (byte for byte)" : "DIFFERS from the one before")")
-        if keep { print("  kept in             \(folder.path)") }
+        report("  catalog after prune \(same ? "identical to the one before (byte for byte)" : "DIFFERS from the one before")")
+        if keep { report("  kept in             \(folder.path)") }
     } catch {
         FileHandle.standardError.write(Data("store bench: \(error)\n".utf8))
     }
@@ -178,7 +178,7 @@ private func directoryBytes(_ path: String) -> Int64 {
 /// loaded, and how long the last view took (for a search: filter, order and DOM of one keystroke).
 private func measureCatalogInChromium(_ catalog: String, screenshot: String?) {
     guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        print("  html in Chromium    skipped: chromium is not installed (Tools/install_deps.sh --browser)")
+        report("  html in Chromium    skipped: chromium is not installed (Tools/install_deps.sh --browser)")
         return
     }
     let url = URL(fileURLWithPath: catalog + "/index.html").absoluteString
@@ -205,18 +205,25 @@ private func measureCatalogInChromium(_ catalog: String, screenshot: String?) {
     let plain = browse(["--dump-dom", url])
     let firstPaint = attribute(plain, "data-first-paint-ms")
     let loaded = attribute(plain, "data-loaded-ms")
-    print("  html first paint    \(ms(firstPaint)) after navigation (budget 1000 ms: \(firstPaint.map { String(format: "%.2f", $0 / 1000) } ?? "–") of it)")
-    print("  html index loaded   \(ms(loaded)) after navigation (all \(attribute(plain, "data-rows").map { String(Int($0)) } ?? "?") rows searchable)")
+    report("  html first paint    \(ms(firstPaint)) after navigation (budget 1000 ms: \(firstPaint.map { String(format: "%.2f", $0 / 1000) } ?? "–") of it)")
+    report("  html index loaded   \(ms(loaded)) after navigation (all \(attribute(plain, "data-rows").map { String(Int($0)) } ?? "?") rows searchable)")
     for query in ["pets", "q=pets&sort=simulation&dir=desc"] {
         let view = query.contains("=") ? query : "q=\(query)"
         let dom = browse(["--dump-dom", url + "#" + view])
         let render = attribute(dom, "data-render-ms")
-        print("  html search         #\(view): \(attribute(dom, "data-rows").map { String(Int($0)) } ?? "?") matches in "
+        report("  html search         #\(view): \(attribute(dom, "data-rows").map { String(Int($0)) } ?? "?") matches in "
               + "\(render.map { String(format: "%.1f ms", $0) } ?? "not recorded") (budget 100 ms a keystroke: "
               + "\(render.map { String(format: "%.2f", $0 / 100) } ?? "–") of it)")
     }
     if let screenshot {
         _ = browse(["--screenshot=\(screenshot)", "--window-size=1280,900", "--hide-scrollbars", url + "#q=pets&sort=simulation&dir=desc"])
-        print("  html screenshot     \(screenshot)")
+        report("  html screenshot     \(screenshot)")
     }
+}
+
+/// Prints and flushes: a 131k run takes minutes per step, and each line is worth seeing when it is
+/// printed, even into a file.
+private func report(_ line: String) {
+    print(line)
+    fflush(nil)
 }
