@@ -81,10 +81,10 @@ public enum Pipeline {
         first.register = plan.features
         let pending: [Int]
         if newVersion {
-            // A new version is a new labeling pass even when the files are byte-identical.
+            // A new version is a new labeling pass even when the files are byte-identical. Its first commit
+            // returns every stored feature to pending (their windows are the old version's); this run collects
+            // the selected ones, and later runs over other ranges collect the rest.
             first.bumpInputVersion = true
-            // New inputs: every selected feature is collected again and relabeled in a new pass.
-            first.resetToPending = plan.features
             pending = plan.features
         } else {
             let known = Set(try store.features(in: FeatureState.allCases.filter { $0 != .pending }))

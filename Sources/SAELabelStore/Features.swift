@@ -51,16 +51,29 @@ extension JobStore {
         try write { db in
             try Self.reconcileInputs(db, commit.inputs, acceptChanges: commit.acceptChangedInputs, record: true)
             for (key, value) in commit.settings.sorted(by: { $0.key < $1.key }) { try Self.setSetting(db, key, value) }
-            if commit.bumpInputVersion { try Self.bumpInputVersion(db) }
             let now = Date()
+            if commit.bumpInputVersion {
+                try Self.bumpInputVersion(db)
+                try Self.forgetCollectedExamples(db, now: now)
+            }
             for index in commit.register {
                 try db.execute(sql: "INSERT OR IGNORE INTO feature(id, state, updated_at) VALUES (?, 'pending', ?)", arguments: [index, now])
             }
-            for index in commit.resetToPending {
-                try db.execute(sql: "UPDATE feature SET state = 'pending', updated_at = ? WHERE id = ?", arguments: [now, index])
-            }
             try Self.saveCollected(db, commit.features)
         }
+    }
+
+    /// A new input version: every feature's windows and statistics describe the previous SAE version, so all of
+    /// them go back to `pending` with no examples, not only the features this run collects. Otherwise a feature
+    /// outside this run's range would keep the old version's windows and a later run (or `saelabel explain`)
+    /// would label them as the new version's. Labels and scores of earlier passes stay (carry-over reads them).
+    static func forgetCollectedExamples(_ db: Database, now: Date) throws {
+        try db.execute(sql: "DELETE FROM example")
+        try db.execute(sql: """
+            UPDATE feature SET state = 'pending', note = NULL, frequency = NULL, max_activation = NULL,
+                mean_activation = NULL, activating_tokens = NULL, activating_windows = NULL, histogram = NULL,
+                failed_stage = NULL, failure_reason = NULL, attempts = 0, updated_at = ?
+            """, arguments: [now])
     }
 
     private struct WindowKey: Hashable {
@@ -217,10 +230,9 @@ public struct CollectCommit: Sendable {
     public var settings: [String: String] = [:]
     /// Features to add as `pending` rows when absent.
     public var register: [Int] = []
-    /// Features to move back to `pending` (a new version collects them again).
-    public var resetToPending: [Int] = []
-    /// A new version: the input version (part of the pass identity) goes up with the first commit, so
-    /// a refused or killed run leaves the old version and its pass untouched.
+    /// A new version: the input version (part of the pass identity) goes up with the first commit, and every
+    /// feature's old examples are dropped with it (all return to `pending`), so a refused or killed run leaves the
+    /// old version, its pass and its examples untouched.
     public var bumpInputVersion = false
     public var features: [CollectedFeature] = []
 

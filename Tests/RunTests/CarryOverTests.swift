@@ -120,6 +120,58 @@ struct CarryOverTests {
         #expect(csv.hasPrefix("feature,") && csv.contains("carried_from_feature"))
     }
 
+    /// A new version run over part of the features must not leave the old version's windows on the others: they
+    /// go back to pending with no examples (status and the catalog say so), and a later run over them, without
+    /// `--new-version`, collects them from the new SAE exactly as a fresh store would and labels them.
+    @Test func newVersionOverPartOfTheRangeLeavesNoOldWindowsBehind() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start([])
+        let job = try job(dir, endpoint: mock.baseURL)
+        let first = try await runSAELabel(["run", "--config", job, "--features", "0..16", "--quiet"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let (sae, _) = try await nextVersion(dir)
+        try switchTo(sae, job: job)
+
+        let second = try await runSAELabel(["run", "--config", job, "--new-version", "--features", "0..8", "--quiet"])
+        #expect(second.status == 0, "\(second.stderr)")
+        let store = try JobStore(path: dir.file("job.sqlite"))
+        for feature in 8..<16 {
+            #expect(try store.feature(feature)?.state == .pending, "feature \(feature) kept the old version's state")
+            #expect(try store.examples(feature: feature).isEmpty, "feature \(feature) kept the old version's windows")
+        }
+        let status = try await runSAELabel(["status", "--db", dir.file("job.sqlite"), "--json"])
+        let states = try #require((try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])?["states"] as? [String: Int])
+        #expect(states["pending"] == 8, "\(status.stdout)")
+        for row in try readCatalog(dir.file("catalog.jsonl")) where (row["feature"] as? Int ?? 0) >= 8 {
+            #expect(row["status"] as? String == "pending")
+            let examples = row["examples"] as? [String: Any]
+            #expect((examples?["explain"] as? [Any] ?? []).isEmpty && (examples?["heldout"] as? [Any] ?? []).isEmpty)
+        }
+        // `saelabel explain` over the whole store now has nothing of the old version to label.
+        try await mock.resetStats()
+        let explain = try await runSAELabel(["explain", "--db", dir.file("job.sqlite"), "--endpoint", mock.baseURL, "--model", "mock"])
+        #expect(explain.status == 0, "\(explain.stderr)")
+        #expect(try store.features(in: [.explained, .scored]).allSatisfy { $0 < 8 })
+
+        // The rest of the range later, as a nightly job grows it: collected from the new SAE, then labeled.
+        let third = try await runSAELabel(["run", "--config", job, "--features", "0..16", "--quiet"])
+        #expect(third.status == 0, "\(third.stderr)")
+        // The same job (same SAE and settings) on a fresh store, collect only.
+        let fresh = dir.file("fresh.sqlite")
+        let freshJob = try dir.write("fresh.toml", try String(contentsOfFile: job, encoding: .utf8)
+            .replacingOccurrences(of: dir.file("job.sqlite"), with: fresh))
+        let collected = try await runSAELabel(["run", "--config", freshJob, "--stage", "collect", "--features", "8..16", "--quiet"])
+        #expect(collected.status == 0, "\(collected.stderr)")
+        let freshStore = try JobStore(path: fresh)
+        var labeled = 0
+        for feature in 8..<16 {
+            #expect(try store.examples(feature: feature) == freshStore.examples(feature: feature), "feature \(feature)")
+            #expect(try store.feature(feature)?.statistics == freshStore.feature(feature)?.statistics, "feature \(feature)")
+            if try store.feature(feature)?.state == .scored { labeled += 1 }
+        }
+        #expect(labeled == (try freshStore.features(in: [.collected]).count))
+    }
+
     /// Datasets/demo-v2: the demo SAE trained twice as long, its features shipped at new indices.
     static var shippedVersion: URL { Repository.root.appendingPathComponent("Datasets/demo-v2/sae") }
     static var shippedVersionAvailable: Bool {
