@@ -9,7 +9,7 @@ simulation" table comes from this script.
         --out demo-out/compare [--features 0..24] [--setting NAME=FLAGS[@FEATURES]]...
 
 Step 1 collects and explains the demo job's features once (`saelabel run --stage explain`, the labels
-are then fixed); step 2 copies that store once per setting and runs `saelabel score` on the copy, so
+are then fixed; `--explainer-style` explains with another style than the demo job's); step 2 copies that store once per setting and runs `saelabel score` on the copy, so
 every setting scores the same labels on the same held-out windows. The default settings are the
 sparse simulator with all of a feature's windows in one request, the sparse simulator with a request
 per window, and the dense JSON simulator on the first 8 features (it is slow). Python 3 standard
@@ -35,10 +35,14 @@ DEFAULT_SETTINGS = [
 ]
 
 
-def job_text(store):
-    """The demo job with absolute input paths, this store, and no exports."""
+def job_text(store, endpoint, style=None):
+    """The demo job with absolute input paths, this store and endpoint, no exports, and `style` for the
+    explainer if given."""
     text = open(os.path.join(DEMO, "job.toml"), encoding="utf-8").read()
     text = re.sub(r'^store = .*$', 'store = "%s"' % store, text, flags=re.M)
+    text = re.sub(r'^endpoint = .*$', 'endpoint = "%s"' % endpoint, text, flags=re.M)
+    if style:
+        text = re.sub(r'^style = .*$', 'style = "%s"' % style, text, flags=re.M)
     for key in ("sae", "tokenizer"):
         text = re.sub(r'^%s = "([^"]+)"' % key, lambda m: '%s = "%s"' % (key, os.path.join(DEMO, m.group(1))), text, flags=re.M)
     text = re.sub(r'^activations = \["([^"]+)"\]', lambda m: 'activations = ["%s"]' % os.path.join(DEMO, m.group(1)),
@@ -94,6 +98,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "demo-out", "compare"))
     parser.add_argument("--features", default="0..24")
     parser.add_argument("--setting", action="append", help="NAME=FLAGS[@FEATURES] for `saelabel score` (repeatable)")
+    parser.add_argument("--explainer-style", help="explain with this [explainer] style instead of the demo job's")
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
@@ -103,7 +108,7 @@ def main():
     if not os.path.exists(labels):
         job = os.path.join(args.out, "job.toml")
         with open(job, "w", encoding="utf-8") as f:
-            f.write(job_text(labels))
+            f.write(job_text(labels, args.endpoint, args.explainer_style))
         for stage in ("collect", "explain"):
             status, seconds = run([args.bin, "run", "--config", job, "--features", args.features, "--stage", stage],
                                   os.path.join(args.out, stage + ".log"))

@@ -53,10 +53,12 @@ Kinds of request (detected from the content, checked in this order):
   `{"activations":[{"token":t,"activation":mock_activation(t)}, ...]}`, one entry per token.
   The `wrong_length` fault drops the last entry (of a detect answer too).
   Sparse simulate (the schema's `activations` items have an `index`; the tokens are `[index, token]`
-  pairs): `{"activations":[{"index":i,"activation":mock_activation(t)}, ...]}` listing only the tokens
+  pairs, or lines `index token` with `\\`, `\n`, `\r`, `\t` escaped inside the token):
+  `{"activations":[{"index":i,"activation":mock_activation(t)}, ...]}` listing only the tokens
   whose mock_activation is above 0; `wrong_length` adds an entry whose index names no token.
-  Several-window sparse simulate (the schema has a `windows` property; the last user message has lines
-  `Window K: <tokens>[[index, token], ...]</tokens>`): `{"windows":[{"window":K,"activations":[...]}, ...]}`,
+  Several-window sparse simulate (the schema has a `windows` property; the last user message has
+  `Window K: <tokens>[[index, token], ...]</tokens>`, or a line `Window K:` followed by `index token`
+  lines): `{"windows":[{"window":K,"activations":[...]}, ...]}`,
   one entry per such line, each listing its active tokens as above; `wrong_length` leaves out the last window.
 * every chat answer's usage reports OpenAI's automatic prompt caching as
   `usage.prompt_tokens_details.cached_tokens`: the prompt is the sequence of its messages' tokens (each
@@ -66,9 +68,9 @@ Kinds of request (detected from the content, checked in this order):
   "cache hits in increments of 128 tokens" for prompts of 1,024 tokens or more). Shorter prompts are
   never cached and are not remembered.
 * explain (chat without response_format; the LAST user message has lines `token<TAB>N`, N an
-  integer 0..10): the answer is `the token "X"` where X is the token (surrounding whitespace
-  stripped) with the highest total N over all such lines; ties go to the lexicographically
-  smallest token. Without such lines the answer is `nothing in particular`.
+  integer 0..10, or marks `<<token|N>>` in running text): the answer is `the token "X"` where X is
+  the token (surrounding whitespace stripped) with the highest total N over all such lines and marks;
+  ties go to the lexicographically smallest token. Without either the answer is `nothing in particular`.
 * check (chat, or completions without echo, with a one-token limit or the message `Reply with OK.`:
   saelabel's endpoint check before
   a run): answered like chat or completion,
@@ -195,6 +197,25 @@ def last_user(messages):
 
 
 EXPLAIN_LINE = re.compile(r"^(.*)\t(\d+)\s*$")
+EXPLAIN_MARK = re.compile(r"<<(.*?)\|(\d+)>>")
+LISTED_TOKEN = re.compile(r"^(\d+) (.*)$")
+
+
+def unescape_listed(text):
+    """A token of an `index token` line: `\\`, `\n`, `\r`, `\t` back to what they stand for."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(1), m.group(1)), text)
+
+
+def listed_pairs(text):
+    """[index, token] pairs from a sparse simulator's token list: JSON pairs or `index token` lines."""
+    if text.startswith("\n"):  # the list starts on a line of its own
+        lines = [LISTED_TOKEN.match(line) for line in text[1:-1].split("\n")]
+        return [[int(m.group(1)), unescape_listed(m.group(2))] for m in lines if m]
+    try:
+        pairs = json.loads(text)
+    except ValueError:
+        return []
+    return [p for p in pairs if isinstance(p, list) and len(p) == 2] if isinstance(pairs, list) else []
 
 
 def classify(path, req):
@@ -208,9 +229,9 @@ def classify(path, req):
             return "detect"
         rf = req.get("response_format")
         structured = (isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")) or "guided_json" in req
-        if structured and "<tokens>" in user:
+        if structured and ("<tokens>" in user or is_sparse_windows(req)):
             return "simulate"
-        if rf is None and any(EXPLAIN_LINE.match(l) for l in user.split("\n")):
+        if rf is None and (any(EXPLAIN_LINE.match(l) for l in user.split("\n")) or EXPLAIN_MARK.search(user)):
             return "explain"
         return "chat"
     if req.get("echo") and req.get("logprobs"):
@@ -233,7 +254,8 @@ def answer_chat(kind, req, fault):
             out = out[:-1]
         return json.dumps(out)
     if kind == "simulate":
-        m = re.search(r"<tokens>(.*?)</tokens>", user, re.S)
+        # A numbered list starts and ends on a line of its own, so a token "</tokens>" does not end it.
+        m = re.search(r"<tokens>(\n.*?\n|.*?)</tokens>", user, re.S)
         try:
             tokens = json.loads(m.group(1)) if m else []
             if not isinstance(tokens, list):
@@ -241,15 +263,15 @@ def answer_chat(kind, req, fault):
         except ValueError:
             tokens = []
         if is_sparse_windows(req):
-            # saelabel's several-window sparse simulator: "Window K: <tokens>[[index, token], ...]</tokens>"
-            # lines; one entry per window, listing only its active tokens.
+            # saelabel's several-window sparse simulator: "Window K: <tokens>…</tokens>"; one entry per
+            # window, listing only its active tokens.
             found = re.findall(r"Window (\d+): <tokens>(.*?)</tokens>", user, re.S)
+            if not found:  # numbered lines under a "Window K:" line, up to the next such line
+                parts = re.split(r"^Window (\d+):$", user, flags=re.M)
+                found = [(parts[i], "\n" + parts[i + 1].strip("\n") + "\n") for i in range(1, len(parts) - 1, 2)]
             windows = []
             for number, listed in found:
-                try:
-                    pairs = [p for p in json.loads(listed) if isinstance(p, list) and len(p) == 2]
-                except ValueError:
-                    pairs = []
+                pairs = listed_pairs(listed)
                 windows.append({"window": int(number),
                                 "activations": [{"index": int(i), "activation": mock_activation(str(t))} for i, t in pairs
                                                 if mock_activation(str(t)) > 0]})
@@ -257,8 +279,8 @@ def answer_chat(kind, req, fault):
                 windows = windows[:-1]  # the last window is missing: unusable
             return json.dumps({"windows": windows}, ensure_ascii=False)
         if is_sparse(req):
-            # saelabel's sparse simulator: tokens come as [index, token] pairs; only active ones are listed.
-            pairs = [p for p in tokens if isinstance(p, list) and len(p) == 2]
+            # saelabel's sparse simulator: tokens come numbered; only active ones are listed.
+            pairs = listed_pairs(m.group(1)) if m else []
             active = [{"index": int(i), "activation": mock_activation(str(t))} for i, t in pairs
                       if mock_activation(str(t)) > 0]
             if fault == "wrong_length":
@@ -270,9 +292,9 @@ def answer_chat(kind, req, fault):
         return json.dumps({"activations": entries}, ensure_ascii=False)
     if kind == "explain":
         totals = {}
-        for line in user.split("\n"):
-            m = EXPLAIN_LINE.match(line)
-            if m and 0 <= int(m.group(2)) <= 10:
+        marks = [m for line in user.split("\n") for m in [EXPLAIN_LINE.match(line)] if m] + list(EXPLAIN_MARK.finditer(user))
+        for m in marks:
+            if 0 <= int(m.group(2)) <= 10:
                 tok = m.group(1).strip()
                 totals[tok] = totals.get(tok, 0) + int(m.group(2))
         if not totals:

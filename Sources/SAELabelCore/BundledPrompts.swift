@@ -30,6 +30,16 @@ Excerpt {{index}}: {{{text}}}
 What does the detector fire on? Answer in a few words.
 
 """#,
+        "explainer-marked": #"""
+Text excerpts, one a line. Tokens where the neuron fired are marked <<token|N>>, N from 1 (weakly) to 10 (its strongest).
+What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens; name what they have in common.
+{{#examples}}
+{{{text}}}
+{{/examples}}
+
+the main thing this neuron does is find
+
+"""#,
         "explainer": #"""
 Below are text excerpts, one token per line. After each token, separated by a tab, is how strongly the neuron fired on it, from 0 (not at all) to 10 (its strongest).
 What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens; name what they have in common.
@@ -87,30 +97,32 @@ Neuron B responds to: {{{explanation}}}
 """#,
         "simulator-sparse-windows": #"""
 The neuron responds to: {{{explanation}}}
-
-List, for each of these {{count}} windows, the tokens on which it fires.
 {{#windows}}
-Window {{number}}: <tokens>{{{tokens}}}</tokens>
+Window {{number}}:
+{{{tokens}}}
 {{/windows}}
+List, for each of these {{count}} windows, the tokens on which it fires.
 
 """#,
         "simulator-sparse-windows.system": #"""
-You predict how strongly a neuron in a language model fires on each token of some texts, knowing only a short description of what the neuron responds to. Activations are integers from 0 (not at all) to 10 (strongest); most tokens are 0.
+You predict a language-model neuron's activation on each token of some texts from a short description of what it responds to: an integer from 0 (none; most tokens) to 10 (strongest).
 
-The texts come as numbered windows, each a list of [index, token] pairs. Reply with JSON only, of the form {"windows": [{"window": 0, "activations": [{"index": 3, "activation": 7}, ...]}, {"window": 1, "activations": []}, ...]}: one entry per window, in order, listing only the tokens of that window on which the neuron fires (activation 1 to 10), by their index in that window. Leave every other token out: it counts as 0. A window on which the neuron fires on no token gets "activations": [].
+Each window lists its tokens one a line: the index, a space, the token (\n, \t and \\ stand for a line break, a tab and a backslash). Reply with JSON only, one entry per window in order, listing by index only the tokens on which the neuron fires (1 to 10); every other token counts as 0: {"windows": [{"window": 0, "activations": [{"index": 3, "activation": 7}]}, {"window": 1, "activations": []}]}
 
 """#,
         "simulator-sparse": #"""
 The neuron responds to: {{{explanation}}}
 
 List the tokens (indices 0 to {{last}}) on which it fires.
-<tokens>{{{tokens}}}</tokens>
+<tokens>
+{{{tokens}}}
+</tokens>
 
 """#,
         "simulator-sparse.system": #"""
-You predict how strongly a neuron in a language model fires on each token of a text, knowing only a short description of what the neuron responds to. Activations are integers from 0 (not at all) to 10 (strongest); most tokens are 0.
+You predict a language-model neuron's activation on each token of a text from a short description of what it responds to: an integer from 0 (none; most tokens) to 10 (strongest).
 
-The tokens come numbered, as [index, token] pairs. Reply with JSON only, of the form {"activations": [{"index": 3, "activation": 7}, ...]}, listing only the tokens on which the neuron fires (activation 1 to 10), by index. Leave every other token out: it counts as 0. If the neuron fires on no token, reply {"activations": []}.
+The tokens come one a line: the index, a space, the token (\n, \t and \\ stand for a line break, a tab and a backslash). Reply with JSON only, listing by index only the tokens on which the neuron fires (1 to 10); every other token counts as 0: {"activations": [{"index": 3, "activation": 7}]}, or {"activations": []} if it fires on none.
 
 """#,
         "simulator": #"""

@@ -21,7 +21,7 @@ public struct BaselineExplainer: Explainer {
         for window in examples {
             for (token, activation) in zip(window.tokens, window.activations) where activation > 0 {
                 let trimmed = token.trimmingCharacters(in: .whitespacesAndNewlines)
-                let key = trimmed.isEmpty ? TokenDisplay.line(token) : trimmed
+                let key = trimmed.isEmpty ? ActivationFormat.escapedToken(token) : trimmed
                 weights[key, default: 0] += Double(activation)
             }
         }

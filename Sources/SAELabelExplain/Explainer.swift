@@ -5,7 +5,7 @@ import SAELabelStore
 
 /// Writes a short natural-language label for one feature from its explain-split windows.
 public protocol Explainer: Sendable {
-    /// "llm-openai", "llm-highlighted", "baseline", …
+    /// "llm-marked", "llm-openai", "llm-highlighted", "baseline", …
     var name: String { get }
     /// The model that writes the labels, as stored with each explanation.
     var model: String { get }
@@ -39,23 +39,5 @@ public enum ExplainStep {
         let result = try await explainer.explain(feature: feature, examples: examples)
         try store.saveExplanation(feature: feature, text: result.text, explainerModel: explainer.model,
                                   promptHash: explainer.promptHash, rawResponse: result.raw)
-    }
-}
-
-/// A token as shown on one `token<TAB>N` line: newlines and tabs inside a token would break the
-/// line format, so they are written as the visible escapes `\n`, `\r` and `\t`.
-enum TokenDisplay {
-    static func line(_ token: String) -> String {
-        var out = ""
-        for character in token {
-            switch character {
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\r\n": out += "\\r\\n"
-            default: out.append(character)
-            }
-        }
-        return out
     }
 }

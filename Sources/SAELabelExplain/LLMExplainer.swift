@@ -7,17 +7,32 @@ public enum ExplainerStyle: String, Sendable, CaseIterable {
     case openai
     /// delphi's `<<token>>` highlights, template `explainer-highlighted`.
     case highlighted
+    /// The default: each window as running text with the firing tokens marked `<<token|N>>` (SPEC §4's
+    /// values on delphi's highlights), template `explainer-marked`; about a third of `openai`'s prompt tokens.
+    case marked
+
+    /// The style of a job that names none (`[explainer] style`, `explain --style`).
+    public static let defaultStyle = ExplainerStyle.marked
 
     public var templateName: String {
         switch self {
         case .openai: return "explainer"
         case .highlighted: return "explainer-highlighted"
+        case .marked: return "explainer-marked"
+        }
+    }
+
+    /// The optional system template: the records and marked styles share one; highlighted has none.
+    public var systemTemplateName: String {
+        switch self {
+        case .openai, .marked: return "explainer.system"
+        case .highlighted: return "explainer-highlighted.system"
         }
     }
 }
 
-/// Asks a chat model for a label. Messages: an optional system message from
-/// `Prompts/<template>.system.mustache` (sent only when the file exists) and the user message from
+/// Asks a chat model for a label. Messages: an optional system message from the style's system
+/// template (sent only when the file exists) and the user message from
 /// the style's template. The highlighted style ships without a system message and with a short
 /// question: the small local model of SPEC §9 labels best from short contexts with the firing
 /// token marked (it still labels poorly; the parser strips its "The detector fires on" preamble).
@@ -33,7 +48,7 @@ public struct LLMExplainer: Explainer {
     private let system: PromptTemplate?
     private let user: PromptTemplate
 
-    public init(client: LLMClient, model: String, prompts: PromptLibrary, style: ExplainerStyle = .openai,
+    public init(client: LLMClient, model: String, prompts: PromptLibrary, style: ExplainerStyle = .defaultStyle,
                 maxTokens: Int = 60, maxExamples: Int? = nil) throws(SAELabelError) {
         self.client = client
         self.model = model
@@ -42,7 +57,7 @@ public struct LLMExplainer: Explainer {
         self.maxExamples = maxExamples
         self.name = "llm-\(style.rawValue)"
         self.user = try prompts.template(style.templateName)
-        self.system = try prompts.optionalTemplate("\(style.templateName).system")
+        self.system = try prompts.optionalTemplate(style.systemTemplateName)
         var parts = [name, "max_tokens=\(maxTokens)", "max_examples=\(maxExamples.map(String.init) ?? "all")",
                      user.source]
         if let system { parts.append(system.source) }
@@ -66,6 +81,8 @@ public struct LLMExplainer: Explainer {
         switch style {
         case .openai:
             context = Self.recordContext(windows)
+        case .marked:
+            context = Self.markedContext(windows)
         case .highlighted:
             let items: [[String: Any]] = windows.enumerated().map { index, window in
                 ["index": index + 1,
@@ -83,12 +100,25 @@ public struct LLMExplainer: Explainer {
     /// `token<TAB>N`, wrapped in `<start>`/`<end>`, plus the sparse list when < 20% are non-zero.
     static func recordContext(_ windows: [ActivationWindow]) -> [String: Any] {
         let maxActivation = ActivationFormat.maxActivation(windows.map(\.activations))
-        let tokens = windows.map { $0.tokens.map(TokenDisplay.line) }
+        let tokens = windows.map { $0.tokens.map(ActivationFormat.escapedToken) }
         let values = windows.map { ActivationFormat.normalize($0.activations, maxActivation: maxActivation) }
         let records = zip(tokens, values).map { ActivationFormat.recordLines(tokens: $0, values: $1.map { Optional($0) }) }
         let sparse = ActivationFormat.sparseSummary(tokens: tokens, values: values)
         return ["records": ActivationFormat.wrapRecords(records), "hasSparse": sparse != nil, "sparse": sparse ?? "",
                 "count": windows.count]
+    }
+
+    /// The marked style: values normalized as for the records (max over all the windows shown, floor),
+    /// one window a line with its firing tokens as `<<token|N>>`. The records' sparse repeat is left out:
+    /// every firing token already stands out with its value.
+    static func markedContext(_ windows: [ActivationWindow]) -> [String: Any] {
+        let maxActivation = ActivationFormat.maxActivation(windows.map(\.activations))
+        let items: [[String: Any]] = windows.enumerated().map { index, window in
+            ["index": index + 1,
+             "text": ActivationFormat.marked(tokens: window.tokens,
+                                             values: ActivationFormat.normalize(window.activations, maxActivation: maxActivation))]
+        }
+        return ["examples": items, "count": windows.count]
     }
 
     /// Drops trailing whitespace and the final newline Mustache leaves, keeping inner layout.

@@ -2,6 +2,7 @@ import Foundation
 import LLMClient
 import SAELabelCollect
 import SAELabelCore
+import SAELabelExplain
 import SAELabelScore
 import SAELabelStore
 import TOMLKit
@@ -53,8 +54,9 @@ public struct JobConfig: Sendable, Equatable {
         public init() {}
 
         public var llm = Endpoint()
-        /// `openai` (token<TAB>N records), `highlighted` (<<token>>), or `baseline` (no LLM).
-        public var style = "openai"
+        /// `marked` (running text, firing tokens as <<token|N>>; the default), `openai` (token<TAB>N
+        /// records), `highlighted` (<<token>>), or `baseline` (no LLM).
+        public var style = ExplainerStyle.defaultStyle.rawValue
         /// Send this stage's requests through the provider's Batch API (`batch` key).
         public var batch = false
     }
@@ -115,7 +117,7 @@ public struct JobConfig: Sendable, Equatable {
     }
 
     /// The values the job file and the command line accept, in one place.
-    public static let explainerStyles = ["openai", "highlighted", "baseline"]
+    public static let explainerStyles = ExplainerStyle.allCases.map(\.rawValue) + ["baseline"]
 
     public var path: String = ""
     /// `[prices."MODEL"]`: input, cached_input, output per million tokens, batch_discount.
@@ -326,7 +328,7 @@ struct JobConfigReader {
         config.explainer.llm = try endpoint(explainer, "explainer")
         if let style = try string(explainer, "explainer", "style") {
             guard JobConfig.explainerStyles.contains(style) else {
-                throw .badInput(location: "\(file): [explainer] style", problem: "'\(style)' is not one of openai, highlighted, baseline")
+                throw .badInput(location: "\(file): [explainer] style", problem: "'\(style)' is not one of \(JobConfig.explainerStyles.joined(separator: ", "))")
             }
             config.explainer.style = style
         }

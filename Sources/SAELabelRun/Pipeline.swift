@@ -211,7 +211,7 @@ public enum Pipeline {
         guard let client, !config.llm.model.isEmpty else {
             throw .usage("the explainer needs an endpoint and a model: set [explainer] endpoint and model, or pass --endpoint and --model")
         }
-        let style = ExplainerStyle(rawValue: config.style) ?? .openai
+        let style = ExplainerStyle(rawValue: config.style) ?? .defaultStyle
         return try LLMExplainer(client: client, model: config.llm.model, prompts: prompts, style: style,
                                 maxTokens: config.llm.maxTokens ?? 60)
     }

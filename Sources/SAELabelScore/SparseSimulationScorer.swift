@@ -8,10 +8,10 @@ import SAELabelCore
 /// wall time.
 ///
 /// Two request shapes:
-/// - **one window a request** (`windowsPerRequest == 1`): tokens shown numbered, `[[0, "The"], [1, " cat"], …]`,
+/// - **one window a request** (`windowsPerRequest == 1`): tokens shown numbered, one a line (`0 The`, `1  cat`, …),
 ///   answer `{"activations": [{"index": i, "activation": 1…10}, …]}`;
 /// - **several windows a request** (the default): a feature's held-out windows in chunks of at most
-///   `windowsPerRequest`, each shown as `Window k: <tokens>[[0, "The"], …]</tokens>`, answer
+///   `windowsPerRequest`, each shown as a `Window k:` line and its numbered lines, answer
 ///   `{"windows": [{"window": k, "activations": [{"index": i, "activation": v}, …]}, …]}` with one entry per
 ///   window (an empty list where nothing fires). The instructions (system message) and then the
 ///   explanation come first, so a prompt cache reuses them; each window is sent once instead of the
@@ -29,9 +29,10 @@ import SAELabelCore
 /// larger value. Requests are cached by their bytes, so a resumed run pays for nothing twice.
 public struct SparseSimulationScorer: Scorer {
     /// Windows a request carries unless the job says otherwise (`[simulator] windows_per_request`):
-    /// every held-out window of a usual feature (the demo has 5) in one request. Measured on the demo
-    /// with SmolLM2 (README, "Sparse against dense simulation").
-    public static let defaultWindowsPerRequest = 8
+    /// every held-out window of a feature with the default `[collect]` (5 + 5 + 5) in one request, so the
+    /// instructions and the explanation go once per feature. Measured on the demo with SmolLM2 (README,
+    /// "Sparse against dense simulation") and with `saelabel-bench cost`.
+    public static let defaultWindowsPerRequest = 16
 
     public let name = "simulation"
     public let model: String
@@ -49,7 +50,7 @@ public struct SparseSimulationScorer: Scorer {
         let several = self.windowsPerRequest > 1
         self.user = try prompts.template(several ? "simulator-sparse-windows" : "simulator-sparse")
         self.system = try prompts.optionalTemplate(several ? "simulator-sparse-windows.system" : "simulator-sparse.system")
-        var parts = [several ? "sparse-windows-simulator-v1" : "sparse-simulator-v2", user.source]
+        var parts = [several ? "sparse-windows-simulator-v2" : "sparse-simulator-v3", user.source]
         if let system { parts.append(system.source) }
         if several {
             parts.append("windows_per_request=\(self.windowsPerRequest)")
@@ -103,12 +104,35 @@ public struct SparseSimulationScorer: Scorer {
 
     // MARK: One window a request
 
-    /// The numbered token list placed between `<tokens>` and `</tokens>`.
+    /// The numbered token list placed between `<tokens>` and `</tokens>`: a line per token, its index, one
+    /// space, then the token exactly, with `\`, line breaks and tabs written `\\`, `\n`, `\r`, `\t`; so a
+    /// line is always one token, in order, and the text after the first space is that token (about 4.3
+    /// prompt tokens per window token, against 5.6 for JSON `[index, token]` pairs).
     public static func tokenList(_ tokens: [String]) -> String {
-        let pairs = tokens.enumerated().map { [$0.offset, $0.element] as [Any] }
-        guard let data = try? JSONSerialization.data(withJSONObject: pairs, options: [.withoutEscapingSlashes]) else { return "[]" }
-        return String(decoding: data, as: UTF8.self)
+        tokens.enumerated().map { "\($0.offset) \(listed($0.element))" }.joined(separator: "\n")
     }
+
+    /// A token as one line of the list.
+    static func listed(_ token: String) -> String {
+        var out = ""
+        for scalar in token.unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    /// One window's list as the prompt shows it, between its tags (the template writes them itself).
+    static func tokenBlock(_ tokens: [String]) -> String { "<tokens>\n\(tokenList(tokens))\n</tokens>" }
+
+    /// A window of a several-window request as its template shows it: a `Window k:` line, then its
+    /// list (no tags: a token line always starts with its index, so a header cannot be mistaken for one).
+    static func windowBlock(number: Int, tokens: [String]) -> String { "Window \(number):\n\(tokenList(tokens))" }
 
     /// The first request's messages: the system text (the same for every window of every feature, so a
     /// server's prompt cache reuses it), then the explanation and the window.
@@ -185,7 +209,7 @@ public struct SparseSimulationScorer: Scorer {
     public func retryMessages(first: [ChatMessage], answer: String, problem: String, tokens: [String]) -> [ChatMessage] {
         let correction = "That answer cannot be used: \(problem). Reply again with JSON only, "
             + "{\"activations\": [{\"index\": 0, \"activation\": 5}, ...]}, listing only the tokens the neuron fires on, "
-            + "each index from 0 to \(tokens.count - 1), each activation an integer from 1 to 10.\n<tokens>\(Self.tokenList(tokens))</tokens>"
+            + "each index from 0 to \(tokens.count - 1), each activation an integer from 1 to 10.\n\(Self.tokenBlock(tokens))"
         return first + [ChatMessage(role: "assistant", content: ScoringSupport.shown(answer)),
                         ChatMessage(role: "user", content: correction)]
     }
@@ -228,7 +252,7 @@ public struct SparseSimulationScorer: Scorer {
         return ScoringSupport.messages(system: system, user: user, context: context)
     }
 
-    /// `{"number": k, "tokens": "[[0,…]]", "last": n-1}` per window, for the templates.
+    /// `{"number": k, "tokens": "0 The\n1  cat…", "last": n-1}` per window, for the templates.
     static func windowContext(_ windows: [[String]], numbers: [Int]) -> [[String: Any]] {
         zip(numbers, windows).map { ["number": $0, "tokens": tokenList($1), "last": $1.count - 1] }
     }
@@ -303,7 +327,7 @@ public struct SparseSimulationScorer: Scorer {
         let numbers = problems.keys.sorted()
         let listed = numbers.map { "window \($0)" }.joined(separator: ", ")
         let what = numbers.map { "\(problems[$0] ?? "")" }.uniqued().joined(separator: "; ")
-        let shown = numbers.map { "Window \($0): <tokens>\(Self.tokenList(windows[$0] ?? []))</tokens>" }.joined(separator: "\n")
+        let shown = numbers.map { Self.windowBlock(number: $0, tokens: windows[$0] ?? []) }.joined(separator: "\n")
         let correction = "That answer cannot be used for \(listed): \(what). Reply again with JSON only, for "
             + "\(numbers.count == 1 ? "that window" : "those \(numbers.count) windows") only, "
             + "{\"windows\": [{\"window\": \(numbers[0]), \"activations\": [{\"index\": 0, \"activation\": 5}, ...]}, ...]}, "

@@ -72,20 +72,29 @@ func runCostBenchmark(_ options: CostBench) async throws {
     let collected = try store.features(in: [.collected])
     guard !collected.isEmpty else { throw ValidationError("no demo feature in \(options.features) has enough activating windows") }
 
-    // saelabel's variants: its defaults, and the dense JSON simulator for comparison.
-    var dense = JobConfig.Scoring()
+    // saelabel's variants: its defaults, each lever set back to its earlier default alone (the records
+    // explainer; a request per 8 windows), and the dense JSON simulator for comparison.
+    let defaults = (explainer: JobConfig.Explainer(), scoring: JobConfig.Scoring())
+    var records = defaults.explainer
+    records.style = "openai"
+    var eightPerRequest = defaults.scoring
+    eightPerRequest.windowsPerRequest = 8
+    var dense = defaults.scoring
     dense.simulator = .json
-    let variants: [(name: String, scoring: JobConfig.Scoring)] = [
-        ("defaults (\(JobConfig.Scoring().simulator.rawValue) simulator)", JobConfig.Scoring()),
-        ("dense JSON simulator", dense),
+    let variants: [(name: String, explainer: JobConfig.Explainer, scoring: JobConfig.Scoring)] = [
+        ("defaults (\(defaults.explainer.style) explainer, \(defaults.scoring.simulator.rawValue) simulator, "
+            + "\(defaults.scoring.windowsPerRequest) windows a request)", defaults.explainer, defaults.scoring),
+        ("openai-style explainer (token<TAB>N records), otherwise defaults", records, defaults.scoring),
+        ("8 windows a simulator request, otherwise defaults", defaults.explainer, eightPerRequest),
+        ("dense JSON simulator, otherwise defaults", defaults.explainer, dense),
     ]
     var featureRows: [[String: Any]] = []
     for feature in collected {
         let explain = try store.examples(feature: feature, split: .explain).map(\.window)
         let heldout = try store.examples(feature: feature, split: .heldout).map(\.window)
-        let explainRequests = try await RequestPreview.explain(JobConfig.Explainer(), prompts: .bundled, feature: feature, examples: explain)
         var saelabel: [[String: Any]] = []
         for variant in variants {
+            let explainRequests = try await RequestPreview.explain(variant.explainer, prompts: .bundled, feature: feature, examples: explain)
             let requests = try await RequestPreview.score(variant.scoring, prompts: .bundled, seed: 0, feature: feature,
                                                           explanation: options.label, heldout: heldout)
             saelabel.append(["name": variant.name,
@@ -214,7 +223,7 @@ func printCostReport(_ counts: AnchorCounts, options: CostBench, collected: Int,
     if let requests = counts.contenders.first(where: { $0.key.hasPrefix("saelabel, defaults") })?.value["score"]?.requests {
         print(requests < counts.heldoutWindows
               ? String(format: "saelabel's default simulator sends %.1f requests for %.1f windows (several windows per request)", requests, counts.heldoutWindows)
-              : "saelabel's default simulator sends one request per window; multi-window simulation: pending (not in this build)")
+              : "saelabel's default simulator sends one request per window")
     }
     print(String(format: "(%.1f s)", seconds))
 }

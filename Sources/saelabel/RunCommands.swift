@@ -130,8 +130,8 @@ struct Explain: AsyncParsableCommand {
     @OptionGroup var llm: LLMOptions
     @OptionGroup var selection: SelectionOptions
 
-    @Option(help: "Prompt style: openai (token<TAB>activation records), highlighted (<<token>>), or baseline (no LLM).")
-    var style = "openai"
+    @Option(help: "Prompt style: marked (running text, firing tokens as <<token|N>>; the default), openai (token<TAB>activation records), highlighted (<<token>>), or baseline (no LLM).")
+    var style = JobConfig.Explainer().style
 
     @Option(help: "Longest explanation in tokens.")
     var maxTokens = 60

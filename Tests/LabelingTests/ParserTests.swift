@@ -150,12 +150,12 @@ import Testing
     /// The numbered list the prompt shows, and a prompt whose first message is the same for every window
     /// (the part a server's prompt cache can reuse).
     @Test func promptSharesItsSystemTextAcrossFeatures() throws {
-        #expect(SparseSimulationScorer.tokenList(["The", " \"cat\""]) == #"[[0,"The"],[1," \"cat\""]]"#)
+        #expect(SparseSimulationScorer.tokenList(["The", " \"cat\""]) == "0 The\n1  \"cat\"")
         let client = LLMClient(configuration: LLMClientConfiguration(baseURL: "http://127.0.0.1:9/v1"))
         defer { client.shutdown() }
         let scorer = try SparseSimulationScorer(client: client, model: "m", prompts: prompts, windowsPerRequest: 1)
         let a = scorer.messages(explanation: "cats", tokens: ["a", "b"]), b = scorer.messages(explanation: "dogs", tokens: ["c"])
         #expect(a.count == 2 && a[0].role == "system" && a[0].content == b[0].content)
-        #expect(a[1].content.contains("cats") && a[1].content.contains(#"<tokens>[[0,"a"],[1,"b"]]</tokens>"#))
+        #expect(a[1].content.contains("cats") && a[1].content.contains("<tokens>\n0 a\n1 b\n</tokens>"))
     }
 }

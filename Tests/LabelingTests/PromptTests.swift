@@ -45,7 +45,7 @@ func idleClient() -> LLMClient {
     @Test func explainerPromptForKnownInput() throws {
         let client = idleClient()
         defer { client.shutdown() }
-        let explainer = try LLMExplainer(client: client, model: "m", prompts: prompts)
+        let explainer = try LLMExplainer(client: client, model: "m", prompts: prompts, style: .openai)
         let messages = explainer.messages(for: [window(["a", "b", "c"], [0, 2, 4]), window(["d", "e"], [1, 0])])
         #expect(messages.count == 2)
         #expect(messages[0] == ChatMessage(role: "system", content: Self.system))
@@ -57,7 +57,7 @@ func idleClient() -> LLMClient {
     @Test func explainerPromptAddsSparseListAndEscapesLineBreaks() throws {
         let client = idleClient()
         defer { client.shutdown() }
-        let explainer = try LLMExplainer(client: client, model: "m", prompts: prompts)
+        let explainer = try LLMExplainer(client: client, model: "m", prompts: prompts, style: .openai)
         let tokens = ["x", "\n", "y", "z", "w", "v"]
         let messages = explainer.messages(for: [window(tokens, [0, 5, 0, 0, 0, 0]), window(["q", "r", "s", "t"], [0, 0, 0, 0])])
         let expected = Self.intro
@@ -67,17 +67,40 @@ func idleClient() -> LLMClient {
         #expect(messages[1].content == expected)
     }
 
+    /// The default style: one window a line as running text, the firing tokens marked with their
+    /// values (floor-normalized over all windows shown, as the records are), leading spaces outside the
+    /// marks, line breaks and tabs escaped; the same system message and answer cue as the records.
+    @Test func markedStyleIsTheDefaultAndShowsValuesInline() throws {
+        let client = idleClient()
+        defer { client.shutdown() }
+        let marked = try LLMExplainer(client: client, model: "m", prompts: prompts)
+        #expect(marked.style == .marked && marked.name == "llm-marked")
+        let messages = marked.messages(for: [window(["The", " cat", " sat", "\n", "\t"], [0, 4, 2, 8, 0]),
+                                             window([" ", "a|b", " <<x>>"], [1, 0, 3])])
+        #expect(messages.count == 2 && messages[0] == ChatMessage(role: "system", content: Self.system))
+        let intro = try #require(PromptLibrary.bundled.template("explainer-marked").source.components(separatedBy: "{{#examples}}").first)
+        #expect(messages[1].content == intro
+            + "The <<cat|5>> <<sat|2>><<\\n|10>>\\t\n<< |1>>a|b <<<<x>>|3>>\n\n" + Self.cue)
+        let openai = try LLMExplainer(client: client, model: "m", prompts: prompts, style: .openai)
+        #expect(marked.promptHash != openai.promptHash)
+        // Each window once, as its own text, and well under the records' length (the bench counts tokens).
+        let windows = (0..<20).map { n in window((0..<32).map { " w\($0)" }, (0..<32).map { $0 == n ? 5 : 0 }) }
+        let markedText = marked.messages(for: windows)[1].content
+        #expect(markedText.components(separatedBy: " w31\n").count == 21)
+        #expect(markedText.count * 3 < openai.messages(for: windows)[1].content.count * 2)
+    }
+
     @Test func highlightedStyleAndHashes() throws {
         let client = idleClient()
         defer { client.shutdown() }
-        let openai = try LLMExplainer(client: client, model: "m", prompts: prompts)
+        let openai = try LLMExplainer(client: client, model: "m", prompts: prompts, style: .openai)
         let highlighted = try LLMExplainer(client: client, model: "m", prompts: prompts, style: .highlighted)
         #expect(openai.promptHash != highlighted.promptHash)
         #expect(openai.promptHash.count == 16)
         let messages = highlighted.messages(for: [window(["import", " os", "\n"], [5, 1, 0]), window(["a", "b"], [0, 1])])
         #expect(messages.count == 1)  // no explainer-highlighted.system.mustache: no system message
         #expect(messages[0].content == "Tokens marked <<like this>> are where a detector fires. Say in a few words what it fires on.\nExcerpt 1: <<import>> os\n\nExcerpt 2: a<<b>>\n\nWhat does the detector fire on? Answer in a few words.")
-        #expect(try LLMExplainer(client: client, model: "m", prompts: prompts, maxTokens: 61).promptHash != openai.promptHash)
+        #expect(try LLMExplainer(client: client, model: "m", prompts: prompts, style: .openai, maxTokens: 61).promptHash != openai.promptHash)
     }
 
     @Test func maxExamplesKeepsTheStrongest() throws {

@@ -81,12 +81,67 @@ import Testing
         #expect(a.count == 2 && a[0].role == "system" && a[0].content == b[0].content)
         let user = a[1].content
         #expect(user.hasPrefix("The neuron responds to: cats"))
-        #expect(user.contains(#"Window 0: <tokens>[[0,"a"],[1,"b"]]</tokens>"#) && user.contains(#"Window 1: <tokens>[[0,"c"]]</tokens>"#))
-        #expect(user.components(separatedBy: "<tokens>").count == 3)
+        #expect(user == "The neuron responds to: cats\nWindow 0:\n0 a\n1 b\nWindow 1:\n0 c\nList, for each of these 2 windows, the tokens on which it fires.", "\(user)")
         // The per-window mode is a different request, so a different prompt hash.
         let single = try SparseSimulationScorer(client: client, model: "m", prompts: prompts, windowsPerRequest: 1)
         #expect(single.promptHash != scorer.promptHash)
         #expect(scorer.plannedCalls(heldout: Self.heldout) == 2 && single.plannedCalls(heldout: Self.heldout) == 5)
+    }
+
+    /// Tokens the numbered list must show unambiguously: spaces, line breaks, tabs, quotes, bars,
+    /// backslashes (also one that looks like an escape), digits with a space, a header, a tag, nothing.
+    static let awkwardTokens = ["The", " ", "  two", "a b", "\n", "\t", "\r\n", "\"q\"", "|", "x|1", "\\", "\\n",
+                                "12 3", "Window 1:", "</tokens>", "", " end\n"]
+
+    /// Reads a window's list back: each line is the index, one space, the token with `\\ \n \r \t` escaped.
+    static func decodeList(_ block: String) -> [(index: Int, token: String)] {
+        block.split(separator: "\n", omittingEmptySubsequences: false).compactMap { line -> (Int, String)? in
+            guard let space = line.firstIndex(of: " "), let index = Int(line[..<space]) else { return nil }
+            var token = "", escaped = false
+            for scalar in line[line.index(after: space)...].unicodeScalars {
+                if escaped {
+                    token.unicodeScalars.append(scalar == "n" ? "\n" : scalar == "r" ? "\r" : scalar == "t" ? "\t" : scalar)
+                    escaped = false
+                } else if scalar == "\\" {
+                    escaped = true
+                } else {
+                    token.unicodeScalars.append(scalar)
+                }
+            }
+            return (index, token)
+        }
+    }
+
+    /// The numbered list round-trips: in the prompt as sent, every window's tokens come back exactly, in
+    /// order, each with its index; and the mock, which reads the list with its own parser, simulates
+    /// each awkward token by its own value (the answer indices land on the right tokens).
+    @Test func numberedTokenListRoundTrips() async throws {
+        // The last window ends in spaces: nothing after it may be trimmed away.
+        let windows = [Self.awkwardTokens, Array(Self.awkwardTokens.reversed()), ["only", "  "]]
+        let client = LLMClient(configuration: LLMClientConfiguration(baseURL: "http://127.0.0.1:9/v1"))
+        defer { client.shutdown() }
+        let scorer = try SparseSimulationScorer(client: client, model: "m", prompts: prompts, windowsPerRequest: 4)
+        let user = scorer.messages(explanation: "anything", windows: windows)[1].content
+        for (number, tokens) in windows.enumerated() {
+            let start = try #require(user.range(of: "\nWindow \(number):\n"))
+            let end = user.range(of: "\nWindow \(number + 1):\n", range: start.upperBound..<user.endIndex)?.lowerBound ?? user.endIndex
+            let decoded = Self.decodeList(String(user[start.upperBound..<end]))
+            #expect(decoded.map(\.index) == Array(tokens.indices), "window \(number)")
+            #expect(decoded.map(\.token) == tokens, "window \(number)")
+        }
+        #expect(SparseSimulationScorer.tokenList(["a\\nb", "a\nb"]) == "0 a\\\\nb\n1 a\\nb")
+
+        let server = try await MockLLMServer.start()
+        defer { server.stop() }
+        let mockClient = server.client()
+        defer { mockClient.shutdown() }
+        let heldout = windows.map { window($0, $0.indices.map { Float($0 % 3) }) }
+        for perRequest in [1, 4] {
+            let mockScorer = try SparseSimulationScorer(client: mockClient, model: "mock", prompts: prompts, windowsPerRequest: perRequest)
+            let result = try await mockScorer.score(feature: 1, explanation: "anything", heldout: heldout)
+            let details = try JSONDecoder().decode(SimulationDetails.self, from: Data(result.details.utf8))
+            #expect(details.windows.map(\.simulated) == windows.map { Optional($0.map { Double(mockActivation($0)) }) }, "\(perRequest)")
+        }
     }
 
     /// Runs the scorer on the five held-out windows of EndToEndTests against the mock after scripting faults.

@@ -60,16 +60,20 @@ import Testing
         }
     }
 
-    @Test(arguments: [ExplainerStyle.openai, .highlighted])
+    @Test(arguments: ExplainerStyle.allCases)
     func explainRequestsShareTheInstructionsFirst(_ style: ExplainerStyle) async throws {
         var config = JobConfig.Explainer()
         config.style = style.rawValue
         let requests = try await [0, 1].asyncMap { feature in
             try await RequestPreview.explain(config, prompts: .bundled, feature: feature, examples: Self.windows(feature: feature))
         }
-        let instructions = style == .openai
-            ? ["What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens"]
-            : ["Tokens marked <<like this>> are where a detector fires. Say in a few words what it fires on."]
+        let instructions: [String]
+        switch style {
+        case .openai, .marked:
+            instructions = ["What does the neuron respond to? Answer with a single short phrase. Do not list the example tokens"]
+        case .highlighted:
+            instructions = ["Tokens marked <<like this>> are where a detector fires. Say in a few words what it fires on."]
+        }
         try expectSharedPrefix(requests[0], requests[1], template: style.templateName, instructions: instructions)
     }
 
