@@ -44,7 +44,7 @@ public struct CollectOptions: Sendable {
     /// exposed instead of the whole write. Blocks smaller than `pipelineBlockMinimum` features are not worth
     /// their own pass over the activations. Not applied where a split costs more than a re-read of the
     /// activations (`CollectPlan.splitsCheaply`).
-    public var pipelineBlocks = 4
+    public var pipelineBlocks = 8
     public var pipelineBlockMinimum = 2048
 
     public init(saeDirectory: String? = nil, activationFiles: [String] = [], latentsDirectory: String? = nil,

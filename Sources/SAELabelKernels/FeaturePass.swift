@@ -216,7 +216,7 @@ func activateWindow<Rule: RowActivation>(_ values: UnsafeMutablePointer<Float>, 
         let kept = keepRaw.loadUnaligned(fromByteOffset: (column + index) * 4, as: SIMD8<Float>.self)
         let activated = rule(pre, column: column + index).replacing(with: 0, where: kept .== 0)
         raw.storeBytes(of: activated, toByteOffset: index * 4, as: SIMD8<Float>.self)
-        lanes = pointwiseMax(lanes, activated)
+        lanes.replace(with: activated, where: activated .> lanes)  // pointwiseMax is not inlined here
         index += 8
     }
     var peak = lanes.max()
@@ -238,7 +238,8 @@ public func peakValue(_ values: UnsafeMutablePointer<Float>, _ count: Int) -> Fl
         let raw = UnsafeRawPointer(values)
         var lanes = SIMD8<Float>(repeating: 0)
         while index + 8 <= count {
-            lanes = pointwiseMax(lanes, raw.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self))
+            let next = raw.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self)
+            lanes.replace(with: next, where: next .> lanes)
             index += 8
         }
         peak = lanes.max()

@@ -80,6 +80,25 @@ import SAELabelStore
         #expect(firing > 10 * 23, "about a third of the features fire on each token")
     }
 
+    /// Pipelined blocks (each streamed alone, selected and written on the writer thread while the next streams)
+    /// store the same bytes as one block holding every feature.
+    @Test func pipelinedBlocksStoreWhatOneBlockStores() throws {
+        let sae = TestSAE.random(dIn: 12, dSAE: 40, architecture: "jumprelu", seed: 51, dtype: "F32")
+        let corpus = TestCorpus.random(nSeq: 16, ctx: 24, dIn: 12, seed: 52, dtype: "F32")
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 6)
+        options.pipelineBlocks = 1
+        let plan = try Collector.plan(options)
+        #expect(plan.splitsCheaply && Collector.blocks(of: plan.features, options: options, plan: plan).count == 1)
+        let whole = try collectIntoStore(options, directory: directory, name: "whole.sqlite")
+        options.pipelineBlocks = 3
+        options.pipelineBlockMinimum = 1
+        #expect(Collector.blocks(of: plan.features, options: options, plan: plan).map(\.count) == [14, 14, 12])
+        let pipelined = try collectIntoStore(options, directory: directory, name: "pipelined.sqlite")
+        let expected = try storedContents(whole, features: 40)
+        #expect(expected.count > 40 * 5, "the fixture must store examples")
+        #expect(try storedContents(pipelined, features: 40) == expected)
+    }
+
     /// Skipping a run of inactive windows in one step leaves the random reservoir exactly as window-by-window does.
     @Test func aRunOfInactiveWindowsSkipsToTheSameReservoir() {
         let parameters = SelectionParameters(windowLength: 4, explainTop: 2, explainQuantile: 2, heldoutTop: 1, heldoutQuantile: 1,
