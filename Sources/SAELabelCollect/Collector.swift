@@ -39,6 +39,13 @@ public struct CollectOptions: Sendable {
     /// Features per GEMM chunk: small enough that a chunk's outputs ([chunk, batch] floats) stay in the L2 cache
     /// for the per-feature pass, large enough that BLAS packing the batch once per chunk costs little.
     public var encodeChunkRows = 256
+    /// Blocks a large selection is cut into even when the memory budget would hold it whole: block i's selection
+    /// and store write run on the writer thread while block i+1 streams, so only the last block's write is
+    /// exposed instead of the whole write. Blocks smaller than `pipelineBlockMinimum` features are not worth
+    /// their own pass over the activations. Not applied where a split costs more than a re-read of the
+    /// activations (`CollectPlan.splitsCheaply`).
+    public var pipelineBlocks = 8
+    public var pipelineBlockMinimum = 2048
 
     public init(saeDirectory: String? = nil, activationFiles: [String] = [], latentsDirectory: String? = nil,
                 tokenizerPath: String, selection: FeatureSelection = .all, seed: UInt64 = 0, windowLength: Int = 32,
@@ -86,6 +93,9 @@ public struct CollectPlan: Sendable {
     public var fingerprints: [InputFingerprint]
     /// Set when the SAE cfg names a Neuronpedia id.
     public var neuronpediaID: String?
+    /// Splitting the features into blocks costs only a re-read of dense activations: false for a TopK SAE
+    /// (blocks need an extra pass for each token's k-th value) and for a latent cache (each block re-reads its files).
+    public var splitsCheaply = false
 }
 
 public struct CollectSummary: Sendable, Equatable {
@@ -353,6 +363,12 @@ struct CollectInputs {
         }
     }
 
+    /// The corpus's windows in order: the dense shards one after another, or the latent cache's token matrix.
+    func windowGeometry(window: Int) -> WindowGeometry {
+        if !dense.isEmpty { return WindowGeometry(window: window, parts: dense.map { ($0.sequences, $0.context) }) }
+        return WindowGeometry(window: window, parts: latents.prefix(1).map { ($0.tokens.shape[0], $0.tokens.shape[1]) })
+    }
+
     /// Decoded token strings of a window of global sequence `sequence`.
     func windowTokens(sequence: Int, start: Int, length: Int) -> [String] {
         if let shard = dense.last(where: { $0.firstSequence <= sequence }) {
@@ -391,7 +407,8 @@ public enum Collector {
         fingerprints.append(try InputFingerprint.of(file: options.tokenizerPath, role: "tokenizer"))
         return CollectPlan(featureCount: inputs.featureCount, features: options.selection.features(featureCount: inputs.featureCount),
                            dIn: inputs.dIn, totalTokens: inputs.totalTokens, saeName: inputs.saeName, hookName: inputs.hookName,
-                           modelName: inputs.modelName, fingerprints: fingerprints, neuronpediaID: inputs.sae?.config.neuronpediaID)
+                           modelName: inputs.modelName, fingerprints: fingerprints, neuronpediaID: inputs.sae?.config.neuronpediaID,
+                           splitsCheaply: inputs.sae.map { if case .topk = $0.config.architecture { false } else { true } } ?? false)
     }
 
     /// Estimated bytes one feature of a block holds at once: its window slots and statistics while streaming
@@ -410,9 +427,15 @@ public enum Collector {
     /// `features` cut into the blocks collect streams and commits one at a time: at most
     /// `¾ · memoryBudgetMiB / bytesPerFeature` features each (at least one); the last quarter is left for what
     /// does not grow with the block (code, tokenizer, batch buffers, SQLite's cache, the TopK thresholds).
+    /// Where splitting is cheap, a large selection is cut into at least `pipelineBlocks` blocks of at least
+    /// `pipelineBlockMinimum` features, so the writer overlaps the stream.
     public static func blocks(of features: [Int], options: CollectOptions, plan: CollectPlan) -> [[Int]] {
         let budget = options.memoryBudgetMiB * 1_048_576 * 3 / 4
-        let size = max(1, Int(min(Double(Int.max / 2), budget / Double(bytesPerFeature(options, dIn: plan.dIn)))))
+        var size = max(1, Int(min(Double(Int.max / 2), budget / Double(bytesPerFeature(options, dIn: plan.dIn)))))
+        if plan.splitsCheaply && options.pipelineBlocks > 1 {
+            let pipelined = (features.count + options.pipelineBlocks - 1) / options.pipelineBlocks
+            size = min(size, max(max(1, options.pipelineBlockMinimum), pipelined))
+        }
         return stride(from: 0, to: features.count, by: size).map { Array(features[$0..<min($0 + size, features.count)]) }
     }
 
@@ -529,8 +552,10 @@ public enum Collector {
                        progress: (Int, Int) -> Void) throws(SAELabelError) -> (FeatureAccumulators, Int) {
         let accumulators = FeatureAccumulators(features: features, parameters: options.selectionParameters)
         if inputs.sae != nil {
-            return (accumulators, try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
-                .run(progress: progress))
+            let excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
+                .run(progress: progress)
+            accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowLength))
+            return (accumulators, excluded)
         }
         return (accumulators, try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress))
     }

@@ -38,11 +38,13 @@ struct DenseEncoder {
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
         let chunks = (rows + chunkRows - 1) / chunkRows
         let chunkOf = { (chunk: Int) in (chunk * chunkRows)..<min(rows, (chunk + 1) * chunkRows) }
+        let geometry = inputs.windowGeometry(window: options.windowLength)
 
         return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
             let fill = encoded.fill
             guard rows > 0 else { return }
-            let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: limits, stride: batch)
+            let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: limits, stride: batch,
+                                         geometry: geometry)
             if !plan.needsAllRows {
                 if let table = plan.kthByToken {
                     table.withUnsafeBufferPointer { limits.update(from: $0.baseAddress! + encoded.firstToken, count: fill) }
@@ -381,11 +383,13 @@ struct LatentReader {
 
     func run(progress: (Int, Int) -> Void) throws(SAELabelError) -> Int {
         guard let tokenShard = inputs.latents.first else { return 0 }
-        let sequences = tokenShard.tokens.shape[0], context = tokenShard.tokens.shape[1]
+        let context = tokenShard.tokens.shape[1]
         let excludedTokens = inputs.excludedLatentTokens(TokenExclusion(options: options, decoder: inputs.decoder))
         let window = options.windowLength
         let selected = accumulators.features
         var valuesBuffer = [Float](repeating: 0, count: window)
+        let geometry = inputs.windowGeometry(window: window)
+        let windowsPerSequence = (context + window - 1) / window
         for (shardIndex, shard) in inputs.latents.enumerated() {
             defer { progress(inputs.totalTokens * (shardIndex + 1) / inputs.latents.count, inputs.totalTokens) }
             let lower = selected.partitionIndex { $0 >= shard.first }
@@ -420,18 +424,12 @@ struct LatentReader {
                 cursor[buckets[entry]] += 1
             }
             // Per latent, only the windows holding one of its entries are visited; the runs of windows between
-            // are handed to the random reservoir in one step each, so the time is O(entries), not O(latents × windows).
-            let windowsPerSequence = (context + window - 1) / window
-            let totalWindows = sequences * windowsPerSequence
-            let place = { (order: Int64) -> (sequence: Int, start: Int, length: Int) in
-                let sequence = Int(order) / windowsPerSequence, start = (Int(order) % windowsPerSequence) * window
-                return (sequence, start, min(window, context - start))
-            }
+            // are handed to the random reservoir in one step each (`catchUp`), so the time is O(entries), not
+            // O(latents × windows), and a latent with no entries is never touched.
             for bucket in 0..<(upper - lower) {
                 let slot = lower + bucket
                 let entries = sorted[bucketStart[bucket]..<bucketStart[bucket + 1]].sorted { flats[$0] < flats[$1] || (flats[$0] == flats[$1] && $0 < $1) }
                 var next = 0
-                var nextOrder = 0  // first window not yet observed
                 valuesBuffer.withUnsafeMutableBufferPointer { buffer in
                     let pointer = buffer.baseAddress!
                     while next < entries.count {
@@ -439,7 +437,6 @@ struct LatentReader {
                         let sequence = flat / context, start = (flat % context) / window * window
                         let order = sequence * windowsPerSequence + start / window
                         let length = min(window, context - start)
-                        accumulators.observeInactiveRun(slot, firstOrder: Int64(nextOrder), count: order - nextOrder, place: place)
                         let first = sequence * context + start
                         for index in 0..<length { pointer[index] = 0 }
                         while next < entries.count, flats[entries[next]] < first + length {
@@ -449,16 +446,14 @@ struct LatentReader {
                         }
                         let peak = peakValue(pointer, length)
                         if peak > 0 {
+                            accumulators.catchUp(slot, to: Int64(order), geometry: geometry)
                             accumulators.observeActive(slot, values: pointer, length: length, peak: peak,
                                                        sequence: sequence, start: start, order: Int64(order))
-                        } else {
-                            accumulators.observeInactive(slot, length: length, sequence: sequence, start: start, order: Int64(order))
                         }
-                        nextOrder = order + 1
                     }
-                    accumulators.observeInactiveRun(slot, firstOrder: Int64(nextOrder), count: totalWindows - nextOrder, place: place)
                 }
             }
+            accumulators.completeInactive(slots: lower..<upper, geometry: geometry)
         }
         return excludedTokens.count
     }

@@ -15,6 +15,43 @@ public struct BatchWindow: Sendable {
     }
 }
 
+/// How the corpus splits into windows: parts (shards) of `sequences × context` tokens, each sequence cut into
+/// windows of `window` tokens from position 0 (the last one shorter), numbered in corpus order from 0.
+public struct WindowGeometry: Sendable {
+    struct Part: Sendable {
+        var firstOrder: Int64
+        var firstSequence: Int
+        var context: Int
+        var windowsPerSequence: Int
+    }
+
+    public let window: Int
+    let parts: [Part]
+    public let totalWindows: Int64
+
+    public init(window: Int, parts shapes: [(sequences: Int, context: Int)]) {
+        self.window = max(1, window)
+        var parts: [Part] = []
+        var order: Int64 = 0, sequence = 0
+        for shape in shapes {
+            let perSequence = (shape.context + self.window - 1) / self.window
+            parts.append(Part(firstOrder: order, firstSequence: sequence, context: shape.context, windowsPerSequence: perSequence))
+            order += Int64(shape.sequences * perSequence)
+            sequence += shape.sequences
+        }
+        self.parts = parts
+        totalWindows = order
+    }
+
+    /// Window `order`'s corpus sequence, first position and length.
+    public func place(_ order: Int64) -> (sequence: Int, start: Int, length: Int) {
+        let part = parts.last { $0.firstOrder <= order } ?? parts[0]
+        let local = Int(order - part.firstOrder)
+        let start = (local % part.windowsPerSequence) * window
+        return (part.firstSequence + local / part.windowsPerSequence, start, min(window, part.context - start))
+    }
+}
+
 /// The SAE's activation function, with its per-feature parameters indexed by a row's parameter index.
 /// Rows hold `x'·W_enc` without the bias; the function turns them into activations in place.
 public enum Activation: Sendable {
@@ -38,12 +75,16 @@ public struct EncodedBatch: @unchecked Sendable {
     /// topK: per column, the k-th largest value over all features; groupMax: each group's maxima, row-major [groups × stride].
     public var columnLimits: UnsafePointer<Float>?
     public var stride: Int
+    /// The corpus's windows, for the inactive runs a feature catches up on when it fires.
+    public var geometry: WindowGeometry
 
-    public init(windows: UnsafeBufferPointer<BatchWindow>, keep: UnsafePointer<Float>, columnLimits: UnsafePointer<Float>?, stride: Int) {
+    public init(windows: UnsafeBufferPointer<BatchWindow>, keep: UnsafePointer<Float>, columnLimits: UnsafePointer<Float>?, stride: Int,
+                geometry: WindowGeometry) {
         self.windows = windows
         self.keep = keep
         self.columnLimits = columnLimits
         self.stride = stride
+        self.geometry = geometry
     }
 }
 
@@ -151,11 +192,11 @@ extension FeatureAccumulators {
         for window in batch.windows {
             let pointer = values + window.offset
             let peak = activateWindow(pointer, column: window.offset, length: window.length, keep: batch.keep, rule: rule)
+            // Inactive windows are fed in runs when the feature next fires (or at the end): nothing to do here.
             if peak > 0 {
+                catchUp(slot, to: window.order, geometry: batch.geometry)
                 observeActive(slot, values: pointer, length: window.length, peak: peak,
                               sequence: window.sequence, start: window.start, order: window.order)
-            } else {
-                observeInactive(slot, length: window.length, sequence: window.sequence, start: window.start, order: window.order)
             }
         }
     }
@@ -175,7 +216,7 @@ func activateWindow<Rule: RowActivation>(_ values: UnsafeMutablePointer<Float>, 
         let kept = keepRaw.loadUnaligned(fromByteOffset: (column + index) * 4, as: SIMD8<Float>.self)
         let activated = rule(pre, column: column + index).replacing(with: 0, where: kept .== 0)
         raw.storeBytes(of: activated, toByteOffset: index * 4, as: SIMD8<Float>.self)
-        lanes = pointwiseMax(lanes, activated)
+        lanes.replace(with: activated, where: activated .> lanes)  // pointwiseMax is not inlined here
         index += 8
     }
     var peak = lanes.max()
@@ -197,7 +238,8 @@ public func peakValue(_ values: UnsafeMutablePointer<Float>, _ count: Int) -> Fl
         let raw = UnsafeRawPointer(values)
         var lanes = SIMD8<Float>(repeating: 0)
         while index + 8 <= count {
-            lanes = pointwiseMax(lanes, raw.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self))
+            let next = raw.loadUnaligned(fromByteOffset: index * 4, as: SIMD8<Float>.self)
+            lanes.replace(with: next, where: next .> lanes)
             index += 8
         }
         peak = lanes.max()

@@ -95,6 +95,12 @@ public final class WindowSlots {
     }
 }
 
+/// `count` zeroed elements from calloc (free with `free`): zero pages the kernel maps only when first written.
+func zeroed<T>(_ count: Int) -> UnsafeMutablePointer<T> {
+    guard let raw = calloc(max(1, count), MemoryLayout<T>.stride) else { fatalError("out of memory allocating \(count) × \(T.self)") }
+    return raw.bindMemory(to: T.self, capacity: max(1, count))
+}
+
 private extension UnsafeMutablePointer {
     @inline(__always) func swapAt(_ i: Int, _ j: Int) {
         let t = self[i]; self[i] = self[j]; self[j] = t
@@ -127,6 +133,8 @@ public final class FeatureAccumulators: @unchecked Sendable {
     public let random: WindowSlots
     public let randomState: UnsafeMutablePointer<ReservoirState>
     let generators: UnsafeMutablePointer<SplitMix64>
+    /// 1 once the slot's generator is seeded (its first window).
+    let started: UnsafeMutablePointer<UInt8>
 
     public struct ReservoirState {
         public var seen = 0
@@ -138,28 +146,69 @@ public final class FeatureAccumulators: @unchecked Sendable {
         self.features = features
         self.parameters = parameters
         let n = max(1, features.count)
-        activeTokens = .allocate(capacity: n); activeTokens.initialize(repeating: 0, count: n)
-        sums = .allocate(capacity: n); sums.initialize(repeating: 0, count: n)
-        maxima = .allocate(capacity: n); maxima.initialize(repeating: 0, count: n)
-        activeWindows = .allocate(capacity: n); activeWindows.initialize(repeating: 0, count: n)
-        histogramRange = .allocate(capacity: n); histogramRange.initialize(repeating: 0, count: n)
-        histogram = .allocate(capacity: n * Self.fineBins); histogram.initialize(repeating: 0, count: n * Self.fineBins)
+        // Zeroed by calloc: large arrays come as untouched zero pages, so a feature that never fires costs no
+        // memory and no time (its state is first written when it first fires, `catchUp`).
+        activeTokens = zeroed(n)
+        sums = zeroed(n)
+        maxima = zeroed(n)
+        activeWindows = zeroed(n)
+        histogramRange = zeroed(n)
+        histogram = zeroed(n * Self.fineBins)
         top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true)
-        topCount = .allocate(capacity: n); topCount.initialize(repeating: 0, count: n)
+        topCount = zeroed(n)
         reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
-        reservoirState = .allocate(capacity: n); reservoirState.initialize(repeating: ReservoirState(), count: n)
+        reservoirState = zeroed(n)  // all-zero bits are `ReservoirState()`
         random = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false)
-        randomState = .allocate(capacity: n); randomState.initialize(repeating: ReservoirState(), count: n)
-        generators = .allocate(capacity: n)
-        for (slot, feature) in features.enumerated() {
-            (generators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: feature, purpose: 1))
-        }
+        randomState = zeroed(n)
+        generators = zeroed(n)
+        started = zeroed(n)
     }
 
     deinit {
-        activeTokens.deallocate(); sums.deallocate(); maxima.deallocate(); activeWindows.deallocate()
-        histogramRange.deallocate(); histogram.deallocate(); topCount.deallocate()
-        reservoirState.deallocate(); randomState.deallocate(); generators.deallocate()
+        for pointer in [UnsafeMutableRawPointer(activeTokens), UnsafeMutableRawPointer(sums), UnsafeMutableRawPointer(maxima),
+                        UnsafeMutableRawPointer(activeWindows), UnsafeMutableRawPointer(histogramRange),
+                        UnsafeMutableRawPointer(histogram), UnsafeMutableRawPointer(topCount),
+                        UnsafeMutableRawPointer(reservoirState), UnsafeMutableRawPointer(randomState),
+                        UnsafeMutableRawPointer(generators), UnsafeMutableRawPointer(started)] {
+            free(pointer)
+        }
+    }
+
+    /// Whether feature `slot` has any state yet (it fired, or windows were fed to it directly).
+    public func hasState(_ slot: Int) -> Bool { started[slot] != 0 || activeWindows[slot] != 0 }
+
+    /// The slot's generator, seeded on first use: features that never fire never seed one.
+    @inline(__always)
+    private func generator(_ slot: Int) -> UnsafeMutablePointer<SplitMix64> {
+        if started[slot] == 0 {
+            (generators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 1))
+            started[slot] = 1
+        }
+        return generators + slot
+    }
+
+    /// Windows of the corpus observed so far by `slot` (orders 0..<this when windows arrive in corpus order).
+    @inline(__always)
+    public func observedWindows(_ slot: Int) -> Int64 { Int64(randomState[slot].seen + activeWindows[slot]) }
+
+    /// Feeds `slot` the windows from its last observed one up to (not including) `order`, all inactive for it,
+    /// in one step (`observeInactiveRun`). Passes call this just before a window on which the feature fires and
+    /// once at the end (`completeInactive`), so inactive windows cost nothing per window, and a feature that
+    /// never fires is never touched, while the state equals a window-by-window pass.
+    @inline(__always)
+    public func catchUp(_ slot: Int, to order: Int64, geometry: WindowGeometry) {
+        let observed = observedWindows(slot)
+        if order > observed {
+            observeInactiveRun(slot, firstOrder: observed, count: Int(order - observed), place: geometry.place)
+        }
+    }
+
+    /// Ends the stream for `slots`: each feature that fired gets its trailing inactive windows (up to
+    /// `geometry.totalWindows`); features that never fired stay untouched (stored as dead, with no examples).
+    public func completeInactive(slots: Range<Int>, geometry: WindowGeometry) {
+        for slot in slots where activeWindows[slot] > 0 {
+            catchUp(slot, to: geometry.totalWindows, geometry: geometry)
+        }
     }
 
     /// A window on which feature `slot` fires (`peak` > 0). `values` are the feature's activations on its tokens.
@@ -207,7 +256,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         let reservoirCapacity = reservoir.capacity
         if reservoirCapacity > 0 {
             let base = slot * reservoirCapacity
-            if let target = admit(state: reservoirState + slot, capacity: reservoirCapacity, generator: generators + slot) {
+            if let target = admit(state: reservoirState + slot, capacity: reservoirCapacity, generator: generator(slot)) {
                 reservoir.store(slot: base + target, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
             }
         }
@@ -223,7 +272,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
             state.pointee.seen += 1
             return
         }
-        if let target = admit(state: state, capacity: capacity, generator: generators + slot) {
+        if let target = admit(state: state, capacity: capacity, generator: generator(slot)) {
             random.store(slot: slot * capacity + target, sequence: sequence, start: start, length: length, maximum: 0, order: order, values: nil)
         }
     }
@@ -250,7 +299,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
             }
             let order = firstOrder + Int64(done)
             let window = place(order)
-            if let target = admit(state: state, capacity: capacity, generator: generators + slot) {
+            if let target = admit(state: state, capacity: capacity, generator: generator(slot)) {
                 random.store(slot: slot * capacity + target, sequence: window.sequence, start: window.start, length: window.length,
                              maximum: 0, order: order, values: nil)
             }

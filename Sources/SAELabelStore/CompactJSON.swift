@@ -15,15 +15,22 @@ enum CompactJSON {
     }
 
     /// Shortest round-tripping decimal of each value; a non-finite value (collect refuses them) is written 0.
+    /// Built as bytes and made a String once: appending to a String per value was a tenth of collect's write.
     static func floats(_ values: [Float]) -> String {
-        var out = "["
-        out.reserveCapacity(values.count * 6)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(2 + values.count * 4)
+        bytes.append(UInt8(ascii: "["))
         for (index, value) in values.enumerated() {
-            if index > 0 { out += "," }
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
             // Most values of a window are 0: skip the shortest-decimal search for them.
-            out += value == 0 ? "0" : value.isFinite ? value.description : "0"
+            if value == 0 || !value.isFinite {
+                bytes.append(UInt8(ascii: "0"))
+            } else {
+                bytes.append(contentsOf: value.description.utf8)
+            }
         }
-        return out + "]"
+        bytes.append(UInt8(ascii: "]"))
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     static func integers(_ values: [Int]) -> String {

@@ -80,6 +80,25 @@ import SAELabelStore
         #expect(firing > 10 * 23, "about a third of the features fire on each token")
     }
 
+    /// Pipelined blocks (each streamed alone, selected and written on the writer thread while the next streams)
+    /// store the same bytes as one block holding every feature.
+    @Test func pipelinedBlocksStoreWhatOneBlockStores() throws {
+        let sae = TestSAE.random(dIn: 12, dSAE: 40, architecture: "jumprelu", seed: 51, dtype: "F32")
+        let corpus = TestCorpus.random(nSeq: 16, ctx: 24, dIn: 12, seed: 52, dtype: "F32")
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 6)
+        options.pipelineBlocks = 1
+        let plan = try Collector.plan(options)
+        #expect(plan.splitsCheaply && Collector.blocks(of: plan.features, options: options, plan: plan).count == 1)
+        let whole = try collectIntoStore(options, directory: directory, name: "whole.sqlite")
+        options.pipelineBlocks = 3
+        options.pipelineBlockMinimum = 1
+        #expect(Collector.blocks(of: plan.features, options: options, plan: plan).map(\.count) == [14, 14, 12])
+        let pipelined = try collectIntoStore(options, directory: directory, name: "pipelined.sqlite")
+        let expected = try storedContents(whole, features: 40)
+        #expect(expected.count > 40 * 5, "the fixture must store examples")
+        #expect(try storedContents(pipelined, features: 40) == expected)
+    }
+
     /// Skipping a run of inactive windows in one step leaves the random reservoir exactly as window-by-window does.
     @Test func aRunOfInactiveWindowsSkipsToTheSameReservoir() {
         let parameters = SelectionParameters(windowLength: 4, explainTop: 2, explainQuantile: 2, heldoutTop: 1, heldoutQuantile: 1,
@@ -105,5 +124,75 @@ import SAELabelStore
         }
         #expect(runs.randomState[0].seen == 4273 && stepwise.randomState[1].seen == 4273)
         #expect(Set((0..<5).map { runs.random.order[$0] }).count == 5, "five distinct windows kept")
+    }
+
+    /// Feeding inactive windows only when a feature next fires (`catchUp`) and at the end (`completeInactive`)
+    /// leaves every reservoir, heap and statistic exactly as feeding every window as it comes.
+    @Test func catchingUpOnInactiveWindowsEqualsWindowByWindow() {
+        let parameters = SelectionParameters(windowLength: 4, explainTop: 2, explainQuantile: 2, heldoutTop: 1, heldoutQuantile: 1,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 11)
+        let geometry = WindowGeometry(window: 4, parts: [(sequences: 30, context: 14), (sequences: 20, context: 8)])
+        #expect(geometry.totalWindows == 30 * 4 + 20 * 2)
+        #expect(geometry.place(121) == (sequence: 30, start: 4, length: 4) && geometry.place(3) == (sequence: 0, start: 12, length: 2))
+        let stepwise = FeatureAccumulators(features: [2, 5, 9], parameters: parameters)
+        let lazy = FeatureAccumulators(features: [2, 5, 9], parameters: parameters)
+        var random = TestRandom(12)
+        var values = [Float](repeating: 0, count: 4)
+        for order in 0..<geometry.totalWindows {
+            let window = geometry.place(order)
+            for slot in 0..<2 {  // slot 2 never fires
+                let fires = random.int(slot == 0 ? 3 : 12) == 0
+                for index in 0..<4 { values[index] = fires && index < window.length ? random.uniform() + 0.01 : 0 }
+                guard fires else {
+                    stepwise.observeInactive(slot, length: window.length, sequence: window.sequence, start: window.start, order: order)
+                    continue
+                }
+                let peak = values.max()!
+                stepwise.observeActive(slot, values: values, length: window.length, peak: peak, sequence: window.sequence,
+                                       start: window.start, order: order)
+                lazy.catchUp(slot, to: order, geometry: geometry)
+                lazy.observeActive(slot, values: values, length: window.length, peak: peak, sequence: window.sequence,
+                                   start: window.start, order: order)
+            }
+        }
+        lazy.completeInactive(slots: 0..<3, geometry: geometry)
+        for slot in 0..<2 {
+            #expect(lazy.randomState[slot].seen == stepwise.randomState[slot].seen && lazy.activeWindows[slot] == stepwise.activeWindows[slot])
+            let filled = [min(stepwise.randomState[slot].seen, 5), min(stepwise.reservoirState[slot].seen, 16), stepwise.topCount[slot]]
+            #expect(lazy.topCount[slot] == filled[2] && lazy.reservoirState[slot].seen == stepwise.reservoirState[slot].seen)
+            for (index, (kept, all)) in [(lazy.random, stepwise.random), (lazy.reservoir, stepwise.reservoir), (lazy.top, stepwise.top)].enumerated() {
+                let range = (slot * kept.capacity)..<(slot * kept.capacity + filled[index])
+                #expect(range.map { kept.order[$0] } == range.map { all.order[$0] }, "slot \(slot)")
+                #expect(range.map { kept.start[$0] } == range.map { all.start[$0] })
+            }
+        }
+        #expect(stepwise.activeWindows[1] > 5 && stepwise.randomState[1].seen > 100, "slot 1 fires now and then")
+        #expect(stepwise.reservoirState[0].seen > 16, "slot 0's reservoir replaces windows")
+        #expect(!lazy.hasState(2) && lazy.hasState(0), "the feature that never fired was never touched")
+    }
+
+    /// A feature that never fires gets no state during collect (nothing allocated or written for it) and is stored
+    /// as dead, with zero statistics and no examples, next to features that fire.
+    @Test func aNeverFiringFeatureCostsNothingAndIsStoredDead() throws {
+        var sae = TestSAE.random(dIn: 8, dSAE: 20, architecture: "standard", seed: 41, dtype: "F32")
+        sae.bEnc[7] = -1000
+        let corpus = TestCorpus.random(nSeq: 12, ctx: 24, dIn: 8, seed: 42, dtype: "F32")
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 4)
+        options.heldoutRandom = 3
+        let plan = try Collector.plan(options)
+        let inputs = try Collector.openChecked(options, plan: plan)
+        let (accumulators, _) = try Collector.stream(inputs, options: options, features: plan.features, kthByToken: nil, progress: { _, _ in })
+        #expect(!accumulators.hasState(7))
+        #expect((0..<20).filter { accumulators.hasState($0) }.count == 19, "every other feature fires on this corpus")
+        let store = try collectIntoStore(options, directory: directory, name: "dead.sqlite")
+        let record = try #require(try store.feature(7))
+        #expect(record.state == .dead)
+        #expect(record.statistics == FeatureStatistics(frequency: 0, maxActivation: 0, meanActivation: 0, activatingTokens: 0,
+                                                       activatingWindows: 0, histogram: [Int](repeating: 0, count: 20)))
+        #expect(try store.examples(feature: 7).isEmpty)
+        let collected = try (0..<20).filter { try store.feature($0)?.state == .collected }
+        #expect(collected.count >= 10)
+        #expect(try collected.contains { try store.examples(feature: $0).filter { $0.window.kind == .random }.count == 3 },
+                "firing features keep their random windows")
     }
 }
