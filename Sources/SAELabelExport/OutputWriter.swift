@@ -2,20 +2,26 @@ import Foundation
 import SAELabelCore
 
 /// A buffered file writer: exports append text as they go and the buffer is flushed every megabyte,
-/// so memory stays flat however many features are written.
+/// so memory stays flat however many features are written. A regular file has the disk write of each
+/// flushed megabyte started at once (posix_fadvise), so the disk works while the export computes and
+/// the closing fsync finds little left to write; an export of 2 GB otherwise left it all for the end.
 final class OutputWriter {
     let path: String
     private let handle: FileHandle
     private var buffer: [UInt8] = []
     private let flushThreshold = 1 << 20
+    /// Bytes written to the file so far (where the next flush starts).
+    private var written: off_t = 0
 
     /// Standard output is not closed here; special files are closed but not synced (fsync fails on pipes).
     private let closes: Bool
     private let syncs: Bool
+    /// When true, `close` leaves the fsync to the caller (an export folder syncs all its files at the end).
+    private let defersSync: Bool
 
     /// Creates (or truncates) the file at `path`; with `replace` false an existing special file
     /// (a FIFO, a terminal, /dev/stdout) is opened for writing as it is.
-    init(path: String, replace: Bool = true) throws(SAELabelError) {
+    init(path: String, replace: Bool = true, defersSync: Bool = false) throws(SAELabelError) {
         self.path = path
         if replace {
             guard FileManager.default.createFile(atPath: path, contents: nil) else {
@@ -28,6 +34,7 @@ final class OutputWriter {
         self.handle = handle
         self.closes = true
         self.syncs = replace
+        self.defersSync = defersSync
         buffer.reserveCapacity(flushThreshold + 4096)
     }
 
@@ -36,6 +43,7 @@ final class OutputWriter {
         self.handle = handle
         self.closes = false
         self.syncs = false
+        self.defersSync = false
         buffer.reserveCapacity(flushThreshold + 4096)
     }
 
@@ -56,15 +64,22 @@ final class OutputWriter {
         } catch {
             throw .badInput(location: path, problem: "write failed: \(error.localizedDescription)")
         }
+        if syncs {
+            // On Linux this starts the write-back of the range without waiting for it (and keeps the
+            // export's gigabytes from crowding the page cache once written); only a hint, so its result
+            // is not checked: close's fsync decides.
+            _ = posix_fadvise(handle.fileDescriptor, written, off_t(buffer.count), POSIX_FADV_DONTNEED)
+        }
+        written += off_t(buffer.count)
         buffer.removeAll(keepingCapacity: true)
     }
 
-    /// Flushes, syncs and closes; the file is complete when this returns.
+    /// Flushes, syncs (unless deferred) and closes; the file is complete when this returns.
     func close() throws(SAELabelError) {
         try flush()
         guard closes else { return }
         do {
-            if syncs { try handle.synchronize() }
+            if syncs && !defersSync { try handle.synchronize() }
             try handle.close()
         } catch {
             throw .badInput(location: path, problem: "cannot finish writing: \(error.localizedDescription)")
