@@ -93,12 +93,13 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     { key: 'frequency', i: 6, title: 'Frequency', num: true },
     { key: 'max', i: 7, title: 'Max act.', num: true }
   ];
-  // rows: every summary row once all index parts are in (until then `partial` holds the first part
-  // to arrive, so the page paints before a 131k-feature index has loaded). The search index is built
-  // once from the rows: lower-cased labels, and one sorted order per column and direction, so a
+  // rows: every summary row once all index parts (and the prebuilt orders) are in; until then
+  // `partial` holds the first part to arrive, so the page paints before a 131k-feature index has
+  // loaded. The search index is built once from the rows: lower-cased labels, and one sorted order
+  // per column and direction (the numeric columns' orders come prebuilt from the export), so a
   // keystroke only scans; a query that extends the previous one scans only its matches.
   var S = { meta: null, parts: {}, partsLoaded: 0, rows: null, partial: null, byFeature: {}, chunks: {}, loading: {},
-            lastIndexHash: '', lower: null, orders: {}, last: null };
+            lastIndexHash: '', lower: null, orders: {}, prebuilt: null, last: null };
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -189,14 +190,22 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     Object.keys(meta.statuses || {}).forEach(function (k) { var o = el('option', null, k); o.value = k; select.appendChild(o); });
     if (meta.indexChunks === 0) { S.rows = []; render(); return; }
     for (var i = 0; i < meta.indexChunks; i++) loadScript('data/index-' + pad(i) + '.js');
+    if (meta.orders) loadScript('data/orders.js');
   };
   window.__catalog_index = function (n, rows) {
     S.parts[n] = rows; S.partsLoaded++;
     rows.forEach(function (r) { S.byFeature[r[0]] = r; });
-    if (S.partsLoaded < S.meta.indexChunks) {
-      if (!S.partial) { S.partial = rows; render(); }
-      return;
-    }
+    if (!S.partial && !indexReady()) { S.partial = rows; render(); }
+    indexComplete();
+  };
+  // Row positions of the whole index by each numeric column, highest first, nulls last, ties by feature.
+  window.__catalog_orders = function (orders) {
+    S.prebuilt = orders;
+    indexComplete();
+  };
+  function indexReady() { return S.partsLoaded === S.meta.indexChunks && (!S.meta.orders || !!S.prebuilt); }
+  function indexComplete() {
+    if (S.rows || !indexReady()) return;
     var all = [];
     for (var i = 0; i < S.meta.indexChunks; i++) Array.prototype.push.apply(all, S.parts[i]);
     S.parts = null; S.partial = null; S.rows = all;
@@ -204,7 +213,7 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     S.orders = {}; S.last = null;
     mark('data-loaded-ms');
     render();
-  };
+  }
   window.__catalog_chunk = function (n, features) {
     var map = {};
     features.forEach(function (f) { map[f.feature] = f; });
@@ -228,13 +237,40 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     };
   }
   // Row positions in the order of one column and direction; built once per order while loaded.
+  // The rows arrive in feature order, and the numeric columns' descending orders come prebuilt.
   function order(rows, col, dir) {
     var key = col.key + dir;
     if (rows === S.rows && S.orders[key]) return S.orders[key];
-    var positions = rows.map(function (_, i) { return i; });
-    positions.sort(compareBy(rows, col, dir));
+    var positions, prebuilt = rows === S.rows && S.prebuilt && S.prebuilt[col.key];
+    if (col.key === 'feature' && dir > 0 && inFeatureOrder(rows)) {
+      positions = rows.map(function (_, i) { return i; });
+    } else if (prebuilt && prebuilt.length === rows.length) {
+      positions = dir < 0 ? prebuilt : ascendingFrom(rows, col.i, prebuilt);
+    } else {
+      positions = rows.map(function (_, i) { return i; });
+      positions.sort(compareBy(rows, col, dir));
+    }
     if (rows === S.rows) S.orders[key] = positions;
     return positions;
+  }
+  function inFeatureOrder(rows) {
+    for (var i = 1; i < rows.length; i++) if (rows[i - 1][0] >= rows[i][0]) return false;
+    return true;
+  }
+  // The ascending order from the descending one: runs of equal values in reverse, each run kept in
+  // feature order, then the nulls (last in both directions), as compareBy orders them.
+  function ascendingFrom(rows, i, desc) {
+    var nonNull = 0;
+    while (nonNull < desc.length && rows[desc[nonNull]][i] !== null && rows[desc[nonNull]][i] !== undefined) nonNull++;
+    var out = [], end = nonNull;
+    while (end > 0) {
+      var start = end - 1, v = rows[desc[start]][i];
+      while (start > 0 && rows[desc[start - 1]][i] === v) start--;
+      for (var k = start; k < end; k++) out.push(desc[k]);
+      end = start;
+    }
+    for (var n = nonNull; n < desc.length; n++) out.push(desc[n]);
+    return out;
   }
   function filtered(p) {
     var rows = S.rows || S.partial;
@@ -249,12 +285,15 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     // it could be a feature number, which matches by equality rather than as a substring.
     var candidates = S.last && S.last.rows === rows && S.last.key === key && q.indexOf(S.last.q) === 0 && /\D/.test(q)
       ? S.last.positions : order(rows, col, dir);
+    // The feature whose number is written exactly as the query (no String per row).
+    var number = /^(0|[1-9][0-9]*)$/.test(q) ? Number(q) : -1;
+    var lower = rows === S.rows ? S.lower : null;
     var positions = [];
     for (var k = 0; k < candidates.length; k++) {
       var i = candidates[k], r = rows[i];
       if (status && r[1] !== status) continue;
       if (min !== null && (r[3] === null || r[3] < min)) continue;
-      if (q && String(r[0]) !== q && (rows === S.rows ? S.lower[i] : (r[2] || '').toLowerCase()).indexOf(q) < 0) continue;
+      if (q && r[0] !== number && (lower ? lower[i] : (r[2] || '').toLowerCase()).indexOf(q) < 0) continue;
       positions.push(i);
     }
     S.last = { rows: rows, key: key, q: q, positions: positions };

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SAELabelExport
 
 /// `saelabel-bench`: the benchmarks of BENCHMARKS.md. They report ratios measured within one run;
 /// they assert nothing (tests do that).
@@ -122,7 +123,24 @@ struct StoreBench: ParsableCommand {
     @Option(help: ArgumentHelp("Save a screenshot of the html catalog (a search, sorted by simulation) here.", valueName: "PNG"))
     var screenshot: String?
 
+    @Flag(name: .customLong("write-only"), help: "Write the store (with --store, to keep it) and stop: no exports are timed.")
+    var writeOnly = false
+
+    @Option(parsing: .upToNextOption, help: "Exports to time (catalog csv neuronpedia html; default all).")
+    var formats: [String] = ExportFormat.allCases.map(\.rawValue)
+
+    @Flag(name: .customLong("no-prune"), help: "Leave the store as it is: no prune and no catalog export after it.")
+    var noPrune = false
+
+    func validate() throws {
+        if let bad = formats.first(where: { ExportFormat(rawValue: $0) == nil }) {
+            throw ValidationError("--formats \(bad): expected catalog, csv, neuronpedia or html")
+        }
+    }
+
     func run() {
-        runStoreBenchmark(features: max(1, features), storePath: store, keep: keep, screenshot: screenshot)
+        runStoreBenchmark(StoreBenchSettings(features: max(1, features), storePath: store, keep: keep, screenshot: screenshot,
+                                             writeOnly: writeOnly, formats: formats.compactMap(ExportFormat.init(rawValue:)),
+                                             prune: !noPrune))
     }
 }

@@ -9,12 +9,26 @@ import SAELabelStore
 /// detection and two fuzzing calls per feature).
 ///
 ///     saelabel-bench store [--features 131072] [--store PATH] [--screenshot PNG]
+///                          [--write-only] [--formats catalog csv neuronpedia html] [--no-prune]
 ///
 /// Each export's time is reported against a budget (60 s at 131,072 features) and as a ratio to a
 /// plain read of the same rows (every example and score row fetched, nothing written) in the same run.
 /// Then `prune` runs on the store and the catalog is exported again, which must give the same bytes.
-/// With `--store PATH` the store is kept there and reused by later runs (when it holds the features).
-func runStoreBenchmark(features: Int, storePath: String?, keep: Bool, screenshot: String?) {
+/// With `--store PATH` the store is kept there and reused by later runs (when it holds the features),
+/// so a store written once with `--write-only` (minutes at 131k) can have its exports timed alone
+/// (`--no-prune` keeps it as written for the next run).
+struct StoreBenchSettings {
+    var features: Int
+    var storePath: String?
+    var keep: Bool
+    var screenshot: String?
+    var writeOnly = false
+    var formats: [ExportFormat] = ExportFormat.allCases
+    var prune = true
+}
+
+func runStoreBenchmark(_ settings: StoreBenchSettings) {
+    let features = settings.features, storePath = settings.storePath, keep = settings.keep, screenshot = settings.screenshot
     let folder = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("saelabel-store-bench-\(getpid())")
     try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     defer { if !keep { try? FileManager.default.removeItem(at: folder) } }
@@ -34,6 +48,11 @@ func runStoreBenchmark(features: Int, storePath: String?, keep: Bool, screenshot
         }
         let fillSeconds = seconds(since: started)
         let bytes = fileBytes(path) + fileBytes(path + "-wal")
+        if settings.writeOnly {
+            report("Store (synthetic, \(features) features) \(existing == features ? "reused" : "written") in \(f(fillSeconds)) s: "
+                  + "\(mib(bytes)) = \(f(Double(bytes) / Double(features), 0)) bytes/feature, at \(path)")
+            return
+        }
 
         let readStart = ContinuousClock.now
         let (rows, textBytes) = try store.benchReadAllRows()
@@ -56,20 +75,22 @@ func runStoreBenchmark(features: Int, storePath: String?, keep: Bool, screenshot
         func output(_ format: ExportFormat, _ suffix: String = "") -> String {
             folder.appendingPathComponent("export-\(format.rawValue)\(suffix)" + (format == .catalog ? ".jsonl" : format == .csv ? ".csv" : "")).path
         }
-        for format in ExportFormat.allCases {
+        for format in settings.formats {
             _ = try export(format, to: output(format))
         }
-        measureCatalogInChromium(output(.html), screenshot: screenshot)
+        if settings.formats.contains(.html) { measureCatalogInChromium(output(.html), screenshot: screenshot) }
+        if keep { report("  kept in             \(folder.path)") }
+        guard settings.prune else { return }
 
         let pruneStart = ContinuousClock.now
         let pruned = try JobStore(path: path, exclusive: true).prune()
         report("  prune               \(f(seconds(since: pruneStart), 1)) s: dropped \(pruned.responsesDropped) cached answers "
               + "(\(pruned.responsesKept) kept), \(mib(pruned.bytesBefore)) → \(mib(pruned.bytesAfter)) = "
               + "\(f(Double(pruned.bytesAfter) / Double(features), 0)) bytes/feature")
+        if !settings.formats.contains(.catalog) { _ = try export(.catalog, to: output(.catalog)) }
         _ = try export(.catalog, to: output(.catalog, "-after-prune"))
         let same = FileManager.default.contentsEqual(atPath: output(.catalog), andPath: output(.catalog, "-after-prune"))
         report("  catalog after prune \(same ? "identical to the one before (byte for byte)" : "DIFFERS from the one before")")
-        if keep { report("  kept in             \(folder.path)") }
     } catch {
         FileHandle.standardError.write(Data("store bench: \(error)\n".utf8))
     }

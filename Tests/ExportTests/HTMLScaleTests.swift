@@ -8,6 +8,7 @@ import SAELabelStore
 extension BrowserTests {
     /// A catalog of two index parts: searching, sorting and opening a feature from the second part
     /// give what the rows say, whether the search is answered from the prebuilt orders or narrowed.
+    /// Scores repeat (ties go by feature) and every eleventh feature has none (last either way).
     @Test func searchAndSortOverSeveralIndexParts() async throws {
         let directory = TempDirectory()
         let store = try JobStore(path: directory.file("c.sqlite"))
@@ -20,7 +21,8 @@ extension BrowserTests {
         try store.beginPass("p")
         func label(_ i: Int) -> String { "\(i % 7 == 0 ? "Pets and animals" : "other things") number \(i)" }
         func simulation(_ i: Int) -> Double { Double((i * 37) % 1000) / 1000 }
-        for i in 0..<count {
+        func scored(_ i: Int) -> Bool { i % 11 != 5 }
+        for i in 0..<count where scored(i) {
             let explanation = try store.saveExplanation(feature: i, text: label(i), explainerModel: "m", promptHash: "h", rawResponse: nil)
             try store.saveScore(explanation: explanation, score: StoredScore(scorer: "simulation", value: simulation(i), model: "m",
                                                                              promptHash: "s", details: "{}"), completesFeature: true)
@@ -29,7 +31,14 @@ extension BrowserTests {
         _ = try Exporter.export(store: store, format: .html, to: out, filter: .all)
         let index = Self.fileURL(out + "/index.html")
 
-        let pets = (0..<count).filter { $0 % 7 == 0 }
+        // The export's order: simulation highest first, ties by feature, unscored last.
+        let descending = (0..<count).filter(scored).sorted { (simulation($0), -$0) > (simulation($1), -$1) }
+            + (0..<count).filter { !scored($0) }
+        let orders = try #require(try jsonpPayload(out + "/data/orders.js") as? [String: [Int]])
+        #expect(orders["simulation"] == descending)
+        #expect(orders["frequency"] == Array(0..<count), "equal frequencies go by feature")
+
+        let pets = (0..<count).filter { $0 % 7 == 0 && scored($0) }
         let bySimulation = pets.sorted { (simulation($0), -$0) > (simulation($1), -$1) }
         let dom = try await Chromium.dumpDOM(index + "#q=pets&sort=simulation&dir=desc")
         #expect(dom.contains("data-complete=\"1\""), "the whole index was searched")
@@ -37,9 +46,15 @@ extension BrowserTests {
         #expect(Self.rowFeatures(dom) == Array(bySimulation.prefix(100)))
         #expect(dom.contains("data-first-paint-ms=\""))
 
+        // Ascending (derived from the prebuilt order in the page): lowest first, ties by feature, unscored last.
+        let ascending = (0..<count).filter(scored).sorted { (simulation($0), $0) < (simulation($1), $1) }
+            + (0..<count).filter { !scored($0) }
+        let up = try await Chromium.dumpDOM(index + "#sort=simulation&dir=asc&page=110")
+        #expect(Self.rowFeatures(up) == Array(ascending[10_900..<11_000]), "the page spanning the last scores and the first unscored")
+
         // A feature number matches by equality, and labels holding it as text match too.
         let digits = try await Chromium.dumpDOM(index + "#q=1234")
-        let expected = (0..<count).filter { String($0) == "1234" || label($0).lowercased().contains("1234") }
+        let expected = (0..<count).filter { String($0) == "1234" || (scored($0) && label($0).lowercased().contains("1234")) }
         #expect(Self.rowFeatures(digits) == expected)
 
         let last = try await Chromium.dumpDOM(index + "#feature=\(count - 1)")
