@@ -25,7 +25,9 @@ struct ResilienceTests {
         #expect(need > 0)
 
         let dir = TempDirectory()
-        let mock = try await MockLLMServer.start(["--latency-ms", "60"])
+        // Slow answers keep every one of the 24 runs busy past its random kill moment, however quiet the machine
+        // (multi-window simulation needs only about two requests a feature, so fast answers ended the job early).
+        let mock = try await MockLLMServer.start(["--latency-ms", "1000"])
         let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..16", concurrency: concurrency)
         var generator = SplitMix64(state: 20261125)
         var kills = 0
