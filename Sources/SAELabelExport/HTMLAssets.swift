@@ -190,12 +190,14 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     Object.keys(meta.statuses || {}).forEach(function (k) { var o = el('option', null, k); o.value = k; select.appendChild(o); });
     if (meta.indexChunks === 0) { S.rows = []; render(); return; }
     for (var i = 0; i < meta.indexChunks; i++) loadScript('data/index-' + pad(i) + '.js');
-    if (meta.orders) loadScript('data/orders.js');
   };
   window.__catalog_index = function (n, rows) {
     S.parts[n] = rows; S.partsLoaded++;
     rows.forEach(function (r) { S.byFeature[r[0]] = r; });
     if (!S.partial && !indexReady()) { S.partial = rows; render(); }
+    // The prebuilt orders (megabytes at 131k features) are requested only once the first rows are painted,
+    // so they do not compete with the first index part for the first paint.
+    if (S.partsLoaded === 1 && S.meta.orders) loadScript('data/orders.js');
     indexComplete();
   };
   // Row positions of the whole index by each numeric column, highest first, nulls last, ties by feature.
