@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import SAELabelCore
+import Synchronization
 
 /// One SQLite database per job (WAL mode). Every stage commits per feature, so a kill loses at most
 /// the work in flight, and any stage can resume alone from what the store holds.
@@ -24,12 +25,38 @@ public final class JobStore: Sendable {
             }
             pool = try DatabasePool(path: path, configuration: configuration)
             try Schema.migrator.migrate(pool)
+            openStores.withLock { stores in
+                stores.removeAll { $0.store == nil }
+                stores.append(WeakStore(store: self))
+            }
         } catch let error as DatabaseError {
             // Not a database, or a path that cannot be created: the user named the wrong thing (exit 2).
             throw .badInput(location: path, problem: "cannot open as a saelabel job store (\(error.message ?? error.description)); check the path")
         } catch {
             throw .store("cannot open \(path): \(error)")
         }
+    }
+
+    /// Folds SQLite's write-ahead log into the database file and closes every connection, so that once the
+    /// process is gone the store is one self-contained file (a user who copies `job.sqlite` alone copies all
+    /// of it). Closing is otherwise left to deinitialization, which does not run for a store some thread still
+    /// references when the process exits. GRDB closes its writer before its read-only readers, and a read-only
+    /// connection that closes last cannot fold the log in, so one read-write connection is opened and closed
+    /// last. Best effort: the process is ending, and a store another process has open keeps its log for it.
+    /// Any later use of this store fails.
+    public func close() {
+        try? pool.close()
+        if let last = try? DatabaseQueue(path: path) { try? last.close() }
+    }
+
+    /// Closes every store this process opened and still holds (`close()`); the command line calls it just
+    /// before it exits.
+    public static func closeEveryOpenStore() {
+        let stores = openStores.withLock { stores in
+            defer { stores.removeAll() }
+            return stores.compactMap(\.store)
+        }
+        for store in stores { store.close() }
     }
 
     /// The schema migrations applied, oldest first.
@@ -123,6 +150,13 @@ public final class JobStore: Sendable {
             }
         }
     }
+}
+
+/// The stores this process opened, held weakly, for `JobStore.closeEveryOpenStore()`.
+private let openStores = Mutex<[WeakStore]>([])
+
+private struct WeakStore: Sendable {
+    weak var store: JobStore?
 }
 
 /// A content hash of one input file under a role name ("sae_weights", "activations.0", …).

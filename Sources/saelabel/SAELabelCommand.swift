@@ -3,6 +3,7 @@ import Foundation
 import LLMClient
 import SAELabelCore
 import SAELabelRun
+import SAELabelStore
 
 /// The `saelabel` command line: a thin layer that turns flags into calls on SAELabelRun.
 @main
@@ -28,9 +29,11 @@ struct SAELabelCommand: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+            JobStore.closeEveryOpenStore()
         } catch let error as SAELabelError {
             fail(error.description, code: error.exitCode)
         } catch let exit as ExitCode {
+            JobStore.closeEveryOpenStore()
             Foundation.exit(exit.rawValue)
         } catch {
             let code = exitCode(for: error)
@@ -44,6 +47,7 @@ struct SAELabelCommand: AsyncParsableCommand {
     }
 
     static func fail(_ message: String, code: Int32) -> Never {
+        JobStore.closeEveryOpenStore()
         FileHandle.standardError.write(Data("saelabel: \(message)\n".utf8))
         Foundation.exit(code)
     }

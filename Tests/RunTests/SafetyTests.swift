@@ -27,6 +27,38 @@ struct SafetyTests {
         ((try? FileManager.default.subpathsOfDirectory(atPath: path)) ?? []).sorted()
     }
 
+    /// A user who copies `job.sqlite` alone after a command (the nightly job's backup, an scp to another
+    /// machine) must copy everything: no committed row may be left behind in SQLite's `-wal` file.
+    @Test func theStoreFileAloneHoldsEverythingOnceACommandHasExited() async throws {
+        let dir = TempDirectory()
+        let mock = try await MockLLMServer.start()
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..8")
+        let db = dir.file("job.sqlite")
+        let copyDir = TempDirectory()
+        let copy = copyDir.file("job.sqlite")
+        let commands: [[String]] = [
+            ["run", "--config", job, "--stage", "collect", "--quiet"],
+            ["run", "--config", job, "--quiet"],
+            ["status", "--db", db],
+            ["export", "--db", db, "--format", "catalog", "--out", dir.file("catalog.jsonl")],
+        ]
+        for command in commands {
+            let result = try await runSAELabel(command)
+            #expect(result.status == 0, "\(command): \(result.stderr)")
+            let log = (try? FileManager.default.attributesOfItem(atPath: db + "-wal")[.size] as? Int) ?? 0
+            #expect(log == 0, "\(command[0]) left \(log) bytes in job.sqlite-wal")
+        }
+        try FileManager.default.copyItem(atPath: db, toPath: copy)
+        let fromCopy = try await runSAELabel(["export", "--db", copy, "--format", "catalog", "--out", "-"])
+        #expect(fromCopy.status == 0, "\(fromCopy.stderr)")
+        let labeled = try fromCopy.stdout.split(separator: "\n").filter { line in
+            let entry = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return !((entry?["explanation"] as? String) ?? "").isEmpty
+        }
+        #expect(!labeled.isEmpty, "the copied store holds no label")
+        #expect(fromCopy.stdout == (try String(contentsOfFile: dir.file("catalog.jsonl"), encoding: .utf8)))
+    }
+
     @Test func exportsAimedAtTheStoreOrAUsersFolderRefuseAndDestroyNothing() async throws {
         let dir = TempDirectory()
         _ = try await collectedStore(dir)
