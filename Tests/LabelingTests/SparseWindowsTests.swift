@@ -73,6 +73,27 @@ import Testing
         #expect(members[0] == [Array(0..<4), Array(1...10)] && members[1] == [Array(0..<2), Array(1...10)])
     }
 
+    /// Sent as OpenAI's strict structured output to the mock in OpenAI's dialect: the schema for OpenAI
+    /// is accepted and answered by position; the llama.cpp one (`prefixItems`) is refused, as OpenAI does.
+    @Test func openAIStrictModeTakesTheUnpinnedSchemaAndRefusesThePinnedOne() async throws {
+        let server = try await MockLLMServer.start(["--dialect", "openai"])
+        defer { server.stop() }
+        let client = server.client(retries: 0, server: .openai)
+        defer { client.shutdown() }
+        let messages = [ChatMessage(role: "user", content: "Window 0:\n0 import\n1 x\nWindow 1:\n0 y")]
+        func request(pinned: Bool) -> ChatRequest {
+            ChatRequest(model: "gpt-4.1-mini", messages: messages, temperature: 0, maxTokens: 60,
+                        responseFormat: .jsonSchema(name: "active_tokens_by_window",
+                                                    schema: SparseSimulationScorer.schema(lengths: [2, 1], pinned: pinned)))
+        }
+        let answer = try await client.chat(request(pinned: false)).text
+        let parsed = SparseSimulationScorer.parseAnswer(answer, lengths: [2, 1])
+        #expect(values(parsed, 0) == [Double(mockActivation("import")), Double(mockActivation("x"))] && values(parsed, 1) == [Double(mockActivation("y"))], "\(answer)")
+        await #expect(throws: LLMError.self) { _ = try await client.chat(request(pinned: true)) }
+        let refused = try await server.stats().refused
+        #expect(refused.count == 1 && refused[0].contains("prefixItems"), "\(refused)")
+    }
+
     /// The system text is the same for every feature, the explanation comes before the windows, and
     /// each window is shown once, numbered.
     @Test func promptPutsTheSharedPartFirstAndEachWindowOnce() throws {
