@@ -8,6 +8,10 @@ simulation" table comes from this script.
     python3 Tools/compare_simulators.py --bin .build/release/saelabel --endpoint http://127.0.0.1:8081/v1 \
         --out demo-out/compare [--features 0..24] [--setting NAME=FLAGS[@FEATURES]]...
 
+`--baseline OTHER/summary.json` takes the paired differences against another run's first setting
+instead (copy that run's labels.sqlite into OUT first, so both score the same labels), e.g. to compare
+two builds of saelabel.
+
 Step 1 collects and explains the demo job's features once (`saelabel run --stage explain`, the labels
 are then fixed; `--explainer-style` explains with another style than the demo job's); step 2 copies that store once per setting and runs `saelabel score` on the copy, so
 every setting scores the same labels on the same held-out windows. The default settings are the
@@ -99,6 +103,8 @@ def main():
     parser.add_argument("--features", default="0..24")
     parser.add_argument("--setting", action="append", help="NAME=FLAGS[@FEATURES] for `saelabel score` (repeatable)")
     parser.add_argument("--explainer-style", help="explain with this [explainer] style instead of the demo job's")
+    parser.add_argument("--baseline", help="another run's OUT/summary.json: paired differences against its first setting "
+                                           "(e.g. the same labels scored by an older binary; copy its labels.sqlite into OUT first)")
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
@@ -140,6 +146,10 @@ def main():
         print("%s: %d scored, %d failed, %.0f s" % (name, result["scored"], result["failed"], seconds), flush=True)
 
     base = results[0]["scores"]
+    if args.baseline:
+        first = json.load(open(args.baseline))["results"][0]
+        base = {int(feature): value for feature, value in first["scores"].items()}
+        summary["baseline"] = {"file": os.path.abspath(args.baseline), "name": first["name"]}
     for result in results:
         shared = [f for f in result["scores"] if f in base and result["scores"][f] is not None and base[f] is not None]
         values = [result["scores"][f] for f in shared]
@@ -167,7 +177,7 @@ def main():
             ("wall time", lambda r: "%.0f s" % r["wall_seconds"]),
             ("wall time per window", lambda r: cell(r["wall_seconds"] / max(r["windows_scored"], 1), "%.2f s")),
             ("mean simulation score", lambda r: cell(r["mean_score"], "%.3f")),
-            ("paired difference to the first (features)",
+            ("paired difference to %s (features)" % ("the baseline" if args.baseline else "the first"),
              lambda r: "%s ± %s (%d)" % (cell(r["paired_difference"], "%+.3f"), cell(r["paired_difference_sd"], "%.3f"),
                                          r["paired_features"])),
             ("load average before / after", lambda r: "%.1f / %.1f" % (r["load_before"], r["load_after"]))]

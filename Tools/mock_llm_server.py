@@ -58,8 +58,9 @@ Kinds of request (detected from the content, checked in this order):
   whose mock_activation is above 0; `wrong_length` adds an entry whose index names no token.
   Several-window sparse simulate (the schema has a `windows` property; the last user message has
   `Window K: <tokens>[[index, token], ...]</tokens>`, or a line `Window K:` followed by `index token`
-  lines): `{"windows":[{"window":K,"activations":[...]}, ...]}`,
-  one entry per such line, each listing its active tokens as above; `wrong_length` leaves out the last window.
+  lines): `{"windows":[[[index, activation], ...], ...]}`, by position: one list per such line, in
+  order, of [index, mock_activation(t)] pairs for its active tokens; `wrong_length` leaves out the last
+  window (the count is wrong), `bad_index` adds to the last window's list a pair whose index names no token.
 * every chat answer's usage reports OpenAI's automatic prompt caching as
   `usage.prompt_tokens_details.cached_tokens`: the prompt is the sequence of its messages' tokens (each
   whitespace-split word, tagged with its message's role); a prompt of at least --prompt-cache-min (1024)
@@ -100,6 +101,7 @@ entries in order; after it runs out, random faults per the --fault-rate-* option
   reset        the socket is closed abruptly (SO_LINGER 0 → RST) without a response
   hang         sleep --hang-seconds, then answer normally
   wrong_length simulate and detect answer one entry too few (other kinds answer normally)
+  bad_index    sparse simulate answers list an index that names no token (several windows: the last one only)
 
 Access. --api-key KEY answers 401 to a /v1 request whose Authorization is not `Bearer KEY`;
 --models a,b answers 404 (model_not_found) to a request for any other model. Both are checked
@@ -269,14 +271,16 @@ def answer_chat(kind, req, fault):
             if not found:  # numbered lines under a "Window K:" line, up to the next such line
                 parts = re.split(r"^Window (\d+):$", user, flags=re.M)
                 found = [(parts[i], "\n" + parts[i + 1].strip("\n") + "\n") for i in range(1, len(parts) - 1, 2)]
-            windows = []
+            # The answer is positional: one list of [index, activation] pairs per window, in order.
+            windows, last_length = [], 0
             for number, listed in found:
                 pairs = listed_pairs(listed)
-                windows.append({"window": int(number),
-                                "activations": [{"index": int(i), "activation": mock_activation(str(t))} for i, t in pairs
-                                                if mock_activation(str(t)) > 0]})
+                windows.append([[int(i), mock_activation(str(t))] for i, t in pairs if mock_activation(str(t)) > 0])
+                last_length = len(pairs)
+            if fault == "bad_index" and windows:
+                windows[-1].append([last_length, 1])  # names no token of the last window: that window is unusable
             if fault == "wrong_length" and windows:
-                windows = windows[:-1]  # the last window is missing: unusable
+                windows = windows[:-1]  # one window too few: positions mean nothing, every window unusable
             return json.dumps({"windows": windows}, ensure_ascii=False)
         if is_sparse(req):
             # saelabel's sparse simulator: tokens come numbered; only active ones are listed.

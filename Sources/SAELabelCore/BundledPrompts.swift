@@ -107,7 +107,7 @@ List, for each of these {{count}} windows, the tokens on which it fires.
         "simulator-sparse-windows.system": #"""
 You predict a language-model neuron's activation on each token of some texts from a short description of what it responds to: an integer from 0 (none; most tokens) to 10 (strongest).
 
-Each window lists its tokens one a line: the index, a space, the token (\n, \t and \\ stand for a line break, a tab and a backslash). Reply with JSON only, one entry per window in order, listing by index only the tokens on which the neuron fires (1 to 10); every other token counts as 0: {"windows": [{"window": 0, "activations": [{"index": 3, "activation": 7}]}, {"window": 1, "activations": []}]}
+Each window lists its tokens one a line: the index, a space, the token (\n, \t and \\ stand for a line break, a tab and a backslash). Reply with JSON only: one list per window, in the windows' order, of [index, activation] pairs for the tokens on which the neuron fires (activation 1 to 10); every other token counts as 0. For three windows where it fires on tokens 3 and 5 of the first only: {"windows": [[[3, 7], [5, 2]], [], []]}
 
 """#,
         "simulator-sparse": #"""

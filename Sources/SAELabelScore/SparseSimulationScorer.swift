@@ -11,22 +11,25 @@ import SAELabelCore
 /// - **one window a request** (`windowsPerRequest == 1`): tokens shown numbered, one a line (`0 The`, `1  cat`, …),
 ///   answer `{"activations": [{"index": i, "activation": 1…10}, …]}`;
 /// - **several windows a request** (the default): a feature's held-out windows in chunks of at most
-///   `windowsPerRequest`, each shown as a `Window k:` line and its numbered lines, answer
-///   `{"windows": [{"window": k, "activations": [{"index": i, "activation": v}, …]}, …]}` with one entry per
-///   window (an empty list where nothing fires). The instructions (system message) and then the
-///   explanation come first, so a prompt cache reuses them; each window is sent once instead of the
-///   instructions once per window.
+///   `windowsPerRequest`, each shown as a `Window k:` line and its numbered lines, answer by position,
+///   `{"windows": [[[i, v], …], [], …]}`: one list per window in order, of `[index, activation]` pairs
+///   for the tokens it fires on (an empty list where nothing fires). Naming neither the window nor the
+///   pair's members keeps the answer, the dearest part of the bill, to ≈ 1.5 tokens a quiet window
+///   and ≈ 6 a listed token (`{"window": k, "activations": [{"index": i, "activation": v}]}` took ≈ 12
+///   and ≈ 12). The instructions (system message) and then the explanation come first, so a prompt
+///   cache reuses them; each window is sent once instead of the instructions once per window.
 ///
 /// The structured-output schema closes every object and requires all its properties (OpenAI's strict
-/// mode), fixes indices to the window and values to 1–10, and on llama.cpp servers also pins each
-/// entry's window number (`prefixItems`, which strict mode refuses). Properties are written in the
-/// order the model should answer them (a llama.cpp grammar follows the schema's order): window before
-/// its activations, index before its activation.
+/// mode), fixes the number of windows, indices to the window and values to 1–10; on llama.cpp servers
+/// it also gives each window its own index range (`prefixItems`, which strict mode refuses). In the
+/// one-window answer properties are written in the order the model should answer them (a llama.cpp
+/// grammar follows the schema's order): index before its activation.
 ///
-/// Robustness: an answer that is not such JSON, misses a window, or names a token outside its window
-/// gets one retry that shows the model what was wrong, for the unusable windows only; a window still
-/// unusable after it fails the whole score (never scored as zeros). A token listed twice keeps its
-/// larger value. Requests are cached by their bytes, so a resumed run pays for nothing twice.
+/// Robustness: an answer that is not such JSON, lists another number of windows than asked, or names
+/// a token outside its window gets one retry that shows the model what was wrong, for the unusable
+/// windows only (all of them when the count is wrong, since positions then mean nothing); a window
+/// still unusable after it fails the whole score (never scored as zeros). A token listed twice keeps
+/// its larger value. Requests are cached by their bytes, so a resumed run pays for nothing twice.
 public struct SparseSimulationScorer: Scorer {
     /// Windows a request carries unless the job says otherwise (`[simulator] windows_per_request`):
     /// every held-out window of a feature with the default `[collect]` (5 + 5 + 5) in one request, so the
@@ -50,7 +53,7 @@ public struct SparseSimulationScorer: Scorer {
         let several = self.windowsPerRequest > 1
         self.user = try prompts.template(several ? "simulator-sparse-windows" : "simulator-sparse")
         self.system = try prompts.optionalTemplate(several ? "simulator-sparse-windows.system" : "simulator-sparse.system")
-        var parts = [several ? "sparse-windows-simulator-v2" : "sparse-simulator-v3", user.source]
+        var parts = [several ? "sparse-windows-simulator-v3" : "sparse-simulator-v3", user.source]
         if let system { parts.append(system.source) }
         if several {
             parts.append("windows_per_request=\(self.windowsPerRequest)")
@@ -230,15 +233,16 @@ public struct SparseSimulationScorer: Scorer {
     public enum WindowProblem: Error, Sendable, Equatable, CustomStringConvertible {
         /// The whole answer: not JSON, or no `windows` list.
         case answer(JSONSimulationScorer.AnswerProblem)
-        /// The answer has no entry for this window.
-        case missing(window: Int)
+        /// The answer lists another number of windows than were asked: entries are matched to windows by
+        /// position, so none of them can be trusted.
+        case count(found: Int, expected: Int)
         /// This window's entry is unusable.
         case window(Int, JSONSimulationScorer.AnswerProblem)
 
         public var description: String {
             switch self {
             case .answer(let problem): return problem.description
-            case .missing(let window): return "window \(window) is missing from the answer"
+            case .count(let found, let expected): return "the answer lists \(found) windows but \(expected) were asked, in order"
             case .window(let window, let problem): return "window \(window): \(problem)"
             }
         }
@@ -257,82 +261,77 @@ public struct SparseSimulationScorer: Scorer {
         zip(numbers, windows).map { ["number": $0, "tokens": tokenList($1), "last": $1.count - 1] }
     }
 
-    /// `{"windows": [...]}` with exactly one entry per window of `lengths` (window numbers `numbers`):
-    /// `{"window": k, "activations": <up to len_k entries>}`. `pinned` (llama.cpp servers) fixes entry i
-    /// to window numbers[i] and its own length with `prefixItems`; otherwise every entry shares one
-    /// `items` schema (window numbers as an enum, indices up to the longest window), which strict mode accepts.
-    public static func schema(lengths: [Int], numbers: [Int], pinned: Bool) -> String {
-        func entry(numbers: [Int], length: Int) -> String {
-            SchemaText.object([("window", SchemaText.integers(numbers)), ("activations", activationList(count: length))])
-        }
+    /// `{"windows": [...]}` with exactly one entry per window of `lengths`, in order (the answer names no
+    /// window: its position does, which saves ≈ 11 answer tokens a window): the window's active tokens as
+    /// `[index, activation]` pairs, at most one per token. `pinned` (llama.cpp servers) gives entry i its
+    /// own window's indices and each pair's index and activation their own ranges with `prefixItems`;
+    /// otherwise every entry shares one `items` schema, pairs of integers from 0 to the longest window's
+    /// last index or 10, which OpenAI's strict mode accepts (it refuses `prefixItems`; `minItems` and
+    /// `maxItems` pin the number of windows and of pair members).
+    public static func schema(lengths: [Int], pinned: Bool) -> String {
+        func pairs(_ length: Int, _ pair: String) -> String { #"{"type":"array","maxItems":\#(length),"items":\#(pair)}"# }
         let count = lengths.count
-        let list = pinned
-            ? #"{"type":"array","minItems":\#(count),"maxItems":\#(count),"prefixItems":[\#(zip(numbers, lengths).map { entry(numbers: [$0], length: $1) }.joined(separator: ","))]}"#
-            : #"{"type":"array","minItems":\#(count),"maxItems":\#(count),"items":\#(entry(numbers: numbers, length: lengths.max() ?? 1))}"#
+        let list: String
+        if pinned {
+            let entries = lengths.map { length in
+                pairs(length, #"{"type":"array","minItems":2,"maxItems":2,"prefixItems":[\#(SchemaText.integers(0..<max(length, 1))),\#(SchemaText.integers(1..<11))]}"#)
+            }
+            list = #"{"type":"array","minItems":\#(count),"maxItems":\#(count),"prefixItems":[\#(entries.joined(separator: ","))]}"#
+        } else {
+            let longest = lengths.max() ?? 1
+            let entry = pairs(longest, #"{"type":"array","minItems":2,"maxItems":2,"items":\#(SchemaText.integers(0..<max(longest, 11)))}"#)
+            list = #"{"type":"array","minItems":\#(count),"maxItems":\#(count),"items":\#(entry)}"#
+        }
         return SchemaText.object([("windows", list)])
     }
 
-    /// Room for a window's entry (about 16 tokens) and every one of its tokens listed.
-    static func maxTokens(lengths: [Int]) -> Int { 32 + lengths.reduce(0) { $0 + 16 + 12 * $1 } }
+    /// Room for a window's list (about 4 tokens) and every one of its tokens listed (about 8 a pair).
+    static func maxTokens(lengths: [Int]) -> Int { 32 + lengths.reduce(0) { $0 + 4 + 10 * $1 } }
 
-    private func request(_ messages: [ChatMessage], lengths: [Int], numbers: [Int]) -> ChatRequest {
+    private func request(_ messages: [ChatMessage], lengths: [Int]) -> ChatRequest {
         ChatRequest(model: model, messages: messages, temperature: 0, maxTokens: Self.maxTokens(lengths: lengths),
                     responseFormat: .jsonSchema(name: "active_tokens_by_window",
-                                                schema: Self.schema(lengths: lengths, numbers: numbers, pinned: client.server.isLlamaCpp)))
+                                                schema: Self.schema(lengths: lengths, pinned: client.server.isLlamaCpp)))
     }
 
-    /// Parses a several-window answer: for each asked window number (key of `lengths`, value its token
-    /// count) the values, or why that window cannot be used. Also accepted: text around the JSON, a bare
-    /// list of window entries, and everything the one-window parser accepts
-    /// inside an entry. A window given twice keeps the larger value of each token; entries for windows
-    /// not asked are ignored.
-    public static func parseAnswer(_ text: String, lengths: [Int: Int])
-        -> [Int: Result<JSONSimulationScorer.ParsedAnswer, WindowProblem>] {
-        func all(_ problem: JSONSimulationScorer.AnswerProblem) -> [Int: Result<JSONSimulationScorer.ParsedAnswer, WindowProblem>] {
-            lengths.mapValues { _ in .failure(.answer(problem)) }
-        }
-        guard let object = JSONSimulationScorer.jsonValue(in: text) else { return all(.notJSON) }
+    /// Parses a several-window answer by position: entry i is the window of `lengths[i]` tokens, named
+    /// `numbers[i]` in problems (default i). Returns one result per window. An answer with another number
+    /// of entries is unusable for every window; an unusable entry only for its own window. Also
+    /// accepted: text around the JSON, a bare list of entries, and inside an entry everything the
+    /// one-window parser accepts (`{"index", "activation"}` objects, `{"activations": [...]}`).
+    public static func parseAnswer(_ text: String, lengths: [Int], numbers: [Int]? = nil)
+        -> [Result<JSONSimulationScorer.ParsedAnswer, WindowProblem>] {
+        let numbers = numbers ?? Array(lengths.indices)
+        guard let object = JSONSimulationScorer.jsonValue(in: text) else { return lengths.map { _ in .failure(.answer(.notJSON)) } }
         let entries: [Any]
         if let dict = object as? [String: Any], let list = dict["windows"] as? [Any] {
             entries = list
         } else if let list = object as? [Any] {
             entries = list
         } else {
-            return all(.noActivations)
+            return lengths.map { _ in .failure(.answer(.noActivations)) }
         }
-        var found: [Int: Result<JSONSimulationScorer.ParsedAnswer, WindowProblem>] = [:]
-        for case let entry as [String: Any] in entries {
-            guard let raw = JSONSimulationScorer.number(entry["window"]), raw == raw.rounded(),
-                  let length = lengths[Int(raw)] else { continue }
-            let window = Int(raw)
-            let parsed = parseActivations(entry, count: length).mapError { WindowProblem.window(window, $0) }
-            switch (found[window], parsed) {
-            case (.success(let earlier)?, .success(let later)):
-                found[window] = .success(.init(values: zip(earlier.values, later.values).map { max($0, $1) },
-                                               badValues: earlier.badValues + later.badValues))
-            case (.failure?, _):
-                break  // an unusable entry makes the window unusable, whatever else is given for it
-            default:
-                found[window] = parsed
-            }
+        guard entries.count == lengths.count else {
+            return lengths.map { _ in .failure(.count(found: entries.count, expected: lengths.count)) }
         }
-        return lengths.keys.reduce(into: found) { result, window in
-            if result[window] == nil { result[window] = .failure(.missing(window: window)) }
+        return zip(numbers, zip(entries, lengths)).map { number, entry in
+            parseActivations(entry.0, count: entry.1).mapError { WindowProblem.window(number, $0) }
         }
     }
 
     /// The retry conversation for a chunk: the bad answer as the assistant's turn, then what was wrong
-    /// with which windows, and those windows' tokens again (under the same numbers).
+    /// with which windows, and those windows' tokens again (under the same numbers), to be answered in
+    /// that order.
     public func retryMessages(first: [ChatMessage], answer: String, problems: [Int: String], windows: [Int: [String]]) -> [ChatMessage] {
         let numbers = problems.keys.sorted()
         let listed = numbers.map { "window \($0)" }.joined(separator: ", ")
         let what = numbers.map { "\(problems[$0] ?? "")" }.uniqued().joined(separator: "; ")
         let shown = numbers.map { Self.windowBlock(number: $0, tokens: windows[$0] ?? []) }.joined(separator: "\n")
-        let correction = "That answer cannot be used for \(listed): \(what). Reply again with JSON only, for "
-            + "\(numbers.count == 1 ? "that window" : "those \(numbers.count) windows") only, "
-            + "{\"windows\": [{\"window\": \(numbers[0]), \"activations\": [{\"index\": 0, \"activation\": 5}, ...]}, ...]}, "
-            + "one entry per window listing only the tokens the neuron fires on by their index in that window, "
-            + "each activation an integer from 1 to 10.\n\(shown)"
+        let example = numbers.count == 1 ? "[[[3, 7]]]" : "[[[3, 7]], " + Array(repeating: "[]", count: numbers.count - 1).joined(separator: ", ") + "]"
+        let correction = "That answer cannot be used for \(listed): \(what). Reply again with JSON only, "
+            + (numbers.count == 1 ? "for that window only, " : "for those \(numbers.count) windows only, in this order (\(listed)), ")
+            + "{\"windows\": \(example)}, one list per window of [index, activation] pairs for the tokens the neuron "
+            + "fires on, by their index in that window, each activation an integer from 1 to 10.\n\(shown)"
         return first + [ChatMessage(role: "assistant", content: ScoringSupport.shown(answer)),
                         ChatMessage(role: "user", content: correction)]
     }
@@ -343,27 +342,26 @@ public struct SparseSimulationScorer: Scorer {
     public func simulate(feature: Int, explanation: String, windows: [[String]], ordinals: [Int])
         async throws(SAELabelError) -> [JSONSimulationScorer.WindowSimulation] {
         let tag = Self.tag(feature: feature, ordinals: ordinals)
-        let numbers = Array(windows.indices)
-        let lengths = Dictionary(uniqueKeysWithValues: zip(numbers, windows.map(\.count)))
+        let lengths = windows.map(\.count)
         let first = messages(explanation: explanation, windows: windows)
-        let answer = try await ScoringSupport.chat(client, request(first, lengths: windows.map(\.count), numbers: numbers), tag: tag).text
+        let answer = try await ScoringSupport.chat(client, request(first, lengths: lengths), tag: tag).text
         let parsed = Self.parseAnswer(answer, lengths: lengths)
-        let problems = parsed.compactMapValues { SimulationScoring.problem(of: $0) }
-        guard !problems.isEmpty else {
-            return numbers.map { .init(values: try? parsed[$0]?.get().values, retried: false, error: nil) }
+        let problems = parsed.map { SimulationScoring.problem(of: $0) }
+        let again = windows.indices.filter { problems[$0] != nil }
+        guard !again.isEmpty else {
+            return parsed.map { .init(values: try? $0.get().values, retried: false, error: nil) }
         }
-        let again = problems.keys.sorted()
-        let retry = retryMessages(first: first, answer: answer, problems: problems,
+        let retry = retryMessages(first: first, answer: answer,
+                                  problems: Dictionary(uniqueKeysWithValues: again.map { ($0, problems[$0] ?? "") }),
                                   windows: Dictionary(uniqueKeysWithValues: again.map { ($0, windows[$0]) }))
-        let second = try await ScoringSupport.chat(client, request(retry, lengths: again.map { windows[$0].count }, numbers: again),
-                                                   tag: tag + ":retry").text
-        let reparsed = Self.parseAnswer(second, lengths: lengths.filter { problems[$0.key] != nil })
-        return numbers.map { number in
-            guard let problem = problems[number] else {
-                return .init(values: try? parsed[number]?.get().values, retried: false, error: nil)
+        let retryLengths = again.map { lengths[$0] }
+        let second = try await ScoringSupport.chat(client, request(retry, lengths: retryLengths), tag: tag + ":retry").text
+        let reparsed = Dictionary(uniqueKeysWithValues: zip(again, Self.parseAnswer(second, lengths: retryLengths, numbers: again)))
+        return windows.indices.map { number in
+            guard let problem = problems[number], let retried = reparsed[number] else {
+                return .init(values: try? parsed[number].get().values, retried: false, error: nil)
             }
-            return SimulationScoring.afterRetry(first: try? parsed[number]?.get(), problem: problem,
-                                                retry: reparsed[number] ?? .failure(.missing(window: number)))
+            return SimulationScoring.afterRetry(first: try? parsed[number].get(), problem: problem, retry: retried)
         }
     }
 }

@@ -81,12 +81,18 @@ func runCostBenchmark(_ options: CostBench) async throws {
     eightPerRequest.windowsPerRequest = 8
     var dense = defaults.scoring
     dense.simulator = .json
-    let variants: [(name: String, explainer: JobConfig.Explainer, scoring: JobConfig.Scoring)] = [
+    // The multi-window answer's form is the simulator's own; the two earlier forms are modeled on the
+    // same requests (their prompts differ only in the system text's answer example, ≈ 10 tokens).
+    let variants: [(name: String, explainer: JobConfig.Explainer, scoring: JobConfig.Scoring, answers: SparseAnswerForm)] = [
         ("defaults (\(defaults.explainer.style) explainer, \(defaults.scoring.simulator.rawValue) simulator, "
-            + "\(defaults.scoring.windowsPerRequest) windows a request)", defaults.explainer, defaults.scoring),
-        ("openai-style explainer (token<TAB>N records), otherwise defaults", records, defaults.scoring),
-        ("8 windows a simulator request, otherwise defaults", defaults.explainer, eightPerRequest),
-        ("dense JSON simulator, otherwise defaults", defaults.explainer, dense),
+            + "\(defaults.scoring.windowsPerRequest) windows a request)", defaults.explainer, defaults.scoring, .positional),
+        ("openai-style explainer (token<TAB>N records), otherwise defaults", records, defaults.scoring, .positional),
+        ("8 windows a simulator request, otherwise defaults", defaults.explainer, eightPerRequest, .positional),
+        ("window-keyed answers ({\"window\": k, \"activations\": [{\"index\", \"activation\"}]}), otherwise defaults",
+         defaults.explainer, defaults.scoring, .windowKeyed),
+        ("positional windows of {\"index\", \"activation\"} objects, otherwise defaults",
+         defaults.explainer, defaults.scoring, .positionalObjects),
+        ("dense JSON simulator, otherwise defaults", defaults.explainer, dense, .positional),
     ]
     var featureRows: [[String: Any]] = []
     for feature in collected {
@@ -101,7 +107,7 @@ func runCostBenchmark(_ options: CostBench) async throws {
                              "explain": explainRequests.map { String(decoding: $0.body, as: UTF8.self) },
                              "score": requests.map { String(decoding: $0.body, as: UTF8.self) },
                              "score_answers": IdealAnswers.simulation(variant.scoring.simulator, heldout: heldout,
-                                                                       requests: requests.count)])
+                                                                       requests: requests.count, form: variant.answers)])
         }
         func windows(_ list: [ActivationWindow]) -> [[String: Any]] {
             list.map { ["tokens": $0.tokens, "activations": $0.activations.map(Double.init), "kind": $0.kind.rawValue] }
@@ -228,10 +234,22 @@ func printCostReport(_ counts: AnchorCounts, options: CostBench, collected: Int,
     print(String(format: "(%.1f s)", seconds))
 }
 
+/// How a several-window sparse answer is written: the simulator's own form (by position, pairs), and
+/// the two earlier ones, so the bench shows what each saves.
+enum SparseAnswerForm {
+    /// `{"windows": [[[3, 7]], []]}`: the simulator's answer.
+    case positional
+    /// `{"windows": [[{"index": 3, "activation": 7}], []]}`: by position, entries named.
+    case positionalObjects
+    /// `{"windows": [{"window": 0, "activations": [{"index": 3, "activation": 7}]}, …]}`: the form before 2026-12-03's last change.
+    case windowKeyed
+}
+
 /// The answers a perfect simulator writes, from the true activations (normalized 0–10 over the feature's
 /// held-out windows, floor), in each mode's format, as models print JSON (", " and ": ").
 enum IdealAnswers {
-    static func simulation(_ mode: SimulatorMode, heldout: [ActivationWindow], requests: Int) -> [String] {
+    static func simulation(_ mode: SimulatorMode, heldout: [ActivationWindow], requests: Int,
+                           form: SparseAnswerForm = .positional) -> [String] {
         let maximum = ActivationFormat.maxActivation(heldout.map(\.activations))
         let values = heldout.map { ActivationFormat.normalize($0.activations, maxActivation: maximum) }
         switch mode {
@@ -243,18 +261,26 @@ enum IdealAnswers {
         case .sparse where requests == heldout.count:
             return values.map { "{\"activations\": [" + activeEntries($0) + "]}" }
         case .sparse:
-            // Several windows per request (split evenly): each window's active tokens, in the multi-window
-            // simulator's answer form {"windows": [{"window": k, "activations": [...]}, ...]}.
+            // Several windows per request (split evenly), each window's active tokens in `form`.
             let perRequest = max(1, (heldout.count + max(requests, 1) - 1) / max(requests, 1))
             return stride(from: 0, to: values.count, by: perRequest).map { start in
                 let windows = values[start..<min(start + perRequest, values.count)].enumerated().map { offset, window in
-                    "{\"window\": \(offset), \"activations\": [" + activeEntries(window) + "]}"
+                    switch form {
+                    case .positional: return "[" + activePairs(window) + "]"
+                    case .positionalObjects: return "[" + activeEntries(window) + "]"
+                    case .windowKeyed: return "{\"window\": \(offset), \"activations\": [" + activeEntries(window) + "]}"
+                    }
                 }
                 return "{\"windows\": [" + windows.joined(separator: ", ") + "]}"
             }
         case .logprobs:
             return Array(repeating: "", count: requests)
         }
+    }
+
+    /// `[i, v]` for every token with a value above 0.
+    static func activePairs(_ values: [Int]) -> String {
+        values.enumerated().filter { $0.element > 0 }.map { "[\($0.offset), \($0.element)]" }.joined(separator: ", ")
     }
 
     /// `{"index": i, "activation": v}` for every token with a value above 0.

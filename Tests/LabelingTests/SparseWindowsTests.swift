@@ -9,65 +9,89 @@ import Testing
 /// The sparse simulator with several held-out windows a request: parsing, schema, prompt, and the
 /// retry and failure rules against Tools/mock_llm_server.py.
 @Suite struct SparseWindowsTests {
-    typealias Parsed = [Int: Result<JSONSimulationScorer.ParsedAnswer, SparseSimulationScorer.WindowProblem>]
+    typealias Parsed = [Result<JSONSimulationScorer.ParsedAnswer, SparseSimulationScorer.WindowProblem>]
 
     static let feature = EndToEndTests.feature
     static let heldout = EndToEndTests.heldout
 
-    func values(_ parsed: Parsed, _ window: Int) -> [Double]? { try? parsed[window]?.get().values }
+    func values(_ parsed: Parsed, _ window: Int) -> [Double]? { try? parsed[window].get().values }
 
-    @Test func answersAreReadPerWindowAndAMissingOrBadWindowIsNamed() throws {
-        let lengths = [0: 3, 1: 4, 2: 2]
-        let good = SparseSimulationScorer.parseAnswer(#"""
-            {"windows": [{"window": 0, "activations": [{"index": 2, "activation": 7}]},
-                         {"window": 1, "activations": []}, {"window": 2, "activations": [[1, "4"]]}]}
-            """#, lengths: lengths)
+    @Test func answersAreReadByPositionAndABadWindowIsNamed() throws {
+        let lengths = [3, 4, 2]
+        let good = SparseSimulationScorer.parseAnswer(#"{"windows": [[[2, 7]], [], [[1, "4"], [1, 2]]]}"#, lengths: lengths)
         #expect(values(good, 0) == [0, 0, 7] && values(good, 1) == [0, 0, 0, 0] && values(good, 2) == [0, 4])
 
-        // Window 1 missing and window 2 naming a token it does not have: only those two are unusable.
-        let partial = SparseSimulationScorer.parseAnswer(#"""
-            Here: {"windows": [{"window": 0, "activations": [{"index": 0, "activation": 3}]},
-                               {"window": 2, "activations": [{"index": 2, "activation": 1}]}]}
-            """#, lengths: lengths)
-        #expect(values(partial, 0) == [3, 0, 0])
-        #expect(partial[1] == .failure(.missing(window: 1)))
+        // Window 2 naming a token it does not have: only that window is unusable, under its own number.
+        let partial = SparseSimulationScorer.parseAnswer(#"Here: {"windows": [[[0, 3]], [], [[2, 1]]]}"#, lengths: lengths)
+        #expect(values(partial, 0) == [3, 0, 0] && values(partial, 1) == [0, 0, 0, 0])
         #expect(partial[2] == .failure(.window(2, .indexOutOfRange(index: 2, count: 2))))
-        #expect(String(describing: SparseSimulationScorer.WindowProblem.missing(window: 1)) == "window 1 is missing from the answer")
+        // A retry's answer: its entries are the windows asked again, named by their numbers in the first request.
+        let retried = SparseSimulationScorer.parseAnswer(#"{"windows": [[], [[5, 1]]]}"#, lengths: [4, 2], numbers: [1, 2])
+        #expect(values(retried, 0) == [0, 0, 0, 0] && retried[1] == .failure(.window(2, .indexOutOfRange(index: 5, count: 2))))
 
-        // A window given twice keeps each token's larger value; a window not asked for is ignored.
-        let twice = SparseSimulationScorer.parseAnswer(#"""
-            [{"window": 0, "activations": [{"index": 0, "activation": 2}]}, {"window": 9, "activations": []},
-             {"window": 0, "activations": [{"index": 0, "activation": 5}, {"index": 1, "activation": 1}]}]
-            """#, lengths: [0: 2])
-        #expect(values(twice, 0) == [5, 1])
+        // Another number of windows than asked: positions mean nothing, so no window is usable.
+        let short = SparseSimulationScorer.parseAnswer(#"{"windows": [[[0, 3]], []]}"#, lengths: lengths)
+        #expect(short == Array(repeating: .failure(.count(found: 2, expected: 3)), count: 3))
+        #expect(String(describing: SparseSimulationScorer.WindowProblem.count(found: 2, expected: 3))
+                == "the answer lists 2 windows but 3 were asked, in order")
 
+        // Also read: a bare list of entries, and the one-window parser's forms inside an entry.
+        let lenient = SparseSimulationScorer.parseAnswer(#"""
+            [[{"index": 0, "activation": 2}], {"activations": [{"index": 1, "activation": 5}]}]
+            """#, lengths: [2, 2])
+        #expect(values(lenient, 0) == [2, 0] && values(lenient, 1) == [0, 5])
+        #expect(SparseSimulationScorer.parseAnswer(#"{"windows": [[], 3]}"#, lengths: [1, 1])[1] == .failure(.window(1, .noActivations)))
         #expect(SparseSimulationScorer.parseAnswer("no", lengths: lengths)[1] == .failure(.answer(.notJSON)))
         #expect(SparseSimulationScorer.parseAnswer(#"{"activations": []}"#, lengths: lengths)[0] == .failure(.answer(.noActivations)))
     }
 
-    /// The schema OpenAI's strict mode accepts, and the pinned one for llama.cpp; properties in the
-    /// order the model should write them (a llama.cpp grammar follows it).
-    @Test func schemaFixesTheWindowsAndOrdersTheProperties() throws {
-        let open = SparseSimulationScorer.schema(lengths: [3, 2], numbers: [0, 1], pinned: false)
-        #expect(open.firstRange(of: "\"window\"")!.lowerBound < open.firstRange(of: "\"activations\":{")!.lowerBound)
-        #expect(open.firstRange(of: "\"index\"")!.lowerBound < open.firstRange(of: "\"activation\":")!.lowerBound)
-        let object = try #require(try JSONSerialization.jsonObject(with: Data(open.utf8)) as? [String: Any])
-        let list = try #require((object["properties"] as? [String: Any])?["windows"] as? [String: Any])
-        #expect(list["minItems"] as? Int == 2 && list["maxItems"] as? Int == 2 && list["prefixItems"] == nil)
-        let entry = try #require(list["items"] as? [String: Any])
-        #expect(entry["additionalProperties"] as? Bool == false && entry["required"] as? [String] == ["window", "activations"])
-        let properties = try #require(entry["properties"] as? [String: Any])
-        #expect((properties["window"] as? [String: Any])?["enum"] as? [Int] == [0, 1])
-        #expect((properties["activations"] as? [String: Any])?["maxItems"] as? Int == 3)
+    /// The schema OpenAI's strict mode accepts (closed objects, every property required, no
+    /// `prefixItems`; the window count and pair size pinned by `minItems`/`maxItems`), and the pinned
+    /// one for llama.cpp, where each window has its own index range and each pair its index then its value.
+    @Test func schemaFixesTheWindowCountAndThePairs() throws {
+        func windowsList(_ schema: String) throws -> [String: Any] {
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(schema.utf8)) as? [String: Any])
+            #expect(object["additionalProperties"] as? Bool == false && object["required"] as? [String] == ["windows"])
+            return try #require((object["properties"] as? [String: Any])?["windows"] as? [String: Any])
+        }
+        let open = try windowsList(SparseSimulationScorer.schema(lengths: [3, 12], pinned: false))
+        #expect(open["minItems"] as? Int == 2 && open["maxItems"] as? Int == 2 && open["prefixItems"] == nil)
+        let entry = try #require(open["items"] as? [String: Any])
+        #expect(entry["type"] as? String == "array" && entry["maxItems"] as? Int == 12)
+        let pair = try #require(entry["items"] as? [String: Any])
+        #expect(pair["minItems"] as? Int == 2 && pair["maxItems"] as? Int == 2 && pair["prefixItems"] == nil)
+        #expect((pair["items"] as? [String: Any])?["enum"] as? [Int] == Array(0..<12))
+        // Short windows: the shared enum still holds every activation value.
+        let short = try windowsList(SparseSimulationScorer.schema(lengths: [3], pinned: false))
+        #expect(((((short["items"] as? [String: Any])?["items"] as? [String: Any])?["items"]) as? [String: Any])?["enum"] as? [Int] == Array(0...10))
 
-        // Pinned (llama.cpp): entry i is window numbers[i] with its own length; a retry asks for windows 1 and 4 only.
-        let pinned = SparseSimulationScorer.schema(lengths: [4, 2], numbers: [1, 4], pinned: true)
-        let pinnedObject = try #require(try JSONSerialization.jsonObject(with: Data(pinned.utf8)) as? [String: Any])
-        let pinnedList = try #require((pinnedObject["properties"] as? [String: Any])?["windows"] as? [String: Any])
-        let entries = try #require(pinnedList["prefixItems"] as? [[String: Any]])
-        let windows = entries.map { (($0["properties"] as? [String: Any])?["window"] as? [String: Any])?["enum"] as? [Int] }
-        let maxItems = entries.map { (($0["properties"] as? [String: Any])?["activations"] as? [String: Any])?["maxItems"] as? Int }
-        #expect(windows == [[1], [4]] && maxItems == [4, 2])
+        let pinned = try windowsList(SparseSimulationScorer.schema(lengths: [4, 2], pinned: true))
+        #expect(pinned["minItems"] as? Int == 2 && pinned["maxItems"] as? Int == 2)
+        let entries = try #require(pinned["prefixItems"] as? [[String: Any]])
+        #expect(entries.map { $0["maxItems"] as? Int } == [4, 2])
+        let members = entries.map { (($0["items"] as? [String: Any])?["prefixItems"] as? [[String: Any]])?.map { $0["enum"] as? [Int] } }
+        #expect(members[0] == [Array(0..<4), Array(1...10)] && members[1] == [Array(0..<2), Array(1...10)])
+    }
+
+    /// Sent as OpenAI's strict structured output to the mock in OpenAI's dialect: the schema for OpenAI
+    /// is accepted and answered by position; the llama.cpp one (`prefixItems`) is refused, as OpenAI does.
+    @Test func openAIStrictModeTakesTheUnpinnedSchemaAndRefusesThePinnedOne() async throws {
+        let server = try await MockLLMServer.start(["--dialect", "openai"])
+        defer { server.stop() }
+        let client = server.client(retries: 0, server: .openai)
+        defer { client.shutdown() }
+        let messages = [ChatMessage(role: "user", content: "Window 0:\n0 import\n1 x\nWindow 1:\n0 y")]
+        func request(pinned: Bool) -> ChatRequest {
+            ChatRequest(model: "gpt-4.1-mini", messages: messages, temperature: 0, maxTokens: 60,
+                        responseFormat: .jsonSchema(name: "active_tokens_by_window",
+                                                    schema: SparseSimulationScorer.schema(lengths: [2, 1], pinned: pinned)))
+        }
+        let answer = try await client.chat(request(pinned: false)).text
+        let parsed = SparseSimulationScorer.parseAnswer(answer, lengths: [2, 1])
+        #expect(values(parsed, 0) == [Double(mockActivation("import")), Double(mockActivation("x"))] && values(parsed, 1) == [Double(mockActivation("y"))], "\(answer)")
+        await #expect(throws: LLMError.self) { _ = try await client.chat(request(pinned: true)) }
+        let refused = try await server.stats().refused
+        #expect(refused.count == 1 && refused[0].contains("prefixItems"), "\(refused)")
     }
 
     /// The system text is the same for every feature, the explanation comes before the windows, and
@@ -174,25 +198,40 @@ import Testing
         #expect(allDetails.failedWindows == 0 && allDetails.retriedWindows == 0)
     }
 
-    /// An answer without its last window: only that window is asked again, and the score is the same.
-    @Test func aDroppedWindowIsRetriedAlone() async throws {
+    /// An answer one window short: positions mean nothing, so every window of the request is asked
+    /// again, and the score is the same once the retry answers.
+    @Test func aWrongWindowCountAsksEveryWindowAgain() async throws {
         let (result, details, requests, tags) = try await score(windowsPerRequest: 8, faults: ["wrong_length"])
+        #expect(requests == 2 && tags == ["simulate:7:0-4", "simulate:7:0-4:retry"])
+        #expect(details.retriedWindows == 5 && details.failedWindows == 0)
+        #expect(details.windows.map(\.simulated) == EndToEndTests.mockSimulation.map { Optional($0) })
+        #expect(abs((result.value ?? .nan) - pearson(EndToEndTests.truth, EndToEndTests.mockSimulation.flatMap { $0 })) < 1e-9)
+    }
+
+    /// An answer whose last window names a token it does not have: only that window is asked again.
+    @Test func aBadWindowIsRetriedAlone() async throws {
+        let (result, details, requests, tags) = try await score(windowsPerRequest: 8, faults: ["bad_index"])
         #expect(requests == 2 && tags == ["simulate:7:0-4", "simulate:7:0-4:retry"])
         #expect(details.retriedWindows == 1 && details.failedWindows == 0)
         #expect(details.windows.map(\.simulated) == EndToEndTests.mockSimulation.map { Optional($0) })
         #expect(abs((result.value ?? .nan) - pearson(EndToEndTests.truth, EndToEndTests.mockSimulation.flatMap { $0 })) < 1e-9)
     }
 
-    /// The failure rule: a window still missing after the retry fails the score with the reason,
+    /// The failure rule: a window still unusable after the retry fails the score with the reason,
     /// and both calls of its request are named for the cache to forget.
-    @Test func aWindowMissingTwiceFailsTheScore() async throws {
-        let (result, details, requests, _) = try await score(windowsPerRequest: 8, faults: ["wrong_length", "wrong_length"])
+    @Test func aWindowUnusableTwiceFailsTheScore() async throws {
+        let (result, details, requests, _) = try await score(windowsPerRequest: 8, faults: ["bad_index", "bad_index"])
         #expect(requests == 2)
         #expect(result.value == nil)
         let failure = try #require(result.failure)
-        #expect(failure.contains("1 of 5 held-out windows unusable after the retry") && failure.contains("window 4 is missing"), "\(failure)")
+        #expect(failure.contains("1 of 5 held-out windows unusable after the retry") && failure.contains("window 4: index"), "\(failure)")
         #expect(result.unusableTags == ["simulate:7:0-4", "simulate:7:0-4:retry"])
         #expect(details.failedWindows == 1 && details.retriedWindows == 1 && details.windows[4].simulated == nil)
         #expect(details.windows[0].simulated == EndToEndTests.mockSimulation[0])
+
+        // A wrong count twice: every window of the request is unusable.
+        let (again, againDetails, _, _) = try await score(windowsPerRequest: 8, faults: ["wrong_length", "wrong_length"])
+        #expect(again.value == nil && againDetails.failedWindows == 5)
+        #expect(again.failure?.contains("the answer lists 4 windows but 5 were asked") == true, "\(again.failure ?? "")")
     }
 }
