@@ -118,12 +118,11 @@ import SAELabelStore
                 order += Int64(run)
             }
         }
-        for slot in 0..<10 {
-            #expect(runs.random.order[slot] == stepwise.random.order[slot])
-            #expect(runs.random.sequence[slot] == stepwise.random.sequence[slot] && runs.random.start[slot] == stepwise.random.start[slot])
+        for slot in 0..<2 {
+            #expect((0..<5).map { runs.random.kept(slot, $0) } == (0..<5).map { stepwise.random.kept(slot, $0) })
         }
         #expect(runs.randomState[0].seen == 4273 && stepwise.randomState[1].seen == 4273)
-        #expect(Set((0..<5).map { runs.random.order[$0] }).count == 5, "five distinct windows kept")
+        #expect(Set((0..<5).map { runs.random.order(0, $0) }).count == 5, "five distinct windows kept")
     }
 
     /// Feeding inactive windows only when a feature next fires (`catchUp`) and at the end (`completeInactive`)
@@ -161,9 +160,8 @@ import SAELabelStore
             let filled = [min(stepwise.randomState[slot].seen, 5), min(stepwise.reservoirState[slot].seen, 16), stepwise.topCount[slot]]
             #expect(lazy.topCount[slot] == filled[2] && lazy.reservoirState[slot].seen == stepwise.reservoirState[slot].seen)
             for (index, (kept, all)) in [(lazy.random, stepwise.random), (lazy.reservoir, stepwise.reservoir), (lazy.top, stepwise.top)].enumerated() {
-                let range = (slot * kept.capacity)..<(slot * kept.capacity + filled[index])
-                #expect(range.map { kept.order[$0] } == range.map { all.order[$0] }, "slot \(slot)")
-                #expect(range.map { kept.start[$0] } == range.map { all.start[$0] })
+                #expect((0..<filled[index]).map { kept.kept(slot, $0) } == (0..<filled[index]).map { all.kept(slot, $0) }, "slot \(slot)")
+                #expect((0..<filled[index]).map { kept.values(slot, $0) } == (0..<filled[index]).map { all.values(slot, $0) })
             }
         }
         #expect(stepwise.activeWindows[1] > 5 && stepwise.randomState[1].seen > 100, "slot 1 fires now and then")
@@ -194,5 +192,83 @@ import SAELabelStore
         #expect(collected.count >= 10)
         #expect(try collected.contains { try store.examples(feature: $0).filter { $0.window.kind == .random }.count == 3 },
                 "firing features keep their random windows")
+    }
+
+    /// A feature's window slots are reserved as it keeps windows (4, then doubled, at most the capacity), and
+    /// growing them keeps every record and its values: the heap still holds the strongest windows.
+    @Test func windowSlotsGrowWithTheWindowsAFeatureKeeps() {
+        let parameters = SelectionParameters(windowLength: 3, explainTop: 10, explainQuantile: 10, heldoutTop: 5, heldoutQuantile: 5,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 13)
+        #expect(parameters.topCapacity == 15 && parameters.reservoirCapacity == 60)
+        let accumulators = FeatureAccumulators(features: [0, 1, 2], parameters: parameters)
+        var random = TestRandom(14)
+        var fed: [[Int64: [Float]]] = [[:], [:]]
+        for (slot, windows) in [(0, 3), (1, 40)] {
+            for order in 0..<windows {
+                let values = (0..<3).map { _ in random.uniform() + 0.01 }
+                fed[slot][Int64(order)] = values
+                accumulators.observeActive(slot, values: values, length: 3, peak: values.max()!, sequence: order, start: 0, order: Int64(order))
+            }
+        }
+        let reserved: [[Int]] = (0..<3).map { slot in [accumulators.top, accumulators.reservoir, accumulators.random].map { $0.reservedSlots(slot) } }
+        #expect(reserved == [[4, 4, 0], [15, 60, 0], [0, 0, 0]], "top, reservoir, random (no inactive windows fed)")
+        for slot in 0..<2 {
+            let top = (0..<accumulators.topCount[slot]).map { accumulators.top.kept(slot, $0) }
+            let strongest = fed[slot].map { (order: $0.key, peak: $0.value.max()!) }.sorted { $0.peak > $1.peak }.prefix(15)
+            #expect(Set(top.map(\.order)) == Set(strongest.map(\.order)), "slot \(slot)")
+            for kept in top { #expect(accumulators.top.values(slot, kept.index) == fed[slot][kept.order]) }
+            let reservoir = (0..<min(accumulators.reservoirState[slot].seen, 60)).map { accumulators.reservoir.kept(slot, $0) }
+            for kept in reservoir { #expect(accumulators.reservoir.values(slot, kept.index) == fed[slot][kept.order]) }
+            #expect(reservoir.count == min(fed[slot].count, 60))
+        }
+    }
+
+    /// A latent cache is cut into blocks by what each latent's entries can need, so rarely firing latents share
+    /// a block the full per-feature state would split; any cut stores the same bytes as one block.
+    @Test func latentCacheBlocksFollowTheEntriesAndStoreWhatOneBlockStores() throws {
+        let directory = temporaryDirectory()
+        let tokenizer = (directory as NSString).appendingPathComponent("tokenizer.json")
+        try writeTokenizer(tokenizer)
+        let cache = (directory as NSString).appendingPathComponent("latents/blocks.1")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let (sequences, context, width) = (12, 20, 64)
+        var random = TestRandom(61)
+        let tokens = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + random.int(fixtureVocabulary.count - 1) }
+        for first in stride(from: 0, to: width, by: 16) {
+            var locations: [Int] = [], values: [Float] = []
+            for sequence in 0..<sequences {
+                for position in 0..<context {
+                    for latent in 0..<16 where random.int(latent < 4 ? 3 : 40) == 0 {  // latents 0–3 of each file fire often
+                        locations += [sequence, position, latent]
+                        values.append(random.uniform() * 4 + 0.01)
+                    }
+                }
+            }
+            try writeSafetensors((cache as NSString).appendingPathComponent("\(first)_\(first + 15).safetensors"), [
+                .integers("locations", locations, shape: [values.count, 3]), .floats("activations", values, shape: [values.count]),
+                .integers("tokens", tokens, shape: [sequences, context]),
+            ])
+        }
+        var options = CollectOptions(latentsDirectory: cache, tokenizerPath: tokenizer)
+        options.windowLength = 4
+        options.minActivatingWindows = 1
+        let plan = try Collector.plan(options)
+        #expect(plan.latentEntries.count == width && plan.latentEntries[0] > 4 * plan.latentEntries[5])
+        // A budget the full state of 16 latents fills: the entries' bound packs more latents into each block.
+        options.memoryBudgetMiB = Double(Collector.bytesPerFeature(options, dIn: 0) * 16) / 1_048_576 * 4 / 3
+        let blocks = Collector.blocks(of: plan.features, options: options, plan: plan)
+        #expect(blocks.count > 1 && blocks.count < 4, "\(blocks.map(\.count))")
+        #expect(blocks.flatMap { $0 } == plan.features)
+        let budgetBytes = options.memoryBudgetMiB * 1_048_576 * 3 / 4
+        for block in blocks {
+            #expect(Double(block.reduce(0) { $0 + Collector.latentBytes(options, entries: plan.latentEntries[$1]) }) <= budgetBytes)
+        }
+        let split = try collectIntoStore(options, directory: directory, name: "split.sqlite")
+        options.memoryBudgetMiB = 1024
+        #expect(Collector.blocks(of: plan.features, options: options, plan: plan).count == 1)
+        let whole = try collectIntoStore(options, directory: directory, name: "whole.sqlite")
+        let expected = try storedContents(whole, features: width)
+        #expect(expected.count > width * 5, "the fixture must store examples")
+        #expect(try storedContents(split, features: width) == expected)
     }
 }
