@@ -38,10 +38,10 @@ extension FeatureAccumulators {
         let fired = activeTokens[slot]
         let peak = maxima[slot]
         var coarse = [Int](repeating: 0, count: Self.histogramBins)
-        if fired > 0 {
+        if fired > 0, let histogram = histogram(slot) {
             let range = histogramRange[slot]
             for bin in 0..<Self.fineBins {
-                let count = Int(histogram[slot * Self.fineBins + bin])
+                let count = Int(histogram[bin])
                 guard count > 0 else { continue }
                 let center = (Float(bin) + 0.5) * range / Float(Self.fineBins)
                 let target = min(Self.histogramBins - 1, max(0, Int((center / peak * Float(Self.histogramBins)).rounded(.up)) - 1))

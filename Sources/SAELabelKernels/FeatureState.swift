@@ -241,7 +241,10 @@ public final class FeatureAccumulators: @unchecked Sendable {
     public let activeWindows: UnsafeMutablePointer<Int>
     /// Per-feature fine histogram over (0, range], range a power of two ≥ the running max (bins merge pairwise as it grows).
     public let histogramRange: UnsafeMutablePointer<Float>
-    public let histogram: UnsafeMutablePointer<UInt32>
+    /// Its bins (`fineBins` counts), nil until the feature first fires: taken from an arena then, so only
+    /// firing features pay the 1 KiB, and it is written before it is read (one page fault per page, not two).
+    private let histograms: UnsafeMutablePointer<UnsafeMutablePointer<UInt32>?>
+    private let histogramArena = SlotArena(stride: fineBins * MemoryLayout<UInt32>.stride)
     public let top: WindowSlots
     public let topCount: UnsafeMutablePointer<Int>
     public let reservoir: WindowSlots
@@ -269,7 +272,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         maxima = zeroed(n)
         activeWindows = zeroed(n)
         histogramRange = zeroed(n)
-        histogram = zeroed(n * Self.fineBins)
+        histograms = zeroed(n)
         top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true)
         topCount = zeroed(n)
         reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
@@ -283,7 +286,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
     deinit {
         for pointer in [UnsafeMutableRawPointer(activeTokens), UnsafeMutableRawPointer(sums), UnsafeMutableRawPointer(maxima),
                         UnsafeMutableRawPointer(activeWindows), UnsafeMutableRawPointer(histogramRange),
-                        UnsafeMutableRawPointer(histogram), UnsafeMutableRawPointer(topCount),
+                        UnsafeMutableRawPointer(histograms), UnsafeMutableRawPointer(topCount),
                         UnsafeMutableRawPointer(reservoirState), UnsafeMutableRawPointer(randomState),
                         UnsafeMutableRawPointer(generators), UnsafeMutableRawPointer(started)] {
             free(pointer)
@@ -303,6 +306,20 @@ public final class FeatureAccumulators: @unchecked Sendable {
         let randomSlots = WindowSlots.reservation(for: parameters.heldoutRandom, capacity: parameters.heldoutRandom)
         return everyFeature + fineBins * MemoryLayout<UInt32>.stride + activeSlots * valued
             + randomSlots * WindowSlots.recordBytes(window: window, storesValues: false)
+    }
+
+    @inline(__always)
+    private func histogramBins(_ slot: Int) -> UnsafeMutablePointer<UInt32> {
+        if let bins = histograms[slot] { return bins }
+        let bins = histogramArena.take(slots: 1).bindMemory(to: UInt32.self, capacity: Self.fineBins)
+        bins.initialize(repeating: 0, count: Self.fineBins)
+        histograms[slot] = bins
+        return bins
+    }
+
+    /// Feature `slot`'s fine histogram (`fineBins` counts over (0, `histogramRange`]); nil if it never fired.
+    public func histogram(_ slot: Int) -> UnsafeBufferPointer<UInt32>? {
+        histograms[slot].map { UnsafeBufferPointer(start: $0, count: Self.fineBins) }
     }
 
     /// Whether feature `slot` has any state yet (it fired, or windows were fed to it directly).
@@ -349,7 +366,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         // Statistics.
         var range = histogramRange[slot]
         if peak > range { range = growHistogram(slot, to: peak) }
-        let bins = histogram + slot * Self.fineBins
+        let bins = histogramBins(slot)
         let scale = Float(Self.fineBins) / range
         var fired = 0
         var sum = 0.0
@@ -494,7 +511,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
 
     private func growHistogram(_ slot: Int, to peak: Float) -> Float {
         var range = histogramRange[slot]
-        let bins = histogram + slot * Self.fineBins
+        let bins = histogramBins(slot)
         if range == 0 {
             range = Float(bitPattern: 0x0080_0000)  // smallest normal; doubled below up to peak
             if peak.isFinite { range = max(range, Float(sign: .plus, exponent: peak.exponent, significand: 1)) }
