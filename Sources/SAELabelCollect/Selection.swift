@@ -38,8 +38,7 @@ extension FeatureAccumulators {
         let fired = activeTokens[slot]
         let peak = maxima[slot]
         var coarse = [Int](repeating: 0, count: Self.histogramBins)
-        if fired > 0, let histogram = histogram(slot) {
-            let range = histogramRange[slot]
+        if fired > 0, let (range, histogram) = histogramCounts(slot) {
             for bin in 0..<Self.fineBins {
                 let count = Int(histogram[bin])
                 guard count > 0 else { continue }
@@ -65,8 +64,8 @@ extension FeatureAccumulators {
         let topOrders = Set(topKept.map(\.order))
 
         // Quantile windows: the reservoir minus the top windows, ranked, partitioned into two pools, binned.
-        let rankedReservoir = (0..<min(reservoirState[slot].seen, reservoir.capacity)).map { reservoir.kept(slot, $0) }
-            .filter { !topOrders.contains($0.order) }
+        let (reservoirSlots, reservoirKept) = reservoirWindows(slot)
+        let rankedReservoir = reservoirKept.filter { !topOrders.contains($0.order) }
             .sorted(by: ranksBefore)
         let pools = Self.partition(rankedReservoir, explainQuota: p.explainQuantile, heldoutQuota: p.heldoutQuantile)
         var generator = SplitMix64(seed: p.seed, feature: feature, purpose: 2)
@@ -79,8 +78,8 @@ extension FeatureAccumulators {
             ActivationWindow(tokens: tokens(kept.sequence, kept.start, kept.length), activations: slots.values(slot, kept.index),
                              kind: kind, sequence: kept.sequence, start: kept.start)
         }
-        let explain = topSplit.explain.map { window(top, $0, .top) } + explainQuantile.map { window(reservoir, $0, .quantile) }
-        let heldout = topSplit.heldout.map { window(top, $0, .top) } + heldoutQuantile.map { window(reservoir, $0, .quantile) }
+        let explain = topSplit.explain.map { window(top, $0, .top) } + explainQuantile.map { window(reservoirSlots, $0, .quantile) }
+        let heldout = topSplit.heldout.map { window(top, $0, .top) } + heldoutQuantile.map { window(reservoirSlots, $0, .quantile) }
             + randomKept.map { window(random, $0, .random) }
         let windows = activeWindows[slot]
         if windows < p.minActivatingWindows {

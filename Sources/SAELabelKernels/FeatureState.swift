@@ -99,7 +99,7 @@ public final class WindowSlots {
     public func reservedSlots(_ feature: Int) -> Int { Int(reserved[feature]) }
 
     @inline(__always)
-    private func record(_ feature: Int, _ index: Int) -> UnsafeMutableRawPointer {
+    fileprivate func record(_ feature: Int, _ index: Int) -> UnsafeMutableRawPointer {
         records[feature].unsafelyUnwrapped + index * stride
     }
 
@@ -145,6 +145,21 @@ public final class WindowSlots {
 
     @inline(__always)
     public func order(_ feature: Int, _ index: Int) -> Int64 { record(feature, index).load(as: Int64.self) }
+
+    /// Slot `index`'s values (a record of slots that keep values) and their count.
+    @inline(__always)
+    func valuesPointer(_ feature: Int, _ index: Int) -> (UnsafePointer<Float>, Int) {
+        let source = record(feature, index)
+        return (UnsafePointer((source + 24).assumingMemoryBound(to: Float.self)), Int(source.load(fromByteOffset: 16, as: Int32.self)))
+    }
+
+    /// Copies record `index` of `feature` in `other` (same window length, values kept by both) to slot `target`.
+    func copy(from other: WindowSlots, _ feature: Int, _ index: Int, to target: Int) {
+        if target >= Int(reserved[feature]) { grow(feature, toHold: target + 1) }
+        let source = other.record(feature, index)
+        let count = Int(source.load(fromByteOffset: 16, as: Int32.self))
+        record(feature, target).copyMemory(from: source, byteCount: 24 + (storesValues ? count * 4 : 0))
+    }
 
     /// Slot `index` of `feature` (filled: below the count its heap or reservoir kept).
     public func kept(_ feature: Int, _ index: Int) -> KeptWindow {
@@ -261,9 +276,20 @@ public final class FeatureAccumulators: @unchecked Sendable {
         var weight = 0.0
     }
 
-    public init(features: [Int], parameters: SelectionParameters) {
+    /// While a feature has fired in at most `topCapacity` windows, its top heap holds every one of them, so its
+    /// reservoir (which would hold the same windows, in corpus order) and its histogram are not written: they
+    /// are built from the heap when its next window arrives (`settle`), or read from it at the end
+    /// (`reservoirWindows`, `histogramCounts`). A wide SAE's many latents that fire a few times then hold one
+    /// copy of their windows instead of two plus a histogram. Only when the reservoir can hold the whole heap.
+    public let defersToTop: Bool
+
+    /// `defersToTop: false` writes every window to the reservoir and histogram as it comes (the reference the
+    /// deferral is tested against).
+    public init(features: [Int], parameters: SelectionParameters, defersToTop: Bool = true) {
         self.features = features
         self.parameters = parameters
+        self.defersToTop = defersToTop && parameters.topCapacity > 0
+            && (parameters.reservoirCapacity == 0 || parameters.reservoirCapacity >= parameters.topCapacity)
         let n = max(1, features.count)
         // Zeroed by calloc: large arrays come as untouched zero pages, so a feature that never fires costs no
         // memory and no time (its state is first written when it first fires, `catchUp`).
@@ -301,6 +327,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         guard activeWindows > 0 else { return everyFeature }
         let window = parameters.windowLength
         let valued = WindowSlots.recordBytes(window: window, storesValues: true)
+        // Counted as if deferring to the top heap (`defersToTop`) never happened: an upper bound either way.
         let activeSlots = WindowSlots.reservation(for: activeWindows, capacity: parameters.topCapacity)
             + WindowSlots.reservation(for: activeWindows, capacity: parameters.reservoirCapacity)
         let randomSlots = WindowSlots.reservation(for: parameters.heldoutRandom, capacity: parameters.heldoutRandom)
@@ -317,9 +344,65 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return bins
     }
 
-    /// Feature `slot`'s fine histogram (`fineBins` counts over (0, `histogramRange`]); nil if it never fired.
-    public func histogram(_ slot: Int) -> UnsafeBufferPointer<UInt32>? {
-        histograms[slot].map { UnsafeBufferPointer(start: $0, count: Self.fineBins) }
+    /// Whether `slot` fired and its reservoir and histogram are still deferred to its top heap.
+    @inline(__always)
+    func isDeferred(_ slot: Int) -> Bool { defersToTop && histograms[slot] == nil }
+
+    /// The top heap's slots in corpus order (while deferred: the windows the reservoir would hold, in its order).
+    private func topByOrder(_ slot: Int) -> [Int] {
+        (0..<topCount[slot]).sorted { top.order(slot, $0) < top.order(slot, $1) }
+    }
+
+    /// Ends the deferral of `slot` (`defersToTop`): its histogram and reservoir are built from the heap, which
+    /// holds every window it fired in so far, as the window-by-window pass would have left them. The histogram
+    /// has the same counts whatever the order: a value's bin at range 2R is its bin at R halved, which is what
+    /// growing the range does to the bins.
+    func settle(_ slot: Int) {
+        guard isDeferred(slot), activeWindows[slot] > 0 else { return }
+        let windows = topByOrder(slot)
+        histogramRange[slot] = Self.grownRange(maxima[slot])
+        fillHistogram(histogramBins(slot), slot: slot, windows: windows)
+        if reservoir.capacity > 0 {
+            for (index, heapSlot) in windows.enumerated() { reservoir.copy(from: top, slot, heapSlot, to: index) }
+        }
+    }
+
+    /// The range the window-by-window pass reaches for a feature whose largest window max is `peak`: the
+    /// smallest power of two at or above it, whatever the first window was (`firstRange`, doubled).
+    static func grownRange(_ peak: Float) -> Float {
+        var range = firstRange(peak)
+        while range < peak { range *= 2 }
+        return range
+    }
+
+    private func fillHistogram(_ bins: UnsafeMutablePointer<UInt32>, slot: Int, windows: [Int]) {
+        let scale = Float(Self.fineBins) / histogramRange[slot]
+        for heapSlot in windows {
+            let (values, length) = top.valuesPointer(slot, heapSlot)
+            for index in 0..<length where values[index] > 0 { bins[Self.bin(values[index], scale: scale)] &+= 1 }
+        }
+    }
+
+    /// Feature `slot`'s histogram range and fine counts (`fineBins` counts over (0, range]); nil if it never fired.
+    public func histogramCounts(_ slot: Int) -> (range: Float, counts: [UInt32])? {
+        guard activeWindows[slot] > 0 || histograms[slot] != nil else { return nil }
+        if let bins = histograms[slot] { return (histogramRange[slot], Array(UnsafeBufferPointer(start: bins, count: Self.fineBins))) }
+        let range = Self.grownRange(maxima[slot])
+        var counts = [UInt32](repeating: 0, count: Self.fineBins)
+        let scale = Float(Self.fineBins) / range
+        for heapSlot in topByOrder(slot) {
+            let (values, length) = top.valuesPointer(slot, heapSlot)
+            for index in 0..<length where values[index] > 0 { counts[Self.bin(values[index], scale: scale)] &+= 1 }
+        }
+        return (range, counts)
+    }
+
+    /// The activating windows `slot`'s reservoir holds, in its slot order, with the slots to read their values from.
+    public func reservoirWindows(_ slot: Int) -> (slots: WindowSlots, windows: [KeptWindow]) {
+        if isDeferred(slot) {
+            return (top, topByOrder(slot).map { top.kept(slot, $0) })
+        }
+        return (reservoir, (0..<min(reservoirState[slot].seen, reservoir.capacity)).map { reservoir.kept(slot, $0) })
     }
 
     /// Whether feature `slot` has any state yet (it fired, or windows were fed to it directly).
@@ -363,20 +446,29 @@ public final class FeatureAccumulators: @unchecked Sendable {
     @inline(__always)
     public func observeActive(_ slot: Int, values: UnsafePointer<Float>, length: Int, peak: Float,
                               sequence: Int, start: Int, order: Int64) {
+        if activeWindows[slot] == parameters.topCapacity { settle(slot) }
+        let deferred = isDeferred(slot)
+
         // Statistics.
-        var range = histogramRange[slot]
-        if peak > range { range = growHistogram(slot, to: peak) }
-        let bins = histogramBins(slot)
-        let scale = Float(Self.fineBins) / range
         var fired = 0
         var sum = 0.0
-        for index in 0..<length {
-            let value = values[index]
-            if value > 0 {
+        if deferred {
+            for index in 0..<length where values[index] > 0 {
                 fired += 1
-                sum += Double(value)
-                let bin = min(Self.fineBins - 1, max(0, Int((value * scale).rounded(.up)) - 1))
-                bins[bin] &+= 1
+                sum += Double(values[index])
+            }
+        } else {
+            var range = histogramRange[slot]
+            if peak > range { range = growHistogram(slot, to: peak) }
+            let bins = histogramBins(slot)
+            let scale = Float(Self.fineBins) / range
+            for index in 0..<length {
+                let value = values[index]
+                if value > 0 {
+                    fired += 1
+                    sum += Double(value)
+                    bins[Self.bin(value, scale: scale)] &+= 1
+                }
             }
         }
         activeTokens[slot] += fired
@@ -402,7 +494,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         // Reservoir of activating windows.
         let reservoirCapacity = reservoir.capacity
         if reservoirCapacity > 0 {
-            if let target = admit(state: reservoirState + slot, capacity: reservoirCapacity, generator: generator(slot)) {
+            if let target = admit(state: reservoirState + slot, capacity: reservoirCapacity, generator: generator(slot)), !deferred {
                 reservoir.store(slot, target, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
             }
         }
@@ -509,13 +601,22 @@ public final class FeatureAccumulators: @unchecked Sendable {
         }
     }
 
+    /// A histogram's range before its first growth: the power of two at or below `peak` (at least the
+    /// smallest normal), doubled by `growHistogram` up to the peak.
+    static func firstRange(_ peak: Float) -> Float {
+        let smallestNormal = Float(bitPattern: 0x0080_0000)
+        return peak.isFinite ? max(smallestNormal, Float(sign: .plus, exponent: peak.exponent, significand: 1)) : smallestNormal
+    }
+
+    @inline(__always)
+    static func bin(_ value: Float, scale: Float) -> Int {
+        min(fineBins - 1, max(0, Int((value * scale).rounded(.up)) - 1))
+    }
+
     private func growHistogram(_ slot: Int, to peak: Float) -> Float {
         var range = histogramRange[slot]
         let bins = histogramBins(slot)
-        if range == 0 {
-            range = Float(bitPattern: 0x0080_0000)  // smallest normal; doubled below up to peak
-            if peak.isFinite { range = max(range, Float(sign: .plus, exponent: peak.exponent, significand: 1)) }
-        }
+        if range == 0 { range = Self.firstRange(peak) }
         while range < peak {
             let half = Self.fineBins / 2
             for index in 0..<half { bins[index] = bins[2 * index] &+ bins[2 * index + 1] }

@@ -159,10 +159,14 @@ import SAELabelStore
             #expect(lazy.randomState[slot].seen == stepwise.randomState[slot].seen && lazy.activeWindows[slot] == stepwise.activeWindows[slot])
             let filled = [min(stepwise.randomState[slot].seen, 5), min(stepwise.reservoirState[slot].seen, 16), stepwise.topCount[slot]]
             #expect(lazy.topCount[slot] == filled[2] && lazy.reservoirState[slot].seen == stepwise.reservoirState[slot].seen)
-            for (index, (kept, all)) in [(lazy.random, stepwise.random), (lazy.reservoir, stepwise.reservoir), (lazy.top, stepwise.top)].enumerated() {
-                #expect((0..<filled[index]).map { kept.kept(slot, $0) } == (0..<filled[index]).map { all.kept(slot, $0) }, "slot \(slot)")
-                #expect((0..<filled[index]).map { kept.values(slot, $0) } == (0..<filled[index]).map { all.values(slot, $0) })
+            for (index, (kept, all)) in [(lazy.random, stepwise.random), (lazy.top, stepwise.top)].enumerated() {
+                let count = filled[index == 0 ? 0 : 2]
+                #expect((0..<count).map { kept.kept(slot, $0) } == (0..<count).map { all.kept(slot, $0) }, "slot \(slot)")
+                #expect((0..<count).map { kept.values(slot, $0) } == (0..<count).map { all.values(slot, $0) })
             }
+            let (lazySlots, lazyReservoir) = lazy.reservoirWindows(slot), (stepwiseSlots, stepwiseReservoir) = stepwise.reservoirWindows(slot)
+            #expect(lazyReservoir.count == filled[1] && lazyReservoir == stepwiseReservoir)
+            #expect(lazyReservoir.map { lazySlots.values(slot, $0.index) } == stepwiseReservoir.map { stepwiseSlots.values(slot, $0.index) })
         }
         #expect(stepwise.activeWindows[1] > 5 && stepwise.randomState[1].seen > 100, "slot 1 fires now and then")
         #expect(stepwise.reservoirState[0].seen > 16, "slot 0's reservoir replaces windows")
@@ -211,14 +215,15 @@ import SAELabelStore
             }
         }
         let reserved: [[Int]] = (0..<3).map { slot in [accumulators.top, accumulators.reservoir, accumulators.random].map { $0.reservedSlots(slot) } }
-        #expect(reserved == [[4, 4, 0], [15, 60, 0], [0, 0, 0]], "top, reservoir, random (no inactive windows fed)")
+        // Slot 0's 3 windows are all in its top heap, which stands in for its reservoir (`defersToTop`).
+        #expect(reserved == [[4, 0, 0], [15, 60, 0], [0, 0, 0]], "top, reservoir, random (no inactive windows fed)")
         for slot in 0..<2 {
             let top = (0..<accumulators.topCount[slot]).map { accumulators.top.kept(slot, $0) }
             let strongest = fed[slot].map { (order: $0.key, peak: $0.value.max()!) }.sorted { $0.peak > $1.peak }.prefix(15)
             #expect(Set(top.map(\.order)) == Set(strongest.map(\.order)), "slot \(slot)")
             for kept in top { #expect(accumulators.top.values(slot, kept.index) == fed[slot][kept.order]) }
-            let reservoir = (0..<min(accumulators.reservoirState[slot].seen, 60)).map { accumulators.reservoir.kept(slot, $0) }
-            for kept in reservoir { #expect(accumulators.reservoir.values(slot, kept.index) == fed[slot][kept.order]) }
+            let (slots, reservoir) = accumulators.reservoirWindows(slot)
+            for kept in reservoir { #expect(slots.values(slot, kept.index) == fed[slot][kept.order]) }
             #expect(reservoir.count == min(fed[slot].count, 60))
         }
     }
@@ -270,5 +275,38 @@ import SAELabelStore
         let expected = try storedContents(whole, features: width)
         #expect(expected.count > width * 5, "the fixture must store examples")
         #expect(try storedContents(split, features: width) == expected)
+    }
+
+    /// Deferring a feature's reservoir and histogram to its top heap (while the heap holds every window it fired
+    /// in) leaves the same reservoir, histogram, heap and statistics as writing them window by window, whether
+    /// the feature stays within the heap, settles on the window that overflows it, or goes far beyond.
+    @Test(arguments: [1, 6, 15, 16, 17, 90])
+    func deferringToTheTopHeapEqualsWritingEveryWindow(windows: Int) throws {
+        let parameters = SelectionParameters(windowLength: 5, explainTop: 10, explainQuantile: 10, heldoutTop: 5, heldoutQuantile: 5,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 17)
+        let deferring = FeatureAccumulators(features: [4, 8], parameters: parameters)
+        let writing = FeatureAccumulators(features: [4, 8], parameters: parameters, defersToTop: false)
+        #expect(deferring.defersToTop && !writing.defersToTop)
+        var random = TestRandom(UInt64(18 + windows))
+        for order in 0..<windows {
+            // Peaks over several powers of two, so the histogram's range grows while the window-by-window pass runs.
+            let scale = Float(1 << random.int(12)) / 64
+            let values = (0..<5).map { _ in random.int(3) == 0 ? 0 : random.uniform() * scale + 1e-3 }
+            for accumulators in [deferring, writing] {
+                accumulators.observeActive(1, values: values, length: 5, peak: values.max()!, sequence: order / 3, start: order % 3 * 5,
+                                           order: Int64(order))
+            }
+        }
+        let expected = try #require(writing.histogramCounts(1))
+        let deferred = try #require(deferring.histogramCounts(1))
+        #expect(deferred.range == expected.range && deferred.counts == expected.counts)
+        #expect(expected.counts.reduce(0, +) == UInt32(writing.activeTokens[1]) && writing.activeTokens[1] > 0)
+        let (deferredSlots, deferredReservoir) = deferring.reservoirWindows(1), (writtenSlots, writtenReservoir) = writing.reservoirWindows(1)
+        #expect(deferredReservoir.count == min(windows, 60) && deferredReservoir.map(\.order) == writtenReservoir.map(\.order))
+        #expect(deferredReservoir.map { deferredSlots.values(1, $0.index) } == writtenReservoir.map { writtenSlots.values(1, $0.index) })
+        #expect((0..<deferring.topCount[1]).map { deferring.top.kept(1, $0) } == (0..<writing.topCount[1]).map { writing.top.kept(1, $0) })
+        #expect(deferring.sums[1] == writing.sums[1] && deferring.maxima[1] == writing.maxima[1])
+        #expect(deferring.reservoir.reservedSlots(1) == (windows <= 15 ? 0 : WindowSlots.reservation(for: min(windows, 60), capacity: 60)))
+        #expect(deferring.histogramCounts(0) == nil, "slot 0 never fired")
     }
 }
