@@ -14,13 +14,10 @@ public struct CollectOptions: Sendable {
     /// A delphi sparse latent cache directory (`<start>_<end>.safetensors`), instead of SAE + activations.
     public var latentsDirectory: String?
     public var tokenizerPath: String
+    /// Which features are collected.
     public var selection: FeatureSelection = .all
-    public var seed: UInt64 = 0
-    /// Windows are non-overlapping blocks of this many tokens of each sequence, aligned at position 0.
-    public var windowLength = 32
-    public var explainTop = 10, explainQuantile = 10, heldoutTop = 5, heldoutQuantile = 5, heldoutRandom = 5
-    /// A feature that fires in fewer windows is stored as `.sparse`.
-    public var minActivatingWindows = 10
+    /// Which windows each of them keeps: window length, example counts, minimum activating windows, seed.
+    public var windowSelection = SelectionParameters()
     /// Skip tokenizer special tokens (added_tokens with special=true: BOS, EOS, …), which are often attention sinks.
     public var excludeSpecialTokens = true
     /// Skip these positions of every sequence (e.g. [0]).
@@ -48,33 +45,18 @@ public struct CollectOptions: Sendable {
     public var pipelineBlockMinimum = 2048
 
     public init(saeDirectory: String? = nil, activationFiles: [String] = [], latentsDirectory: String? = nil,
-                tokenizerPath: String, selection: FeatureSelection = .all, seed: UInt64 = 0, windowLength: Int = 32,
-                explainTop: Int = 10, explainQuantile: Int = 10, heldoutTop: Int = 5, heldoutQuantile: Int = 5,
-                heldoutRandom: Int = 5, minActivatingWindows: Int = 10, excludeSpecialTokens: Bool = true,
-                excludePositions: [Int] = [], excludeNormAbove: Float? = nil, batchTokens: Int = 512) {
+                tokenizerPath: String, selection: FeatureSelection = .all, windowSelection: SelectionParameters = SelectionParameters(),
+                excludeSpecialTokens: Bool = true, excludePositions: [Int] = [], excludeNormAbove: Float? = nil, batchTokens: Int = 512) {
         self.saeDirectory = saeDirectory
         self.activationFiles = activationFiles
         self.latentsDirectory = latentsDirectory
         self.tokenizerPath = tokenizerPath
         self.selection = selection
-        self.seed = seed
-        self.windowLength = windowLength
-        self.explainTop = explainTop
-        self.explainQuantile = explainQuantile
-        self.heldoutTop = heldoutTop
-        self.heldoutQuantile = heldoutQuantile
-        self.heldoutRandom = heldoutRandom
-        self.minActivatingWindows = minActivatingWindows
+        self.windowSelection = windowSelection
         self.excludeSpecialTokens = excludeSpecialTokens
         self.excludePositions = excludePositions
         self.excludeNormAbove = excludeNormAbove
         self.batchTokens = batchTokens
-    }
-
-    var selectionParameters: SelectionParameters {
-        SelectionParameters(windowLength: windowLength, explainTop: explainTop, explainQuantile: explainQuantile,
-                            heldoutTop: heldoutTop, heldoutQuantile: heldoutQuantile, heldoutRandom: heldoutRandom,
-                            minActivatingWindows: minActivatingWindows, seed: seed)
     }
 }
 
@@ -234,10 +216,11 @@ struct CollectInputs {
     var modelName: String
 
     static func open(_ options: CollectOptions) throws(SAELabelError) -> CollectInputs {
-        guard options.windowLength >= 1 else { throw .usage("window length must be at least 1 token") }
-        for (name, value) in [("explain top", options.explainTop), ("explain quantile", options.explainQuantile),
-                              ("held-out top", options.heldoutTop), ("held-out quantile", options.heldoutQuantile),
-                              ("held-out random", options.heldoutRandom), ("minimum activating windows", options.minActivatingWindows)]
+        let kept = options.windowSelection
+        guard kept.windowLength >= 1 else { throw .usage("window length must be at least 1 token") }
+        for (name, value) in [("explain top", kept.explainTop), ("explain quantile", kept.explainQuantile),
+                              ("held-out top", kept.heldoutTop), ("held-out quantile", kept.heldoutQuantile),
+                              ("held-out random", kept.heldoutRandom), ("minimum activating windows", kept.minActivatingWindows)]
             where value < 0 {
             throw .usage("\(name) count must not be negative")
         }
@@ -423,8 +406,8 @@ public enum Collector {
     /// (twice: the previous block's are finished while this one streams), its encoder column and GEMM rows,
     /// and its finished record (token strings ~24 bytes each) before the write.
     public static func bytesPerFeature(_ options: CollectOptions, dIn: Int) -> Int {
-        let batch = max(options.windowLength, options.batchTokens)
-        return 2 * FeatureAccumulators.stateBytes(options.selectionParameters, activeWindows: .max) + dIn * 4 + batch * 4
+        let batch = max(options.windowSelection.windowLength, options.batchTokens)
+        return 2 * FeatureAccumulators.stateBytes(options.windowSelection, activeWindows: .max) + dIn * 4 + batch * 4
             + recordBytes(options, storedWindows: .max)
     }
 
@@ -432,16 +415,16 @@ public enum Collector {
     /// `entries` windows, so its state (twice, as in `bytesPerFeature`) and finished record are bounded by them,
     /// plus its entries as read (value, location, token index, bucket, order: 40 bytes each).
     public static func latentBytes(_ options: CollectOptions, entries: Int) -> Int {
-        let p = options.selectionParameters
+        let p = options.windowSelection
         return 2 * FeatureAccumulators.stateBytes(p, activeWindows: entries)
             + (entries > 0 ? recordBytes(options, storedWindows: entries + p.heldoutRandom) : 0) + entries * 40
     }
 
     /// A finished record's example windows (values and ~24-byte token strings), at most `storedWindows` of them.
     static func recordBytes(_ options: CollectOptions, storedWindows: Int) -> Int {
-        let p = options.selectionParameters
+        let p = options.windowSelection
         let stored = p.explainTop + p.explainQuantile + p.heldoutTop + p.heldoutQuantile + p.heldoutRandom
-        return min(stored, storedWindows) * options.windowLength * (4 + 24)
+        return min(stored, storedWindows) * options.windowSelection.windowLength * (4 + 24)
     }
 
     /// `features` cut into the blocks collect streams and commits one at a time: at most
@@ -514,7 +497,7 @@ public enum Collector {
                 commit.settings[JobSettingKey.featureCount] = String(plan.featureCount)
                 commit.settings[JobSettingKey.tokensCounted] = String(counted)
                 commit.settings[JobSettingKey.tokensExcluded] = String(excluded)
-                commit.settings[JobSettingKey.seed] = String(options.seed)
+                commit.settings[JobSettingKey.seed] = String(options.windowSelection.seed)
                 summary.tokens = counted
                 summary.excludedTokens = excluded
                 summary.blocks += 1
@@ -586,11 +569,11 @@ public enum Collector {
     /// One pass over the inputs filling `features`' streaming state; returns it with the number of excluded tokens.
     static func stream(_ inputs: CollectInputs, options: CollectOptions, features: [Int], kthByToken: [Float]?,
                        progress: (Int, Int) -> Void) throws(SAELabelError) -> (FeatureAccumulators, Int) {
-        let accumulators = FeatureAccumulators(features: features, parameters: options.selectionParameters)
+        let accumulators = FeatureAccumulators(features: features, parameters: options.windowSelection)
         if inputs.sae != nil {
             let excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
                 .run(progress: progress)
-            accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowLength))
+            accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowSelection.windowLength))
             return (accumulators, excluded)
         }
         return (accumulators, try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress))

@@ -38,7 +38,7 @@ struct DenseEncoder {
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
         let chunks = (rows + chunkRows - 1) / chunkRows
         let chunkOf = { (chunk: Int) in (chunk * chunkRows)..<min(rows, (chunk + 1) * chunkRows) }
-        let geometry = inputs.windowGeometry(window: options.windowLength)
+        let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
 
         return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
             let fill = encoded.fill
@@ -256,7 +256,7 @@ struct BatchStream {
     let options: CollectOptions
 
     static func batchSize(_ options: CollectOptions) -> Int {
-        max(options.windowLength, options.batchTokens / options.windowLength * options.windowLength)
+        max(options.windowSelection.windowLength, options.batchTokens / options.windowSelection.windowLength * options.windowSelection.windowLength)
     }
 
     /// Returns the number of excluded tokens.
@@ -267,7 +267,7 @@ struct BatchStream {
         if sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() }
         let normalization = sae.config.normalization
         let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
-        let window = options.windowLength
+        let window = options.windowSelection.windowLength
         let batch = Self.batchSize(options)
         let input = UnsafeMutablePointer<Float>.allocate(capacity: batch * dIn)
         let keep = UnsafeMutablePointer<Float>.allocate(capacity: batch)
@@ -385,7 +385,7 @@ struct LatentReader {
         guard let tokenShard = inputs.latents.first else { return 0 }
         let context = tokenShard.tokens.shape[1]
         let excludedTokens = inputs.excludedLatentTokens(TokenExclusion(options: options, decoder: inputs.decoder))
-        let window = options.windowLength
+        let window = options.windowSelection.windowLength
         let selected = accumulators.features
         let pointer = UnsafeMutablePointer<Float>.allocate(capacity: window)
         defer { pointer.deallocate() }

@@ -1,19 +1,22 @@
 import Foundation
 import SAELabelCore
 
-/// How many windows of each kind a feature keeps, and the window geometry.
-public struct SelectionParameters: Sendable {
+/// How many windows of each kind a feature keeps, and the window geometry. Defaults follow the project's
+/// brief (SPEC §3).
+public struct SelectionParameters: Sendable, Equatable {
+    /// Windows are non-overlapping blocks of this many tokens of each sequence, aligned at position 0.
     public var windowLength: Int
     public var explainTop: Int
     public var explainQuantile: Int
     public var heldoutTop: Int
     public var heldoutQuantile: Int
     public var heldoutRandom: Int
+    /// A feature that fires in fewer windows is stored as `.sparse`.
     public var minActivatingWindows: Int
     public var seed: UInt64
 
-    public init(windowLength: Int, explainTop: Int, explainQuantile: Int, heldoutTop: Int, heldoutQuantile: Int,
-                heldoutRandom: Int, minActivatingWindows: Int, seed: UInt64) {
+    public init(windowLength: Int = 32, explainTop: Int = 10, explainQuantile: Int = 10, heldoutTop: Int = 5,
+                heldoutQuantile: Int = 5, heldoutRandom: Int = 5, minActivatingWindows: Int = 10, seed: UInt64 = 0) {
         self.windowLength = windowLength
         self.explainTop = explainTop
         self.explainQuantile = explainQuantile

@@ -24,9 +24,9 @@ import SAELabelStore
     /// Windows of 8 tokens, every firing feature collected, small batches and GEMM chunks.
     func smallWindowFixture(sae: TestSAE, corpus: TestCorpus, batchTokens: Int, chunkRows: Int) throws -> (String, CollectOptions) {
         var (directory, options) = try makeFixture(sae: sae, corpus: corpus)
-        options.windowLength = 8
+        options.windowSelection.windowLength = 8
         options.batchTokens = batchTokens
-        options.minActivatingWindows = 1
+        options.windowSelection.minActivatingWindows = 1
         options.encodeChunkRows = chunkRows
         return (directory, options)
     }
@@ -180,7 +180,7 @@ import SAELabelStore
         sae.bEnc[7] = -1000
         let corpus = TestCorpus.random(nSeq: 12, ctx: 24, dIn: 8, seed: 42, dtype: "F32")
         var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 4)
-        options.heldoutRandom = 3
+        options.windowSelection.heldoutRandom = 3
         let plan = try Collector.plan(options)
         let inputs = try Collector.openChecked(options, plan: plan)
         let (accumulators, _) = try Collector.stream(inputs, options: options, features: plan.features, kthByToken: nil, progress: { _, _ in })
@@ -255,8 +255,8 @@ import SAELabelStore
             ])
         }
         var options = CollectOptions(latentsDirectory: cache, tokenizerPath: tokenizer)
-        options.windowLength = 4
-        options.minActivatingWindows = 1
+        options.windowSelection.windowLength = 4
+        options.windowSelection.minActivatingWindows = 1
         let plan = try Collector.plan(options)
         #expect(plan.latentEntries.count == width && plan.latentEntries[0] > 4 * plan.latentEntries[5])
         // A budget the full state of 16 latents fills: the entries' bound packs more latents into each block.
