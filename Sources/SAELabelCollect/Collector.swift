@@ -14,13 +14,10 @@ public struct CollectOptions: Sendable {
     /// A delphi sparse latent cache directory (`<start>_<end>.safetensors`), instead of SAE + activations.
     public var latentsDirectory: String?
     public var tokenizerPath: String
+    /// Which features are collected.
     public var selection: FeatureSelection = .all
-    public var seed: UInt64 = 0
-    /// Windows are non-overlapping blocks of this many tokens of each sequence, aligned at position 0.
-    public var windowLength = 32
-    public var explainTop = 10, explainQuantile = 10, heldoutTop = 5, heldoutQuantile = 5, heldoutRandom = 5
-    /// A feature that fires in fewer windows is stored as `.sparse`.
-    public var minActivatingWindows = 10
+    /// Which windows each of them keeps: window length, example counts, minimum activating windows, seed.
+    public var windowSelection = SelectionParameters()
     /// Skip tokenizer special tokens (added_tokens with special=true: BOS, EOS, …), which are often attention sinks.
     public var excludeSpecialTokens = true
     /// Skip these positions of every sequence (e.g. [0]).
@@ -48,33 +45,18 @@ public struct CollectOptions: Sendable {
     public var pipelineBlockMinimum = 2048
 
     public init(saeDirectory: String? = nil, activationFiles: [String] = [], latentsDirectory: String? = nil,
-                tokenizerPath: String, selection: FeatureSelection = .all, seed: UInt64 = 0, windowLength: Int = 32,
-                explainTop: Int = 10, explainQuantile: Int = 10, heldoutTop: Int = 5, heldoutQuantile: Int = 5,
-                heldoutRandom: Int = 5, minActivatingWindows: Int = 10, excludeSpecialTokens: Bool = true,
-                excludePositions: [Int] = [], excludeNormAbove: Float? = nil, batchTokens: Int = 512) {
+                tokenizerPath: String, selection: FeatureSelection = .all, windowSelection: SelectionParameters = SelectionParameters(),
+                excludeSpecialTokens: Bool = true, excludePositions: [Int] = [], excludeNormAbove: Float? = nil, batchTokens: Int = 512) {
         self.saeDirectory = saeDirectory
         self.activationFiles = activationFiles
         self.latentsDirectory = latentsDirectory
         self.tokenizerPath = tokenizerPath
         self.selection = selection
-        self.seed = seed
-        self.windowLength = windowLength
-        self.explainTop = explainTop
-        self.explainQuantile = explainQuantile
-        self.heldoutTop = heldoutTop
-        self.heldoutQuantile = heldoutQuantile
-        self.heldoutRandom = heldoutRandom
-        self.minActivatingWindows = minActivatingWindows
+        self.windowSelection = windowSelection
         self.excludeSpecialTokens = excludeSpecialTokens
         self.excludePositions = excludePositions
         self.excludeNormAbove = excludeNormAbove
         self.batchTokens = batchTokens
-    }
-
-    var selectionParameters: SelectionParameters {
-        SelectionParameters(windowLength: windowLength, explainTop: explainTop, explainQuantile: explainQuantile,
-                            heldoutTop: heldoutTop, heldoutQuantile: heldoutQuantile, heldoutRandom: heldoutRandom,
-                            minActivatingWindows: minActivatingWindows, seed: seed)
     }
 }
 
@@ -96,6 +78,9 @@ public struct CollectPlan: Sendable {
     /// Splitting the features into blocks costs only a re-read of dense activations: false for a TopK SAE
     /// (blocks need an extra pass for each token's k-th value) and for a latent cache (each block re-reads its files).
     public var splitsCheaply = false
+    /// For a latent cache, each latent's entries (non-zeros), indexed by latent: a latent fires in at most that
+    /// many windows, so blocks are sized by the state its entries can need (`latentBytes`). Empty otherwise.
+    public var latentEntries: [Int] = []
 }
 
 public struct CollectSummary: Sendable, Equatable {
@@ -231,10 +216,11 @@ struct CollectInputs {
     var modelName: String
 
     static func open(_ options: CollectOptions) throws(SAELabelError) -> CollectInputs {
-        guard options.windowLength >= 1 else { throw .usage("window length must be at least 1 token") }
-        for (name, value) in [("explain top", options.explainTop), ("explain quantile", options.explainQuantile),
-                              ("held-out top", options.heldoutTop), ("held-out quantile", options.heldoutQuantile),
-                              ("held-out random", options.heldoutRandom), ("minimum activating windows", options.minActivatingWindows)]
+        let kept = options.windowSelection
+        guard kept.windowLength >= 1 else { throw .usage("window length must be at least 1 token") }
+        for (name, value) in [("explain top", kept.explainTop), ("explain quantile", kept.explainQuantile),
+                              ("held-out top", kept.heldoutTop), ("held-out quantile", kept.heldoutQuantile),
+                              ("held-out random", kept.heldoutRandom), ("minimum activating windows", kept.minActivatingWindows)]
             where value < 0 {
             throw .usage("\(name) count must not be negative")
         }
@@ -350,17 +336,21 @@ struct CollectInputs {
         return excluded
     }
 
-    /// Every latent cache entry lies inside the corpus and holds a finite value, except on excluded tokens.
-    func checkLatentEntries(exclusion: TokenExclusion) throws(SAELabelError) {
-        guard let first = latents.first else { return }
+    /// Checks that every latent cache entry lies inside the corpus and holds a finite value, except on excluded
+    /// tokens, and returns each latent's number of entries (empty without a latent cache).
+    func checkLatentEntries(exclusion: TokenExclusion) throws(SAELabelError) -> [Int] {
+        guard let first = latents.first else { return [] }
         let excluded = excludedLatentTokens(exclusion)
+        var entries = [Int](repeating: 0, count: featureCount)
         for shard in latents {
             let values = shard.file.readFloats(shard.activations)
             let locations = shard.file.readIntegers(shard.locations, start: 0, count: shard.locations.shape[0] * 3)
             for entry in values.indices {
-                _ = try shard.entry(entry, locations: locations, values: values, tokens: first.tokens.shape, excluded: excluded)
+                let latent = try shard.entry(entry, locations: locations, values: values, tokens: first.tokens.shape, excluded: excluded).latent
+                entries[shard.first + latent] += 1
             }
         }
+        return entries
     }
 
     /// The corpus's windows in order: the dense shards one after another, or the latent cache's token matrix.
@@ -393,7 +383,7 @@ public enum Collector {
         try inputs.checkTokenCoverage()
         // Dense activations are checked while streaming (the first block sees every token before any write);
         // a latent cache is read per block of latents, so its values are all checked here.
-        try inputs.checkLatentEntries(exclusion: TokenExclusion(options: options, decoder: inputs.decoder))
+        let latentEntries = try inputs.checkLatentEntries(exclusion: TokenExclusion(options: options, decoder: inputs.decoder))
         var fingerprints: [InputFingerprint] = []
         if let sae = inputs.sae {
             for file in sae.files { fingerprints.append(try InputFingerprint.of(file: file.path, role: file.role)) }
@@ -408,20 +398,33 @@ public enum Collector {
         return CollectPlan(featureCount: inputs.featureCount, features: options.selection.features(featureCount: inputs.featureCount),
                            dIn: inputs.dIn, totalTokens: inputs.totalTokens, saeName: inputs.saeName, hookName: inputs.hookName,
                            modelName: inputs.modelName, fingerprints: fingerprints, neuronpediaID: inputs.sae?.config.neuronpediaID,
-                           splitsCheaply: inputs.sae.map { if case .topk = $0.config.architecture { false } else { true } } ?? false)
+                           splitsCheaply: inputs.sae.map { if case .topk = $0.config.architecture { false } else { true } } ?? false,
+                           latentEntries: latentEntries)
     }
 
     /// Estimated bytes one feature of a block holds at once: its window slots and statistics while streaming
     /// (twice: the previous block's are finished while this one streams), its encoder column and GEMM rows,
     /// and its finished record (token strings ~24 bytes each) before the write.
     public static func bytesPerFeature(_ options: CollectOptions, dIn: Int) -> Int {
-        let p = options.selectionParameters
-        let valueSlots = p.topCapacity + p.reservoirCapacity
-        let metadataSlots = valueSlots + p.heldoutRandom
+        let batch = max(options.windowSelection.windowLength, options.batchTokens)
+        return 2 * FeatureAccumulators.stateBytes(options.windowSelection, activeWindows: .max) + dIn * 4 + batch * 4
+            + recordBytes(options, storedWindows: .max)
+    }
+
+    /// Estimated bytes one latent of a latent cache with `entries` entries holds at once: it fires in at most
+    /// `entries` windows, so its state (twice, as in `bytesPerFeature`) and finished record are bounded by them,
+    /// plus its entries as read (value, location, token index, bucket, order: 40 bytes each).
+    public static func latentBytes(_ options: CollectOptions, entries: Int) -> Int {
+        let p = options.windowSelection
+        return 2 * FeatureAccumulators.stateBytes(p, activeWindows: entries)
+            + (entries > 0 ? recordBytes(options, storedWindows: entries + p.heldoutRandom) : 0) + entries * 40
+    }
+
+    /// A finished record's example windows (values and ~24-byte token strings), at most `storedWindows` of them.
+    static func recordBytes(_ options: CollectOptions, storedWindows: Int) -> Int {
+        let p = options.windowSelection
         let stored = p.explainTop + p.explainQuantile + p.heldoutTop + p.heldoutQuantile + p.heldoutRandom
-        let batch = max(options.windowLength, options.batchTokens)
-        return 2 * (valueSlots * options.windowLength * 4 + metadataSlots * 24 + (FeatureAccumulators.fineBins + 16) * 8)
-            + dIn * 4 + batch * 4 + stored * options.windowLength * (4 + 24)
+        return min(stored, storedWindows) * options.windowSelection.windowLength * (4 + 24)
     }
 
     /// `features` cut into the blocks collect streams and commits one at a time: at most
@@ -429,8 +432,24 @@ public enum Collector {
     /// does not grow with the block (code, tokenizer, batch buffers, SQLite's cache, the TopK thresholds).
     /// Where splitting is cheap, a large selection is cut into at least `pipelineBlocks` blocks of at least
     /// `pipelineBlockMinimum` features, so the writer overlaps the stream.
+    /// A latent cache is cut by what each latent's entries can need (`latentBytes`), so a wide cache of rarely
+    /// firing latents is one block (one read of its files) where the full per-feature state would need several.
     public static func blocks(of features: [Int], options: CollectOptions, plan: CollectPlan) -> [[Int]] {
         let budget = options.memoryBudgetMiB * 1_048_576 * 3 / 4
+        if !plan.latentEntries.isEmpty {
+            var blocks: [[Int]] = [], block: [Int] = [], used = 0.0
+            for feature in features {
+                let bytes = Double(latentBytes(options, entries: plan.latentEntries[feature]))
+                if !block.isEmpty && used + bytes > budget {
+                    blocks.append(block)
+                    block = []
+                    used = 0
+                }
+                block.append(feature)
+                used += bytes
+            }
+            return block.isEmpty ? blocks : blocks + [block]
+        }
         var size = max(1, Int(min(Double(Int.max / 2), budget / Double(bytesPerFeature(options, dIn: plan.dIn)))))
         if plan.splitsCheaply && options.pipelineBlocks > 1 {
             let pipelined = (features.count + options.pipelineBlocks - 1) / options.pipelineBlocks
@@ -478,7 +497,7 @@ public enum Collector {
                 commit.settings[JobSettingKey.featureCount] = String(plan.featureCount)
                 commit.settings[JobSettingKey.tokensCounted] = String(counted)
                 commit.settings[JobSettingKey.tokensExcluded] = String(excluded)
-                commit.settings[JobSettingKey.seed] = String(options.seed)
+                commit.settings[JobSettingKey.seed] = String(options.windowSelection.seed)
                 summary.tokens = counted
                 summary.excludedTokens = excluded
                 summary.blocks += 1
@@ -550,11 +569,11 @@ public enum Collector {
     /// One pass over the inputs filling `features`' streaming state; returns it with the number of excluded tokens.
     static func stream(_ inputs: CollectInputs, options: CollectOptions, features: [Int], kthByToken: [Float]?,
                        progress: (Int, Int) -> Void) throws(SAELabelError) -> (FeatureAccumulators, Int) {
-        let accumulators = FeatureAccumulators(features: features, parameters: options.selectionParameters)
+        let accumulators = FeatureAccumulators(features: features, parameters: options.windowSelection)
         if inputs.sae != nil {
             let excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
                 .run(progress: progress)
-            accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowLength))
+            accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowSelection.windowLength))
             return (accumulators, excluded)
         }
         return (accumulators, try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress))

@@ -38,7 +38,7 @@ struct DenseEncoder {
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
         let chunks = (rows + chunkRows - 1) / chunkRows
         let chunkOf = { (chunk: Int) in (chunk * chunkRows)..<min(rows, (chunk + 1) * chunkRows) }
-        let geometry = inputs.windowGeometry(window: options.windowLength)
+        let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
 
         return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
             let fill = encoded.fill
@@ -256,7 +256,7 @@ struct BatchStream {
     let options: CollectOptions
 
     static func batchSize(_ options: CollectOptions) -> Int {
-        max(options.windowLength, options.batchTokens / options.windowLength * options.windowLength)
+        max(options.windowSelection.windowLength, options.batchTokens / options.windowSelection.windowLength * options.windowSelection.windowLength)
     }
 
     /// Returns the number of excluded tokens.
@@ -267,7 +267,7 @@ struct BatchStream {
         if sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() }
         let normalization = sae.config.normalization
         let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
-        let window = options.windowLength
+        let window = options.windowSelection.windowLength
         let batch = Self.batchSize(options)
         let input = UnsafeMutablePointer<Float>.allocate(capacity: batch * dIn)
         let keep = UnsafeMutablePointer<Float>.allocate(capacity: batch)
@@ -385,9 +385,10 @@ struct LatentReader {
         guard let tokenShard = inputs.latents.first else { return 0 }
         let context = tokenShard.tokens.shape[1]
         let excludedTokens = inputs.excludedLatentTokens(TokenExclusion(options: options, decoder: inputs.decoder))
-        let window = options.windowLength
+        let window = options.windowSelection.windowLength
         let selected = accumulators.features
-        var valuesBuffer = [Float](repeating: 0, count: window)
+        let pointer = UnsafeMutablePointer<Float>.allocate(capacity: window)
+        defer { pointer.deallocate() }
         let geometry = inputs.windowGeometry(window: window)
         let windowsPerSequence = (context + window - 1) / window
         for (shardIndex, shard) in inputs.latents.enumerated() {
@@ -428,28 +429,27 @@ struct LatentReader {
             // O(latents × windows), and a latent with no entries is never touched.
             for bucket in 0..<(upper - lower) {
                 let slot = lower + bucket
-                let entries = sorted[bucketStart[bucket]..<bucketStart[bucket + 1]].sorted { flats[$0] < flats[$1] || (flats[$0] == flats[$1] && $0 < $1) }
-                var next = 0
-                valuesBuffer.withUnsafeMutableBufferPointer { buffer in
-                    let pointer = buffer.baseAddress!
-                    while next < entries.count {
-                        let flat = flats[entries[next]]
-                        let sequence = flat / context, start = (flat % context) / window * window
-                        let order = sequence * windowsPerSequence + start / window
-                        let length = min(window, context - start)
-                        let first = sequence * context + start
-                        for index in 0..<length { pointer[index] = 0 }
-                        while next < entries.count, flats[entries[next]] < first + length {
-                            let entry = entries[next]
-                            if !excludedTokens.contains(flats[entry]) { pointer[flats[entry] - first] = max(0, values[entry]) }
-                            next += 1
-                        }
-                        let peak = peakValue(pointer, length)
-                        if peak > 0 {
-                            accumulators.catchUp(slot, to: Int64(order), geometry: geometry)
-                            accumulators.observeActive(slot, values: pointer, length: length, peak: peak,
-                                                       sequence: sequence, start: start, order: Int64(order))
-                        }
+                // In place: a sorted slice per latent would be one allocation per latent.
+                sorted[bucketStart[bucket]..<bucketStart[bucket + 1]].sort { flats[$0] < flats[$1] || (flats[$0] == flats[$1] && $0 < $1) }
+                var next = bucketStart[bucket]
+                let end = bucketStart[bucket + 1]
+                while next < end {
+                    let flat = flats[sorted[next]]
+                    let sequence = flat / context, start = (flat % context) / window * window
+                    let order = sequence * windowsPerSequence + start / window
+                    let length = min(window, context - start)
+                    let first = sequence * context + start
+                    for index in 0..<length { pointer[index] = 0 }
+                    while next < end, flats[sorted[next]] < first + length {
+                        let entry = sorted[next]
+                        if !excludedTokens.contains(flats[entry]) { pointer[flats[entry] - first] = max(0, values[entry]) }
+                        next += 1
+                    }
+                    let peak = peakValue(pointer, length)
+                    if peak > 0 {
+                        accumulators.catchUp(slot, to: Int64(order), geometry: geometry)
+                        accumulators.observeActive(slot, values: pointer, length: length, peak: peak,
+                                                   sequence: sequence, start: start, order: Int64(order))
                     }
                 }
             }

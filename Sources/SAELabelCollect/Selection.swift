@@ -38,10 +38,9 @@ extension FeatureAccumulators {
         let fired = activeTokens[slot]
         let peak = maxima[slot]
         var coarse = [Int](repeating: 0, count: Self.histogramBins)
-        if fired > 0 {
-            let range = histogramRange[slot]
+        if fired > 0, let (range, histogram) = histogramCounts(slot) {
             for bin in 0..<Self.fineBins {
-                let count = Int(histogram[slot * Self.fineBins + bin])
+                let count = Int(histogram[bin])
                 guard count > 0 else { continue }
                 let center = (Float(bin) + 0.5) * range / Float(Self.fineBins)
                 let target = min(Self.histogramBins - 1, max(0, Int((center / peak * Float(Self.histogramBins)).rounded(.up)) - 1))
@@ -59,33 +58,29 @@ extension FeatureAccumulators {
         let p = parameters
 
         // Top windows, ranked by max (earlier first on ties), split between the sets by rank.
-        let topSlots = (0..<topCount[slot]).map { slot * top.capacity + $0 }
-            .sorted { top.maximum[$0] > top.maximum[$1] || (top.maximum[$0] == top.maximum[$1] && top.order[$0] < top.order[$1]) }
-        let topSplit = Self.partition(topSlots, explainQuota: p.explainTop, heldoutQuota: p.heldoutTop)
-        let topOrders = Set(topSlots.map { top.order[$0] })
+        let ranksBefore = { (a: KeptWindow, b: KeptWindow) in a.maximum > b.maximum || (a.maximum == b.maximum && a.order < b.order) }
+        let topKept = (0..<topCount[slot]).map { top.kept(slot, $0) }.sorted(by: ranksBefore)
+        let topSplit = Self.partition(topKept, explainQuota: p.explainTop, heldoutQuota: p.heldoutTop)
+        let topOrders = Set(topKept.map(\.order))
 
         // Quantile windows: the reservoir minus the top windows, ranked, partitioned into two pools, binned.
-        let seen = reservoirState[slot].seen
-        let kept = min(seen, reservoir.capacity)
-        let rankedReservoir = (0..<kept).map { slot * reservoir.capacity + $0 }
-            .filter { !topOrders.contains(reservoir.order[$0]) }
-            .sorted { reservoir.maximum[$0] > reservoir.maximum[$1] || (reservoir.maximum[$0] == reservoir.maximum[$1] && reservoir.order[$0] < reservoir.order[$1]) }
+        let (reservoirSlots, reservoirKept) = reservoirWindows(slot)
+        let rankedReservoir = reservoirKept.filter { !topOrders.contains($0.order) }
+            .sorted(by: ranksBefore)
         let pools = Self.partition(rankedReservoir, explainQuota: p.explainQuantile, heldoutQuota: p.heldoutQuantile)
         var generator = SplitMix64(seed: p.seed, feature: feature, purpose: 2)
         let explainQuantile = Self.quantileSample(pools.explain, count: p.explainQuantile, generator: &generator)
         let heldoutQuantile = Self.quantileSample(pools.heldout, count: p.heldoutQuantile, generator: &generator)
 
-        let randomKept = min(randomState[slot].seen, random.capacity)
-        let randomSlots = (0..<randomKept).map { slot * random.capacity + $0 }.sorted { random.order[$0] < random.order[$1] }
+        let randomKept = (0..<min(randomState[slot].seen, random.capacity)).map { random.kept(slot, $0) }.sorted { $0.order < $1.order }
 
-        func window(_ slots: WindowSlots, _ index: Int, _ kind: ExampleKind) -> ActivationWindow {
-            let sequence = Int(slots.sequence[index]), start = Int(slots.start[index]), length = Int(slots.length[index])
-            return ActivationWindow(tokens: tokens(sequence, start, length), activations: slots.windowValues(slot: index),
-                                    kind: kind, sequence: sequence, start: start)
+        func window(_ slots: WindowSlots, _ kept: KeptWindow, _ kind: ExampleKind) -> ActivationWindow {
+            ActivationWindow(tokens: tokens(kept.sequence, kept.start, kept.length), activations: slots.values(slot, kept.index),
+                             kind: kind, sequence: kept.sequence, start: kept.start)
         }
-        let explain = topSplit.explain.map { window(top, $0, .top) } + explainQuantile.map { window(reservoir, $0, .quantile) }
-        let heldout = topSplit.heldout.map { window(top, $0, .top) } + heldoutQuantile.map { window(reservoir, $0, .quantile) }
-            + randomSlots.map { window(random, $0, .random) }
+        let explain = topSplit.explain.map { window(top, $0, .top) } + explainQuantile.map { window(reservoirSlots, $0, .quantile) }
+        let heldout = topSplit.heldout.map { window(top, $0, .top) } + heldoutQuantile.map { window(reservoirSlots, $0, .quantile) }
+            + randomKept.map { window(random, $0, .random) }
         let windows = activeWindows[slot]
         if windows < p.minActivatingWindows {
             return CollectedFeature(index: feature, state: .sparse, statistics: statistics, explain: explain, heldout: heldout,

@@ -1,19 +1,22 @@
 import Foundation
 import SAELabelCore
 
-/// How many windows of each kind a feature keeps, and the window geometry.
-public struct SelectionParameters: Sendable {
+/// How many windows of each kind a feature keeps, and the window geometry. Defaults follow the project's
+/// brief (SPEC §3).
+public struct SelectionParameters: Sendable, Equatable {
+    /// Windows are non-overlapping blocks of this many tokens of each sequence, aligned at position 0.
     public var windowLength: Int
     public var explainTop: Int
     public var explainQuantile: Int
     public var heldoutTop: Int
     public var heldoutQuantile: Int
     public var heldoutRandom: Int
+    /// A feature that fires in fewer windows is stored as `.sparse`.
     public var minActivatingWindows: Int
     public var seed: UInt64
 
-    public init(windowLength: Int, explainTop: Int, explainQuantile: Int, heldoutTop: Int, heldoutQuantile: Int,
-                heldoutRandom: Int, minActivatingWindows: Int, seed: UInt64) {
+    public init(windowLength: Int = 32, explainTop: Int = 10, explainQuantile: Int = 10, heldoutTop: Int = 5,
+                heldoutQuantile: Int = 5, heldoutRandom: Int = 5, minActivatingWindows: Int = 10, seed: UInt64 = 0) {
         self.windowLength = windowLength
         self.explainTop = explainTop
         self.explainQuantile = explainQuantile
@@ -32,66 +35,203 @@ public struct SelectionParameters: Sendable {
     }
 }
 
-/// A fixed number of window slots per feature: where each window came from, its max, and (optionally) its values,
-/// kept as float32 so stored examples hold the raw activations (with Float16, values above 65,504 were stored as 0).
+/// One window a feature keeps: its slot among the feature's slots, where it came from, its max and its order.
+public struct KeptWindow: Sendable, Equatable {
+    public var index: Int
+    public var sequence: Int
+    public var start: Int
+    public var length: Int
+    public var maximum: Float
+    public var order: Int64
+}
+
+/// Up to `capacity` window slots per feature: where each window came from, its max, its order and (optionally)
+/// its values, kept as float32 so stored examples hold the raw activations (with Float16, values above 65,504
+/// were stored as 0).
+///
+/// A feature's slots are one allocation of fixed-size records, made when it keeps its first window and doubled
+/// as it keeps more (`reservation`): every heap and reservoir fills its slots 0, 1, 2, … before replacing any,
+/// so a latent that fires in 8 windows holds 8 slots, not `capacity`, and a feature that keeps nothing holds none.
 public final class WindowSlots {
     public let capacity: Int
     public let window: Int
-    public let sequence: UnsafeMutablePointer<Int32>
-    public let start: UnsafeMutablePointer<Int32>
-    public let length: UnsafeMutablePointer<Int32>
-    public let maximum: UnsafeMutablePointer<Float>
-    public let order: UnsafeMutablePointer<Int64>
-    public let values: UnsafeMutablePointer<Float>?
+    /// Bytes per record: order (Int64), sequence, start, length (Int32), max (Float), then the window's values
+    /// when they are kept; a multiple of 8 so every record's order is aligned.
+    public let stride: Int
+    let storesValues: Bool
+    let features: Int
+    /// Per feature, its records (nil until its first window) and how many it has room for.
+    private let records: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    private let reserved: UnsafeMutablePointer<Int32>
+    private let arena: SlotArena
+
+    /// Slots a feature's first allocation holds.
+    public static let firstReservation = 4
 
     init(features: Int, capacity: Int, window: Int, storesValues: Bool) {
         self.capacity = capacity
         self.window = window
-        let slots = max(1, features * capacity)
-        sequence = .allocate(capacity: slots)
-        start = .allocate(capacity: slots)
-        length = .allocate(capacity: slots)
-        maximum = .allocate(capacity: slots)
-        order = .allocate(capacity: slots)
-        values = storesValues ? .allocate(capacity: slots * window) : nil
+        self.storesValues = storesValues
+        self.features = max(1, features)
+        stride = Self.recordBytes(window: window, storesValues: storesValues)
+        records = zeroed(self.features)
+        reserved = zeroed(self.features)
+        arena = SlotArena(stride: stride)
     }
 
     deinit {
-        sequence.deallocate(); start.deallocate(); length.deallocate(); maximum.deallocate(); order.deallocate()
-        values?.deallocate()
+        free(records)
+        free(reserved)
+    }
+
+    public static func recordBytes(window: Int, storesValues: Bool) -> Int {
+        (24 + (storesValues ? window * 4 : 0) + 7) / 8 * 8
+    }
+
+    /// Slots reserved for a feature that has filled `count` of `capacity`: the first reservation doubled until it
+    /// holds `count`, never more than `capacity` (0 for 0).
+    public static func reservation(for count: Int, capacity: Int) -> Int {
+        let needed = min(count, capacity)
+        guard needed > 0 else { return 0 }
+        var slots = min(capacity, firstReservation)
+        while slots < needed { slots = min(capacity, slots * 2) }
+        return slots
+    }
+
+    /// Slots `feature` has room for (for tests and memory estimates).
+    public func reservedSlots(_ feature: Int) -> Int { Int(reserved[feature]) }
+
+    @inline(__always)
+    fileprivate func record(_ feature: Int, _ index: Int) -> UnsafeMutableRawPointer {
+        records[feature].unsafelyUnwrapped + index * stride
+    }
+
+    private func grow(_ feature: Int, toHold count: Int) {
+        let slots = Self.reservation(for: count, capacity: capacity)
+        let moved = arena.take(slots: slots)
+        let old = Int(reserved[feature])
+        if let previous = records[feature] {
+            moved.copyMemory(from: previous, byteCount: old * stride)
+            arena.give(previous, slots: old)
+        }
+        records[feature] = moved
+        reserved[feature] = Int32(slots)
     }
 
     @inline(__always)
-    func store(slot: Int, sequence seq: Int, start position: Int, length count: Int, maximum peak: Float, order ordinal: Int64,
-               values source: UnsafePointer<Float>?) {
-        sequence[slot] = Int32(truncatingIfNeeded: seq)
-        start[slot] = Int32(truncatingIfNeeded: position)
-        length[slot] = Int32(count)
-        maximum[slot] = peak
-        order[slot] = ordinal
-        if let values, let source {
-            let destination = values + slot * window
-            destination.update(from: source, count: count)
+    func store(_ feature: Int, _ index: Int, sequence seq: Int, start position: Int, length count: Int, maximum peak: Float,
+               order ordinal: Int64, values source: UnsafePointer<Float>?) {
+        if index >= Int(reserved[feature]) { grow(feature, toHold: index + 1) }
+        let target = record(feature, index)
+        target.storeBytes(of: ordinal, as: Int64.self)
+        target.storeBytes(of: Int32(truncatingIfNeeded: seq), toByteOffset: 8, as: Int32.self)
+        target.storeBytes(of: Int32(truncatingIfNeeded: position), toByteOffset: 12, as: Int32.self)
+        target.storeBytes(of: Int32(count), toByteOffset: 16, as: Int32.self)
+        target.storeBytes(of: peak, toByteOffset: 20, as: Float.self)
+        if storesValues, let source {
+            (target + 24).copyMemory(from: source, byteCount: count * 4)
         }
     }
 
     @inline(__always)
-    func swapSlots(_ a: Int, _ b: Int) {
-        sequence.swapAt(a, b); start.swapAt(a, b); length.swapAt(a, b); maximum.swapAt(a, b); order.swapAt(a, b)
-        if let values {
-            let first = values + a * window, second = values + b * window
-            for index in 0..<window {
-                let saved = first[index]
-                first[index] = second[index]
-                second[index] = saved
-            }
+    func swap(_ feature: Int, _ a: Int, _ b: Int) {
+        let first = record(feature, a), second = record(feature, b)
+        for offset in Swift.stride(from: 0, to: stride, by: 8) {
+            let saved = first.load(fromByteOffset: offset, as: UInt64.self)
+            first.storeBytes(of: second.load(fromByteOffset: offset, as: UInt64.self), toByteOffset: offset, as: UInt64.self)
+            second.storeBytes(of: saved, toByteOffset: offset, as: UInt64.self)
         }
     }
 
-    public func windowValues(slot: Int) -> [Float] {
-        let count = Int(length[slot])
-        guard let values else { return [Float](repeating: 0, count: count) }
-        return Array(UnsafeBufferPointer(start: values + slot * window, count: count))
+    @inline(__always)
+    public func maximum(_ feature: Int, _ index: Int) -> Float { record(feature, index).load(fromByteOffset: 20, as: Float.self) }
+
+    @inline(__always)
+    public func order(_ feature: Int, _ index: Int) -> Int64 { record(feature, index).load(as: Int64.self) }
+
+    /// Slot `index`'s values (a record of slots that keep values) and their count.
+    @inline(__always)
+    func valuesPointer(_ feature: Int, _ index: Int) -> (UnsafePointer<Float>, Int) {
+        let source = record(feature, index)
+        return (UnsafePointer((source + 24).assumingMemoryBound(to: Float.self)), Int(source.load(fromByteOffset: 16, as: Int32.self)))
+    }
+
+    /// Copies record `index` of `feature` in `other` (same window length, values kept by both) to slot `target`.
+    func copy(from other: WindowSlots, _ feature: Int, _ index: Int, to target: Int) {
+        if target >= Int(reserved[feature]) { grow(feature, toHold: target + 1) }
+        let source = other.record(feature, index)
+        let count = Int(source.load(fromByteOffset: 16, as: Int32.self))
+        record(feature, target).copyMemory(from: source, byteCount: 24 + (storesValues ? count * 4 : 0))
+    }
+
+    /// Slot `index` of `feature` (filled: below the count its heap or reservoir kept).
+    public func kept(_ feature: Int, _ index: Int) -> KeptWindow {
+        let source = record(feature, index)
+        return KeptWindow(index: index, sequence: Int(source.load(fromByteOffset: 8, as: Int32.self)),
+                          start: Int(source.load(fromByteOffset: 12, as: Int32.self)),
+                          length: Int(source.load(fromByteOffset: 16, as: Int32.self)),
+                          maximum: source.load(fromByteOffset: 20, as: Float.self), order: source.load(as: Int64.self))
+    }
+
+    /// The values of slot `index` of `feature` (zeros when this kind of slot keeps none).
+    public func values(_ feature: Int, _ index: Int) -> [Float] {
+        let source = record(feature, index)
+        let count = Int(source.load(fromByteOffset: 16, as: Int32.self))
+        guard storesValues else { return [Float](repeating: 0, count: count) }
+        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            UnsafeMutableRawPointer(buffer.baseAddress!).copyMemory(from: source + 24, byteCount: count * 4)
+            initialized = count
+        }
+    }
+}
+
+/// Where window slots live: large chunks cut into runs of records, so a feature's first window and each
+/// doubling cost no malloc (per-feature mallocs from worker threads spent much of a wide latent cache's time
+/// growing glibc's thread heaps). A run given back when its feature outgrows it is reused by the next feature
+/// that needs that many slots, so the doubling wastes at most one run per size in use. Thread-safe: features
+/// of one `WindowSlots` grow on several threads at once (`FeaturePass`).
+final class SlotArena: @unchecked Sendable {
+    private let stride: Int
+    private let lock = NSLock()
+    private var chunks: [UnsafeMutableRawPointer] = []
+    private var cursor: UnsafeMutableRawPointer?
+    private var remaining = 0
+    /// Runs given back, by slot count: each run's first 8 bytes link to the next.
+    private var released: [Int: UnsafeMutableRawPointer] = [:]
+    static let chunkBytes = 4 << 20
+
+    init(stride: Int) { self.stride = stride }
+
+    deinit { for chunk in chunks { free(chunk) } }
+
+    /// A run of `slots` records (uninitialized).
+    func take(slots: Int) -> UnsafeMutableRawPointer {
+        let bytes = slots * stride
+        lock.lock()
+        defer { lock.unlock() }
+        if let run = released[slots] {
+            released[slots] = run.load(as: UnsafeMutableRawPointer?.self)
+            return run
+        }
+        if bytes > remaining {
+            let size = max(Self.chunkBytes, bytes)
+            guard let chunk = malloc(size) else { fatalError("out of memory reserving \(slots) window slots") }
+            chunks.append(chunk)
+            cursor = chunk
+            remaining = size
+        }
+        let run = cursor.unsafelyUnwrapped
+        cursor = run + bytes
+        remaining -= bytes
+        return run
+    }
+
+    /// Gives back a run `take(slots:)` returned, for the next feature that needs as many slots.
+    func give(_ run: UnsafeMutableRawPointer, slots: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        run.storeBytes(of: released[slots], as: UnsafeMutableRawPointer?.self)
+        released[slots] = run
     }
 }
 
@@ -99,12 +239,6 @@ public final class WindowSlots {
 func zeroed<T>(_ count: Int) -> UnsafeMutablePointer<T> {
     guard let raw = calloc(max(1, count), MemoryLayout<T>.stride) else { fatalError("out of memory allocating \(count) × \(T.self)") }
     return raw.bindMemory(to: T.self, capacity: max(1, count))
-}
-
-private extension UnsafeMutablePointer {
-    @inline(__always) func swapAt(_ i: Int, _ j: Int) {
-        let t = self[i]; self[i] = self[j]; self[j] = t
-    }
 }
 
 /// Bounded, one-pass per-feature state (memory ∝ selected features × windows kept, never corpus size):
@@ -125,7 +259,10 @@ public final class FeatureAccumulators: @unchecked Sendable {
     public let activeWindows: UnsafeMutablePointer<Int>
     /// Per-feature fine histogram over (0, range], range a power of two ≥ the running max (bins merge pairwise as it grows).
     public let histogramRange: UnsafeMutablePointer<Float>
-    public let histogram: UnsafeMutablePointer<UInt32>
+    /// Its bins (`fineBins` counts), nil until the feature first fires: taken from an arena then, so only
+    /// firing features pay the 1 KiB, and it is written before it is read (one page fault per page, not two).
+    private let histograms: UnsafeMutablePointer<UnsafeMutablePointer<UInt32>?>
+    private let histogramArena = SlotArena(stride: fineBins * MemoryLayout<UInt32>.stride)
     public let top: WindowSlots
     public let topCount: UnsafeMutablePointer<Int>
     public let reservoir: WindowSlots
@@ -142,9 +279,20 @@ public final class FeatureAccumulators: @unchecked Sendable {
         var weight = 0.0
     }
 
-    public init(features: [Int], parameters: SelectionParameters) {
+    /// While a feature has fired in at most `topCapacity` windows, its top heap holds every one of them, so its
+    /// reservoir (which would hold the same windows, in corpus order) and its histogram are not written: they
+    /// are built from the heap when its next window arrives (`settle`), or read from it at the end
+    /// (`reservoirWindows`, `histogramCounts`). A wide SAE's many latents that fire a few times then hold one
+    /// copy of their windows instead of two plus a histogram. Only when the reservoir can hold the whole heap.
+    public let defersToTop: Bool
+
+    /// `defersToTop: false` writes every window to the reservoir and histogram as it comes (the reference the
+    /// deferral is tested against).
+    public init(features: [Int], parameters: SelectionParameters, defersToTop: Bool = true) {
         self.features = features
         self.parameters = parameters
+        self.defersToTop = defersToTop && parameters.topCapacity > 0
+            && (parameters.reservoirCapacity == 0 || parameters.reservoirCapacity >= parameters.topCapacity)
         let n = max(1, features.count)
         // Zeroed by calloc: large arrays come as untouched zero pages, so a feature that never fires costs no
         // memory and no time (its state is first written when it first fires, `catchUp`).
@@ -153,7 +301,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         maxima = zeroed(n)
         activeWindows = zeroed(n)
         histogramRange = zeroed(n)
-        histogram = zeroed(n * Self.fineBins)
+        histograms = zeroed(n)
         top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true)
         topCount = zeroed(n)
         reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
@@ -167,11 +315,97 @@ public final class FeatureAccumulators: @unchecked Sendable {
     deinit {
         for pointer in [UnsafeMutableRawPointer(activeTokens), UnsafeMutableRawPointer(sums), UnsafeMutableRawPointer(maxima),
                         UnsafeMutableRawPointer(activeWindows), UnsafeMutableRawPointer(histogramRange),
-                        UnsafeMutableRawPointer(histogram), UnsafeMutableRawPointer(topCount),
+                        UnsafeMutableRawPointer(histograms), UnsafeMutableRawPointer(topCount),
                         UnsafeMutableRawPointer(reservoirState), UnsafeMutableRawPointer(randomState),
                         UnsafeMutableRawPointer(generators), UnsafeMutableRawPointer(started)] {
             free(pointer)
         }
+    }
+
+    /// Bytes one feature's streaming state holds once it fired in `activeWindows` windows (and missed enough
+    /// others to fill its random reservoir): the per-feature entries every feature has, plus, once it fired, its
+    /// histogram and the window slots it reserved (`WindowSlots.reservation`).
+    public static func stateBytes(_ parameters: SelectionParameters, activeWindows: Int) -> Int {
+        let everyFeature = 4 * 8 + 2 * 4 + 2 * MemoryLayout<ReservoirState>.stride + MemoryLayout<SplitMix64>.stride + 1 + 3 * (8 + 4)
+        guard activeWindows > 0 else { return everyFeature }
+        let window = parameters.windowLength
+        let valued = WindowSlots.recordBytes(window: window, storesValues: true)
+        // Counted as if deferring to the top heap (`defersToTop`) never happened: an upper bound either way.
+        let activeSlots = WindowSlots.reservation(for: activeWindows, capacity: parameters.topCapacity)
+            + WindowSlots.reservation(for: activeWindows, capacity: parameters.reservoirCapacity)
+        let randomSlots = WindowSlots.reservation(for: parameters.heldoutRandom, capacity: parameters.heldoutRandom)
+        return everyFeature + fineBins * MemoryLayout<UInt32>.stride + activeSlots * valued
+            + randomSlots * WindowSlots.recordBytes(window: window, storesValues: false)
+    }
+
+    @inline(__always)
+    private func histogramBins(_ slot: Int) -> UnsafeMutablePointer<UInt32> {
+        if let bins = histograms[slot] { return bins }
+        let bins = histogramArena.take(slots: 1).bindMemory(to: UInt32.self, capacity: Self.fineBins)
+        bins.initialize(repeating: 0, count: Self.fineBins)
+        histograms[slot] = bins
+        return bins
+    }
+
+    /// Whether `slot` fired and its reservoir and histogram are still deferred to its top heap.
+    @inline(__always)
+    func isDeferred(_ slot: Int) -> Bool { defersToTop && histograms[slot] == nil }
+
+    /// The top heap's slots in corpus order (while deferred: the windows the reservoir would hold, in its order).
+    private func topByOrder(_ slot: Int) -> [Int] {
+        (0..<topCount[slot]).sorted { top.order(slot, $0) < top.order(slot, $1) }
+    }
+
+    /// Ends the deferral of `slot` (`defersToTop`): its histogram and reservoir are built from the heap, which
+    /// holds every window it fired in so far, as the window-by-window pass would have left them. The histogram
+    /// has the same counts whatever the order: a value's bin at range 2R is its bin at R halved, which is what
+    /// growing the range does to the bins.
+    func settle(_ slot: Int) {
+        guard isDeferred(slot), activeWindows[slot] > 0 else { return }
+        let windows = topByOrder(slot)
+        histogramRange[slot] = Self.grownRange(maxima[slot])
+        fillHistogram(histogramBins(slot), slot: slot, windows: windows)
+        if reservoir.capacity > 0 {
+            for (index, heapSlot) in windows.enumerated() { reservoir.copy(from: top, slot, heapSlot, to: index) }
+        }
+    }
+
+    /// The range the window-by-window pass reaches for a feature whose largest window max is `peak`: the
+    /// smallest power of two at or above it, whatever the first window was (`firstRange`, doubled).
+    static func grownRange(_ peak: Float) -> Float {
+        var range = firstRange(peak)
+        while range < peak { range *= 2 }
+        return range
+    }
+
+    private func fillHistogram(_ bins: UnsafeMutablePointer<UInt32>, slot: Int, windows: [Int]) {
+        let scale = Float(Self.fineBins) / histogramRange[slot]
+        for heapSlot in windows {
+            let (values, length) = top.valuesPointer(slot, heapSlot)
+            for index in 0..<length where values[index] > 0 { bins[Self.bin(values[index], scale: scale)] &+= 1 }
+        }
+    }
+
+    /// Feature `slot`'s histogram range and fine counts (`fineBins` counts over (0, range]); nil if it never fired.
+    public func histogramCounts(_ slot: Int) -> (range: Float, counts: [UInt32])? {
+        guard activeWindows[slot] > 0 || histograms[slot] != nil else { return nil }
+        if let bins = histograms[slot] { return (histogramRange[slot], Array(UnsafeBufferPointer(start: bins, count: Self.fineBins))) }
+        let range = Self.grownRange(maxima[slot])
+        var counts = [UInt32](repeating: 0, count: Self.fineBins)
+        let scale = Float(Self.fineBins) / range
+        for heapSlot in topByOrder(slot) {
+            let (values, length) = top.valuesPointer(slot, heapSlot)
+            for index in 0..<length where values[index] > 0 { counts[Self.bin(values[index], scale: scale)] &+= 1 }
+        }
+        return (range, counts)
+    }
+
+    /// The activating windows `slot`'s reservoir holds, in its slot order, with the slots to read their values from.
+    public func reservoirWindows(_ slot: Int) -> (slots: WindowSlots, windows: [KeptWindow]) {
+        if isDeferred(slot) {
+            return (top, topByOrder(slot).map { top.kept(slot, $0) })
+        }
+        return (reservoir, (0..<min(reservoirState[slot].seen, reservoir.capacity)).map { reservoir.kept(slot, $0) })
     }
 
     /// Whether feature `slot` has any state yet (it fired, or windows were fed to it directly).
@@ -215,20 +449,29 @@ public final class FeatureAccumulators: @unchecked Sendable {
     @inline(__always)
     public func observeActive(_ slot: Int, values: UnsafePointer<Float>, length: Int, peak: Float,
                               sequence: Int, start: Int, order: Int64) {
+        if activeWindows[slot] == parameters.topCapacity { settle(slot) }
+        let deferred = isDeferred(slot)
+
         // Statistics.
-        var range = histogramRange[slot]
-        if peak > range { range = growHistogram(slot, to: peak) }
-        let bins = histogram + slot * Self.fineBins
-        let scale = Float(Self.fineBins) / range
         var fired = 0
         var sum = 0.0
-        for index in 0..<length {
-            let value = values[index]
-            if value > 0 {
+        if deferred {
+            for index in 0..<length where values[index] > 0 {
                 fired += 1
-                sum += Double(value)
-                let bin = min(Self.fineBins - 1, max(0, Int((value * scale).rounded(.up)) - 1))
-                bins[bin] &+= 1
+                sum += Double(values[index])
+            }
+        } else {
+            var range = histogramRange[slot]
+            if peak > range { range = growHistogram(slot, to: peak) }
+            let bins = histogramBins(slot)
+            let scale = Float(Self.fineBins) / range
+            for index in 0..<length {
+                let value = values[index]
+                if value > 0 {
+                    fired += 1
+                    sum += Double(value)
+                    bins[Self.bin(value, scale: scale)] &+= 1
+                }
             }
         }
         activeTokens[slot] += fired
@@ -240,24 +483,22 @@ public final class FeatureAccumulators: @unchecked Sendable {
         // with an equal max never displaces an earlier one, so ties resolve to the earliest window.
         let capacity = top.capacity
         if capacity > 0 {
-            let base = slot * capacity
             let count = topCount[slot]
             if count < capacity {
-                top.store(slot: base + count, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
+                top.store(slot, count, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
                 topCount[slot] = count + 1
-                siftUp(base: base, index: count)
-            } else if peak > top.maximum[base] {
-                top.store(slot: base, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
-                siftDown(base: base, count: capacity)
+                siftUp(slot, index: count)
+            } else if peak > top.maximum(slot, 0) {
+                top.store(slot, 0, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
+                siftDown(slot, count: capacity)
             }
         }
 
         // Reservoir of activating windows.
         let reservoirCapacity = reservoir.capacity
         if reservoirCapacity > 0 {
-            let base = slot * reservoirCapacity
-            if let target = admit(state: reservoirState + slot, capacity: reservoirCapacity, generator: generator(slot)) {
-                reservoir.store(slot: base + target, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
+            if let target = admit(state: reservoirState + slot, capacity: reservoirCapacity, generator: generator(slot)), !deferred {
+                reservoir.store(slot, target, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
             }
         }
     }
@@ -273,7 +514,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
             return
         }
         if let target = admit(state: state, capacity: capacity, generator: generator(slot)) {
-            random.store(slot: slot * capacity + target, sequence: sequence, start: start, length: length, maximum: 0, order: order, values: nil)
+            random.store(slot, target, sequence: sequence, start: start, length: length, maximum: 0, order: order, values: nil)
         }
     }
 
@@ -300,7 +541,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
             let order = firstOrder + Int64(done)
             let window = place(order)
             if let target = admit(state: state, capacity: capacity, generator: generator(slot)) {
-                random.store(slot: slot * capacity + target, sequence: window.sequence, start: window.start, length: window.length,
+                random.store(slot, target, sequence: window.sequence, start: window.start, length: window.length,
                              maximum: 0, order: order, values: nil)
             }
             done += 1
@@ -335,41 +576,50 @@ public final class FeatureAccumulators: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func weaker(_ a: Int, _ b: Int) -> Bool {
-        let ma = top.maximum[a], mb = top.maximum[b]
-        return ma < mb || (ma == mb && top.order[a] > top.order[b])
+    private func weaker(_ slot: Int, _ a: Int, _ b: Int) -> Bool {
+        let ma = top.maximum(slot, a), mb = top.maximum(slot, b)
+        return ma < mb || (ma == mb && top.order(slot, a) > top.order(slot, b))
     }
 
-    private func siftUp(base: Int, index: Int) {
+    private func siftUp(_ slot: Int, index: Int) {
         var child = index
         while child > 0 {
             let parent = (child - 1) / 2
-            guard weaker(base + child, base + parent) else { break }
-            top.swapSlots(base + child, base + parent)
+            guard weaker(slot, child, parent) else { break }
+            top.swap(slot, child, parent)
             child = parent
         }
     }
 
-    private func siftDown(base: Int, count: Int) {
+    private func siftDown(_ slot: Int, count: Int) {
         var parent = 0
         while true {
             let left = 2 * parent + 1
             guard left < count else { break }
             var weakest = left
-            if left + 1 < count, weaker(base + left + 1, base + left) { weakest = left + 1 }
-            guard weaker(base + weakest, base + parent) else { break }
-            top.swapSlots(base + weakest, base + parent)
+            if left + 1 < count, weaker(slot, left + 1, left) { weakest = left + 1 }
+            guard weaker(slot, weakest, parent) else { break }
+            top.swap(slot, weakest, parent)
             parent = weakest
         }
     }
 
+    /// A histogram's range before its first growth: the power of two at or below `peak` (at least the
+    /// smallest normal), doubled by `growHistogram` up to the peak.
+    static func firstRange(_ peak: Float) -> Float {
+        let smallestNormal = Float(bitPattern: 0x0080_0000)
+        return peak.isFinite ? max(smallestNormal, Float(sign: .plus, exponent: peak.exponent, significand: 1)) : smallestNormal
+    }
+
+    @inline(__always)
+    static func bin(_ value: Float, scale: Float) -> Int {
+        min(fineBins - 1, max(0, Int((value * scale).rounded(.up)) - 1))
+    }
+
     private func growHistogram(_ slot: Int, to peak: Float) -> Float {
         var range = histogramRange[slot]
-        let bins = histogram + slot * Self.fineBins
-        if range == 0 {
-            range = Float(bitPattern: 0x0080_0000)  // smallest normal; doubled below up to peak
-            if peak.isFinite { range = max(range, Float(sign: .plus, exponent: peak.exponent, significand: 1)) }
-        }
+        let bins = histogramBins(slot)
+        if range == 0 { range = Self.firstRange(peak) }
         while range < peak {
             let half = Self.fineBins / 2
             for index in 0..<half { bins[index] = bins[2 * index] &+ bins[2 * index + 1] }

@@ -48,14 +48,14 @@ public enum Pipeline {
         var options = CollectOptions(saeDirectory: config.inputs.sae, activationFiles: config.inputs.activations,
                                      latentsDirectory: config.inputs.latents, tokenizerPath: config.inputs.tokenizer)
         options.selection = selection
-        options.seed = config.seed
-        options.windowLength = config.collect.window
-        options.explainTop = config.collect.explainTop
-        options.explainQuantile = config.collect.explainQuantile
-        options.heldoutTop = config.collect.heldoutTop
-        options.heldoutQuantile = config.collect.heldoutQuantile
-        options.heldoutRandom = config.collect.heldoutRandom
-        options.minActivatingWindows = config.collect.minActivatingWindows
+        options.windowSelection.seed = config.seed
+        options.windowSelection.windowLength = config.collect.window
+        options.windowSelection.explainTop = config.collect.explainTop
+        options.windowSelection.explainQuantile = config.collect.explainQuantile
+        options.windowSelection.heldoutTop = config.collect.heldoutTop
+        options.windowSelection.heldoutQuantile = config.collect.heldoutQuantile
+        options.windowSelection.heldoutRandom = config.collect.heldoutRandom
+        options.windowSelection.minActivatingWindows = config.collect.minActivatingWindows
         options.excludeSpecialTokens = config.collect.excludeSpecialTokens
         options.excludePositions = config.collect.excludePositions
         options.excludeNormAbove = config.collect.excludeNormAbove.map { Float($0) }
@@ -107,9 +107,10 @@ public enum Pipeline {
     /// silently mix old and new selections, so they are checked like the input files.
     static func selectionSettings(_ options: CollectOptions) -> String {
         let exclusion = options.excludeNormAbove.map { "\($0)" } ?? "none"
-        return "seed=\(options.seed) window=\(options.windowLength) explain=\(options.explainTop)+\(options.explainQuantile) "
-            + "heldout=\(options.heldoutTop)+\(options.heldoutQuantile)+\(options.heldoutRandom) "
-            + "min_windows=\(options.minActivatingWindows) special=\(options.excludeSpecialTokens) "
+        let kept = options.windowSelection
+        return "seed=\(kept.seed) window=\(kept.windowLength) explain=\(kept.explainTop)+\(kept.explainQuantile) "
+            + "heldout=\(kept.heldoutTop)+\(kept.heldoutQuantile)+\(kept.heldoutRandom) "
+            + "min_windows=\(kept.minActivatingWindows) special=\(options.excludeSpecialTokens) "
             + "positions=\(options.excludePositions) norm_above=\(exclusion)"
     }
 

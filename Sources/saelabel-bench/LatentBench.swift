@@ -17,8 +17,8 @@ func runLatentBenchmark(tokens requestedTokens: Int, widths: [Int], perToken: In
     let directory = (NSTemporaryDirectory() as NSString).appendingPathComponent("saelabel-latent-bench-\(getpid())")
     defer { try? FileManager.default.removeItem(atPath: directory) }
     print("latent benchmark: \(tokens) tokens (\(sequences) × \(context)), \(perToken) latents firing per token; load average \(loadAverage())")
-    print("| width | non-zeros | stream s | s / s at first width |")
-    print("|---:|---:|---:|---:|")
+    print("| width | non-zeros | blocks | stream s | s / s at first width | peak RSS so far |")
+    print("|---:|---:|---:|---:|---:|---:|")
     var first: Double?
     for width in widths {
         let cache = (directory as NSString).appendingPathComponent("w\(width)/blocks.6")
@@ -32,7 +32,8 @@ func runLatentBenchmark(tokens requestedTokens: Int, widths: [Int], perToken: In
             let summary = try Collector.streamOnly(options, plan: plan)
             let base = first ?? summary.streamSeconds
             first = base
-            print(String(format: "| %d | %d | %.2f | %.2f× |", width, tokens * perToken, summary.streamSeconds, summary.streamSeconds / base))
+            print(String(format: "| %d | %d | %d | %.2f | %.2f× | %.0f MiB |", width, tokens * perToken, summary.blocks, summary.streamSeconds,
+                         summary.streamSeconds / base, Double(peakRSSKiB()) / 1024))
         } catch {
             print("latent benchmark failed at width \(width): \(error)")
             exit(1)

@@ -104,8 +104,8 @@ struct Collect: AsyncParsableCommand {
         guard window > 0 else { throw SAELabelError.usage("--window must be > 0") }
         var options = CollectOptions(saeDirectory: sae, activationFiles: activations, latentsDirectory: latents, tokenizerPath: tokenizer)
         options.selection = try selection.selection()
-        options.seed = seed
-        options.windowLength = window
+        options.windowSelection.seed = seed
+        options.windowSelection.windowLength = window
         options.excludePositions = excludePositions
         options.excludeNormAbove = excludeNormAbove
         options.memoryBudgetMiB = memory ?? MemoryBudget.defaultMiB

@@ -67,10 +67,10 @@ func key(_ window: ActivationWindow) -> String { "\(window.sequence):\(window.st
         let sae = TestSAE.random(dIn: 16, dSAE: 24, architecture: architecture, seed: 7, dtype: saeDType)
         let corpus = TestCorpus.random(nSeq: 12, ctx: 20, dIn: 16, seed: 11, dtype: activationDType)
         var (_, options) = try makeFixture(sae: sae, corpus: corpus, saeDType: saeDType, activationDType: activationDType)
-        options.windowLength = 8  // 20 = 8 + 8 + 4: a partial last window
+        options.windowSelection.windowLength = 8  // 20 = 8 + 8 + 4: a partial last window
         options.batchTokens = 40
-        options.explainTop = 3; options.heldoutTop = 2
-        options.minActivatingWindows = 1
+        options.windowSelection.explainTop = 3; options.windowSelection.heldoutTop = 2
+        options.windowSelection.minActivatingWindows = 1
         let records = try collectRecords(options)
         let reference = referenceActivations(sae: sae, corpus: corpus) { _, position in position == 0 }  // BOS excluded
         #expect(records.count == 24)
@@ -108,8 +108,8 @@ func key(_ window: ActivationWindow) -> String { "\(window.sequence):\(window.st
         let sae = TestSAE.random(dIn: 8, dSAE: 6, architecture: "standard", seed: 3, dtype: "F32")
         let corpus = TestCorpus.random(nSeq: 40, ctx: 64, dIn: 8, seed: 5, dtype: "F32")
         var options = try makeFixture(sae: sae, corpus: corpus).options
-        options.windowLength = 8
-        options.seed = seed
+        options.windowSelection.windowLength = 8
+        options.windowSelection.seed = seed
         return options
     }
 
@@ -119,7 +119,7 @@ func key(_ window: ActivationWindow) -> String { "\(window.sequence):\(window.st
         let again = try collectRecords(options)
         #expect(first == again)
         var other = options
-        other.seed = 2
+        other.windowSelection.seed = 2
         let different = try collectRecords(other)
         var changed = 0
         for (a, b) in zip(first, different) {
@@ -167,8 +167,8 @@ func key(_ window: ActivationWindow) -> String { "\(window.sequence):\(window.st
         }
         corpus.activations[(1 * ctx + 5) * dIn + 3] = 100  // one huge-norm token
         var (directory, options) = try makeFixture(sae: sae, corpus: corpus)
-        options.windowLength = 4
-        options.minActivatingWindows = 3
+        options.windowSelection.windowLength = 4
+        options.windowSelection.minActivatingWindows = 3
         let store = try temporaryStore(in: directory)
         let plan = try Collector.plan(options)
         let summary = try Collector.run(options, plan: plan, store: store)
@@ -227,7 +227,7 @@ func key(_ window: ActivationWindow) -> String { "\(window.sequence):\(window.st
         let corpus = TestCorpus.random(nSeq: 9, ctx: 16, dIn: 8, seed: 4, dtype: "F32")
         var single = try makeFixture(sae: sae, corpus: corpus).options
         var sharded = try makeFixture(sae: sae, corpus: corpus, shards: 3).options
-        single.windowLength = 4; sharded.windowLength = 4
+        single.windowSelection.windowLength = 4; sharded.windowSelection.windowLength = 4
         #expect(sharded.activationFiles.count == 3)
         let plan = try Collector.plan(sharded)
         #expect(plan.totalTokens == 9 * 16)
@@ -275,7 +275,7 @@ func key(_ window: ActivationWindow) -> String { "\(window.sequence):\(window.st
             ])
         }
         var options = CollectOptions(latentsDirectory: cache, tokenizerPath: denseOptions.tokenizerPath)
-        options.windowLength = 4
+        options.windowSelection.windowLength = 4
         let plan = try Collector.plan(options)
         #expect(plan.featureCount == 12 && plan.hookName == "blocks.2.hook_resid_post")
         #expect(plan.fingerprints.map(\.role).sorted() == ["latents.0_5.safetensors", "latents.6_11.safetensors", "tokenizer"])

@@ -24,9 +24,9 @@ import SAELabelStore
     /// Windows of 8 tokens, every firing feature collected, small batches and GEMM chunks.
     func smallWindowFixture(sae: TestSAE, corpus: TestCorpus, batchTokens: Int, chunkRows: Int) throws -> (String, CollectOptions) {
         var (directory, options) = try makeFixture(sae: sae, corpus: corpus)
-        options.windowLength = 8
+        options.windowSelection.windowLength = 8
         options.batchTokens = batchTokens
-        options.minActivatingWindows = 1
+        options.windowSelection.minActivatingWindows = 1
         options.encodeChunkRows = chunkRows
         return (directory, options)
     }
@@ -118,12 +118,11 @@ import SAELabelStore
                 order += Int64(run)
             }
         }
-        for slot in 0..<10 {
-            #expect(runs.random.order[slot] == stepwise.random.order[slot])
-            #expect(runs.random.sequence[slot] == stepwise.random.sequence[slot] && runs.random.start[slot] == stepwise.random.start[slot])
+        for slot in 0..<2 {
+            #expect((0..<5).map { runs.random.kept(slot, $0) } == (0..<5).map { stepwise.random.kept(slot, $0) })
         }
         #expect(runs.randomState[0].seen == 4273 && stepwise.randomState[1].seen == 4273)
-        #expect(Set((0..<5).map { runs.random.order[$0] }).count == 5, "five distinct windows kept")
+        #expect(Set((0..<5).map { runs.random.order(0, $0) }).count == 5, "five distinct windows kept")
     }
 
     /// Feeding inactive windows only when a feature next fires (`catchUp`) and at the end (`completeInactive`)
@@ -160,11 +159,14 @@ import SAELabelStore
             #expect(lazy.randomState[slot].seen == stepwise.randomState[slot].seen && lazy.activeWindows[slot] == stepwise.activeWindows[slot])
             let filled = [min(stepwise.randomState[slot].seen, 5), min(stepwise.reservoirState[slot].seen, 16), stepwise.topCount[slot]]
             #expect(lazy.topCount[slot] == filled[2] && lazy.reservoirState[slot].seen == stepwise.reservoirState[slot].seen)
-            for (index, (kept, all)) in [(lazy.random, stepwise.random), (lazy.reservoir, stepwise.reservoir), (lazy.top, stepwise.top)].enumerated() {
-                let range = (slot * kept.capacity)..<(slot * kept.capacity + filled[index])
-                #expect(range.map { kept.order[$0] } == range.map { all.order[$0] }, "slot \(slot)")
-                #expect(range.map { kept.start[$0] } == range.map { all.start[$0] })
+            for (index, (kept, all)) in [(lazy.random, stepwise.random), (lazy.top, stepwise.top)].enumerated() {
+                let count = filled[index == 0 ? 0 : 2]
+                #expect((0..<count).map { kept.kept(slot, $0) } == (0..<count).map { all.kept(slot, $0) }, "slot \(slot)")
+                #expect((0..<count).map { kept.values(slot, $0) } == (0..<count).map { all.values(slot, $0) })
             }
+            let (lazySlots, lazyReservoir) = lazy.reservoirWindows(slot), (stepwiseSlots, stepwiseReservoir) = stepwise.reservoirWindows(slot)
+            #expect(lazyReservoir.count == filled[1] && lazyReservoir == stepwiseReservoir)
+            #expect(lazyReservoir.map { lazySlots.values(slot, $0.index) } == stepwiseReservoir.map { stepwiseSlots.values(slot, $0.index) })
         }
         #expect(stepwise.activeWindows[1] > 5 && stepwise.randomState[1].seen > 100, "slot 1 fires now and then")
         #expect(stepwise.reservoirState[0].seen > 16, "slot 0's reservoir replaces windows")
@@ -178,7 +180,7 @@ import SAELabelStore
         sae.bEnc[7] = -1000
         let corpus = TestCorpus.random(nSeq: 12, ctx: 24, dIn: 8, seed: 42, dtype: "F32")
         var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 4)
-        options.heldoutRandom = 3
+        options.windowSelection.heldoutRandom = 3
         let plan = try Collector.plan(options)
         let inputs = try Collector.openChecked(options, plan: plan)
         let (accumulators, _) = try Collector.stream(inputs, options: options, features: plan.features, kthByToken: nil, progress: { _, _ in })
@@ -194,5 +196,117 @@ import SAELabelStore
         #expect(collected.count >= 10)
         #expect(try collected.contains { try store.examples(feature: $0).filter { $0.window.kind == .random }.count == 3 },
                 "firing features keep their random windows")
+    }
+
+    /// A feature's window slots are reserved as it keeps windows (4, then doubled, at most the capacity), and
+    /// growing them keeps every record and its values: the heap still holds the strongest windows.
+    @Test func windowSlotsGrowWithTheWindowsAFeatureKeeps() {
+        let parameters = SelectionParameters(windowLength: 3, explainTop: 10, explainQuantile: 10, heldoutTop: 5, heldoutQuantile: 5,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 13)
+        #expect(parameters.topCapacity == 15 && parameters.reservoirCapacity == 60)
+        let accumulators = FeatureAccumulators(features: [0, 1, 2], parameters: parameters)
+        var random = TestRandom(14)
+        var fed: [[Int64: [Float]]] = [[:], [:]]
+        for (slot, windows) in [(0, 3), (1, 40)] {
+            for order in 0..<windows {
+                let values = (0..<3).map { _ in random.uniform() + 0.01 }
+                fed[slot][Int64(order)] = values
+                accumulators.observeActive(slot, values: values, length: 3, peak: values.max()!, sequence: order, start: 0, order: Int64(order))
+            }
+        }
+        let reserved: [[Int]] = (0..<3).map { slot in [accumulators.top, accumulators.reservoir, accumulators.random].map { $0.reservedSlots(slot) } }
+        // Slot 0's 3 windows are all in its top heap, which stands in for its reservoir (`defersToTop`).
+        #expect(reserved == [[4, 0, 0], [15, 60, 0], [0, 0, 0]], "top, reservoir, random (no inactive windows fed)")
+        for slot in 0..<2 {
+            let top = (0..<accumulators.topCount[slot]).map { accumulators.top.kept(slot, $0) }
+            let strongest = fed[slot].map { (order: $0.key, peak: $0.value.max()!) }.sorted { $0.peak > $1.peak }.prefix(15)
+            #expect(Set(top.map(\.order)) == Set(strongest.map(\.order)), "slot \(slot)")
+            for kept in top { #expect(accumulators.top.values(slot, kept.index) == fed[slot][kept.order]) }
+            let (slots, reservoir) = accumulators.reservoirWindows(slot)
+            for kept in reservoir { #expect(slots.values(slot, kept.index) == fed[slot][kept.order]) }
+            #expect(reservoir.count == min(fed[slot].count, 60))
+        }
+    }
+
+    /// A latent cache is cut into blocks by what each latent's entries can need, so rarely firing latents share
+    /// a block the full per-feature state would split; any cut stores the same bytes as one block.
+    @Test func latentCacheBlocksFollowTheEntriesAndStoreWhatOneBlockStores() throws {
+        let directory = temporaryDirectory()
+        let tokenizer = (directory as NSString).appendingPathComponent("tokenizer.json")
+        try writeTokenizer(tokenizer)
+        let cache = (directory as NSString).appendingPathComponent("latents/blocks.1")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let (sequences, context, width) = (12, 20, 64)
+        var random = TestRandom(61)
+        let tokens = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + random.int(fixtureVocabulary.count - 1) }
+        for first in stride(from: 0, to: width, by: 16) {
+            var locations: [Int] = [], values: [Float] = []
+            for sequence in 0..<sequences {
+                for position in 0..<context {
+                    for latent in 0..<16 where random.int(latent < 4 ? 3 : 40) == 0 {  // latents 0–3 of each file fire often
+                        locations += [sequence, position, latent]
+                        values.append(random.uniform() * 4 + 0.01)
+                    }
+                }
+            }
+            try writeSafetensors((cache as NSString).appendingPathComponent("\(first)_\(first + 15).safetensors"), [
+                .integers("locations", locations, shape: [values.count, 3]), .floats("activations", values, shape: [values.count]),
+                .integers("tokens", tokens, shape: [sequences, context]),
+            ])
+        }
+        var options = CollectOptions(latentsDirectory: cache, tokenizerPath: tokenizer)
+        options.windowSelection.windowLength = 4
+        options.windowSelection.minActivatingWindows = 1
+        let plan = try Collector.plan(options)
+        #expect(plan.latentEntries.count == width && plan.latentEntries[0] > 4 * plan.latentEntries[5])
+        // A budget the full state of 16 latents fills: the entries' bound packs more latents into each block.
+        options.memoryBudgetMiB = Double(Collector.bytesPerFeature(options, dIn: 0) * 16) / 1_048_576 * 4 / 3
+        let blocks = Collector.blocks(of: plan.features, options: options, plan: plan)
+        #expect(blocks.count > 1 && blocks.count < 4, "\(blocks.map(\.count))")
+        #expect(blocks.flatMap { $0 } == plan.features)
+        let budgetBytes = options.memoryBudgetMiB * 1_048_576 * 3 / 4
+        for block in blocks {
+            #expect(Double(block.reduce(0) { $0 + Collector.latentBytes(options, entries: plan.latentEntries[$1]) }) <= budgetBytes)
+        }
+        let split = try collectIntoStore(options, directory: directory, name: "split.sqlite")
+        options.memoryBudgetMiB = 1024
+        #expect(Collector.blocks(of: plan.features, options: options, plan: plan).count == 1)
+        let whole = try collectIntoStore(options, directory: directory, name: "whole.sqlite")
+        let expected = try storedContents(whole, features: width)
+        #expect(expected.count > width * 5, "the fixture must store examples")
+        #expect(try storedContents(split, features: width) == expected)
+    }
+
+    /// Deferring a feature's reservoir and histogram to its top heap (while the heap holds every window it fired
+    /// in) leaves the same reservoir, histogram, heap and statistics as writing them window by window, whether
+    /// the feature stays within the heap, settles on the window that overflows it, or goes far beyond.
+    @Test(arguments: [1, 6, 15, 16, 17, 90])
+    func deferringToTheTopHeapEqualsWritingEveryWindow(windows: Int) throws {
+        let parameters = SelectionParameters(windowLength: 5, explainTop: 10, explainQuantile: 10, heldoutTop: 5, heldoutQuantile: 5,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 17)
+        let deferring = FeatureAccumulators(features: [4, 8], parameters: parameters)
+        let writing = FeatureAccumulators(features: [4, 8], parameters: parameters, defersToTop: false)
+        #expect(deferring.defersToTop && !writing.defersToTop)
+        var random = TestRandom(UInt64(18 + windows))
+        for order in 0..<windows {
+            // Peaks over several powers of two, so the histogram's range grows while the window-by-window pass runs.
+            let scale = Float(1 << random.int(12)) / 64
+            let values = (0..<5).map { _ in random.int(3) == 0 ? 0 : random.uniform() * scale + 1e-3 }
+            for accumulators in [deferring, writing] {
+                accumulators.observeActive(1, values: values, length: 5, peak: values.max()!, sequence: order / 3, start: order % 3 * 5,
+                                           order: Int64(order))
+            }
+        }
+        let expected = try #require(writing.histogramCounts(1))
+        let deferred = try #require(deferring.histogramCounts(1))
+        #expect(deferred.range == expected.range && deferred.counts == expected.counts)
+        #expect(expected.counts.reduce(0, +) == UInt32(writing.activeTokens[1]) && writing.activeTokens[1] > 0)
+        let (deferredSlots, deferredReservoir) = deferring.reservoirWindows(1), (writtenSlots, writtenReservoir) = writing.reservoirWindows(1)
+        #expect(deferredReservoir.count == min(windows, 60) && deferredReservoir.map(\.order) == writtenReservoir.map(\.order))
+        #expect(deferredReservoir.map { deferredSlots.values(1, $0.index) } == writtenReservoir.map { writtenSlots.values(1, $0.index) })
+        #expect((0..<deferring.topCount[1]).map { deferring.top.kept(1, $0) } == (0..<writing.topCount[1]).map { writing.top.kept(1, $0) })
+        #expect(deferring.sums[1] == writing.sums[1] && deferring.maxima[1] == writing.maxima[1])
+        #expect(deferring.reservoir.reservedSlots(1) == (windows <= 15 ? 0 : WindowSlots.reservation(for: min(windows, 60), capacity: 60)))
+        #expect(deferring.histogramCounts(0) == nil, "slot 0 never fired")
     }
 }
