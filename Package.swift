@@ -33,7 +33,9 @@ let package = Package(
                                .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: strict),
         .target(name: "SAELabelStore",
-                dependencies: ["SAELabelCore", .product(name: "GRDB", package: "GRDB.swift")],
+                dependencies: ["SAELabelCore", .product(name: "GRDB", package: "GRDB.swift"),
+                               // The raw C API, for collect's bulk insert (ExampleRows.swift).
+                               .product(name: "GRDBSQLite", package: "GRDB.swift")],
                 swiftSettings: strict),
 
         // Collect's numeric kernels (activation functions, per-feature window state, top-k): they parse nothing and
@@ -81,7 +83,8 @@ let package = Package(
 
         // Tests, over shared helpers (temporary folders, processes, the mock LLM server)
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "StoreTests", dependencies: ["TestSupport", "SAELabelStore", "SAELabelCore"], swiftSettings: strict),
+        .testTarget(name: "StoreTests", dependencies: ["TestSupport", "SAELabelStore", "SAELabelCore",
+                                                     .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
         .testTarget(name: "CollectTests", dependencies: ["SAELabelCollect", "SAELabelKernels", "SAELabelStore"], swiftSettings: strict),
         .testTarget(name: "LLMClientTests", dependencies: ["TestSupport", "LLMClient"], swiftSettings: strict),
         .testTarget(name: "LabelingTests",

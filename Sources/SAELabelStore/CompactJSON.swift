@@ -14,11 +14,9 @@ enum CompactJSON {
         return out + "]"
     }
 
-    /// Shortest round-tripping decimal of each value; a non-finite value (collect refuses them) is written 0.
-    /// Built as bytes and made a String once: appending to a String per value was a tenth of collect's write.
-    static func floats(_ values: [Float]) -> String {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(2 + values.count * 4)
+    /// Shortest round-tripping decimal of each value, appended to `bytes` as a JSON array; a non-finite value
+    /// (collect refuses them) is written 0. Bytes, not a String: collect's bulk write binds them in place.
+    static func appendFloats(_ values: [Float], to bytes: inout [UInt8]) {
         bytes.append(UInt8(ascii: "["))
         for (index, value) in values.enumerated() {
             if index > 0 { bytes.append(UInt8(ascii: ",")) }
@@ -30,7 +28,6 @@ enum CompactJSON {
             }
         }
         bytes.append(UInt8(ascii: "]"))
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     static func integers(_ values: [Int]) -> String {

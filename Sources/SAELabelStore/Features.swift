@@ -76,13 +76,8 @@ extension JobStore {
             """, arguments: [now])
     }
 
-    private struct WindowKey: Hashable {
-        var sequence: Int
-        var start: Int
-    }
-
-    /// Statements are prepared once and the token/activation arrays are written by CompactJSON:
-    /// for 24,576 features (~860k example rows) JSONEncoder and re-preparing dominated the write.
+    /// The feature rows go through one prepared upsert; the example rows, ~35 per feature, through
+    /// `ExampleRowWriter`'s multi-row inserts (see there for why).
     static func saveCollected(_ db: Database, _ features: [CollectedFeature]) throws {
         let now = Date()
         let upsert = try db.cachedStatement(sql: """
@@ -95,35 +90,20 @@ extension JobStore {
                 activating_windows = excluded.activating_windows, histogram = excluded.histogram,
                 updated_at = excluded.updated_at, failed_stage = NULL, failure_reason = NULL
             """)
-        let clear = try db.cachedStatement(sql: "DELETE FROM example WHERE feature = ?")
-        let insert = try db.cachedStatement(sql: """
-            INSERT INTO example(feature, split, kind, ordinal, sequence, start, tokens, activations)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            """)
-        // Many features keep the same windows (a strong window tops hundreds of features): their token JSON is
-        // written once. Reused only for equal tokens (collect shares one array per window, so the check is O(1)).
-        var tokenJSON: [WindowKey: (tokens: [String], json: String)] = [:]
-        func tokensText(_ window: ActivationWindow) -> String {
-            let key = WindowKey(sequence: window.sequence, start: window.start)
-            if let cached = tokenJSON[key], cached.tokens == window.tokens { return cached.json }
-            let json = CompactJSON.strings(window.tokens)
-            tokenJSON[key] = (window.tokens, json)
-            return json
-        }
+        let examples = try ExampleRowWriter(db)
         for feature in features {
             let stats = feature.statistics
             try upsert.execute(arguments: [feature.index, feature.state.rawValue, feature.note, stats.frequency,
                                            Double(stats.maxActivation), Double(stats.meanActivation), stats.activatingTokens,
                                            stats.activatingWindows, CompactJSON.integers(stats.histogram), now])
-            try clear.execute(arguments: [feature.index])
+            try examples.removeExamples(of: feature.index)
             for (split, windows) in [(ExampleSplit.explain, feature.explain), (.heldout, feature.heldout)] {
                 for (ordinal, window) in windows.enumerated() {
-                    try insert.execute(arguments: [feature.index, split.rawValue, window.kind.rawValue, ordinal, window.sequence,
-                                                   window.start, tokensText(window),
-                                                   CompactJSON.floats(window.activations)])
+                    try examples.append(feature: feature.index, split: split, ordinal: ordinal, window: window)
                 }
             }
         }
+        try examples.flush()
     }
 
     public func examples(feature: Int, split: ExampleSplit? = nil) throws(SAELabelError) -> [StoredExample] {

@@ -1,0 +1,127 @@
+import GRDB
+import GRDBSQLite
+import SAELabelCore
+
+/// Collect's bulk write of `example` rows (≈ 860k rows for 24,576 features), which is what the collect
+/// writer thread spends its time on. Rows are buffered and inserted `rowsPerStatement` at a time through one
+/// multi-row INSERT, bound with raw `sqlite3_bind_*` calls: the JSON text is written as bytes into one
+/// arena and bound without a copy (SQLITE_STATIC), and SQLite runs one statement (one AUTOINCREMENT
+/// update, one statement start) per 32 rows instead of per row. The stored text is `CompactJSON`'s, byte
+/// for byte, whichever way it is written.
+final class ExampleRowWriter {
+    static let rowsPerStatement = 32
+    private static let columns = 8
+
+    private let db: Database
+    /// Multi-row INSERT statements by row count, prepared on first use.
+    private var inserts: [Int: Statement] = [:]
+    private let clear: Statement
+
+    private struct PendingRow {
+        var feature: Int
+        var split: ExampleSplit
+        var kind: ExampleKind
+        var ordinal: Int
+        var sequence: Int
+        var start: Int
+        var tokens: Range<Int>
+        var activations: Range<Int>
+    }
+    private var pending: [PendingRow] = []
+    /// The pending rows' token and activation JSON, back to back; bound in place.
+    private var arena: [UInt8] = []
+    /// Token JSON of windows already written: a strong window tops hundreds of features. Reused only for
+    /// equal tokens (collect shares one array per window, so the comparison is O(1) in the common case).
+    private var tokenJSON: [WindowKey: (tokens: [String], json: [UInt8])] = [:]
+
+    private struct WindowKey: Hashable {
+        var sequence: Int
+        var start: Int
+    }
+
+    init(_ db: Database) throws {
+        self.db = db
+        clear = try db.makeStatement(sql: "DELETE FROM example WHERE feature = ?")
+        pending.reserveCapacity(Self.rowsPerStatement)
+    }
+
+    /// Drops `feature`'s stored examples (re-collecting replaces them). Call before `append`ing its rows.
+    func removeExamples(of feature: Int) throws {
+        if pending.contains(where: { $0.feature == feature }) { try flush() }
+        sqlite3_bind_int64(clear.sqliteStatement, 1, Int64(feature))
+        try run(clear)
+    }
+
+    func append(feature: Int, split: ExampleSplit, ordinal: Int, window: ActivationWindow) throws {
+        let tokensStart = arena.count
+        arena.append(contentsOf: tokenBytes(window))
+        let activationsStart = arena.count
+        CompactJSON.appendFloats(window.activations, to: &arena)
+        pending.append(PendingRow(feature: feature, split: split, kind: window.kind, ordinal: ordinal,
+                                  sequence: window.sequence, start: window.start,
+                                  tokens: tokensStart..<activationsStart, activations: activationsStart..<arena.count))
+        if pending.count == Self.rowsPerStatement { try flush() }
+    }
+
+    /// Inserts the buffered rows; call once after the last `append`.
+    func flush() throws {
+        guard !pending.isEmpty else { return }
+        let statement = try insert(rows: pending.count)
+        let handle = statement.sqliteStatement
+        try arena.withUnsafeBufferPointer { bytes in
+            let base = UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self)
+            for (row, values) in pending.enumerated() {
+                let first = Int32(row * Self.columns)
+                sqlite3_bind_int64(handle, first + 1, Int64(values.feature))
+                Self.bindCopy(handle, first + 2, values.split.rawValue)
+                Self.bindCopy(handle, first + 3, values.kind.rawValue)
+                sqlite3_bind_int64(handle, first + 4, Int64(values.ordinal))
+                sqlite3_bind_int64(handle, first + 5, Int64(values.sequence))
+                sqlite3_bind_int64(handle, first + 6, Int64(values.start))
+                // SQLITE_STATIC (a nil destructor): `arena` is neither changed nor freed before the step below.
+                sqlite3_bind_text(handle, first + 7, base + values.tokens.lowerBound, Int32(values.tokens.count), nil)
+                sqlite3_bind_text(handle, first + 8, base + values.activations.lowerBound, Int32(values.activations.count), nil)
+            }
+            try run(statement)
+        }
+        pending.removeAll(keepingCapacity: true)
+        arena.removeAll(keepingCapacity: true)
+    }
+
+    private func tokenBytes(_ window: ActivationWindow) -> [UInt8] {
+        let key = WindowKey(sequence: window.sequence, start: window.start)
+        if let cached = tokenJSON[key], cached.tokens == window.tokens { return cached.json }
+        let json = Array(CompactJSON.strings(window.tokens).utf8)
+        tokenJSON[key] = (window.tokens, json)
+        return json
+    }
+
+    private func insert(rows: Int) throws -> Statement {
+        if let statement = inserts[rows] { return statement }
+        let row = "(" + Array(repeating: "?", count: Self.columns).joined(separator: ",") + ")"
+        let statement = try db.makeStatement(sql: """
+            INSERT INTO example(feature, split, kind, ordinal, sequence, start, tokens, activations)
+            VALUES \(Array(repeating: row, count: rows).joined(separator: ","))
+            """)
+        inserts[rows] = statement
+        return statement
+    }
+
+    /// The split and kind names are a few ASCII bytes: copied by SQLite (SQLITE_TRANSIENT) from a C string.
+    private static func bindCopy(_ handle: SQLiteStatement, _ index: Int32, _ text: String) {
+        _ = text.withCString { sqlite3_bind_text(handle, index, $0, -1, transient) }
+    }
+
+    private static let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
+
+    /// Steps a statement that returns no rows, then resets it (the bindings are replaced before each use).
+    private func run(_ statement: Statement) throws {
+        let handle = statement.sqliteStatement
+        let code = sqlite3_step(handle)
+        let message = code == SQLITE_DONE ? nil : db.lastErrorMessage
+        sqlite3_reset(handle)
+        guard code == SQLITE_DONE else {
+            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: statement.sql)
+        }
+    }
+}
