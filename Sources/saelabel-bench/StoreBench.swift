@@ -54,14 +54,20 @@ func runStoreBenchmark(_ settings: StoreBenchSettings) {
             return
         }
 
+        // Read twice: the first read finds the store as the page cache left it (after other work, at
+        // times mostly on disk), the second as the exports will find it; the faster is the floor.
         let readStart = ContinuousClock.now
         let (rows, textBytes) = try store.benchReadAllRows()
-        let readSeconds = seconds(since: readStart)
+        let firstReadSeconds = seconds(since: readStart)
+        let secondReadStart = ContinuousClock.now
+        _ = try store.benchReadAllRows()
+        let readSeconds = min(firstReadSeconds, seconds(since: secondReadStart))
 
         report("Store and exports (synthetic store, \(features) features, \(rows) example and score rows)")
         report("  store \(existing == features ? "reused     " : "written    ")     \(f(fillSeconds)) s")
         report("  store size          \(mib(bytes)) = \(f(Double(bytes) / Double(features), 0)) bytes/feature (with cached LLM answers)")
-        report("  plain read of rows  \(f(readSeconds, 2)) s (\(f(Double(textBytes) / 1_048_576)) MiB of JSON text)")
+        report("  plain read of rows  \(f(readSeconds, 2)) s (\(f(Double(textBytes) / 1_048_576)) MiB of JSON text; "
+              + "faster of two reads, the first \(f(firstReadSeconds, 2)) s)")
         let budget = 60.0 * Double(features) / 131_072
         func export(_ format: ExportFormat, to out: String) throws -> Double {
             let start = ContinuousClock.now
