@@ -189,15 +189,21 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     var select = $('status');
     Object.keys(meta.statuses || {}).forEach(function (k) { var o = el('option', null, k); o.value = k; select.appendChild(o); });
     if (meta.indexChunks === 0) { S.rows = []; render(); return; }
-    for (var i = 0; i < meta.indexChunks; i++) loadScript('data/index-' + pad(i) + '.js');
+    // Only the first index part at first: Chromium reads file:// scripts requested together side by
+    // side, so with all 14 parts of a 131k catalog requested at once the first one finished only
+    // when most of the index had been read (first paint 1.3 s; 32k: 309 ms, 125-190 ms this way).
+    loadScript('data/index-0000.js');
   };
   window.__catalog_index = function (n, rows) {
     S.parts[n] = rows; S.partsLoaded++;
     rows.forEach(function (r) { S.byFeature[r[0]] = r; });
     if (!S.partial && !indexReady()) { S.partial = rows; render(); }
-    // The prebuilt orders (megabytes at 131k features) are requested only once the first rows are painted,
-    // so they do not compete with the first index part for the first paint.
-    if (S.partsLoaded === 1 && S.meta.orders) loadScript('data/orders.js');
+    // The other parts and the prebuilt orders (megabytes at 131k features) are requested once the
+    // first rows are painted, all together: they no longer compete with the first paint.
+    if (S.partsLoaded === 1) {
+      for (var i = 1; i < S.meta.indexChunks; i++) loadScript('data/index-' + pad(i) + '.js');
+      if (S.meta.orders) loadScript('data/orders.js');
+    }
     indexComplete();
   };
   // Row positions of the whole index by each numeric column, highest first, nulls last, ties by feature.

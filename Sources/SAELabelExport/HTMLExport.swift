@@ -49,7 +49,9 @@ enum HTMLExport {
                 if count % detailChunkSize == 0 {
                     if let detailWriter { try finish(detailWriter) }
                     let name = String(format: "data/features-%04d.js", detailChunk)
-                    detailWriter = try session.writer(for: name)
+                    // Feature chunks are read one at a time when a feature is opened, not right after
+                    // the export: they bypass the page cache; the index and the shell stay in it.
+                    detailWriter = try session.writer(for: name, writePath: .direct)
                     try detailWriter!.write("window.__catalog_chunk(\(detailChunk), [\n")
                     files.append(relative(name))
                 } else {

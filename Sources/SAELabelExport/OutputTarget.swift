@@ -182,12 +182,13 @@ final class OutputSession {
         switch target.kind {
         case .standardOutput: return OutputWriter(standardOutput: FileHandle.standardOutput)
         case .special: return try OutputWriter(path: workPath, replace: false)
-        default: return try OutputWriter(path: workPath)
+        // The one output file is bulk nobody reads right away: straight to the disk where it can.
+        default: return try OutputWriter(path: workPath, writePath: .direct)
         }
     }
 
     /// A writer for `relative` inside the output folder (subfolders are created).
-    func writer(for relative: String) throws(SAELabelError) -> OutputWriter {
+    func writer(for relative: String, writePath: WritePath = .cached) throws(SAELabelError) -> OutputWriter {
         let path = (workPath as NSString).appendingPathComponent(relative)
         let parent = (path as NSString).deletingLastPathComponent
         if parent != workPath {
@@ -199,7 +200,7 @@ final class OutputSession {
         }
         relativeFiles.append(relative)
         // Synced together in `commit`: an fsync per file as it closed stalled the html export 145 times.
-        return try OutputWriter(path: path, defersSync: true)
+        return try OutputWriter(path: path, defersSync: true, writePath: writePath)
     }
 
     /// The final name of `relative`, for the summary.
