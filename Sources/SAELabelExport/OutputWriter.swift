@@ -46,7 +46,7 @@ final class OutputWriter {
         self.path = path
         var descriptor: Int32 = -1
         var staging: UnsafeMutableRawPointer?
-        if replace, writePath == .direct, let flag = directFlag, posix_memalign(&staging, Self.alignment, Self.directChunk) == 0 {
+        if replace, writePath == .direct, let flag = directWriteOpenFlag, posix_memalign(&staging, Self.alignment, Self.directChunk) == 0 {
             // Refused (EINVAL) by filesystems without direct I/O, such as older tmpfs: then cached.
             descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | flag, 0o666)
         }
@@ -153,14 +153,15 @@ final class OutputWriter {
     }
 
     private func stopDirect() {
-        guard direct, let flag = directFlag else { return }
+        guard direct, let flag = directWriteOpenFlag else { return }
         direct = false
         _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) & ~flag)
     }
 }
 
 /// O_DIRECT, which Swift's Glibc module does not export (a _GNU_SOURCE flag); nil where unknown.
-private let directFlag: Int32? = {
+/// Public for the store benchmark, which times a plain direct write beside the exports.
+public let directWriteOpenFlag: Int32? = {
     #if os(Linux) && (arch(x86_64) || arch(i386))
     return 0o40000
     #elseif os(Linux) && (arch(arm64) || arch(arm))
