@@ -95,6 +95,9 @@ public struct CollectSummary: Sendable, Equatable {
     public var streamSeconds: Double = 0
     public var finishSeconds: Double = 0
     public var writeSeconds: Double = 0
+    /// CPU time the writer thread spent on the store write (the part of `writeSeconds` not spent waiting for a
+    /// core or the disk), for benchmarks on a shared machine.
+    public var writeCPUSeconds: Double = 0
     /// Blocks of features streamed and committed (`Collector.blocks`).
     public var blocks = 0
     /// Wall time of the whole run (selection and writes overlap the next block's streaming).
@@ -124,7 +127,7 @@ final class BlockWriter: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private var running = false
     /// Written by the background job before it signals `done`, read after `wait` receives the signal.
-    private var outcome: Result<(collected: Int, dead: Int, sparse: Int, finish: Double, write: Double), SAELabelError>?
+    private var outcome: Result<(collected: Int, dead: Int, sparse: Int, finish: Double, write: Double, writeCPU: Double), SAELabelError>?
 
     func start(_ work: BlockWork) {
         running = true
@@ -133,12 +136,13 @@ final class BlockWriter: @unchecked Sendable {
             var commit = work.commit
             commit.features = Collector.records(work.accumulators, inputs: work.inputs, counted: work.counted)
             let writeStart = DispatchTime.now().uptimeNanoseconds
+            let writeCPUStart = Self.threadCPUSeconds()
             do throws(SAELabelError) {
                 try work.store.commitCollect(commit)
                 let records = commit.features
                 self.outcome = .success((records.count { $0.state == .collected }, records.count { $0.state == .dead },
                                          records.count { $0.state == .sparse }, Double(writeStart - finishStart) / 1e9,
-                                         Collector.seconds(since: writeStart)))
+                                         Collector.seconds(since: writeStart), Self.threadCPUSeconds() - writeCPUStart))
             } catch {
                 self.outcome = .failure(error)
             }
@@ -158,6 +162,13 @@ final class BlockWriter: @unchecked Sendable {
         summary.sparse += counts.sparse
         summary.finishSeconds += counts.finish
         summary.writeSeconds += counts.write
+        summary.writeCPUSeconds += counts.writeCPU
+    }
+
+    static func threadCPUSeconds() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 }
 

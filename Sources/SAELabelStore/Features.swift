@@ -48,7 +48,7 @@ extension JobStore {
     /// Nothing of a collect run reaches the store before its first block streamed the whole corpus (which
     /// checks every included activation), so a bad input found while streaming leaves the store unchanged.
     public func commitCollect(_ commit: CollectCommit) throws(SAELabelError) {
-        try write { db in
+        try withBlockSizedCache { () throws(SAELabelError) in try write { db in
             try Self.reconcileInputs(db, commit.inputs, acceptChanges: commit.acceptChangedInputs, record: true)
             for (key, value) in commit.settings.sorted(by: { $0.key < $1.key }) { try Self.setSetting(db, key, value) }
             let now = Date()
@@ -60,8 +60,27 @@ extension JobStore {
                 try db.execute(sql: "INSERT OR IGNORE INTO feature(id, state, updated_at) VALUES (?, 'pending', ?)", arguments: [index, now])
             }
             try Self.saveCollected(db, commit.features)
-        }
+        } }
     }
+
+    /// Runs `body` (one block's commit) with a writer page cache that holds the whole block (≈ 50 MB for 3,072
+    /// features × 35 example rows), so the commit writes each page to the WAL once, then gives the memory back.
+    /// With SQLite's default 2 MB cache the pager spilled part-way and wrote and re-read most pages: 907k
+    /// `pwrite` and 193k `pread` calls for 24,576 features instead of 296k and 99k (`strace -c`).
+    func withBlockSizedCache(_ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
+        let previous: Int
+        do {
+            previous = try pool.writeWithoutTransaction { db in
+                let previous = try Int.fetchOne(db, sql: "PRAGMA cache_size") ?? -2000
+                try db.execute(sql: "PRAGMA cache_size = -\(Self.blockCacheKiB)")
+                return previous
+            }
+        } catch { throw Self.wrap(error) }
+        defer { try? pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA cache_size = \(previous)") } }
+        try body()
+    }
+
+    static let blockCacheKiB = 128 * 1024
 
     /// A new input version: every feature's windows and statistics describe the previous SAE version, so all of
     /// them go back to `pending` with no examples, not only the features this run collects. Otherwise a feature
@@ -79,7 +98,8 @@ extension JobStore {
     /// The feature rows go through one prepared upsert; the example rows, ~35 per feature, through
     /// `ExampleRowWriter`'s multi-row inserts (see there for why).
     static func saveCollected(_ db: Database, _ features: [CollectedFeature]) throws {
-        let now = Date()
+        // Formatted once: converting a Date per row was most of the upsert's argument cost.
+        let now = Date().databaseValue
         let upsert = try db.cachedStatement(sql: """
             INSERT INTO feature(id, state, note, frequency, max_activation, mean_activation, activating_tokens,
                                 activating_windows, histogram, updated_at, failed_stage, failure_reason)

@@ -92,8 +92,9 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
     let streamRate = Double(tokens) / summary.streamSeconds
     // Wall time: selection and writes overlap the next block's streaming.
     let endToEndRate = Double(tokens) / summary.seconds
-    print(String(format: "  collect: %d block(s), plan (validate + SHA-256 fingerprints) %.1f s, stream %.1f s, select+decode %.1f s, store write %.1f s (run %.1f s, collect wall %.1f s)",
-                 summary.blocks, planSeconds, summary.streamSeconds, summary.finishSeconds, summary.writeSeconds, totalSeconds, summary.seconds))
+    print(String(format: "  collect: %d block(s), plan (validate + SHA-256 fingerprints) %.1f s, stream %.1f s, select+decode %.1f s, store write %.1f s (%.1f s CPU) (run %.1f s, collect wall %.1f s)",
+                 summary.blocks, planSeconds, summary.streamSeconds, summary.finishSeconds, summary.writeSeconds, summary.writeCPUSeconds,
+                 totalSeconds, summary.seconds))
     if settings.store {
         print("  features: \(summary.collected) collected, \(summary.sparse) sparse, \(summary.dead) dead; \(summary.excludedTokens) tokens excluded (BOS)")
     }

@@ -71,4 +71,20 @@ import Testing
         try store.saveCollected([again])
         #expect(try storedRows(path) == expectedRows([again, first[2]]))
     }
+
+    /// A collect commit raises the writer's page cache to hold its block, and gives the memory back after.
+    @Test func aCollectCommitGivesItsPageCacheBack() throws {
+        let dir = TempDirectory()
+        let store = try JobStore(path: dir.file("job.sqlite"))
+        func writerCacheSize() throws -> Int? {
+            try store.pool.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA cache_size") }
+        }
+        let before = try writerCacheSize()
+        #expect(before != -JobStore.blockCacheKiB)
+        var commit = CollectCommit()
+        commit.features = [feature(2, explain: 3, heldout: 1, salt: 1)]
+        try store.commitCollect(commit)
+        #expect(try writerCacheSize() == before)
+        #expect(try store.examples(feature: 2).count == 4)
+    }
 }
