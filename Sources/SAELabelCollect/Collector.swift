@@ -440,7 +440,8 @@ public enum Collector {
 
     /// `features` cut into the blocks collect streams and commits one at a time: at most
     /// `¾ · memoryBudgetMiB / bytesPerFeature` features each (at least one); the last quarter is left for what
-    /// does not grow with the block (code, tokenizer, batch buffers, SQLite's cache, the TopK thresholds).
+    /// does not grow with the block (code, tokenizer, batch buffers, SQLite's cache, at most an eighth of the budget while
+    /// a block commits, the TopK thresholds).
     /// Where splitting is cheap, a large selection is cut into at least `pipelineBlocks` blocks of at least
     /// `pipelineBlockMinimum` features, so the writer overlaps the stream.
     /// A latent cache is cut by what each latent's entries can need (`latentBytes`), so a wide cache of rarely
@@ -501,6 +502,8 @@ public enum Collector {
                 try writer.wait(into: &summary)
                 let counted = inputs.totalTokens - excluded
                 var commit = index == 0 ? first : CollectCommit()
+                // The commit's page cache comes out of the budget's last quarter (see `blocks`): an eighth of it.
+                commit.pageCacheKiB = min(JobStore.blockCacheKiB, Int(options.memoryBudgetMiB * 1024 / 8))
                 commit.settings[JobSettingKey.saeName] = plan.saeName
                 commit.settings[JobSettingKey.hookName] = plan.hookName
                 commit.settings[JobSettingKey.modelName] = plan.modelName

@@ -48,7 +48,7 @@ extension JobStore {
     /// Nothing of a collect run reaches the store before its first block streamed the whole corpus (which
     /// checks every included activation), so a bad input found while streaming leaves the store unchanged.
     public func commitCollect(_ commit: CollectCommit) throws(SAELabelError) {
-        try withBlockSizedCache { () throws(SAELabelError) in try write { db in
+        try withBlockSizedCache(kib: commit.pageCacheKiB) { () throws(SAELabelError) in try write { db in
             try Self.reconcileInputs(db, commit.inputs, acceptChanges: commit.acceptChangedInputs, record: true)
             for (key, value) in commit.settings.sorted(by: { $0.key < $1.key }) { try Self.setSetting(db, key, value) }
             let now = Date()
@@ -67,12 +67,13 @@ extension JobStore {
     /// features × 35 example rows), so the commit writes each page to the WAL once, then gives the memory back.
     /// With SQLite's default 2 MB cache the pager spilled part-way and wrote and re-read most pages: 907k
     /// `pwrite` and 193k `pread` calls for 24,576 features instead of 296k and 99k (`strace -c`).
-    func withBlockSizedCache(_ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
+    /// `kib` caps it: collect passes a share of its memory budget, so a small budget is not exceeded by the cache.
+    func withBlockSizedCache(kib: Int = blockCacheKiB, _ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
         let previous: Int
         do {
             previous = try pool.writeWithoutTransaction { db in
                 let previous = try Int.fetchOne(db, sql: "PRAGMA cache_size") ?? -2000
-                try db.execute(sql: "PRAGMA cache_size = -\(Self.blockCacheKiB)")
+                try db.execute(sql: "PRAGMA cache_size = -\(max(2048, kib))")
                 return previous
             }
         } catch { throw Self.wrap(error) }
@@ -80,7 +81,7 @@ extension JobStore {
         try body()
     }
 
-    static let blockCacheKiB = 128 * 1024
+    public static let blockCacheKiB = 128 * 1024
 
     /// A new input version: every feature's windows and statistics describe the previous SAE version, so all of
     /// them go back to `pending` with no examples, not only the features this run collects. Otherwise a feature
@@ -235,6 +236,8 @@ public struct CollectCommit: Sendable {
     /// old version, its pass and its examples untouched.
     public var bumpInputVersion = false
     public var features: [CollectedFeature] = []
+    /// The most page cache (KiB) the commit may hold the block in (`JobStore.withBlockSizedCache`).
+    public var pageCacheKiB = JobStore.blockCacheKiB
 
     public init() {}
 }
