@@ -72,15 +72,22 @@ final class ExampleRowWriter {
             let base = UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self)
             for (row, values) in pending.enumerated() {
                 let first = Int32(row * Self.columns)
-                sqlite3_bind_int64(handle, first + 1, Int64(values.feature))
-                Self.bindCopy(handle, first + 2, values.split.rawValue)
-                Self.bindCopy(handle, first + 3, values.kind.rawValue)
-                sqlite3_bind_int64(handle, first + 4, Int64(values.ordinal))
-                sqlite3_bind_int64(handle, first + 5, Int64(values.sequence))
-                sqlite3_bind_int64(handle, first + 6, Int64(values.start))
+                // A failed bind would leave the reused statement holding the previous rows' values: check each.
+                var codes = [
+                    sqlite3_bind_int64(handle, first + 1, Int64(values.feature)),
+                    Self.bindCopy(handle, first + 2, values.split.rawValue),
+                    Self.bindCopy(handle, first + 3, values.kind.rawValue),
+                    sqlite3_bind_int64(handle, first + 4, Int64(values.ordinal)),
+                    sqlite3_bind_int64(handle, first + 5, Int64(values.sequence)),
+                    sqlite3_bind_int64(handle, first + 6, Int64(values.start)),
+                ]
                 // SQLITE_STATIC (a nil destructor): `arena` is neither changed nor freed before the step below.
-                sqlite3_bind_text(handle, first + 7, base + values.tokens.lowerBound, Int32(values.tokens.count), nil)
-                sqlite3_bind_text(handle, first + 8, base + values.activations.lowerBound, Int32(values.activations.count), nil)
+                codes.append(sqlite3_bind_text(handle, first + 7, base + values.tokens.lowerBound, Int32(values.tokens.count), nil))
+                codes.append(sqlite3_bind_text(handle, first + 8, base + values.activations.lowerBound, Int32(values.activations.count), nil))
+                if let failed = codes.first(where: { $0 != SQLITE_OK }) {
+                    sqlite3_clear_bindings(handle)
+                    throw DatabaseError(resultCode: ResultCode(rawValue: failed), message: db.lastErrorMessage, sql: statement.sql)
+                }
             }
             try run(statement)
         }
@@ -108,8 +115,8 @@ final class ExampleRowWriter {
     }
 
     /// The split and kind names are a few ASCII bytes: copied by SQLite (SQLITE_TRANSIENT) from a C string.
-    private static func bindCopy(_ handle: SQLiteStatement, _ index: Int32, _ text: String) {
-        _ = text.withCString { sqlite3_bind_text(handle, index, $0, -1, transient) }
+    private static func bindCopy(_ handle: SQLiteStatement, _ index: Int32, _ text: String) -> Int32 {
+        text.withCString { sqlite3_bind_text(handle, index, $0, -1, transient) }
     }
 
     private static let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)

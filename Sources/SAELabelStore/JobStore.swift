@@ -46,6 +46,8 @@ public final class JobStore: Sendable {
     /// Any later use of this store fails.
     public func close() {
         try? pool.close()
+        // Only an existing file: opening a path the user has since removed would create an empty store there.
+        guard FileManager.default.fileExists(atPath: path) else { return }
         if let last = try? DatabaseQueue(path: path) { try? last.close() }
     }
 
