@@ -70,24 +70,24 @@ final class ExampleRowWriter {
         let handle = statement.sqliteStatement
         try arena.withUnsafeBufferPointer { bytes in
             let base = UnsafeRawPointer(bytes.baseAddress!).assumingMemoryBound(to: CChar.self)
+            // A failed bind would leave the reused statement holding the previous rows' values: check each.
+            func bound(_ code: Int32) throws {
+                guard code == SQLITE_OK else {
+                    sqlite3_clear_bindings(handle)
+                    throw DatabaseError(resultCode: ResultCode(rawValue: code), message: db.lastErrorMessage, sql: statement.sql)
+                }
+            }
             for (row, values) in pending.enumerated() {
                 let first = Int32(row * Self.columns)
-                // A failed bind would leave the reused statement holding the previous rows' values: check each.
-                var codes = [
-                    sqlite3_bind_int64(handle, first + 1, Int64(values.feature)),
-                    Self.bindCopy(handle, first + 2, values.split.rawValue),
-                    Self.bindCopy(handle, first + 3, values.kind.rawValue),
-                    sqlite3_bind_int64(handle, first + 4, Int64(values.ordinal)),
-                    sqlite3_bind_int64(handle, first + 5, Int64(values.sequence)),
-                    sqlite3_bind_int64(handle, first + 6, Int64(values.start)),
-                ]
+                try bound(sqlite3_bind_int64(handle, first + 1, Int64(values.feature)))
+                try bound(Self.bindCopy(handle, first + 2, values.split.rawValue))
+                try bound(Self.bindCopy(handle, first + 3, values.kind.rawValue))
+                try bound(sqlite3_bind_int64(handle, first + 4, Int64(values.ordinal)))
+                try bound(sqlite3_bind_int64(handle, first + 5, Int64(values.sequence)))
+                try bound(sqlite3_bind_int64(handle, first + 6, Int64(values.start)))
                 // SQLITE_STATIC (a nil destructor): `arena` is neither changed nor freed before the step below.
-                codes.append(sqlite3_bind_text(handle, first + 7, base + values.tokens.lowerBound, Int32(values.tokens.count), nil))
-                codes.append(sqlite3_bind_text(handle, first + 8, base + values.activations.lowerBound, Int32(values.activations.count), nil))
-                if let failed = codes.first(where: { $0 != SQLITE_OK }) {
-                    sqlite3_clear_bindings(handle)
-                    throw DatabaseError(resultCode: ResultCode(rawValue: failed), message: db.lastErrorMessage, sql: statement.sql)
-                }
+                try bound(sqlite3_bind_text(handle, first + 7, base + values.tokens.lowerBound, Int32(values.tokens.count), nil))
+                try bound(sqlite3_bind_text(handle, first + 8, base + values.activations.lowerBound, Int32(values.activations.count), nil))
             }
             try run(statement)
         }

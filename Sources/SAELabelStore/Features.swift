@@ -68,7 +68,7 @@ extension JobStore {
     /// With SQLite's default 2 MB cache the pager spilled part-way and wrote and re-read most pages: 907k
     /// `pwrite` and 193k `pread` calls for 24,576 features instead of 296k and 99k (`strace -c`).
     /// `kib` caps it: collect passes a share of its memory budget, so a small budget is not exceeded by the cache.
-    func withBlockSizedCache(kib: Int = blockCacheKiB, _ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
+    func withBlockSizedCache(kib: Int, _ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
         let previous: Int
         do {
             previous = try pool.writeWithoutTransaction { db in
