@@ -25,6 +25,7 @@ let package = Package(
     targets: [
         // C shims
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
+        .target(name: "CFileSystem"),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
 
         // Core types shared by every stage
@@ -62,7 +63,7 @@ let package = Package(
                 dependencies: ["SAELabelCore", "SAELabelStore", "LLMClient"],
                 swiftSettings: strict),
         .target(name: "SAELabelExport",
-                dependencies: ["SAELabelCore", "SAELabelStore"],
+                dependencies: ["SAELabelCore", "SAELabelStore", "CFileSystem"],
                 swiftSettings: strict),
         .target(name: "SAELabelRun",
                 dependencies: ["SAELabelCore", "SAELabelStore", "SAELabelCollect", "LLMClient",

@@ -1,3 +1,4 @@
+import CFileSystem
 import Foundation
 import SAELabelCore
 
@@ -216,21 +217,38 @@ final class OutputSession {
             guard rename(workPath, target.resolved) == 0 else {
                 throw .badInput(location: target.path, problem: "cannot move the finished export into place (\(String(cString: strerror(errno))))")
             }
+            try syncDirectory(parentFolder)
         case .directory:
-            try syncFiles()
             let marker = OutputTarget.Marker(format: format.rawValue, files: relativeFiles)
             let markerPath = (workPath as NSString).appendingPathComponent(OutputTarget.markerName)
             guard let data = try? JSONEncoder().encode(marker), FileManager.default.createFile(atPath: markerPath, contents: data) else {
                 throw .badInput(location: target.path, problem: "cannot write \(OutputTarget.markerName)")
             }
+            try syncFiles(relativeFiles + [OutputTarget.markerName])
             try swapFolder()
+            try syncDirectory(parentFolder)
         }
         committed = true
     }
 
-    /// Makes every file written into the folder durable before the folder is moved into place.
-    private func syncFiles() throws(SAELabelError) {
-        for relative in relativeFiles {
+    private var parentFolder: String { (target.resolved as NSString).deletingLastPathComponent }
+
+    /// Makes a folder's entries durable: a file's own fsync does not cover its name in the folder, so without
+    /// this a power cut right after the rename could bring back the old export or lose the new one's files.
+    private func syncDirectory(_ folder: String) throws(SAELabelError) {
+        let descriptor = open(folder, O_RDONLY | O_DIRECTORY)
+        guard descriptor >= 0, fsync(descriptor) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if descriptor >= 0 { _ = close(descriptor) }
+            throw .badInput(location: target.path, problem: "cannot finish writing the folder \(folder) (\(reason)); check the disk")
+        }
+        _ = close(descriptor)
+    }
+
+    /// Makes every file written into the folder, and the folder's own entries (subfolders first), durable
+    /// before the folder is moved into place.
+    private func syncFiles(_ files: [String]) throws(SAELabelError) {
+        for relative in files {
             let path = (workPath as NSString).appendingPathComponent(relative)
             let descriptor = open(path, O_RDONLY)
             guard descriptor >= 0, fsync(descriptor) == 0 else {
@@ -240,6 +258,15 @@ final class OutputSession {
             }
             _ = close(descriptor)
         }
+        var subfolders = Set<String>()
+        for relative in files {
+            var folder = (relative as NSString).deletingLastPathComponent
+            while !folder.isEmpty, subfolders.insert(folder).inserted { folder = (folder as NSString).deletingLastPathComponent }
+        }
+        for relative in subfolders.sorted(by: { $0.count > $1.count }) {
+            try syncDirectory((workPath as NSString).appendingPathComponent(relative))
+        }
+        try syncDirectory(workPath)
     }
 
     private func swapFolder() throws(SAELabelError) {
@@ -250,7 +277,14 @@ final class OutputSession {
             }
             return
         }
-        // rename(2) cannot replace a non-empty folder: move the old export aside, then remove it.
+        // rename(2) cannot replace a non-empty folder. Swap the two in one step where the kernel can, so a crash
+        // leaves the old export or the new one at the path, never neither; the old one is then at workPath.
+        if cfs_exchange(workPath, target.resolved) == 0 {
+            try syncDirectory(parentFolder)
+            try? manager.removeItem(atPath: workPath)
+            return
+        }
+        // Older kernels and some file systems: move the old export aside, then remove it.
         let aside = workPath + ".old"
         guard rename(target.resolved, aside) == 0 else {
             throw .badInput(location: target.path, problem: "cannot replace the previous export (\(String(cString: strerror(errno))))")

@@ -296,6 +296,9 @@ import SAELabelStore
         // A previous export of the same format is replaced whole.
         _ = try Exporter.export(store: store, format: .neuronpedia, to: out, filter: ExportFilter(selection: FeatureSelection(set: .range(0, 10))))
         #expect(try FileManager.default.contentsOfDirectory(atPath: out).sorted() == [".saelabel-export.json", "batch-0.jsonl"])
+        // The swap leaves neither the new export's temporary folder nor the old export beside it.
+        let parent = (out as NSString).deletingLastPathComponent
+        #expect(try FileManager.default.contentsOfDirectory(atPath: parent).filter { $0.contains(".saelabel-") }.isEmpty)
     }
 }
 
