@@ -91,7 +91,8 @@ let package = Package(
         .testTarget(name: "LabelingTests",
                     dependencies: ["TestSupport", "SAELabelExplain", "SAELabelScore", "SAELabelStore", "LLMClient"],
                     swiftSettings: strict),
-        .testTarget(name: "ExportTests", dependencies: ["TestSupport", "SAELabelExport", "SAELabelStore"], swiftSettings: strict),
+        .testTarget(name: "ExportTests", dependencies: ["TestSupport", "SAELabelExport", "SAELabelStore",
+                                                      .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
         .testTarget(name: "RunTests", dependencies: ["TestSupport", "SAELabelRun", "LLMClient"], swiftSettings: strict),
     ]
 )

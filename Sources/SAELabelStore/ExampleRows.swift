@@ -7,10 +7,11 @@ import SAELabelCore
 /// multi-row INSERT, bound with raw `sqlite3_bind_*` calls: the JSON text is written as bytes into one
 /// arena and bound without a copy (SQLITE_STATIC), and SQLite runs one statement (one AUTOINCREMENT
 /// update, one statement start) per 32 rows instead of per row. The stored text is `CompactJSON`'s, byte
-/// for byte, whichever way it is written.
+/// for byte, whichever way it is written. A row names its window (`TextWindowWriter`), whose tokens are
+/// stored once.
 final class ExampleRowWriter {
     static let rowsPerStatement = 32
-    private static let columns = 8
+    private static let columns = 6
 
     private let db: Database
     /// Multi-row INSERT statements by row count, prepared on first use.
@@ -22,26 +23,18 @@ final class ExampleRowWriter {
         var split: ExampleSplit
         var kind: ExampleKind
         var ordinal: Int
-        var sequence: Int
-        var start: Int
-        var tokens: Range<Int>
+        var window: Int64
         var activations: Range<Int>
     }
     private var pending: [PendingRow] = []
-    /// The pending rows' token and activation JSON, back to back; bound in place.
+    /// The pending rows' activation JSON, back to back; bound in place.
     private var arena: [UInt8] = []
-    /// Token JSON of windows already written: a strong window tops hundreds of features. Reused only for
-    /// equal tokens (collect shares one array per window, so the comparison is O(1) in the common case).
-    private var tokenJSON: [WindowKey: (tokens: [String], json: [UInt8])] = [:]
-
-    private struct WindowKey: Hashable {
-        var sequence: Int
-        var start: Int
-    }
+    private let windows: TextWindowWriter
 
     init(_ db: Database) throws {
         self.db = db
         clear = try db.makeStatement(sql: "DELETE FROM example WHERE feature = ?")
+        windows = try TextWindowWriter(db)
         pending.reserveCapacity(Self.rowsPerStatement)
     }
 
@@ -53,13 +46,11 @@ final class ExampleRowWriter {
     }
 
     func append(feature: Int, split: ExampleSplit, ordinal: Int, window: ActivationWindow) throws {
-        let tokensStart = arena.count
-        arena.append(contentsOf: tokenBytes(window))
+        let windowID = try windows.id(of: window)
         let activationsStart = arena.count
         CompactJSON.appendFloats(window.activations, to: &arena)
-        pending.append(PendingRow(feature: feature, split: split, kind: window.kind, ordinal: ordinal,
-                                  sequence: window.sequence, start: window.start,
-                                  tokens: tokensStart..<activationsStart, activations: activationsStart..<arena.count))
+        pending.append(PendingRow(feature: feature, split: split, kind: window.kind, ordinal: ordinal, window: windowID,
+                                  activations: activationsStart..<arena.count))
         if pending.count == Self.rowsPerStatement { try flush() }
     }
 
@@ -83,11 +74,9 @@ final class ExampleRowWriter {
                 try bound(Self.bindCopy(handle, first + 2, values.split.rawValue))
                 try bound(Self.bindCopy(handle, first + 3, values.kind.rawValue))
                 try bound(sqlite3_bind_int64(handle, first + 4, Int64(values.ordinal)))
-                try bound(sqlite3_bind_int64(handle, first + 5, Int64(values.sequence)))
-                try bound(sqlite3_bind_int64(handle, first + 6, Int64(values.start)))
+                try bound(sqlite3_bind_int64(handle, first + 5, values.window))
                 // SQLITE_STATIC (a nil destructor): `arena` is neither changed nor freed before the step below.
-                try bound(sqlite3_bind_text(handle, first + 7, base + values.tokens.lowerBound, Int32(values.tokens.count), nil))
-                try bound(sqlite3_bind_text(handle, first + 8, base + values.activations.lowerBound, Int32(values.activations.count), nil))
+                try bound(sqlite3_bind_text(handle, first + 6, base + values.activations.lowerBound, Int32(values.activations.count), nil))
             }
             try run(statement)
         }
@@ -95,19 +84,11 @@ final class ExampleRowWriter {
         arena.removeAll(keepingCapacity: true)
     }
 
-    private func tokenBytes(_ window: ActivationWindow) -> [UInt8] {
-        let key = WindowKey(sequence: window.sequence, start: window.start)
-        if let cached = tokenJSON[key], cached.tokens == window.tokens { return cached.json }
-        let json = Array(CompactJSON.strings(window.tokens).utf8)
-        tokenJSON[key] = (window.tokens, json)
-        return json
-    }
-
     private func insert(rows: Int) throws -> Statement {
         if let statement = inserts[rows] { return statement }
         let row = "(" + Array(repeating: "?", count: Self.columns).joined(separator: ",") + ")"
         let statement = try db.makeStatement(sql: """
-            INSERT INTO example(feature, split, kind, ordinal, sequence, start, tokens, activations)
+            INSERT INTO example(feature, split, kind, ordinal, text_window, activations)
             VALUES \(Array(repeating: row, count: rows).joined(separator: ","))
             """)
         inserts[rows] = statement

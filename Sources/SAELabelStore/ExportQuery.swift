@@ -60,8 +60,8 @@ extension JobStore {
                 """ + Self.whereClause(["e.pass = ?"] + Self.selectionConditions(selection, column: "e.feature"))
                 + " ORDER BY e.feature, s.scorer", arguments: [pass], featureColumn: "owner", Self.score)
             let examples = try includeExamples ? FeatureOrderedRows(db, sql: """
-                SELECT feature, split, kind, ordinal, sequence, start, tokens, activations FROM example
-                """ + Self.whereClause(Self.selectionConditions(selection, column: "feature")) + " ORDER BY feature, split, ordinal",
+                SELECT \(TextWindows.exampleColumns) FROM \(TextWindows.examplesJoined)
+                """ + Self.whereClause(Self.selectionConditions(selection, column: "e.feature")) + " ORDER BY e.feature, e.split, e.ordinal",
                 arguments: [], Self.exportExample) : nil
             let carried = try FeatureOrderedRows(db, sql: """
                 SELECT * FROM carried_label

@@ -89,6 +89,7 @@ extension JobStore {
     /// would label them as the new version's. Labels and scores of earlier passes stay (carry-over reads them).
     static func forgetCollectedExamples(_ db: Database, now: Date) throws {
         try db.execute(sql: "DELETE FROM example")
+        try db.execute(sql: "DELETE FROM text_window")
         try db.execute(sql: """
             UPDATE feature SET state = 'pending', note = NULL, frequency = NULL, max_activation = NULL,
                 mean_activation = NULL, activating_tokens = NULL, activating_windows = NULL, histogram = NULL,
@@ -129,13 +130,13 @@ extension JobStore {
 
     public func examples(feature: Int, split: ExampleSplit? = nil) throws(SAELabelError) -> [StoredExample] {
         try read { db in
-            var sql = "SELECT split, kind, ordinal, sequence, start, tokens, activations FROM example WHERE feature = ?"
+            var sql = "SELECT \(TextWindows.exampleColumns) FROM \(TextWindows.examplesJoined) WHERE e.feature = ?"
             var arguments: StatementArguments = [feature]
             if let split {
-                sql += " AND split = ?"
+                sql += " AND e.split = ?"
                 arguments += [split.rawValue]
             }
-            sql += " ORDER BY split, ordinal"
+            sql += " ORDER BY e.split, e.ordinal"
             let decoder = JSONDecoder()
             return try Row.fetchAll(db, sql: sql, arguments: arguments).map { try Self.example($0, decoder: decoder) }
         }

@@ -58,6 +58,7 @@ extension JobStore {
                         """
                     let ids = try Int.fetchAll(db, sql: newer)
                     summary.features = ids.count
+                    let examples = try ExampleCopier(from: "shard", db)
                     for id in ids {
                         try db.execute(sql: "DELETE FROM main.example WHERE feature = ?", arguments: [id])
                         // UPDATE, not REPLACE: replacing would cascade-delete this feature's explanations in main.
@@ -66,10 +67,7 @@ extension JobStore {
                                        arguments: [id])
                         try db.execute(sql: "UPDATE main.feature SET (\(columns)) = (SELECT \(columns) FROM shard.feature WHERE id = ?) WHERE id = ?",
                                        arguments: [id, id])
-                        try db.execute(sql: """
-                            INSERT INTO main.example(feature, split, kind, ordinal, sequence, start, tokens, activations)
-                            SELECT feature, split, kind, ordinal, sequence, start, tokens, activations FROM shard.example WHERE feature = ?
-                            """, arguments: [id])
+                        try examples.copy(feature: id)
                     }
                     let before = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM main.explanation") ?? 0
                     try db.execute(sql: """

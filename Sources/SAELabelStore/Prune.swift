@@ -7,6 +7,8 @@ public struct PruneSummary: Sendable, Equatable {
     public var responsesDropped: Int
     public var responsesKept: Int
     public var rawResponsesCleared: Int
+    /// Text windows no example showed any more (left by re-collected and merged-over features).
+    public var windowsDropped: Int
     public var bytesBefore: Int64
     public var bytesAfter: Int64
 }
@@ -14,13 +16,14 @@ public struct PruneSummary: Sendable, Equatable {
 extension JobStore {
     /// Drops what finished work no longer needs, then VACUUMs: cached LLM answers whose every call
     /// belongs to work the store already holds (an explanation of the current pass; the scores of a
-    /// feature in state `scored`), and the raw explainer answers of old passes (their labels stay).
+    /// feature in state `scored`), the raw explainer answers of old passes (their labels stay), and the
+    /// text windows no example shows.
     /// Every label and score is kept. Answers of unfinished work (features not yet explained or
     /// scored, failed ones, calls not tied to one feature, answers without a logged call) stay, so a
     /// resumed run still pays nothing twice.
     public func prune() throws(SAELabelError) -> PruneSummary {
         let before = fileBytes()
-        let (dropped, kept, cleared) = try write { db -> (Int, Int, Int) in
+        let (dropped, kept, cleared, windows) = try write { db -> (Int, Int, Int, Int) in
             let currentPass = try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'")
             var explainedNow = Set<Int>()
             if let currentPass {
@@ -51,7 +54,7 @@ extension JobStore {
                                arguments: [currentPass])
                 cleared = db.changesCount
             }
-            return (drop.count, kept, cleared)
+            return (drop.count, kept, cleared, try TextWindows.dropUnreferenced(db))
         }
         do {
             try pool.writeWithoutTransaction { db in
@@ -61,7 +64,7 @@ extension JobStore {
         } catch {
             throw Self.wrap(error)
         }
-        return PruneSummary(responsesDropped: dropped, responsesKept: kept, rawResponsesCleared: cleared,
+        return PruneSummary(responsesDropped: dropped, responsesKept: kept, rawResponsesCleared: cleared, windowsDropped: windows,
                             bytesBefore: before, bytesAfter: fileBytes())
     }
 

@@ -9,7 +9,9 @@ extension JobStore {
         try read { db in
             var rows = 0
             var characters = 0
-            let examples = try Row.fetchCursor(db, sql: "SELECT feature, tokens, activations FROM example ORDER BY feature, split, ordinal")
+            let examples = try Row.fetchCursor(db, sql: """
+                SELECT \(TextWindows.exampleColumns) FROM \(TextWindows.examplesJoined) ORDER BY e.feature, e.split, e.ordinal
+                """)
             while let row = try examples.next() {
                 characters += (row["tokens"] as String).utf8.count + (row["activations"] as String).utf8.count
                 rows += 1

@@ -163,6 +163,45 @@ enum Schema {
                 t.add(column: "tag", .text)
             }
         }
+        // Each text window's tokens stored once (TextWindows.swift): collect keeps ~35 windows for each of tens of
+        // thousands of features out of a few hundred distinct corpus windows, and the tokens JSON repeated per
+        // example was two thirds of the store. `example` is rebuilt (SQLite cannot drop a NOT NULL column in place)
+        // with every row, its id and its activations kept; its window is the one with its exact stored tokens text.
+        migrator.registerMigration("v6-text-windows") { db in
+            try db.create(table: "text_window") { t in
+                t.primaryKey("id", .integer)
+                t.column("sequence", .integer).notNull()
+                t.column("start", .integer).notNull()
+                t.column("tokens", .text).notNull()        // JSON array of strings
+            }
+            // Not unique on the tokens too: that would store each window's tokens twice (the synthetic and
+            // the sparsest stores share few windows). Writers find a window by place, then compare its tokens.
+            try db.create(index: "text_window_place", on: "text_window", columns: ["sequence", "start"])
+            try db.execute(sql: """
+                INSERT INTO text_window(sequence, start, tokens)
+                SELECT sequence, start, tokens FROM example GROUP BY sequence, start, tokens ORDER BY MIN(id)
+                """)
+            try db.create(table: "example_by_window") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("feature", .integer).notNull().references("feature", onDelete: .cascade)
+                t.column("split", .text).notNull()
+                t.column("kind", .text).notNull()
+                t.column("ordinal", .integer).notNull()
+                // No foreign key: SQLite would scan every example for each window deleted (there is no index on
+                // this column, which collect would pay for per row); only prune deletes windows, those no example uses.
+                t.column("text_window", .integer).notNull()
+                t.column("activations", .text).notNull()   // JSON array of numbers
+                t.uniqueKey(["feature", "split", "ordinal"])
+            }
+            try db.execute(sql: """
+                INSERT INTO example_by_window(id, feature, split, kind, ordinal, text_window, activations)
+                SELECT e.id, e.feature, e.split, e.kind, e.ordinal, w.id, e.activations
+                FROM example e JOIN text_window w ON w.sequence = e.sequence AND w.start = e.start AND w.tokens = e.tokens
+                ORDER BY e.id
+                """)
+            try db.drop(table: "example")
+            try db.rename(table: "example_by_window", to: "example")
+        }
         return migrator
     }
 }

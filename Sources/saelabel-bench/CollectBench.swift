@@ -77,13 +77,16 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
     let summary: CollectSummary
     let planSeconds: Double
     let totalSeconds: Double
+    let storePath = (directory as NSString).appendingPathComponent("job.sqlite")
     do {
-        let store = try JobStore(path: (directory as NSString).appendingPathComponent("job.sqlite"))
+        let store = try JobStore(path: storePath)
         _ = clock.lap()
         let plan = try Collector.plan(options)
         planSeconds = clock.lap()
         summary = settings.store ? try Collector.run(options, plan: plan, store: store) : try Collector.streamOnly(options, plan: plan)
         totalSeconds = clock.lap()
+        // Folds the write-ahead log in, so the file's size is the store's.
+        store.close()
     } catch {
         print("collect failed: \(error)")
         exit(1)
@@ -97,6 +100,8 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
                  totalSeconds, summary.seconds))
     if settings.store {
         print("  features: \(summary.collected) collected, \(summary.sparse) sparse, \(summary.dead) dead; \(summary.excludedTokens) tokens excluded (BOS)")
+        let storeBytes = fileBytes(storePath) + fileBytes(storePath + "-wal")
+        print(String(format: "  store size: %.1f MiB = %.0f bytes/feature", Double(storeBytes) / 1_048_576, Double(storeBytes) / Double(features)))
     }
 
     var numpyRate: Double? = nil

@@ -231,7 +231,7 @@ private func plainWriteSeconds(bytes: Int64, in folder: URL, direct: Bool) -> Do
     return seconds(since: start)
 }
 
-private func fileBytes(_ path: String) -> Int64 {
+func fileBytes(_ path: String) -> Int64 {
     (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0
 }
 

@@ -419,6 +419,7 @@ struct Prune: AsyncParsableCommand {
         let summary = try JobStore(path: db, exclusive: true).prune()
         func mib(_ bytes: Int64) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
         print("dropped \(summary.responsesDropped) cached LLM answers (\(summary.responsesKept) kept for unfinished work), "
-              + "cleared \(summary.rawResponsesCleared) raw answers of old passes; \(mib(summary.bytesBefore)) → \(mib(summary.bytesAfter))")
+              + "cleared \(summary.rawResponsesCleared) raw answers of old passes, dropped \(summary.windowsDropped) text windows no example shows; "
+              + "\(mib(summary.bytesBefore)) → \(mib(summary.bytesAfter))")
     }
 }

@@ -70,8 +70,13 @@ import SAELabelCore
             import json, sqlite3, sys
             db = sqlite3.connect(sys.argv[1])
             for feature, split, ordinal, tokens, activations in json.load(open(sys.argv[2])):
-                db.execute("UPDATE example SET tokens = ?, activations = ? WHERE feature = ? AND split = ? AND ordinal = ?",
-                           (tokens, activations, feature, split, ordinal))
+                # A window of its own: other examples may show the one this example shows.
+                window = db.execute("INSERT INTO text_window(sequence, start, tokens) "
+                    "SELECT w.sequence, w.start, ? FROM example e JOIN text_window w ON w.id = e.text_window "
+                    "WHERE e.feature = ? AND e.split = ? AND e.ordinal = ?", (tokens, feature, split, ordinal)).lastrowid
+                assert db.execute("SELECT changes()").fetchone()[0] == 1
+                db.execute("UPDATE example SET text_window = ?, activations = ? WHERE feature = ? AND split = ? AND ordinal = ?",
+                           (window, activations, feature, split, ordinal))
                 assert db.execute("SELECT changes()").fetchone()[0] == 1
             db.commit()
             """

@@ -190,7 +190,11 @@ struct NightlyTests {
         let whole = TempDirectory()
         let wholeJob = try Demo.job(whole, endpoint: mock.baseURL, features: "0..48")
         #expect(try await runSAELabel(["run", "--config", wholeJob, "--stage", "collect", "--quiet"]).status == 0)
-        let selection = "SELECT f.id, f.state, e.split, e.kind, e.ordinal, e.sequence, e.start, e.tokens FROM feature f LEFT JOIN example e ON e.feature = f.id ORDER BY f.id, e.split, e.ordinal"
+        let selection = """
+            SELECT f.id, f.state, e.split, e.kind, e.ordinal, w.sequence, w.start, w.tokens
+            FROM feature f LEFT JOIN example e ON e.feature = f.id LEFT JOIN text_window w ON w.id = e.text_window
+            ORDER BY f.id, e.split, e.ordinal
+            """
         #expect(try await rows(store, selection) == rows(whole.file("job.sqlite"), selection))
     }
 
@@ -284,7 +288,10 @@ func dump(_ store: String) async throws -> String {
 /// Everything the store holds about features below `limit`: feature rows, examples, labels, scores.
 func featureContent(_ store: String, below limit: Int) async throws -> String {
     var parts: [String] = []
-    for sql in ["SELECT * FROM feature WHERE id < \(limit) ORDER BY id", "SELECT * FROM example WHERE feature < \(limit) ORDER BY id",
+    for sql in ["SELECT * FROM feature WHERE id < \(limit) ORDER BY id", """
+                SELECT e.*, w.sequence, w.start, w.tokens FROM example e JOIN text_window w ON w.id = e.text_window
+                WHERE e.feature < \(limit) ORDER BY e.id
+                """,
                 "SELECT * FROM explanation WHERE feature < \(limit) ORDER BY id", "SELECT * FROM score WHERE feature < \(limit) ORDER BY id"] {
         parts.append(try await rows(store, sql))
     }

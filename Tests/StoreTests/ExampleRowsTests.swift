@@ -33,7 +33,10 @@ import Testing
     func storedRows(_ path: String) throws -> [String] {
         let queue = try DatabaseQueue(path: path)
         return try queue.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM example ORDER BY feature, split, ordinal").map { row in
+            try Row.fetchAll(db, sql: """
+                SELECT e.*, w.sequence, w.start, w.tokens FROM example e JOIN text_window w ON w.id = e.text_window
+                ORDER BY e.feature, e.split, e.ordinal
+                """).map { row in
                 let feature: Int = row["feature"], split: String = row["split"], ordinal: Int = row["ordinal"]
                 let kind: String = row["kind"], sequence: Int = row["sequence"], start: Int = row["start"]
                 let tokens: String = row["tokens"], activations: String = row["activations"]

@@ -22,7 +22,7 @@ func collected(_ index: Int, state: FeatureState = .collected) -> CollectedFeatu
         let dir = TempDirectory()
         let store = try JobStore(path: dir.file("job.sqlite"))
         let migrations = ["v1", "v2-labeling-passes", "v3-batch-requests", "v3-carry-over", "v2-llm-call-cached-tokens",
-                          "v5-batch-call-accounting"]
+                          "v5-batch-call-accounting", "v6-text-windows"]
         #expect(try store.appliedMigrations() == migrations)
         #expect(try store.status().features == 0)
         // Reopening an existing store applies nothing twice.

@@ -1,0 +1,86 @@
+import GRDB
+import SAELabelCore
+
+/// The `text_window` table: one row per corpus window (its place and its tokens' JSON) however many examples
+/// show it; an `example` row holds its activations and the window's id. A strong window tops hundreds of features,
+/// so storing its tokens per example made them two thirds of a collected store.
+enum TextWindows {
+    /// An example with its window, for readers: select `exampleColumns` from `examplesJoined`
+    /// (feature, split, kind, ordinal, sequence, start, tokens, activations).
+    static let exampleColumns = "e.feature, e.split, e.kind, e.ordinal, w.sequence, w.start, w.tokens, e.activations"
+    static let examplesJoined = "example e JOIN text_window w ON w.id = e.text_window"
+
+    /// Deletes the windows no example shows any more (re-collected or merged-over features leave some) and
+    /// returns how many. One pass over `example`, so only `prune` runs it.
+    static func dropUnreferenced(_ db: Database) throws -> Int {
+        try db.execute(sql: "DELETE FROM text_window WHERE id NOT IN (SELECT text_window FROM example)")
+        return db.changesCount
+    }
+}
+
+/// Copies features' examples from an attached store (`merge`): the windows they show that `main` lacks, then the
+/// examples with their window ids remapped to `main`'s (each store numbers its windows itself).
+struct ExampleCopier {
+    private let copyWindows: Statement
+    private let copyExamples: Statement
+
+    init(from schema: String, _ db: Database) throws {
+        let sameWindow = "m.sequence = w.sequence AND m.start = w.start AND m.tokens = w.tokens"
+        copyWindows = try db.makeStatement(sql: """
+            INSERT INTO main.text_window(sequence, start, tokens)
+            SELECT w.sequence, w.start, w.tokens FROM \(schema).text_window w
+            WHERE w.id IN (SELECT text_window FROM \(schema).example WHERE feature = ?)
+              AND NOT EXISTS (SELECT 1 FROM main.text_window m WHERE \(sameWindow))
+            GROUP BY w.sequence, w.start, w.tokens ORDER BY MIN(w.id)
+            """)
+        copyExamples = try db.makeStatement(sql: """
+            INSERT INTO main.example(feature, split, kind, ordinal, text_window, activations)
+            SELECT e.feature, e.split, e.kind, e.ordinal, (SELECT MIN(m.id) FROM main.text_window m WHERE \(sameWindow)), e.activations
+            FROM \(schema).example e JOIN \(schema).text_window w ON w.id = e.text_window
+            WHERE e.feature = ? ORDER BY e.id
+            """)
+    }
+
+    func copy(feature: Int) throws {
+        try copyWindows.execute(arguments: [feature])
+        try copyExamples.execute(arguments: [feature])
+    }
+}
+
+/// Finds or inserts collect's windows for `ExampleRowWriter`. A window is the same when its place and its tokens
+/// are; the place alone is looked up (indexed) and the tokens compared, so the index does not hold them again.
+final class TextWindowWriter {
+    private struct Place: Hashable {
+        var sequence: Int
+        var start: Int
+    }
+    /// Windows this writer has resolved, by place. Collect shares one tokens array per window, so comparing a
+    /// cached window's tokens is O(1) in the common case.
+    private var known: [Place: [(tokens: [String], id: Int64)]] = [:]
+    private let find: Statement
+    private let insert: Statement
+    private let db: Database
+
+    init(_ db: Database) throws {
+        self.db = db
+        find = try db.makeStatement(sql: "SELECT id FROM text_window WHERE sequence = ? AND start = ? AND tokens = ? ORDER BY id LIMIT 1")
+        insert = try db.makeStatement(sql: "INSERT INTO text_window(sequence, start, tokens) VALUES (?, ?, ?)")
+    }
+
+    /// The id of `window`'s row, inserting the row when the store has none with its place and tokens.
+    func id(of window: ActivationWindow) throws -> Int64 {
+        let place = Place(sequence: window.sequence, start: window.start)
+        if let cached = known[place]?.first(where: { $0.tokens == window.tokens }) { return cached.id }
+        let tokens = CompactJSON.strings(window.tokens)
+        let arguments: StatementArguments = [window.sequence, window.start, tokens]
+        let id: Int64
+        if let existing = try Int64.fetchOne(find, arguments: arguments) {
+            id = existing
+        } else {
+            try insert.execute(arguments: arguments)
+            id = db.lastInsertedRowID
+        }
+        known[place, default: []].append((window.tokens, id))
+        return id
+    }
+}
