@@ -12,7 +12,8 @@ import SAELabelCore
 /// streaming phase (read, bucket, per-feature window state; no selection, no store). Beside the time it prints
 /// what the time should follow if collect is O(non-zeros): the non-zeros, the latents that fire, their
 /// (latent, window) firings and the windows their slots keep; and the streaming phase's own peak RSS. The
-/// least-squares fit at the end, time = a·non-zeros + b·firing latents + c·width, shows what each costs.
+/// least-squares fit at the end, time = a·non-zeros + b·windows kept + c·width, shows what each costs (c ≈ 0
+/// if nothing grows with the width itself; run `--firing N` over several widths to see it alone).
 func runLatentBenchmark(tokens requestedTokens: Int, widths: [Int], perToken: [Int], mayFire: Int?) {
     let context = 128
     let sequences = max(1, (requestedTokens + context - 1) / context)
@@ -23,7 +24,7 @@ func runLatentBenchmark(tokens requestedTokens: Int, widths: [Int], perToken: [I
     print("| width | per token | non-zeros | firing latents | firing windows | windows kept | blocks | stream s | s / first run | ns / non-zero | stream peak RSS |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     var first: Double?
-    var runs: [(nonZeros: Double, firing: Double, width: Double, seconds: Double)] = []
+    var runs: [(nonZeros: Double, kept: Double, width: Double, seconds: Double)] = []
     for width in widths {
         for perTokenCount in perToken {
             let run = (directory as NSString).appendingPathComponent("w\(width)-p\(perTokenCount)")
@@ -41,7 +42,7 @@ func runLatentBenchmark(tokens requestedTokens: Int, widths: [Int], perToken: [I
                 let base = first ?? summary.streamSeconds
                 first = base
                 let nonZeros = tokens * perTokenCount
-                runs.append((Double(nonZeros), Double(summary.firingFeatures), Double(width), summary.streamSeconds))
+                runs.append((Double(nonZeros), Double(summary.keptWindows), Double(width), summary.streamSeconds))
                 print(String(format: "| %d | %d | %d | %d | %d | %d | %d | %.2f | %.2f× | %.0f | %.0f MiB |", width, perTokenCount, nonZeros,
                              summary.firingFeatures, summary.activatingWindows, summary.keptWindows, summary.blocks,
                              summary.streamSeconds, summary.streamSeconds / base, summary.streamSeconds * 1e9 / Double(nonZeros),
@@ -53,13 +54,13 @@ func runLatentBenchmark(tokens requestedTokens: Int, widths: [Int], perToken: [I
             try? FileManager.default.removeItem(atPath: run)
         }
     }
-    if let fit = leastSquares(runs.map { [$0.nonZeros, $0.firing, $0.width] }, runs.map(\.seconds)) {
-        print(String(format: "fit over %d runs: stream s ≈ %.1f ns × non-zeros + %.2f µs × firing latents + %.2f ns × width",
-                     runs.count, fit[0] * 1e9, fit[1] * 1e6, fit[2] * 1e9))
+    if let fit = leastSquares(runs.map { [$0.nonZeros, $0.kept, $0.width] }, runs.map(\.seconds)) {
+        print(String(format: "fit over %d runs: stream s ≈ %.1f ns × non-zeros + %.1f ns × windows kept + %.1f ns × width",
+                     runs.count, fit[0] * 1e9, fit[1] * 1e9, fit[2] * 1e9))
         for run in runs {
-            print(String(format: "  width %.0f: non-zeros %.2f s + firing latents %.2f s + width %.2f s = %.2f s (measured %.2f s)",
-                         run.width, fit[0] * run.nonZeros, fit[1] * run.firing, fit[2] * run.width,
-                         fit[0] * run.nonZeros + fit[1] * run.firing + fit[2] * run.width, run.seconds))
+            print(String(format: "  width %.0f: non-zeros %.2f s + windows kept %.2f s + width %.2f s = %.2f s (measured %.2f s)",
+                         run.width, fit[0] * run.nonZeros, fit[1] * run.kept, fit[2] * run.width,
+                         fit[0] * run.nonZeros + fit[1] * run.kept + fit[2] * run.width, run.seconds))
         }
     }
     print("load average after: \(loadAverage())")
