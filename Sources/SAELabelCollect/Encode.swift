@@ -434,7 +434,16 @@ struct LatentReader {
                 sorted[bucketStart[bucket]..<bucketStart[bucket + 1]].sort { flats[$0] < flats[$1] || (flats[$0] == flats[$1] && $0 < $1) }
                 var next = bucketStart[bucket]
                 let end = bucketStart[bucket + 1]
+                guard next < end else { continue }
                 firingOrders.removeAll(keepingCapacity: true)
+                // Its top heap gets room for the windows its entries lie in (at most those fire), not a run of 4.
+                var windows = 0, lastWindow = -1
+                for index in next..<end {
+                    let flat = flats[sorted[index]]
+                    let windowIndex = flat / context * windowsPerSequence + (flat % context) / window
+                    if windowIndex != lastWindow { windows += 1; lastWindow = windowIndex }
+                }
+                accumulators.top.reserve(slot, slots: windows)
                 while next < end {
                     let flat = flats[sorted[next]]
                     let sequence = flat / context, start = (flat % context) / window * window

@@ -111,7 +111,18 @@ public final class WindowSlots {
     }
 
     private func grow(_ feature: Int, toHold count: Int) {
-        let slots = reservesCapacity ? capacity : Self.reservation(for: count, capacity: capacity)
+        move(feature, toSlots: reservesCapacity ? capacity : Self.reservation(for: count, capacity: capacity))
+    }
+
+    /// Gives `feature` room for exactly `slots` slots (at most the capacity) if it has less: a reader that knows
+    /// how many windows a feature can keep (a latent's windows, from its entries) spares it the doublings and
+    /// the unused slots of a first run of 4 (a latent firing in 2 windows holds 2 records, not 4).
+    public func reserve(_ feature: Int, slots: Int) {
+        let wanted = min(slots, capacity)
+        if wanted > Int(reserved[feature]) { move(feature, toSlots: wanted) }
+    }
+
+    private func move(_ feature: Int, toSlots slots: Int) {
         let moved = arena.take(slots: slots)
         let old = Int(reserved[feature])
         if let previous = records[feature] {

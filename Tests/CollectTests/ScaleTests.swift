@@ -228,6 +228,27 @@ import SAELabelStore
         }
     }
 
+    /// A reader that knows how many windows a feature can keep reserves exactly that many top slots; a feature
+    /// that keeps more still grows, keeping every record and its values.
+    @Test func reservingTheKnownWindowsHoldsExactlyThem() {
+        let parameters = SelectionParameters(windowLength: 3, explainTop: 10, explainQuantile: 10, heldoutTop: 5, heldoutQuantile: 5,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 13)
+        let accumulators = FeatureAccumulators(features: [0, 1], parameters: parameters)
+        accumulators.top.reserve(0, slots: 2)
+        accumulators.top.reserve(1, slots: 40)
+        #expect(accumulators.top.reservedSlots(0) == 2 && accumulators.top.reservedSlots(1) == 15, "exact, at most the capacity")
+        var fed: [Int64: [Float]] = [:]
+        for order in 0..<3 {
+            let values: [Float] = [Float(order) + 0.5, 0, 0.25]
+            fed[Int64(order)] = values
+            accumulators.observeActive(0, values: values, length: 3, peak: values.max()!, sequence: order, start: 0, order: Int64(order))
+            #expect(accumulators.top.reservedSlots(0) == (order < 2 ? 2 : 4))
+        }
+        let kept = (0..<accumulators.topCount[0]).map { accumulators.top.kept(0, $0) }
+        #expect(Set(kept.map(\.order)) == [0, 1, 2])
+        for window in kept { #expect(accumulators.top.values(0, window.index) == fed[window.order]) }
+    }
+
     /// A latent cache is cut into blocks by what each latent's entries can need, so rarely firing latents share
     /// a block the full per-feature state would split; any cut stores the same bytes as one block.
     @Test func latentCacheBlocksFollowTheEntriesAndStoreWhatOneBlockStores() throws {
