@@ -477,21 +477,23 @@ public final class FeatureAccumulators: @unchecked Sendable {
     /// The slot's generator, seeded on first use: features that never fire never seed one.
     @inline(__always)
     private func generator(_ slot: Int) -> UnsafeMutablePointer<SplitMix64> {
-        if started[slot] == 0 {
-            (generators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 1))
-            started[slot] = 1
-        }
-        return generators + slot
+        seeded(slot, generators, started, purpose: 1)
     }
 
     /// The random reservoir's generator, seeded on first use.
     @inline(__always)
     private func randomGenerator(_ slot: Int) -> UnsafeMutablePointer<SplitMix64> {
-        if randomStarted[slot] == 0 {
-            (randomGenerators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 3))
-            randomStarted[slot] = 1
+        seeded(slot, randomGenerators, randomStarted, purpose: 3)
+    }
+
+    @inline(__always)
+    private func seeded(_ slot: Int, _ generators: UnsafeMutablePointer<SplitMix64>, _ started: UnsafeMutablePointer<UInt8>,
+                        purpose: UInt64) -> UnsafeMutablePointer<SplitMix64> {
+        if started[slot] == 0 {
+            (generators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: features[slot], purpose: purpose))
+            started[slot] = 1
         }
-        return randomGenerators + slot
+        return generators + slot
     }
 
     /// Windows of the corpus observed so far by `slot` (orders 0..<this when windows arrive in corpus order).
