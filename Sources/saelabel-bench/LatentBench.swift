@@ -66,10 +66,10 @@ func runLatentBenchmark(tokens requestedTokens: Int, widths: [Int], perToken: [I
     print("load average after: \(loadAverage())")
 }
 
-/// Least squares without intercept (normal equations, Gaussian elimination); nil when the runs do not
-/// determine every coefficient (fewer distinct runs than columns).
+/// Least squares without intercept (normal equations, Gaussian elimination); nil unless there are more runs
+/// than columns (with as many, the "fit" passes through every run and says nothing).
 func leastSquares(_ rows: [[Double]], _ targets: [Double]) -> [Double]? {
-    guard let columns = rows.first?.count, rows.count >= columns else { return nil }
+    guard let columns = rows.first?.count, rows.count > columns else { return nil }
     // Columns scaled to unit size so the elimination does not mix 1e6-sized counts with 1e5-sized ones badly.
     let scales = (0..<columns).map { column in max(1e-30, rows.map { abs($0[column]) }.max() ?? 1) }
     var matrix = [[Double]](repeating: [Double](repeating: 0, count: columns + 1), count: columns)
