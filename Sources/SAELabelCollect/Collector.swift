@@ -100,6 +100,11 @@ public struct CollectSummary: Sendable, Equatable {
     public var writeCPUSeconds: Double = 0
     /// Blocks of features streamed and committed (`Collector.blocks`).
     public var blocks = 0
+    /// Filled by `streamOnly` alone: features that fired, their (feature, window) firings, and the windows their
+    /// slots hold at the end (top, reservoir, random held-out), so a benchmark can relate time to them.
+    public var firingFeatures = 0
+    public var activatingWindows = 0
+    public var keptWindows = 0
     /// Wall time of the whole run (selection and writes overlap the next block's streaming).
     public var seconds: Double = 0
 }
@@ -558,15 +563,24 @@ public enum Collector {
         let featureBlocks = blocks(of: plan.features, options: options, plan: plan)
         var summary = CollectSummary(tokens: 0, excludedTokens: 0, collected: 0, dead: 0, sparse: 0)
         let start = DispatchTime.now().uptimeNanoseconds
+        var censusNanoseconds: UInt64 = 0
         let kthByToken = try topKThresholds(options, plan: plan, blocks: featureBlocks)
         for block in featureBlocks {
             let inputs = try openChecked(options, plan: plan)
-            let (_, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { _, _ in })
+            let (accumulators, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { _, _ in })
+            // The census reads every slot (O(width)); it is not part of the streaming time.
+            let censusStart = DispatchTime.now().uptimeNanoseconds
+            for slot in block.indices where accumulators.activeWindows[slot] > 0 {
+                summary.firingFeatures += 1
+                summary.activatingWindows += accumulators.activeWindows[slot]
+                summary.keptWindows += accumulators.keptWindowCount(slot)
+            }
+            censusNanoseconds += DispatchTime.now().uptimeNanoseconds - censusStart
             summary.tokens = inputs.totalTokens - excluded
             summary.excludedTokens = excluded
             summary.blocks += 1
         }
-        summary.streamSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        summary.streamSeconds = Double(DispatchTime.now().uptimeNanoseconds - start - censusNanoseconds) / 1e9
         return summary
     }
 

@@ -391,6 +391,7 @@ struct LatentReader {
         defer { pointer.deallocate() }
         let geometry = inputs.windowGeometry(window: window)
         let windowsPerSequence = (context + window - 1) / window
+        var firingOrders: [Int64] = []
         for (shardIndex, shard) in inputs.latents.enumerated() {
             defer { progress(inputs.totalTokens * (shardIndex + 1) / inputs.latents.count, inputs.totalTokens) }
             let lower = selected.partitionIndex { $0 >= shard.first }
@@ -424,15 +425,25 @@ struct LatentReader {
                 sorted[cursor[buckets[entry]]] = entry
                 cursor[buckets[entry]] += 1
             }
-            // Per latent, only the windows holding one of its entries are visited; the runs of windows between
-            // are handed to the random reservoir in one step each (`catchUp`), so the time is O(entries), not
-            // O(latents × windows), and a latent with no entries is never touched.
+            // Per latent, only the windows holding one of its entries are visited, and its held-out random
+            // windows are drawn against the windows it fired in once they are all known (`finishInactive`), so
+            // the time is O(entries), not O(latents × windows), and a latent with no entries is never touched.
             for bucket in 0..<(upper - lower) {
                 let slot = lower + bucket
                 // In place: a sorted slice per latent would be one allocation per latent.
                 sorted[bucketStart[bucket]..<bucketStart[bucket + 1]].sort { flats[$0] < flats[$1] || (flats[$0] == flats[$1] && $0 < $1) }
                 var next = bucketStart[bucket]
                 let end = bucketStart[bucket + 1]
+                guard next < end else { continue }
+                firingOrders.removeAll(keepingCapacity: true)
+                // Its top heap gets room for the windows its entries lie in (at most those fire), not a run of 4.
+                var windows = 0, lastWindow = -1
+                for index in next..<end {
+                    let flat = flats[sorted[index]]
+                    let windowIndex = flat / context * windowsPerSequence + (flat % context) / window
+                    if windowIndex != lastWindow { windows += 1; lastWindow = windowIndex }
+                }
+                accumulators.top.reserve(slot, slots: windows)
                 while next < end {
                     let flat = flats[sorted[next]]
                     let sequence = flat / context, start = (flat % context) / window * window
@@ -447,11 +458,12 @@ struct LatentReader {
                     }
                     let peak = peakValue(pointer, length)
                     if peak > 0 {
-                        accumulators.catchUp(slot, to: Int64(order), geometry: geometry)
+                        firingOrders.append(Int64(order))
                         accumulators.observeActive(slot, values: pointer, length: length, peak: peak,
                                                    sequence: sequence, start: start, order: Int64(order))
                     }
                 }
+                firingOrders.withUnsafeBufferPointer { accumulators.finishInactive(slot, firingOrders: $0, geometry: geometry) }
             }
             accumulators.completeInactive(slots: lower..<upper, geometry: geometry)
         }

@@ -72,7 +72,7 @@ extension FeatureAccumulators {
         let explainQuantile = Self.quantileSample(pools.explain, count: p.explainQuantile, generator: &generator)
         let heldoutQuantile = Self.quantileSample(pools.heldout, count: p.heldoutQuantile, generator: &generator)
 
-        let randomKept = (0..<min(randomState[slot].seen, random.capacity)).map { random.kept(slot, $0) }.sorted { $0.order < $1.order }
+        let (randomSlots, randomKept) = randomWindows(slot)
 
         func window(_ slots: WindowSlots, _ kept: KeptWindow, _ kind: ExampleKind) -> ActivationWindow {
             ActivationWindow(tokens: tokens(kept.sequence, kept.start, kept.length), activations: slots.values(slot, kept.index),
@@ -80,7 +80,7 @@ extension FeatureAccumulators {
         }
         let explain = topSplit.explain.map { window(top, $0, .top) } + explainQuantile.map { window(reservoirSlots, $0, .quantile) }
         let heldout = topSplit.heldout.map { window(top, $0, .top) } + heldoutQuantile.map { window(reservoirSlots, $0, .quantile) }
-            + randomKept.map { window(random, $0, .random) }
+            + randomKept.map { window(randomSlots, $0, .random) }
         let windows = activeWindows[slot]
         if windows < p.minActivatingWindows {
             return CollectedFeature(index: feature, state: .sparse, statistics: statistics, explain: explain, heldout: heldout,

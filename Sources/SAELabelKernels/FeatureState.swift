@@ -59,6 +59,9 @@ public final class WindowSlots {
     /// when they are kept; a multiple of 8 so every record's order is aligned.
     public let stride: Int
     let storesValues: Bool
+    /// Whether a feature's first window reserves every slot at once: for slots that nearly always fill (the
+    /// random held-out windows), one allocation instead of a first run and a doubling.
+    let reservesCapacity: Bool
     let features: Int
     /// Per feature, its records (nil until its first window) and how many it has room for.
     private let records: UnsafeMutablePointer<UnsafeMutableRawPointer?>
@@ -68,10 +71,11 @@ public final class WindowSlots {
     /// Slots a feature's first allocation holds.
     public static let firstReservation = 4
 
-    init(features: Int, capacity: Int, window: Int, storesValues: Bool) {
+    init(features: Int, capacity: Int, window: Int, storesValues: Bool, reservesCapacity: Bool = false) {
         self.capacity = capacity
         self.window = window
         self.storesValues = storesValues
+        self.reservesCapacity = reservesCapacity
         self.features = max(1, features)
         stride = Self.recordBytes(window: window, storesValues: storesValues)
         records = zeroed(self.features)
@@ -107,7 +111,18 @@ public final class WindowSlots {
     }
 
     private func grow(_ feature: Int, toHold count: Int) {
-        let slots = Self.reservation(for: count, capacity: capacity)
+        move(feature, toSlots: reservesCapacity ? capacity : Self.reservation(for: count, capacity: capacity))
+    }
+
+    /// Gives `feature` room for exactly `slots` slots (at most the capacity) if it has less: a reader that knows
+    /// how many windows a feature can keep (a latent's windows, from its entries) spares it the doublings and
+    /// the unused slots of a first run of 4 (a latent firing in 2 windows holds 2 records, not 4).
+    public func reserve(_ feature: Int, slots: Int) {
+        let wanted = min(slots, capacity)
+        if wanted > Int(reserved[feature]) { move(feature, toSlots: wanted) }
+    }
+
+    private func move(_ feature: Int, toSlots slots: Int) {
         let moved = arena.take(slots: slots)
         let old = Int(reserved[feature])
         if let previous = records[feature] {
@@ -272,6 +287,30 @@ public final class FeatureAccumulators: @unchecked Sendable {
     let generators: UnsafeMutablePointer<SplitMix64>
     /// 1 once the slot's generator is seeded (its first window).
     let started: UnsafeMutablePointer<UInt8>
+    /// The random reservoir's own generator (its draws never shift the activating reservoir's), seeded on first use.
+    let randomGenerators: UnsafeMutablePointer<SplitMix64>
+    let randomStarted: UnsafeMutablePointer<UInt8>
+    /// The held-out random windows drawn by `drawRandomWindows`, when the draw found enough (`RandomDraw.chosen`).
+    public let drawn: WindowSlots
+    /// Per feature, the draw's candidate windows as the dense pass tracks them: `randomCandidates` packed
+    /// `order << 5 | draw index`, sorted by order, written when the feature is first caught up.
+    private let candidates: UnsafeMutablePointer<Int64>
+    private let draws: UnsafeMutablePointer<RandomDraw>
+
+    /// Candidate windows the held-out random draw looks at (see `drawRandomWindows`): at most 32 (a bit mask).
+    public static let randomCandidates = 32
+
+    /// Where a feature's random draw stands: which candidates were seen inactive (bit = draw index), how far
+    /// the stream has passed through the sorted candidates, and whether the draw was made and decided.
+    struct RandomDraw {
+        var inactive: UInt32 = 0
+        var cursor: UInt8 = 0
+        var prepared: UInt8 = 0
+        /// 1 once the held-out random windows are decided (drawn or left to the reservoir).
+        var decided: UInt8 = 0
+        /// Windows the draw chose (`heldoutRandom` when it found enough; 0 means the reservoir's are used).
+        var chosen: UInt8 = 0
+    }
 
     public struct ReservoirState {
         public var seen = 0
@@ -286,13 +325,17 @@ public final class FeatureAccumulators: @unchecked Sendable {
     /// copy of their windows instead of two plus a histogram. Only when the reservoir can hold the whole heap.
     public let defersToTop: Bool
 
+    /// Whether these parameters let the top heap stand in for the reservoir (it can hold the whole heap).
+    static func topStandsInForReservoir(_ parameters: SelectionParameters) -> Bool {
+        parameters.topCapacity > 0 && (parameters.reservoirCapacity == 0 || parameters.reservoirCapacity >= parameters.topCapacity)
+    }
+
     /// `defersToTop: false` writes every window to the reservoir and histogram as it comes (the reference the
     /// deferral is tested against).
     public init(features: [Int], parameters: SelectionParameters, defersToTop: Bool = true) {
         self.features = features
         self.parameters = parameters
-        self.defersToTop = defersToTop && parameters.topCapacity > 0
-            && (parameters.reservoirCapacity == 0 || parameters.reservoirCapacity >= parameters.topCapacity)
+        self.defersToTop = defersToTop && Self.topStandsInForReservoir(parameters)
         let n = max(1, features.count)
         // Zeroed by calloc: large arrays come as untouched zero pages, so a feature that never fires costs no
         // memory and no time (its state is first written when it first fires, `catchUp`).
@@ -306,10 +349,17 @@ public final class FeatureAccumulators: @unchecked Sendable {
         topCount = zeroed(n)
         reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
         reservoirState = zeroed(n)  // all-zero bits are `ReservoirState()`
-        random = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false)
+        random = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false,
+                             reservesCapacity: true)
         randomState = zeroed(n)
         generators = zeroed(n)
         started = zeroed(n)
+        randomGenerators = zeroed(n)
+        randomStarted = zeroed(n)
+        drawn = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false,
+                            reservesCapacity: true)
+        candidates = zeroed(n * Self.randomCandidates)
+        draws = zeroed(n)
     }
 
     deinit {
@@ -317,7 +367,9 @@ public final class FeatureAccumulators: @unchecked Sendable {
                         UnsafeMutableRawPointer(activeWindows), UnsafeMutableRawPointer(histogramRange),
                         UnsafeMutableRawPointer(histograms), UnsafeMutableRawPointer(topCount),
                         UnsafeMutableRawPointer(reservoirState), UnsafeMutableRawPointer(randomState),
-                        UnsafeMutableRawPointer(generators), UnsafeMutableRawPointer(started)] {
+                        UnsafeMutableRawPointer(generators), UnsafeMutableRawPointer(started),
+                        UnsafeMutableRawPointer(randomGenerators), UnsafeMutableRawPointer(randomStarted),
+                        UnsafeMutableRawPointer(candidates), UnsafeMutableRawPointer(draws)] {
             free(pointer)
         }
     }
@@ -326,16 +378,20 @@ public final class FeatureAccumulators: @unchecked Sendable {
     /// others to fill its random reservoir): the per-feature entries every feature has, plus, once it fired, its
     /// histogram and the window slots it reserved (`WindowSlots.reservation`).
     public static func stateBytes(_ parameters: SelectionParameters, activeWindows: Int) -> Int {
-        let everyFeature = 4 * 8 + 2 * 4 + 2 * MemoryLayout<ReservoirState>.stride + MemoryLayout<SplitMix64>.stride + 1 + 3 * (8 + 4)
+        let everyFeature = 4 * 8 + 2 * 4 + 2 * MemoryLayout<ReservoirState>.stride + 2 * (MemoryLayout<SplitMix64>.stride + 1)
+            + 4 * (8 + 4) + MemoryLayout<RandomDraw>.stride
         guard activeWindows > 0 else { return everyFeature }
         let window = parameters.windowLength
         let valued = WindowSlots.recordBytes(window: window, storesValues: true)
-        // Counted as if deferring to the top heap (`defersToTop`) never happened: an upper bound either way.
+        // A feature that fired in at most `topCapacity` windows keeps them in its top heap alone (`defersToTop`):
+        // no reservoir slots, no histogram. A wide latent cache's latents mostly fire that rarely.
+        let deferred = topStandsInForReservoir(parameters) && activeWindows <= parameters.topCapacity
         let activeSlots = WindowSlots.reservation(for: activeWindows, capacity: parameters.topCapacity)
-            + WindowSlots.reservation(for: activeWindows, capacity: parameters.reservoirCapacity)
-        let randomSlots = WindowSlots.reservation(for: parameters.heldoutRandom, capacity: parameters.heldoutRandom)
-        return everyFeature + fineBins * MemoryLayout<UInt32>.stride + activeSlots * valued
-            + randomSlots * WindowSlots.recordBytes(window: window, storesValues: false)
+            + (deferred ? 0 : WindowSlots.reservation(for: activeWindows, capacity: parameters.reservoirCapacity))
+        // The random reservoir and the drawn windows (the dense pass holds both), and the dense pass's candidates.
+        let randomSlots = 2 * parameters.heldoutRandom
+        return everyFeature + (deferred ? 0 : fineBins * MemoryLayout<UInt32>.stride) + activeSlots * valued
+            + randomSlots * WindowSlots.recordBytes(window: window, storesValues: false) + randomCandidates * 8
     }
 
     @inline(__always)
@@ -408,14 +464,33 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return (reservoir, (0..<min(reservoirState[slot].seen, reservoir.capacity)).map { reservoir.kept(slot, $0) })
     }
 
+    /// Windows feature `slot` holds in its slots now: top heap, reservoir (none while deferred to the heap) and
+    /// random held-out reservoir. For benchmarks relating the streaming cost to the windows kept.
+    public func keptWindowCount(_ slot: Int) -> Int {
+        topCount[slot] + (isDeferred(slot) ? 0 : min(reservoirState[slot].seen, reservoir.capacity))
+            + (randomStarted[slot] != 0 ? min(randomState[slot].seen, random.capacity) : 0) + Int(draws[slot].chosen)
+    }
+
     /// Whether feature `slot` has any state yet (it fired, or windows were fed to it directly).
-    public func hasState(_ slot: Int) -> Bool { started[slot] != 0 || activeWindows[slot] != 0 }
+    public func hasState(_ slot: Int) -> Bool { started[slot] != 0 || randomStarted[slot] != 0 || activeWindows[slot] != 0 }
 
     /// The slot's generator, seeded on first use: features that never fire never seed one.
     @inline(__always)
     private func generator(_ slot: Int) -> UnsafeMutablePointer<SplitMix64> {
+        seeded(slot, generators, started, purpose: 1)
+    }
+
+    /// The random reservoir's generator, seeded on first use.
+    @inline(__always)
+    private func randomGenerator(_ slot: Int) -> UnsafeMutablePointer<SplitMix64> {
+        seeded(slot, randomGenerators, randomStarted, purpose: 3)
+    }
+
+    @inline(__always)
+    private func seeded(_ slot: Int, _ generators: UnsafeMutablePointer<SplitMix64>, _ started: UnsafeMutablePointer<UInt8>,
+                        purpose: UInt64) -> UnsafeMutablePointer<SplitMix64> {
         if started[slot] == 0 {
-            (generators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 1))
+            (generators + slot).initialize(to: SplitMix64(seed: parameters.seed, feature: features[slot], purpose: purpose))
             started[slot] = 1
         }
         return generators + slot
@@ -429,20 +504,131 @@ public final class FeatureAccumulators: @unchecked Sendable {
     /// in one step (`observeInactiveRun`). Passes call this just before a window on which the feature fires and
     /// once at the end (`completeInactive`), so inactive windows cost nothing per window, and a feature that
     /// never fires is never touched, while the state equals a window-by-window pass.
+    /// The dense pass also tracks which of the feature's random draw candidates (`drawRandomWindows`) fall in
+    /// these inactive windows, so the draw can be decided at the end without the feature's firing windows.
     @inline(__always)
     public func catchUp(_ slot: Int, to order: Int64, geometry: WindowGeometry) {
+        if draws[slot].prepared == 0 { prepareCandidates(slot, windows: geometry.totalWindows) }
         let observed = observedWindows(slot)
         if order > observed {
+            markInactiveCandidates(slot, from: observed, to: order)
             observeInactiveRun(slot, firstOrder: observed, count: Int(order - observed), place: geometry.place)
         }
     }
 
     /// Ends the stream for `slots`: each feature that fired gets its trailing inactive windows (up to
-    /// `geometry.totalWindows`); features that never fired stay untouched (stored as dead, with no examples).
+    /// `geometry.totalWindows`) and its held-out random windows decided; features that never fired stay
+    /// untouched (stored as dead, with no examples). Features already decided (`finishInactive`) are skipped.
     public func completeInactive(slots: Range<Int>, geometry: WindowGeometry) {
-        for slot in slots where activeWindows[slot] > 0 {
+        for slot in slots where activeWindows[slot] > 0 && draws[slot].decided == 0 {
             catchUp(slot, to: geometry.totalWindows, geometry: geometry)
+            let mask = draws[slot].inactive
+            drawRandomWindows(slot, geometry: geometry) { draw, _ in mask & (1 << UInt32(draw)) != 0 }
         }
+    }
+
+    /// Ends the stream for one feature whose firing windows are all known (a latent cache's latent, read whole):
+    /// `firingOrders`, ascending, are the windows it fired in (each already given to `observeActive`). Decides
+    /// its held-out random windows by the draw, and only when the draw falls short feeds the inactive windows
+    /// between to the random reservoir, so a latent costs O(its windows), not O(log of the corpus's windows).
+    /// Same state afterwards as `catchUp` before each firing window and `completeInactive`.
+    public func finishInactive(_ slot: Int, firingOrders: UnsafeBufferPointer<Int64>, geometry: WindowGeometry) {
+        guard !firingOrders.isEmpty, draws[slot].decided == 0 else { return }
+        let found = drawRandomWindows(slot, geometry: geometry) { _, order in
+            var low = 0, high = firingOrders.count
+            while low < high {
+                let middle = (low + high) / 2
+                if firingOrders[middle] < order { low = middle + 1 } else { high = middle }
+            }
+            return low == firingOrders.count || firingOrders[low] != order
+        }
+        if found {
+            // The reservoir is not read; only its count, so `observedWindows` says the stream is complete.
+            randomState[slot].seen = Int(geometry.totalWindows) - activeWindows[slot]
+            return
+        }
+        var next: Int64 = 0
+        for order in firingOrders + [geometry.totalWindows] {
+            if order > next { observeInactiveRun(slot, firstOrder: next, count: Int(order - next), place: geometry.place) }
+            next = order + 1
+        }
+    }
+
+    /// The held-out random windows of a feature: the first `heldoutRandom` distinct windows on which it does not
+    /// fire among `randomCandidates` windows drawn uniformly from the corpus by its own seeded generator
+    /// (purpose 4, independent of the data). That is a uniform sample of its non-activating windows; a feature
+    /// that fires in so many windows that the candidates hold too few keeps the random reservoir's uniform
+    /// sample instead. Draws are all that a rarely firing latent needs (≈ `heldoutRandom` of them), where a
+    /// reservoir over its ≈ all-the-corpus inactive windows admits O(k log(windows / k)) with logs and exps.
+    /// `isInactive(draw, order)` says whether candidate `draw` (window `order`) is one it does not fire on.
+    /// Returns whether the draw found enough (`RandomDraw.chosen`).
+    @discardableResult
+    private func drawRandomWindows(_ slot: Int, geometry: WindowGeometry, isInactive: (Int, Int64) -> Bool) -> Bool {
+        let wanted = parameters.heldoutRandom
+        draws[slot].decided = 1
+        guard wanted > 0, geometry.totalWindows > 0 else { return false }
+        var generator = SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 4)
+        var chosen: [Int64] = []
+        chosen.reserveCapacity(wanted)
+        for draw in 0..<Self.randomCandidates {
+            let order = Int64(generator.next() % UInt64(geometry.totalWindows))
+            guard isInactive(draw, order), !chosen.contains(order) else { continue }
+            chosen.append(order)
+            if chosen.count == wanted { break }
+        }
+        guard chosen.count == wanted else { return false }
+        for (index, order) in chosen.enumerated() {
+            let window = geometry.place(order)
+            drawn.store(slot, index, sequence: window.sequence, start: window.start, length: window.length, maximum: 0,
+                        order: order, values: nil)
+        }
+        draws[slot].chosen = UInt8(wanted)
+        return true
+    }
+
+    /// The dense pass's copy of the draw's candidates, sorted by window, so runs of inactive windows can mark them
+    /// as they pass (`markInactiveCandidates`).
+    private func prepareCandidates(_ slot: Int, windows: Int64) {
+        draws[slot].prepared = 1
+        guard windows > 0, parameters.heldoutRandom > 0 else { return }
+        var generator = SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 4)
+        let base = candidates + slot * Self.randomCandidates
+        for draw in 0..<Self.randomCandidates {
+            base[draw] = Int64(generator.next() % UInt64(windows)) << 5 | Int64(draw)
+        }
+        var sorted = UnsafeMutableBufferPointer(start: base, count: Self.randomCandidates)
+        sorted.sort()
+    }
+
+    /// Marks the candidates in windows `from..<to` (all inactive for `slot`); candidates the stream passed
+    /// between runs lie in windows the feature fired in.
+    @inline(__always)
+    private func markInactiveCandidates(_ slot: Int, from first: Int64, to end: Int64) {
+        guard parameters.heldoutRandom > 0 else { return }
+        let base = candidates + slot * Self.randomCandidates
+        var cursor = Int(draws[slot].cursor)
+        var inactive = draws[slot].inactive
+        while cursor < Self.randomCandidates {
+            let packed = base[cursor]
+            let order = packed >> 5
+            if order >= end { break }
+            if order >= first { inactive |= 1 << UInt32(packed & 31) }
+            cursor += 1
+        }
+        draws[slot].cursor = UInt8(cursor)
+        draws[slot].inactive = inactive
+    }
+
+    /// Whether `slot`'s held-out random windows come from the draw (else from the random reservoir).
+    public func randomWindowsWereDrawn(_ slot: Int) -> Bool { draws[slot].chosen > 0 }
+
+    /// `slot`'s held-out random windows, in corpus order, with the slots they are in: the draw's, or the
+    /// random reservoir's.
+    public func randomWindows(_ slot: Int) -> (slots: WindowSlots, windows: [KeptWindow]) {
+        if draws[slot].chosen > 0 {
+            return (drawn, (0..<Int(draws[slot].chosen)).map { drawn.kept(slot, $0) }.sorted { $0.order < $1.order })
+        }
+        return (random, (0..<min(randomState[slot].seen, random.capacity)).map { random.kept(slot, $0) }.sorted { $0.order < $1.order })
     }
 
     /// A window on which feature `slot` fires (`peak` > 0). `values` are the feature's activations on its tokens.
@@ -513,7 +699,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
             state.pointee.seen += 1
             return
         }
-        if let target = admit(state: state, capacity: capacity, generator: generator(slot)) {
+        if let target = admit(state: state, capacity: capacity, generator: randomGenerator(slot)) {
             random.store(slot, target, sequence: sequence, start: start, length: length, maximum: 0, order: order, values: nil)
         }
     }
@@ -540,7 +726,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
             }
             let order = firstOrder + Int64(done)
             let window = place(order)
-            if let target = admit(state: state, capacity: capacity, generator: generator(slot)) {
+            if let target = admit(state: state, capacity: capacity, generator: randomGenerator(slot)) {
                 random.store(slot, target, sequence: window.sequence, start: window.start, length: window.length,
                              maximum: 0, order: order, values: nil)
             }

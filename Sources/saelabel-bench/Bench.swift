@@ -73,11 +73,16 @@ struct LatentBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "SAE widths to measure.")
     var widths: [Int] = [16_384, 262_144]
 
-    @Option(name: .customLong("per-token"), help: "Latents firing on every token.")
-    var perToken = 32
+    @Option(name: .customLong("per-token"), parsing: .upToNextOption,
+            help: "Latents firing on every token (several values: a sweep of the non-zeros at each width).")
+    var perToken: [Int] = [32]
+
+    @Option(help: "Latents that may fire (spread evenly over the width); all of them by default.")
+    var firing: Int?
 
     func run() {
-        runLatentBenchmark(tokens: tokens, widths: widths.map { max(4, $0) }, perToken: max(1, perToken))
+        runLatentBenchmark(tokens: tokens, widths: widths.map { max(4, $0) }, perToken: perToken.map { max(1, $0) },
+                           mayFire: firing.map { max(1, $0) })
     }
 }
 

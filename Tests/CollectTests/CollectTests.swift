@@ -294,5 +294,26 @@ func key(_ window: ActivationWindow) -> String { "\(window.sequence):\(window.st
             let expected = referenceWindows(values, nSeq: 10, ctx: 16, window: 4).filter { $0.peak > 0 }.prefix(15)
             #expect(tops.map { [$0.sequence, $0.start] } == expected.map { [$0.sequence, $0.start] })
         }
+        // Collecting the dense activations keeps the same held-out random windows (one sampling rule for both
+        // paths) wherever both see the same firing windows (the cache leaves out values at or below 1e-5).
+        var dense = denseOptions
+        dense.windowSelection.windowLength = 4
+        let denseStore = try JobStore(path: (directory as NSString).appendingPathComponent("dense.sqlite"))
+        _ = try Collector.run(dense, plan: try Collector.plan(dense), store: denseStore)
+        var compared = 0
+        for feature in 0..<12 {
+            let latentRecord = try #require(try store.feature(feature)), denseRecord = try #require(try denseStore.feature(feature))
+            guard latentRecord.state == .collected, latentRecord.statistics?.activatingWindows == denseRecord.statistics?.activatingWindows
+            else { continue }
+            let randomWindows = { (store: JobStore) in
+                try store.examples(feature: feature).map(\.window).filter { $0.kind == .random }.map { [$0.sequence, $0.start] }.sorted { $0.lexicographicallyPrecedes($1) }
+            }
+            let latentRandom = try randomWindows(store)
+            let missed = 40 - (latentRecord.statistics?.activatingWindows ?? 0)
+            let denseRandom = try randomWindows(denseStore)
+            #expect(latentRandom.count == min(5, missed) && latentRandom == denseRandom, "feature \(feature)")
+            compared += 1
+        }
+        #expect(compared >= 6, "most features fire in the same windows in both inputs")
     }
 }

@@ -228,6 +228,27 @@ import SAELabelStore
         }
     }
 
+    /// A reader that knows how many windows a feature can keep reserves exactly that many top slots; a feature
+    /// that keeps more still grows, keeping every record and its values.
+    @Test func reservingTheKnownWindowsHoldsExactlyThem() {
+        let parameters = SelectionParameters(windowLength: 3, explainTop: 10, explainQuantile: 10, heldoutTop: 5, heldoutQuantile: 5,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 13)
+        let accumulators = FeatureAccumulators(features: [0, 1], parameters: parameters)
+        accumulators.top.reserve(0, slots: 2)
+        accumulators.top.reserve(1, slots: 40)
+        #expect(accumulators.top.reservedSlots(0) == 2 && accumulators.top.reservedSlots(1) == 15, "exact, at most the capacity")
+        var fed: [Int64: [Float]] = [:]
+        for order in 0..<3 {
+            let values: [Float] = [Float(order) + 0.5, 0, 0.25]
+            fed[Int64(order)] = values
+            accumulators.observeActive(0, values: values, length: 3, peak: values.max()!, sequence: order, start: 0, order: Int64(order))
+            #expect(accumulators.top.reservedSlots(0) == (order < 2 ? 2 : 4))
+        }
+        let kept = (0..<accumulators.topCount[0]).map { accumulators.top.kept(0, $0) }
+        #expect(Set(kept.map(\.order)) == [0, 1, 2])
+        for window in kept { #expect(accumulators.top.values(0, window.index) == fed[window.order]) }
+    }
+
     /// A latent cache is cut into blocks by what each latent's entries can need, so rarely firing latents share
     /// a block the full per-feature state would split; any cut stores the same bytes as one block.
     @Test func latentCacheBlocksFollowTheEntriesAndStoreWhatOneBlockStores() throws {
@@ -308,5 +329,104 @@ import SAELabelStore
         #expect(deferring.sums[1] == writing.sums[1] && deferring.maxima[1] == writing.maxima[1])
         #expect(deferring.reservoir.reservedSlots(1) == (windows <= 15 ? 0 : WindowSlots.reservation(for: min(windows, 60), capacity: 60)))
         #expect(deferring.histogramCounts(0) == nil, "slot 0 never fired")
+    }
+
+    /// Feeds `fires` (window orders per slot, ascending) as the dense pass does (`catchUp` before each firing
+    /// window, `completeInactive`) or as the latent reader does (each latent's windows, then `finishInactive`).
+    static func fed(_ fires: [[Int64]], parameters: SelectionParameters, geometry: WindowGeometry, dense: Bool) -> FeatureAccumulators {
+        let accumulators = FeatureAccumulators(features: fires.indices.map { 3 * $0 + 1 }, parameters: parameters)
+        let values: [Float] = [0.5, 0, 1.25, 0.75]
+        func observe(_ slot: Int, _ order: Int64) {
+            let window = geometry.place(order)
+            accumulators.observeActive(slot, values: values, length: window.length, peak: values.prefix(window.length).max()!,
+                                       sequence: window.sequence, start: window.start, order: order)
+        }
+        if dense {
+            for order in 0..<geometry.totalWindows {
+                for slot in fires.indices where fires[slot].contains(order) {
+                    accumulators.catchUp(slot, to: order, geometry: geometry)
+                    observe(slot, order)
+                }
+            }
+            accumulators.completeInactive(slots: fires.indices, geometry: geometry)
+        } else {
+            for slot in fires.indices {
+                for order in fires[slot] { observe(slot, order) }
+                fires[slot].withUnsafeBufferPointer { accumulators.finishInactive(slot, firingOrders: $0, geometry: geometry) }
+            }
+            accumulators.completeInactive(slots: fires.indices, geometry: geometry)
+        }
+        return accumulators
+    }
+
+    /// The dense pass and the latent reader keep the same held-out random windows (and the same reservoirs):
+    /// drawn against the firing windows when the candidates hold enough non-activating ones, from the random
+    /// reservoir when they do not, and all of them when a feature misses fewer windows than it keeps.
+    @Test func heldoutRandomWindowsAreTheSameFromTheDenseAndLatentPaths() {
+        let parameters = SelectionParameters(windowLength: 4, explainTop: 2, explainQuantile: 2, heldoutTop: 1, heldoutQuantile: 1,
+                                             heldoutRandom: 5, minActivatingWindows: 1, seed: 21)
+        let geometry = WindowGeometry(window: 4, parts: [(sequences: 30, context: 14), (sequences: 20, context: 8)])
+        var random = TestRandom(22)
+        let all = Array(0..<geometry.totalWindows)
+        let fires: [[Int64]] = [
+            all.filter { _ in random.int(40) == 0 },  // rare: drawn
+            all.filter { _ in random.int(3) == 0 },
+            all.filter { _ in random.int(100) < 97 },  // fires nearly everywhere: the candidates hold too few misses
+            all.filter { ![7, 80, 159].contains($0) },  // misses 3 windows, fewer than the 5 it keeps
+            [0], [geometry.totalWindows - 1], [],
+        ]
+        let dense = Self.fed(fires, parameters: parameters, geometry: geometry, dense: true)
+        let latent = Self.fed(fires, parameters: parameters, geometry: geometry, dense: false)
+        for slot in fires.indices {
+            let windows = latent.randomWindows(slot).windows
+            #expect(windows == dense.randomWindows(slot).windows, "slot \(slot)")
+            #expect(latent.randomWindowsWereDrawn(slot) == dense.randomWindowsWereDrawn(slot))
+            #expect(latent.reservoirWindows(slot).windows == dense.reservoirWindows(slot).windows)
+            #expect(latent.observedWindows(slot) == dense.observedWindows(slot))
+            #expect(windows.allSatisfy { !fires[slot].contains($0.order) && $0.maximum == 0 }, "only non-activating windows")
+            #expect(Set(windows.map(\.order)).count == windows.count)
+            let missed = Int(geometry.totalWindows) - fires[slot].count
+            #expect(windows.count == (fires[slot].isEmpty ? 0 : min(5, missed)), "slot \(slot)")
+            for window in windows {
+                #expect(geometry.place(window.order) == (sequence: window.sequence, start: window.start, length: window.length))
+            }
+        }
+        #expect(latent.randomWindowsWereDrawn(0) && latent.randomWindowsWereDrawn(1) && latent.randomWindowsWereDrawn(4))
+        #expect(!latent.randomWindowsWereDrawn(2) && !latent.randomWindowsWereDrawn(3), "left to the reservoir")
+        #expect(latent.randomWindows(3).windows.map(\.order) == [7, 80, 159])
+        #expect(!latent.hasState(6) && !dense.hasState(6), "a feature that never fires is never touched")
+        #expect(latent.random.reservedSlots(0) == 0 && dense.random.reservedSlots(0) == 5,
+                "a latent whose windows are drawn never runs the reservoir")
+    }
+
+    /// The held-out random windows are a uniform sample of a feature's non-activating windows, whether the draw
+    /// finds them or the reservoir does (a feature missing 6 of 24 windows needs both): over 1,500 seeds every
+    /// non-activating window is kept about 5/6 or 5/16 of the time, a firing one never.
+    @Test(arguments: [8, 18])
+    func heldoutRandomWindowsAreUniform(firing: Int) {
+        let geometry = WindowGeometry(window: 4, parts: [(sequences: 6, context: 16)])
+        let fires = (0..<Int64(firing)).map { $0 * 24 / Int64(firing) }
+        let missed = 24 - firing
+        var kept = [Int](repeating: 0, count: 24)
+        var drawn = 0
+        let runs = 1500
+        for seed in 0..<runs {
+            let parameters = SelectionParameters(windowLength: 4, explainTop: 1, explainQuantile: 0, heldoutTop: 0, heldoutQuantile: 0,
+                                                 heldoutRandom: 5, minActivatingWindows: 1, seed: UInt64(seed))
+            let accumulators = Self.fed([fires], parameters: parameters, geometry: geometry, dense: false)
+            for window in accumulators.randomWindows(0).windows { kept[Int(window.order)] += 1 }
+            if accumulators.randomWindowsWereDrawn(0) { drawn += 1 }
+        }
+        let expected = Double(runs * 5) / Double(missed)
+        for order in 0..<24 {
+            if fires.contains(Int64(order)) {
+                #expect(kept[order] == 0)
+            } else {
+                // Binomial spread: ±5 standard deviations.
+                let spread = 5 * (expected * (1 - expected / Double(runs))).squareRoot()
+                #expect(abs(Double(kept[order]) - expected) < spread, "window \(order): \(kept[order]) of \(runs), expected \(expected)")
+            }
+        }
+        if firing == 18 { #expect(drawn > 100 && drawn < runs - 100, "both the draw and the reservoir chose: \(drawn)") }
     }
 }
