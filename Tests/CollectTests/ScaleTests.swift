@@ -99,6 +99,47 @@ import SAELabelStore
         #expect(try storedContents(pipelined, features: 40) == expected)
     }
 
+    /// A block's rows are cut into an even number of chunks that differ by at most one row and cover every row once,
+    /// as near the preferred size as an even count allows; the cut depends on the rows alone.
+    @Test(arguments: [(3072, 1024, 4), (3072, 512, 6), (3072, 256, 12), (24576, 1024, 24), (2048, 1024, 2),
+                      (1000, 1024, 2), (5120, 1024, 6), (48, 5, 10), (14, 3, 4), (3, 256, 2), (1, 256, 1), (0, 256, 0)])
+    func chunksAreAnEvenCountOfNearlyEqualParts(rows: Int, preferred: Int, expectedCount: Int) {
+        let chunks = ChunkGeometry(rows: rows, preferredRows: preferred)
+        #expect(chunks.count == expectedCount)
+        var next = 0
+        var sizes: [Int] = []
+        for index in 0..<chunks.count {
+            let range = chunks.rows(of: index)
+            #expect(range.lowerBound == next, "chunk \(index) starts where the previous one ended")
+            next = range.upperBound
+            sizes.append(range.count)
+        }
+        #expect(next == rows, "every row is in a chunk")
+        if let smallest = sizes.min(), let largest = sizes.max() {
+            #expect(largest - smallest <= 1 && largest == chunks.largest && smallest > 0)
+        }
+    }
+
+    /// Blocks whose widths are not multiples of the preferred chunk (14, 14 and 12 rows cut into 4 chunks of 3–4)
+    /// store with two threads the bytes one thread stores.
+    @Test func unevenBlockChunksStoreTheSameWithOneAndTwoThreads() throws {
+        let sae = TestSAE.random(dIn: 12, dSAE: 40, architecture: "jumprelu", seed: 61, dtype: "F32")
+        let corpus = TestCorpus.random(nSeq: 16, ctx: 24, dIn: 12, seed: 62, dtype: "F32")
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 3)
+        options.pipelineBlocks = 3
+        options.pipelineBlockMinimum = 1
+        let plan = try Collector.plan(options)
+        #expect(Collector.blocks(of: plan.features, options: options, plan: plan).map {
+            ChunkGeometry(rows: $0.count, preferredRows: 3).count } == [4, 4, 4])
+        options.blasThreads = 1
+        let single = try collectIntoStore(options, directory: directory, name: "one.sqlite")
+        options.blasThreads = 2
+        let double = try collectIntoStore(options, directory: directory, name: "two.sqlite")
+        let expected = try storedContents(single, features: 40)
+        #expect(expected.count > 40 * 5, "the fixture must store examples")
+        #expect(try storedContents(double, features: 40) == expected)
+    }
+
     /// Skipping a run of inactive windows in one step leaves the random reservoir exactly as window-by-window does.
     @Test func aRunOfInactiveWindowsSkipsToTheSameReservoir() {
         let parameters = SelectionParameters(windowLength: 4, explainTop: 2, explainQuantile: 2, heldoutTop: 1, heldoutQuantile: 1,
