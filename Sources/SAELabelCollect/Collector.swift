@@ -35,8 +35,9 @@ public struct CollectOptions: Sendable {
     public var memoryBudgetMiB: Double = MemoryBudget.defaultMiB
     /// Preferred features per GEMM chunk; each block's rows are cut into an even number of equal chunks near this
     /// size (`ChunkGeometry`). Large enough that BLAS packing the batch once per chunk costs little, small enough
-    /// that a chunk's outputs ([chunk, batch] floats) are still in cache for the per-feature pass.
-    public var encodeChunkRows = 256
+    /// that a chunk's outputs ([chunk, batch] floats) are still in cache for the per-feature pass. 1024 (a 3,072-feature
+    /// block in 4 chunks of 768) streamed faster than 256 at 1 BLAS thread and no slower at 2 (BENCHMARKS.md).
+    public var encodeChunkRows = 1024
     /// Blocks a large selection is cut into even when the memory budget would hold it whole: block i's selection
     /// and store write run on the writer thread while block i+1 streams, so only the last block's write is
     /// exposed instead of the whole write. Blocks smaller than `pipelineBlockMinimum` features are not worth
