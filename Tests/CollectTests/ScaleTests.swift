@@ -37,20 +37,26 @@ import SAELabelStore
         return store
     }
 
+    /// Collects with one thread and then with two and expects the same stored bytes, examples included.
+    func expectOneAndTwoThreadsStoreTheSame(_ options: CollectOptions, directory: String, features: Int) throws {
+        var options = options
+        options.blasThreads = 1
+        let single = try collectIntoStore(options, directory: directory, name: "one.sqlite")
+        options.blasThreads = 2
+        let double = try collectIntoStore(options, directory: directory, name: "two.sqlite")
+        let expected = try storedContents(single, features: features)
+        #expect(expected.count > features * 5, "the fixture must store examples")
+        #expect(try storedContents(double, features: features) == expected)
+    }
+
     /// One and two threads (chunks of 5 features, so both threads take several) store the same bytes, for a
     /// per-row activation and for inline TopK (all rows first, k-th value per token split over threads).
     @Test(arguments: ["jumprelu", "topk"])
     func oneAndTwoThreadsStoreIdenticalExamplesAndStatistics(architecture: String) throws {
         let sae = TestSAE.random(dIn: 16, dSAE: 48, architecture: architecture, seed: 21, dtype: "F32")
         let corpus = TestCorpus.random(nSeq: 24, ctx: 40, dIn: 16, seed: 22, dtype: "F32")
-        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 64, chunkRows: 5)
-        options.blasThreads = 1
-        let single = try collectIntoStore(options, directory: directory, name: "one.sqlite")
-        options.blasThreads = 2
-        let double = try collectIntoStore(options, directory: directory, name: "two.sqlite")
-        let expected = try storedContents(single, features: 48)
-        #expect(expected.count > 48 * 5, "the fixture must store examples")
-        #expect(try storedContents(double, features: 48) == expected)
+        let (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 64, chunkRows: 5)
+        try expectOneAndTwoThreadsStoreTheSame(options, directory: directory, features: 48)
     }
 
     /// A TopK SAE collected in blocks of a few features (each block multiplying only its own rows, the k-th value
@@ -131,13 +137,7 @@ import SAELabelStore
         let plan = try Collector.plan(options)
         #expect(Collector.blocks(of: plan.features, options: options, plan: plan).map {
             ChunkGeometry(rows: $0.count, preferredRows: 3).count } == [4, 4, 4])
-        options.blasThreads = 1
-        let single = try collectIntoStore(options, directory: directory, name: "one.sqlite")
-        options.blasThreads = 2
-        let double = try collectIntoStore(options, directory: directory, name: "two.sqlite")
-        let expected = try storedContents(single, features: 40)
-        #expect(expected.count > 40 * 5, "the fixture must store examples")
-        #expect(try storedContents(double, features: 40) == expected)
+        try expectOneAndTwoThreadsStoreTheSame(options, directory: directory, features: 40)
     }
 
     /// Skipping a run of inactive windows in one step leaves the random reservoir exactly as window-by-window does.
