@@ -33,9 +33,11 @@ public struct CollectOptions: Sendable {
     /// Collect's memory budget (MiB): features are streamed and committed in blocks sized so the process stays
     /// within it however many features are selected (see `Collector.blocks`).
     public var memoryBudgetMiB: Double = MemoryBudget.defaultMiB
-    /// Features per GEMM chunk: small enough that a chunk's outputs ([chunk, batch] floats) stay in the L2 cache
-    /// for the per-feature pass, large enough that BLAS packing the batch once per chunk costs little.
-    public var encodeChunkRows = 256
+    /// Preferred features per GEMM chunk; each block's rows are cut into an even number of equal chunks near this
+    /// size (`ChunkGeometry`). Large enough that BLAS packing the batch once per chunk costs little, small enough
+    /// that a chunk's outputs ([chunk, batch] floats) are still in cache for the per-feature pass. 1024 (a 3,072-feature
+    /// block in 4 chunks of 768) streamed faster than 256 at 1 BLAS thread and no slower at 2 (BENCHMARKS.md).
+    public var encodeChunkRows = 1024
     /// Blocks a large selection is cut into even when the memory budget would hold it whole: block i's selection
     /// and store write run on the writer thread while block i+1 streams, so only the last block's write is
     /// exposed instead of the whole write. Blocks smaller than `pipelineBlockMinimum` features are not worth

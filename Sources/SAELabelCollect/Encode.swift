@@ -6,11 +6,11 @@ import SAELabelKernels
 /// Streams dense activations through the SAE encoder in batches of whole windows.
 ///
 /// Per batch: the rows are converted to Float32 (b_dec subtracted when the SAE asks for it) and checked for
-/// NaN/Inf; then the features' rows are encoded in chunks of `CollectOptions.encodeChunkRows` (one
-/// `cblas_sgemm` each into `pre[row, token]`, row-major, so each feature's activations over the batch are
-/// contiguous and a chunk stays in cache for the per-feature pass that follows it). With `blasThreads` T > 1,
-/// T workers take chunks in turn, each running a single-threaded GEMM and then the per-feature pass of its chunk:
-/// chunk boundaries never depend on T and every feature's state is its own, so results are identical for any T.
+/// NaN/Inf; then the features' rows are encoded in chunks (`ChunkGeometry`: one `cblas_sgemm` each into
+/// `pre[row, token]`, row-major, so each feature's activations over the batch are contiguous and a chunk stays
+/// in cache for the per-feature pass that follows it). With `blasThreads` T > 1, T workers take chunks in turn,
+/// each running a single-threaded GEMM and then the per-feature pass of its chunk: chunk boundaries never depend
+/// on T and every feature's state is its own, so results are identical for any T.
 /// Only the selected features' rows are multiplied; TopK needs the k-th value over all features per token,
 /// computed inline when the block is every feature and otherwise taken from `kthByToken` (`TopKThresholds`).
 struct DenseEncoder {
@@ -28,16 +28,14 @@ struct DenseEncoder {
         let plan = try EncodePlan(sae: sae, selected: selected, featureCount: inputs.featureCount, kthByToken: kthByToken)
         let rows = plan.computed.count
         let threads = max(1, options.blasThreads)
-        let chunkRows = max(1, options.encodeChunkRows)
+        let chunks = ChunkGeometry(rows: rows, preferredRows: options.encodeChunkRows)
         let batch = BatchStream.batchSize(options)
         // Whole-row outputs only when a rule needs every row's values first (inline TopK, groupMax).
         let output = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? max(1, rows * batch) : 1)
-        let chunkBuffers = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? 1 : threads * chunkRows * batch)
+        let chunkBuffers = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? 1 : threads * chunks.largest * batch)
         let limits = UnsafeMutablePointer<Float>.allocate(capacity: max(1, plan.limitRows * batch))
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: plan.inlineK == nil ? 1 : threads * rows * 8)
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
-        let chunks = (rows + chunkRows - 1) / chunkRows
-        let chunkOf = { (chunk: Int) in (chunk * chunkRows)..<min(rows, (chunk + 1) * chunkRows) }
         let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
 
         return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
@@ -49,11 +47,11 @@ struct DenseEncoder {
                 if let table = plan.kthByToken {
                     table.withUnsafeBufferPointer { limits.update(from: $0.baseAddress! + encoded.firstToken, count: fill) }
                 }
-                let next = WorkCounter(limit: chunks)
+                let next = WorkCounter(limit: chunks.count)
                 onThreads(threads) { worker in
-                    let buffer = chunkBuffers + worker * chunkRows * batch
+                    let buffer = chunkBuffers + worker * chunks.largest * batch
                     while let chunk = next.take() {
-                        let range = chunkOf(chunk)
+                        let range = chunks.rows(of: chunk)
                         plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
                         accumulators.observe(slots: range, batch: batchView, activation: plan.activation) { slot in
                             (buffer + (slot - range.lowerBound) * batch, slot)
@@ -62,10 +60,10 @@ struct DenseEncoder {
                 }
                 return
             }
-            let gemms = WorkCounter(limit: chunks)
+            let gemms = WorkCounter(limit: chunks.count)
             onThreads(threads) { _ in
                 while let chunk = gemms.take() {
-                    let range = chunkOf(chunk)
+                    let range = chunks.rows(of: chunk)
                     plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn,
                                           into: output + range.lowerBound * batch, stride: batch)
                 }
@@ -87,10 +85,11 @@ struct DenseEncoder {
                     }
                 }
             }
-            let slotChunks = WorkCounter(limit: (selected.count + chunkRows - 1) / chunkRows)
+            let slotChunks = ChunkGeometry(rows: selected.count, preferredRows: options.encodeChunkRows)
+            let passes = WorkCounter(limit: slotChunks.count)
             onThreads(threads) { _ in
-                while let chunk = slotChunks.take() {
-                    let slots = (chunk * chunkRows)..<min(selected.count, (chunk + 1) * chunkRows)
+                while let chunk = passes.take() {
+                    let slots = slotChunks.rows(of: chunk)
                     accumulators.observe(slots: slots, batch: batchView, activation: plan.activation) { slot in
                         let row = plan.rowOfSlot[slot]
                         return (output + row * batch, row)
@@ -99,6 +98,32 @@ struct DenseEncoder {
             }
         }
     }
+}
+
+/// How a block's encoder rows are cut into GEMM chunks: an even number of chunks of nearly equal size (they
+/// differ by at most one row), as close to `preferredRows` each as an even count allows. Larger chunks mean
+/// fewer re-packs of the batch by BLAS (once per chunk); an even count of equal chunks keeps two workers
+/// equally loaded whatever the block's width. The geometry depends on the rows alone, never on the thread
+/// count, so every feature's GEMM (and so every stored value) is the same for any number of threads.
+struct ChunkGeometry: Equatable {
+    let rows: Int
+    let count: Int
+
+    init(rows: Int, preferredRows: Int) {
+        self.rows = max(0, rows)
+        guard rows > 1 else {
+            count = self.rows
+            return
+        }
+        let pairs = (Double(rows) / Double(2 * max(1, preferredRows))).rounded()
+        count = min(rows - rows % 2, 2 * max(1, Int(pairs)))
+    }
+
+    /// Rows of chunk `index` (0..<count).
+    func rows(of index: Int) -> Range<Int> { (index * rows / count)..<((index + 1) * rows / count) }
+
+    /// Rows of the largest chunk (the size of a worker's output buffer).
+    var largest: Int { count == 0 ? 0 : (rows + count - 1) / count }
 }
 
 /// What one block multiplies and how its rows become activations.
@@ -164,7 +189,7 @@ struct EncodePlan {
 }
 
 /// The k-th largest activation of every corpus token over all features of a TopK SAE, for blocks that multiply
-/// only their own features: one extra pass over the corpus, GEMMs of `encodeChunkRows` features at a time
+/// only their own features: one extra pass over the corpus, GEMMs of `ChunkGeometry` chunks of features
 /// feeding a running top-k per token (one per worker, merged per token), so no full-width output is ever held.
 enum TopKThresholds {
     static func compute(inputs: CollectInputs, options: CollectOptions) throws(SAELabelError) -> [Float]? {
@@ -175,22 +200,21 @@ enum TopKThresholds {
         let bias = try sae.vector(sae.bEnc, features: all)
         let scale: [Float]? = sae.config.rescaleByDecoderNorm ? try sae.decoderNorms(features: all) : nil
         let threads = max(1, options.blasThreads)
-        let chunkRows = max(1, options.encodeChunkRows)
+        let chunks = ChunkGeometry(rows: all.count, preferredRows: options.encodeChunkRows)
         let batch = BatchStream.batchSize(options)
         let heaps = (0..<threads).map { _ in RunningTopK(k: k, columns: batch) }
-        let buffers = UnsafeMutablePointer<Float>.allocate(capacity: threads * chunkRows * batch)
+        let buffers = UnsafeMutablePointer<Float>.allocate(capacity: max(1, threads * chunks.largest * batch))
         let merged = UnsafeMutablePointer<Float>.allocate(capacity: threads * k)
         defer { buffers.deallocate(); merged.deallocate() }
-        let rows = all.count
         var table = [Float](repeating: -.infinity, count: inputs.totalTokens)
         _ = try BatchStream(inputs: inputs, options: options).run(progress: { _, _ in }) { encoded in
             let fill = encoded.fill
             for heap in heaps { heap.reset() }
-            let next = WorkCounter(limit: (rows + chunkRows - 1) / chunkRows)
+            let next = WorkCounter(limit: chunks.count)
             onThreads(threads) { worker in
-                let buffer = buffers + worker * chunkRows * batch
+                let buffer = buffers + worker * chunks.largest * batch
                 while let chunk = next.take() {
-                    let range = (chunk * chunkRows)..<min(rows, (chunk + 1) * chunkRows)
+                    let range = chunks.rows(of: chunk)
                     encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
                     heaps[worker].offer(output: buffer, rows: range, stride: batch, columnRange: 0..<fill, bias: bias, scale: scale)
                 }

@@ -49,7 +49,7 @@ struct CollectBench: ParsableCommand {
     @Flag(name: .customLong("skip-numpy"), help: "Run the sgemm baseline but not the numpy one.")
     var skipNumpy = false
 
-    @Option(name: .customLong("chunk-rows"), help: "Features per GEMM chunk (CollectOptions.encodeChunkRows).")
+    @Option(name: .customLong("chunk-rows"), help: "Preferred features per GEMM chunk (CollectOptions.encodeChunkRows; each block is cut into an even number of equal chunks near it).")
     var chunkRows: Int?
 
     @Option(help: ArgumentHelp("Folder for the synthetic files (default: the temporary folder).", valueName: "DIR"))

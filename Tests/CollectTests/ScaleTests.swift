@@ -37,20 +37,26 @@ import SAELabelStore
         return store
     }
 
+    /// Collects with one thread and then with two and expects the same stored bytes, examples included.
+    func expectOneAndTwoThreadsStoreTheSame(_ options: CollectOptions, directory: String, features: Int) throws {
+        var options = options
+        options.blasThreads = 1
+        let single = try collectIntoStore(options, directory: directory, name: "one.sqlite")
+        options.blasThreads = 2
+        let double = try collectIntoStore(options, directory: directory, name: "two.sqlite")
+        let expected = try storedContents(single, features: features)
+        #expect(expected.count > features * 5, "the fixture must store examples")
+        #expect(try storedContents(double, features: features) == expected)
+    }
+
     /// One and two threads (chunks of 5 features, so both threads take several) store the same bytes, for a
     /// per-row activation and for inline TopK (all rows first, k-th value per token split over threads).
     @Test(arguments: ["jumprelu", "topk"])
     func oneAndTwoThreadsStoreIdenticalExamplesAndStatistics(architecture: String) throws {
         let sae = TestSAE.random(dIn: 16, dSAE: 48, architecture: architecture, seed: 21, dtype: "F32")
         let corpus = TestCorpus.random(nSeq: 24, ctx: 40, dIn: 16, seed: 22, dtype: "F32")
-        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 64, chunkRows: 5)
-        options.blasThreads = 1
-        let single = try collectIntoStore(options, directory: directory, name: "one.sqlite")
-        options.blasThreads = 2
-        let double = try collectIntoStore(options, directory: directory, name: "two.sqlite")
-        let expected = try storedContents(single, features: 48)
-        #expect(expected.count > 48 * 5, "the fixture must store examples")
-        #expect(try storedContents(double, features: 48) == expected)
+        let (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 64, chunkRows: 5)
+        try expectOneAndTwoThreadsStoreTheSame(options, directory: directory, features: 48)
     }
 
     /// A TopK SAE collected in blocks of a few features (each block multiplying only its own rows, the k-th value
@@ -97,6 +103,41 @@ import SAELabelStore
         let expected = try storedContents(whole, features: 40)
         #expect(expected.count > 40 * 5, "the fixture must store examples")
         #expect(try storedContents(pipelined, features: 40) == expected)
+    }
+
+    /// A block's rows are cut into an even number of chunks that differ by at most one row and cover every row once,
+    /// as near the preferred size as an even count allows; the cut depends on the rows alone.
+    @Test(arguments: [(3072, 1024, 4), (3072, 512, 6), (3072, 256, 12), (24576, 1024, 24), (2048, 1024, 2),
+                      (1000, 1024, 2), (5120, 1024, 6), (48, 5, 10), (14, 3, 4), (3, 256, 2), (1, 256, 1), (0, 256, 0)])
+    func chunksAreAnEvenCountOfNearlyEqualParts(rows: Int, preferred: Int, expectedCount: Int) {
+        let chunks = ChunkGeometry(rows: rows, preferredRows: preferred)
+        #expect(chunks.count == expectedCount)
+        var next = 0
+        var sizes: [Int] = []
+        for index in 0..<chunks.count {
+            let range = chunks.rows(of: index)
+            #expect(range.lowerBound == next, "chunk \(index) starts where the previous one ended")
+            next = range.upperBound
+            sizes.append(range.count)
+        }
+        #expect(next == rows, "every row is in a chunk")
+        if let smallest = sizes.min(), let largest = sizes.max() {
+            #expect(largest - smallest <= 1 && largest == chunks.largest && smallest > 0)
+        }
+    }
+
+    /// Blocks whose widths are not multiples of the preferred chunk (14, 14 and 12 rows cut into 4 chunks of 3–4)
+    /// store with two threads the bytes one thread stores.
+    @Test func unevenBlockChunksStoreTheSameWithOneAndTwoThreads() throws {
+        let sae = TestSAE.random(dIn: 12, dSAE: 40, architecture: "jumprelu", seed: 61, dtype: "F32")
+        let corpus = TestCorpus.random(nSeq: 16, ctx: 24, dIn: 12, seed: 62, dtype: "F32")
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 3)
+        options.pipelineBlocks = 3
+        options.pipelineBlockMinimum = 1
+        let plan = try Collector.plan(options)
+        #expect(Collector.blocks(of: plan.features, options: options, plan: plan).map {
+            ChunkGeometry(rows: $0.count, preferredRows: 3).count } == [4, 4, 4])
+        try expectOneAndTwoThreadsStoreTheSame(options, directory: directory, features: 40)
     }
 
     /// Skipping a run of inactive windows in one step leaves the random reservoir exactly as window-by-window does.
