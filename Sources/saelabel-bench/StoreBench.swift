@@ -85,8 +85,10 @@ func runStoreBenchmark(_ settings: StoreBenchSettings) {
         func output(_ format: ExportFormat, _ suffix: String = "") -> String {
             folder.appendingPathComponent("export-\(format.rawValue)\(suffix)" + (format == .catalog ? ".jsonl" : format == .csv ? ".csv" : "")).path
         }
-        for format in settings.formats {
-            _ = try export(format, to: output(format))
+        // A format named twice is exported twice (to tell a slow export from a slow moment of the machine).
+        for (position, format) in settings.formats.enumerated() {
+            let repeats = settings.formats[..<position].filter { $0 == format }.count
+            _ = try export(format, to: output(format, repeats == 0 ? "" : "-\(repeats + 1)"))
         }
         // The hardware floor in the same run: as many bytes as the largest export, written and fsynced
         // as one plain file on the same filesystem, plus the plain read above. An export within ~1.2×

@@ -6,19 +6,26 @@ import SAELabelStore
 @testable import SAELabelExport
 
 extension BrowserTests {
+    /// A store of `features` collected features (no examples) with a labeling pass begun: more than
+    /// one index part of the html catalog, quick to write.
+    static func collectedStore(features: Int, in directory: TempDirectory) throws -> JobStore {
+        let store = try JobStore(path: directory.file("c.sqlite"))
+        let stats = FeatureStatistics(frequency: 0.1, maxActivation: 1, meanActivation: 1, activatingTokens: 1,
+                                      activatingWindows: 1, histogram: [1])
+        try store.saveCollected((0..<features).map {
+            CollectedFeature(index: $0, state: .collected, statistics: stats, explain: [], heldout: [])
+        })
+        try store.beginPass("p")
+        return store
+    }
+
     /// A catalog of two index parts: searching, sorting and opening a feature from the second part
     /// give what the rows say, whether the search is answered from the prebuilt orders or narrowed.
     /// Scores repeat (ties go by feature) and every eleventh feature has none (last either way).
     @Test func searchAndSortOverSeveralIndexParts() async throws {
         let directory = TempDirectory()
-        let store = try JobStore(path: directory.file("c.sqlite"))
         let count = HTMLExport.indexChunkSize + 2_000
-        let stats = FeatureStatistics(frequency: 0.1, maxActivation: 1, meanActivation: 1, activatingTokens: 1,
-                                      activatingWindows: 1, histogram: [1])
-        try store.saveCollected((0..<count).map {
-            CollectedFeature(index: $0, state: .collected, statistics: stats, explain: [], heldout: [])
-        })
-        try store.beginPass("p")
+        let store = try Self.collectedStore(features: count, in: directory)
         func label(_ i: Int) -> String { "\(i % 7 == 0 ? "Pets and animals" : "other things") number \(i)" }
         func simulation(_ i: Int) -> Double { Double((i * 37) % 1000) / 1000 }
         func scored(_ i: Int) -> Bool { i % 11 != 5 }
@@ -67,14 +74,8 @@ extension BrowserTests {
     /// whose detail file is missing says so instead of loading forever.
     @Test func aMissingIndexPartLeavesTheRestUsable() async throws {
         let directory = TempDirectory()
-        let store = try JobStore(path: directory.file("c.sqlite"))
         let count = HTMLExport.indexChunkSize + 1_500
-        let stats = FeatureStatistics(frequency: 0.1, maxActivation: 1, meanActivation: 1, activatingTokens: 1,
-                                      activatingWindows: 1, histogram: [1])
-        try store.saveCollected((0..<count).map {
-            CollectedFeature(index: $0, state: .collected, statistics: stats, explain: [], heldout: [])
-        })
-        try store.beginPass("p")
+        let store = try Self.collectedStore(features: count, in: directory)
         for i in stride(from: 0, to: count, by: 3) {
             _ = try store.saveExplanation(feature: i, text: "pets \(i)", explainerModel: "m", promptHash: "h", rawResponse: nil)
         }
