@@ -98,7 +98,10 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
   // loaded. The search index is built once from the rows: lower-cased labels, and one sorted order
   // per column and direction (the numeric columns' orders come prebuilt from the export), so a
   // keystroke only scans; a query that extends the previous one scans only its matches.
+  // failedParts: index parts that did not load even on a second request; the index is built from the
+  // others and the page says which are missing. ordersFailed: sorts are then built in the page.
   var S = { meta: null, parts: {}, partsLoaded: 0, rows: null, partial: null, byFeature: {}, chunks: {}, loading: {},
+            chunkFailed: {}, failedParts: [], restRequested: false, ordersFailed: false,
             lastIndexHash: '', lower: null, orders: {}, prebuilt: null, last: null };
 
   function $(id) { return document.getElementById(id); }
@@ -115,11 +118,24 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
   }
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
   function pad(n) { var s = String(n); while (s.length < 4) s = '0' + s; return s; }
-  function loadScript(src) {
-    var s = document.createElement('script');
-    s.src = src;
-    s.onerror = function () { fail('Could not load ' + src + '; is the catalog folder complete?'); };
-    document.head.appendChild(s);
+  // A data file that fails to load is requested once more (a folder still being copied, a server that
+  // dropped one request); if that fails too, `failed` decides what the page can still show.
+  function loadScript(src, failed) {
+    var tries = 0;
+    (function attempt() {
+      var s = document.createElement('script');
+      s.src = src;
+      s.onerror = function () {
+        if (s.parentNode) s.parentNode.removeChild(s);
+        if (++tries < 2) { setTimeout(attempt, 250); return; }
+        if (failed) failed(); else fail(cannotLoad(src) + ' Reload the page once it is.');
+      };
+      document.head.appendChild(s);
+    })();
+  }
+  function cannotLoad(src) {
+    return 'Could not load ' + src + ' from the catalog folder. Check that the folder was copied completely, or export it '
+      + 'again (saelabel export --format html).';
   }
   function fail(message) {
     var c = $('content'); clear(c); c.appendChild(el('p', 'error', message));
@@ -192,18 +208,28 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     // Only the first index part at first: Chromium reads file:// scripts requested together side by
     // side, so with all 14 parts of a 131k catalog requested at once the first one finished only
     // when most of the index had been read (first paint 1.3 s; 32k: 309 ms, 125-190 ms this way).
-    loadScript('data/index-0000.js');
+    loadScript('data/index-0000.js', function () { indexPartFailed(0); });
   };
+  // The other parts and the prebuilt orders, requested once: after the first part has painted, or
+  // when it failed to load (the rest can still be shown).
+  function requestRest() {
+    if (S.restRequested) return;
+    S.restRequested = true;
+    for (var i = 1; i < S.meta.indexChunks; i++) loadScript('data/index-' + pad(i) + '.js', indexPartFailed.bind(null, i));
+    if (S.meta.orders) loadScript('data/orders.js', function () { S.ordersFailed = true; indexComplete(); });
+  }
+  function indexPartFailed(n) {
+    S.failedParts.push(n);
+    requestRest();
+    indexComplete();
+  }
   window.__catalog_index = function (n, rows) {
     S.parts[n] = rows; S.partsLoaded++;
     rows.forEach(function (r) { S.byFeature[r[0]] = r; });
     if (!S.partial && !indexReady()) { S.partial = rows; render(); }
     // The other parts and the prebuilt orders (megabytes at 131k features) are requested once the
     // first rows are painted, all together: they no longer compete with the first paint.
-    if (S.partsLoaded === 1) {
-      for (var i = 1; i < S.meta.indexChunks; i++) loadScript('data/index-' + pad(i) + '.js');
-      if (S.meta.orders) loadScript('data/orders.js');
-    }
+    requestRest();
     indexComplete();
   };
   // Row positions of the whole index by each numeric column, highest first, nulls last, ties by feature.
@@ -211,11 +237,15 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     S.prebuilt = orders;
     indexComplete();
   };
-  function indexReady() { return S.partsLoaded === S.meta.indexChunks && (!S.meta.orders || !!S.prebuilt); }
+  // Every part and the orders have either arrived or failed twice. With a part missing the prebuilt
+  // orders no longer match the rows (order() then sorts in the page).
+  function indexReady() {
+    return S.partsLoaded + S.failedParts.length === S.meta.indexChunks && (!S.meta.orders || !!S.prebuilt || S.ordersFailed);
+  }
   function indexComplete() {
     if (S.rows || !indexReady()) return;
     var all = [];
-    for (var i = 0; i < S.meta.indexChunks; i++) Array.prototype.push.apply(all, S.parts[i]);
+    for (var i = 0; i < S.meta.indexChunks; i++) if (S.parts[i]) Array.prototype.push.apply(all, S.parts[i]);
     S.parts = null; S.partial = null; S.rows = all;
     S.lower = all.map(function (r) { return (r[2] || '').toLowerCase(); });
     S.orders = {}; S.last = null;
@@ -358,9 +388,21 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
       tbody.appendChild(row);
     });
     table.appendChild(tbody);
-    var c = $('content'); clear(c); c.appendChild(table);
+    var c = $('content'); clear(c);
+    if (S.rows && S.failedParts.length) c.appendChild(missingPartsNotice());
+    c.appendChild(table);
     if (!matches) c.appendChild(el('p', 'muted', 'No feature matches these filters.'));
     mark('data-first-paint-ms');
+  }
+
+  function missingPartsNotice() {
+    var names = S.failedParts.slice().sort(function (a, b) { return a - b; })
+      .map(function (n) { return 'data/index-' + pad(n) + '.js'; });
+    document.body.setAttribute('data-missing-parts', names.join(' '));
+    return el('p', 'error', (S.meta.features - S.rows.length) + ' of ' + S.meta.features + ' features are missing from '
+      + 'this list because ' + names.join(', ') + (names.length > 1 ? ' were' : ' was') + ' not loaded. '
+      + 'Check that the catalog folder was copied completely, or export it again (saelabel export --format html), '
+      + 'then reload the page.');
   }
 
   // ---- feature view ----
@@ -405,13 +447,29 @@ svg.hist text { font-size: 11px; fill: var(--muted); }
     c.appendChild(back);
     var r = S.byFeature[n];
     if (!r && !S.rows) { c.appendChild(el('p', 'muted', 'Loading the index\u2026')); document.body.setAttribute('data-view', 'loading'); return; }
-    if (!r) { c.appendChild(el('p', 'error', 'Feature ' + n + ' is not in this catalog.')); return; }
+    if (!r) {
+      c.appendChild(el('p', 'error', 'Feature ' + n + (S.failedParts.length ? ' is not in the part of the index that loaded.'
+        : ' is not in this catalog.')));
+      if (S.failedParts.length) c.appendChild(missingPartsNotice());
+      return;
+    }
     var chunk = r[8];
     var f = S.chunks[chunk] && S.chunks[chunk][n];
+    var src = 'data/features-' + pad(chunk) + '.js';
+    if (!f && S.chunkFailed[chunk]) {
+      // Asked again when the feature is opened again (after the folder is fixed, no reload needed).
+      delete S.chunkFailed[chunk];
+      c.appendChild(el('p', 'error', 'Feature ' + n + ': ' + cannotLoad(src) + ' Then open the feature again.'));
+      document.body.setAttribute('data-view', 'error');
+      return;
+    }
     if (!f) {
       c.appendChild(el('p', 'muted', 'Loading feature ' + n + '\u2026'));
       document.body.setAttribute('data-view', 'loading');
-      if (!S.loading[chunk]) { S.loading[chunk] = true; loadScript('data/features-' + pad(chunk) + '.js'); }
+      if (!S.loading[chunk]) {
+        S.loading[chunk] = true;
+        loadScript(src, function () { delete S.loading[chunk]; S.chunkFailed[chunk] = true; render(); });
+      }
       return;
     }
     document.title = 'Feature ' + n + ' — saelabel';

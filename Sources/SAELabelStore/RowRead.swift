@@ -92,3 +92,26 @@ extension JobStore {
         }
     }
 }
+
+extension JobStore {
+    /// Every label and score of every pass as counts and a 64-bit FNV-1a over their columns in id
+    /// order (the raw explainer answers left out: prune clears those of old passes by design), for
+    /// `saelabel-bench store` to show that prune kept them all.
+    public func benchLabelsAndScores() throws(SAELabelError) -> (labels: Int, scores: Int, digest: UInt64) {
+        try read { db in
+            var digest: UInt64 = 0xcbf2_9ce4_8422_2325
+            func add(_ sql: String) throws -> Int {
+                let rows = try Row.fetchCursor(db, sql: sql)
+                var count = 0
+                while let row = try rows.next() {
+                    for byte in row.description.utf8 { digest = (digest ^ UInt64(byte)) &* 0x100_0000_01b3 }
+                    count += 1
+                }
+                return count
+            }
+            let labels = try add("SELECT id, feature, pass, text, explainer_model, prompt_hash, created_at FROM explanation ORDER BY id")
+            let scores = try add("SELECT * FROM score ORDER BY id")
+            return (labels, scores, digest)
+        }
+    }
+}

@@ -55,10 +55,31 @@ struct CollectBench: ParsableCommand {
     @Option(help: ArgumentHelp("Folder for the synthetic files (default: the temporary folder).", valueName: "DIR"))
     var directory: String?
 
+    @Option(name: .customLong("sgemm-width-fraction"),
+            help: "Time the sgemm baseline on this fraction of the width (whole 32,768-column slices) and scale it to the full width.")
+    var sgemmWidthFraction = 1.0
+
+    @Option(help: ArgumentHelp("Keep the synthetic inputs in this folder and reuse them when their shapes match.", valueName: "DIR"))
+    var inputs: String?
+
+    @Flag(name: .customLong("inputs-only"), help: "Write the inputs (with --inputs, to keep them) and stop.")
+    var inputsOnly = false
+
+    func validate() throws {
+        guard sgemmWidthFraction > 0 && sgemmWidthFraction <= 1 else {
+            throw ValidationError("--sgemm-width-fraction \(sgemmWidthFraction): expected a fraction in (0, 1]")
+        }
+        if inputsOnly && inputs == nil { throw ValidationError("--inputs-only needs --inputs DIR (inputs are kept there)") }
+    }
+
     func run() {
-        runCollectBenchmark(CollectBenchSettings(tokens: tokens, features: features, dIn: dIn, batch: batch, blasThreads: blasThreads,
-                                                 baselines: baselines, keep: keep, numpyScript: numpy, memoryGB: memoryGB,
-                                                 store: !noStore, numpy: !skipNumpy, chunkRows: chunkRows, directory: directory))
+        var settings = CollectBenchSettings(tokens: tokens, features: features, dIn: dIn, batch: batch, blasThreads: blasThreads,
+                                            baselines: baselines, keep: keep, numpyScript: numpy, memoryGB: memoryGB,
+                                            store: !noStore, numpy: !skipNumpy, chunkRows: chunkRows, directory: directory)
+        settings.sgemmWidthFraction = sgemmWidthFraction
+        settings.inputs = inputs
+        settings.inputsOnly = inputsOnly
+        runCollectBenchmark(settings)
     }
 }
 

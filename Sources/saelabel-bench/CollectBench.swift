@@ -31,6 +31,11 @@ struct CollectBenchSettings {
     var numpy: Bool
     var chunkRows: Int?
     var directory: String?
+    /// Time the sgemm baseline on this fraction of the width and scale it (see `measureSGEMMOnFraction`).
+    var sgemmWidthFraction = 1.0
+    /// Keep the synthetic inputs in this folder and reuse them when present (see `prepareBenchInputs`).
+    var inputs: String?
+    var inputsOnly = false
 }
 
 func runCollectBenchmark(_ settings: CollectBenchSettings) {
@@ -39,9 +44,10 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
     let context = 128
     let sequences = (settings.tokens + context - 1) / context
     let tokens = sequences * context
-    let directory = ((settings.directory ?? NSTemporaryDirectory()) as NSString).appendingPathComponent("saelabel-collect-bench-\(getpid())")
+    let directory = settings.inputs
+        ?? ((settings.directory ?? NSTemporaryDirectory()) as NSString).appendingPathComponent("saelabel-collect-bench-\(getpid())")
     try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    defer { if !settings.keep { try? FileManager.default.removeItem(atPath: directory) } }
+    defer { if !settings.keep && settings.inputs == nil { try? FileManager.default.removeItem(atPath: directory) } }
 
     print("collect benchmark: d_in \(dIn), d_sae \(features) (standard, float32), \(tokens) tokens (\(sequences) × \(context)), batch \(batch), \(blasThreads) thread(s)")
     for name in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
@@ -52,19 +58,15 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
     let saeDirectory = (directory as NSString).appendingPathComponent("bench-sae")
     let activationPath = (directory as NSString).appendingPathComponent("activations.safetensors")
     let tokenizerPath = (directory as NSString).appendingPathComponent("tokenizer.json")
-    do {
-        try writeBenchSAE(directory: saeDirectory, dIn: dIn, dSAE: features)
-        try writeBenchActivations(path: activationPath, sequences: sequences, context: context, dIn: dIn)
-        try writeBenchTokenizer(path: tokenizerPath)
-    } catch {
-        print("cannot write the benchmark inputs: \(error)")
-        exit(1)
-    }
-    print(String(format: "  inputs written in %.1f s", clock.lap()))
+    let reused = prepareBenchInputs(directory: directory, reuse: settings.inputs != nil, dIn: dIn, features: features,
+                                    sequences: sequences, context: context)
+    print(String(format: "  inputs %@ in %.1f s%@", reused ? "reused" : "written", clock.lap(), settings.inputs.map { " (\($0))" } ?? ""))
+    if settings.inputsOnly { return }
 
     var sgemmRates: [Double] = []
     if runBaselines {
-        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch, threads: blasThreads))
+        sgemmRates.append(measureSGEMMOnFraction(settings.sgemmWidthFraction, tokens: tokens, dIn: dIn, dSAE: features, batch: batch,
+                                                 threads: blasThreads))
         print(String(format: "  plain sgemm: %.0f tokens/s", sgemmRates[0]))
     }
 
@@ -106,7 +108,8 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
 
     var numpyRate: Double? = nil
     if runBaselines {
-        sgemmRates.append(measureSGEMM(tokens: tokens, dIn: dIn, dSAE: features, batch: batch, threads: blasThreads))
+        sgemmRates.append(measureSGEMMOnFraction(settings.sgemmWidthFraction, tokens: tokens, dIn: dIn, dSAE: features, batch: batch,
+                                                 threads: blasThreads))
         print(String(format: "  plain sgemm (again, after collect): %.0f tokens/s", sgemmRates[1]))
         if settings.numpy { numpyRate = runNumpy(script: settings.numpyScript, sae: saeDirectory, activations: activationPath) }
     }
@@ -292,6 +295,50 @@ func measureSGEMM(tokens: Int, dIn: Int, dSAE: Int, batch: Int, threads: Int) ->
         done += rows
     }
     return Double(tokens) / clock.lap()
+}
+
+/// The sgemm baseline timed on `fraction` of the width (rounded to whole 32,768-column slices) and
+/// scaled to the full width: `measureSGEMM` multiplies every batch by the same 32,768-column slice once
+/// per slice of the width, so its time is linear in the number of slices. For widths whose full
+/// baseline would take minutes (1M features: 2.5 TFLOP per 512 tokens), twice per run.
+func measureSGEMMOnFraction(_ fraction: Double, tokens: Int, dIn: Int, dSAE: Int, batch: Int, threads: Int) -> Double {
+    let slice = 32_768
+    guard fraction < 1, dSAE > slice else { return measureSGEMM(tokens: tokens, dIn: dIn, dSAE: dSAE, batch: batch, threads: threads) }
+    let slices = (dSAE + slice - 1) / slice
+    let timed = min(slices, max(1, Int((Double(slices) * fraction).rounded())))
+    let rate = measureSGEMM(tokens: tokens, dIn: dIn, dSAE: timed * slice, batch: batch, threads: threads)
+    print("  (sgemm timed on \(timed) of \(slices) slices of 32,768 columns and scaled by \(timed)/\(slices))")
+    return rate * Double(timed) / Double(slices)
+}
+
+/// Writes the synthetic SAE, activations and tokenizer into `directory`; with `reuse`, keeps the ones
+/// already there when their shapes match (writing a 1M-wide W_enc, 9.4 GB, takes minutes here: it is
+/// done once, under the shared lock, and the timed runs reuse it). A store of an earlier run is removed.
+/// Returns whether the inputs were reused.
+func prepareBenchInputs(directory: String, reuse: Bool, dIn: Int, features: Int, sequences: Int, context: Int) -> Bool {
+    let saeDirectory = (directory as NSString).appendingPathComponent("bench-sae")
+    let activationPath = (directory as NSString).appendingPathComponent("activations.safetensors")
+    let tokenizerPath = (directory as NSString).appendingPathComponent("tokenizer.json")
+    for leftover in ["job.sqlite", "job.sqlite-wal", "job.sqlite-shm"] {
+        try? FileManager.default.removeItem(atPath: (directory as NSString).appendingPathComponent(leftover))
+    }
+    func size(_ path: String) -> Int { (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? -1 }
+    let marker = (directory as NSString).appendingPathComponent("inputs-\(dIn)x\(features)-\(sequences)x\(context)")
+    if reuse && FileManager.default.fileExists(atPath: marker) && size(tokenizerPath) > 0 {
+        return true
+    }
+    do {
+        try? FileManager.default.removeItem(atPath: marker)
+        try writeBenchSAE(directory: saeDirectory, dIn: dIn, dSAE: features)
+        try writeBenchActivations(path: activationPath, sequences: sequences, context: context, dIn: dIn)
+        try writeBenchTokenizer(path: tokenizerPath)
+        // Marks complete inputs of these shapes (a run killed while writing leaves none).
+        _ = FileManager.default.createFile(atPath: marker, contents: nil)
+    } catch {
+        print("cannot write the benchmark inputs: \(error)")
+        exit(1)
+    }
+    return false
 }
 
 func runNumpy(script: String?, sae: String, activations: String) -> Double? {

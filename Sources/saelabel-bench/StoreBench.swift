@@ -71,11 +71,13 @@ func runStoreBenchmark(_ settings: StoreBenchSettings) {
         let budget = 60.0 * Double(features) / 131_072
         func export(_ format: ExportFormat, to out: String) throws -> Double {
             let start = ContinuousClock.now
+            let before = StepCost.now()
             let summary = try Exporter.export(store: store, format: format, to: out)
             let t = seconds(since: start)
             report("  export \(format.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)) \(f(t, 2)) s = "
                   + "\(f(Double(summary.features) / t, 0)) features/s; \(f(t / budget, 2)) of the \(f(budget, 0)) s budget; "
                   + "\(f(t / readSeconds, 1))× the plain read; \(mib(directoryBytes(out)))")
+            report("         \(StepCost.now().since(before, wall: t))")
             timed.append((format, t, directoryBytes(out)))
             return t
         }
@@ -83,8 +85,10 @@ func runStoreBenchmark(_ settings: StoreBenchSettings) {
         func output(_ format: ExportFormat, _ suffix: String = "") -> String {
             folder.appendingPathComponent("export-\(format.rawValue)\(suffix)" + (format == .catalog ? ".jsonl" : format == .csv ? ".csv" : "")).path
         }
-        for format in settings.formats {
-            _ = try export(format, to: output(format))
+        // A format named twice is exported twice (to tell a slow export from a slow moment of the machine).
+        for (position, format) in settings.formats.enumerated() {
+            let repeats = settings.formats[..<position].filter { $0 == format }.count
+            _ = try export(format, to: output(format, repeats == 0 ? "" : "-\(repeats + 1)"))
         }
         // The hardware floor in the same run: as many bytes as the largest export, written and fsynced
         // as one plain file on the same filesystem, plus the plain read above. An export within ~1.2×
@@ -105,12 +109,20 @@ func runStoreBenchmark(_ settings: StoreBenchSettings) {
         if keep { report("  kept in             \(folder.path)") }
         guard settings.prune else { return }
 
-        let pruneStart = ContinuousClock.now
-        let pruned = try JobStore(path: path, exclusive: true).prune()
-        report("  prune               \(f(seconds(since: pruneStart), 1)) s: dropped \(pruned.responsesDropped) cached answers "
-              + "(\(pruned.responsesKept) kept), \(mib(pruned.bytesBefore)) → \(mib(pruned.bytesAfter)) = "
-              + "\(f(Double(pruned.bytesAfter) / Double(features), 0)) bytes/feature")
+        // The catalog to compare with is exported before prune (when it was not among the timed formats).
         if !settings.formats.contains(.catalog) { _ = try export(.catalog, to: output(.catalog)) }
+        let kept = try store.benchLabelsAndScores()
+        let pruneStart = ContinuousClock.now
+        let pruneCost = StepCost.now()
+        let pruned = try JobStore(path: path, exclusive: true).prune()
+        let pruneSeconds = seconds(since: pruneStart)
+        report("  prune               \(f(pruneSeconds, 1)) s: dropped \(pruned.responsesDropped) cached answers "
+              + "(\(pruned.responsesKept) kept), cleared \(pruned.rawResponsesCleared) raw answers of old passes, "
+              + "\(mib(pruned.bytesBefore)) → \(mib(pruned.bytesAfter)) = \(f(Double(pruned.bytesAfter) / Double(features), 0)) bytes/feature")
+        report("         \(StepCost.now().since(pruneCost, wall: pruneSeconds))")
+        let after = try store.benchLabelsAndScores()
+        report("  labels and scores   \(after == kept ? "all kept" : "CHANGED"): \(after.labels) labels, \(after.scores) scores after prune "
+              + "(\(kept.labels), \(kept.scores) before; digest \(String(after.digest, radix: 16)), before \(String(kept.digest, radix: 16)))")
         _ = try export(.catalog, to: output(.catalog, "-after-prune"))
         let same = FileManager.default.contentsEqual(atPath: output(.catalog), andPath: output(.catalog, "-after-prune"))
         report("  catalog after prune \(same ? "identical to the one before (byte for byte)" : "DIFFERS from the one before")")
@@ -198,6 +210,46 @@ private func fillSyntheticStore(_ store: JobStore, features: Int) throws {
             return BenchLabeledFeature(feature: feature, explanation: label, explainerModel: model, promptHash: "bench",
                                        scores: scores, cachedCalls: calls)
         })
+    }
+}
+
+/// What a timed step cost: the process's CPU time (all threads), the bytes it made the block device
+/// read and write (/proc/self/io), and the machine's steal and I/O-wait time over all cores
+/// (/proc/stat), so a slow run can be told apart: own work, waiting for the disk, or a busy host.
+private struct StepCost {
+    var user = 0.0, system = 0.0, readBytes: Int64 = 0, writeBytes: Int64 = 0, steal = 0.0, ioWait = 0.0
+
+    static func now() -> StepCost {
+        var cost = StepCost()
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        cost.user = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+        cost.system = Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+        let io = (try? String(contentsOfFile: "/proc/self/io", encoding: .utf8)) ?? ""
+        for line in io.split(separator: "\n") {
+            let parts = line.split(separator: ":")
+            guard parts.count == 2, let value = Int64(parts[1].trimmingCharacters(in: .whitespaces)) else { continue }
+            if parts[0] == "read_bytes" { cost.readBytes = value }
+            if parts[0] == "write_bytes" { cost.writeBytes = value }
+        }
+        // cpu  user nice system idle iowait irq softirq steal …, in clock ticks.
+        let stat = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(separator: "\n").first ?? ""
+        let ticks = stat.split(separator: " ").dropFirst().compactMap { Double($0) }
+        let hertz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        if ticks.count >= 8 {
+            cost.ioWait = ticks[4] / hertz
+            cost.steal = ticks[7] / hertz
+        }
+        return cost
+    }
+
+    func since(_ start: StepCost, wall: Double) -> String {
+        func f(_ x: Double) -> String { String(format: "%.1f", x) }
+        func mib(_ x: Int64) -> String { String(format: "%.0f", Double(x) / 1_048_576) }
+        let cpu = user - start.user + system - start.system
+        return "CPU \(f(cpu)) s (user \(f(user - start.user)), system \(f(system - start.system))) in \(f(wall)) s of wall; "
+            + "disk read \(mib(readBytes - start.readBytes)) MiB, written \(mib(writeBytes - start.writeBytes)) MiB; "
+            + "machine: steal \(f(steal - start.steal)) s, I/O wait \(f(ioWait - start.ioWait)) s (all cores)"
     }
 }
 
