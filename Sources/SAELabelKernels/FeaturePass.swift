@@ -219,7 +219,7 @@ func activateWindow<Rule: RowActivation>(_ values: UnsafeMutablePointer<Float>, 
         lanes.replace(with: activated, where: activated .> lanes)  // pointwiseMax is not inlined here
         index += 8
     }
-    var peak = lanes.max()
+    var peak = largestLane(lanes)
     while index < length {
         let activated = keep[column + index] == 0 ? 0 : rule(values[index], column: column + index)
         values[index] = activated
@@ -249,4 +249,12 @@ public func peakValue(_ values: UnsafeMutablePointer<Float>, _ count: Int) -> Fl
         index += 1
     }
     return peak
+}
+
+/// The largest of eight non-negative, non-NaN values, inline: `SIMD8.max()` is a generic call per window here.
+@inline(__always)
+func largestLane(_ lanes: SIMD8<Float>) -> Float {
+    let half = lanes.lowHalf.replacing(with: lanes.highHalf, where: lanes.highHalf .> lanes.lowHalf)
+    let quarter = half.lowHalf.replacing(with: half.highHalf, where: half.highHalf .> half.lowHalf)
+    return quarter.y > quarter.x ? quarter.y : quarter.x
 }

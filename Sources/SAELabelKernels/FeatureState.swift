@@ -134,16 +134,6 @@ public final class WindowSlots {
     }
 
     @inline(__always)
-    func swap(_ feature: Int, _ a: Int, _ b: Int) {
-        let first = record(feature, a), second = record(feature, b)
-        for offset in Swift.stride(from: 0, to: stride, by: 8) {
-            let saved = first.load(fromByteOffset: offset, as: UInt64.self)
-            first.storeBytes(of: second.load(fromByteOffset: offset, as: UInt64.self), toByteOffset: offset, as: UInt64.self)
-            second.storeBytes(of: saved, toByteOffset: offset, as: UInt64.self)
-        }
-    }
-
-    @inline(__always)
     public func maximum(_ feature: Int, _ index: Int) -> Float { record(feature, index).load(fromByteOffset: 20, as: Float.self) }
 
     @inline(__always)
@@ -265,6 +255,13 @@ public final class FeatureAccumulators: @unchecked Sendable {
     private let histogramArena = SlotArena(stride: fineBins * MemoryLayout<UInt32>.stride)
     public let top: WindowSlots
     public let topCount: UnsafeMutablePointer<Int>
+    /// Per feature, `topCapacity` record indices of `top` arranged as a min-heap keyed by (max, earlier first):
+    /// the root is the weakest kept window. The heap moves these indices, never the records (152 bytes each at
+    /// 32 tokens), so a window is written once, where it lands.
+    let topHeap: UnsafeMutablePointer<Int32>
+    /// Per feature, the max of its weakest kept window once its top heap is full: a window whose peak is not
+    /// above it cannot enter, which is all most firing windows need to learn about the heap.
+    let topFloor: UnsafeMutablePointer<Float>
     public let reservoir: WindowSlots
     public let reservoirState: UnsafeMutablePointer<ReservoirState>
     public let random: WindowSlots
@@ -304,6 +301,8 @@ public final class FeatureAccumulators: @unchecked Sendable {
         histograms = zeroed(n)
         top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true)
         topCount = zeroed(n)
+        topHeap = zeroed(n * max(1, parameters.topCapacity))
+        topFloor = zeroed(n)
         reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
         reservoirState = zeroed(n)  // all-zero bits are `ReservoirState()`
         random = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false)
@@ -316,6 +315,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         for pointer in [UnsafeMutableRawPointer(activeTokens), UnsafeMutableRawPointer(sums), UnsafeMutableRawPointer(maxima),
                         UnsafeMutableRawPointer(activeWindows), UnsafeMutableRawPointer(histogramRange),
                         UnsafeMutableRawPointer(histograms), UnsafeMutableRawPointer(topCount),
+                        UnsafeMutableRawPointer(topHeap), UnsafeMutableRawPointer(topFloor),
                         UnsafeMutableRawPointer(reservoirState), UnsafeMutableRawPointer(randomState),
                         UnsafeMutableRawPointer(generators), UnsafeMutableRawPointer(started)] {
             free(pointer)
@@ -326,7 +326,8 @@ public final class FeatureAccumulators: @unchecked Sendable {
     /// others to fill its random reservoir): the per-feature entries every feature has, plus, once it fired, its
     /// histogram and the window slots it reserved (`WindowSlots.reservation`).
     public static func stateBytes(_ parameters: SelectionParameters, activeWindows: Int) -> Int {
-        let everyFeature = 4 * 8 + 2 * 4 + 2 * MemoryLayout<ReservoirState>.stride + MemoryLayout<SplitMix64>.stride + 1 + 3 * (8 + 4)
+        let everyFeature = 4 * 8 + 3 * 4 + 2 * MemoryLayout<ReservoirState>.stride + MemoryLayout<SplitMix64>.stride + 1 + 3 * (8 + 4)
+            + parameters.topCapacity * MemoryLayout<Int32>.stride
         guard activeWindows > 0 else { return everyFeature }
         let window = parameters.windowLength
         let valued = WindowSlots.recordBytes(window: window, storesValues: true)
@@ -456,22 +457,19 @@ public final class FeatureAccumulators: @unchecked Sendable {
         var fired = 0
         var sum = 0.0
         if deferred {
-            for index in 0..<length where values[index] > 0 {
+            Self.forEachPositive(values, length) { value in
                 fired += 1
-                sum += Double(values[index])
+                sum += Double(value)
             }
         } else {
             var range = histogramRange[slot]
             if peak > range { range = growHistogram(slot, to: peak) }
             let bins = histogramBins(slot)
             let scale = Float(Self.fineBins) / range
-            for index in 0..<length {
-                let value = values[index]
-                if value > 0 {
-                    fired += 1
-                    sum += Double(value)
-                    bins[Self.bin(value, scale: scale)] &+= 1
-                }
+            Self.forEachPositive(values, length) { value in
+                fired += 1
+                sum += Double(value)
+                bins[Self.bin(value, scale: scale)] &+= 1
             }
         }
         activeTokens[slot] += fired
@@ -484,13 +482,19 @@ public final class FeatureAccumulators: @unchecked Sendable {
         let capacity = top.capacity
         if capacity > 0 {
             let count = topCount[slot]
+            let heap = topHeap + slot * capacity
             if count < capacity {
                 top.store(slot, count, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
                 topCount[slot] = count + 1
-                siftUp(slot, index: count)
-            } else if peak > top.maximum(slot, 0) {
-                top.store(slot, 0, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
-                siftDown(slot, count: capacity)
+                heap[count] = Int32(count)
+                siftUp(slot, heap: heap, index: count)
+                if count + 1 == capacity { topFloor[slot] = top.maximum(slot, Int(heap[0])) }
+            } else if peak > topFloor[slot] {
+                // The weakest window's record takes the new one in place; only indices move.
+                top.store(slot, Int(heap[0]), sequence: sequence, start: start, length: length, maximum: peak, order: order,
+                          values: values)
+                siftDown(slot, heap: heap, count: capacity)
+                topFloor[slot] = top.maximum(slot, Int(heap[0]))
             }
         }
 
@@ -575,33 +579,45 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return value < Double(Int.max / 4) ? Int(value) : Int.max / 4
     }
 
+    /// Whether top record `a` of `slot` ranks below record `b`: a smaller max, or the same max and a later window.
     @inline(__always)
-    private func weaker(_ slot: Int, _ a: Int, _ b: Int) -> Bool {
-        let ma = top.maximum(slot, a), mb = top.maximum(slot, b)
-        return ma < mb || (ma == mb && top.order(slot, a) > top.order(slot, b))
+    private func weaker(_ slot: Int, _ a: Int32, _ b: Int32) -> Bool {
+        let ma = top.maximum(slot, Int(a)), mb = top.maximum(slot, Int(b))
+        return ma < mb || (ma == mb && top.order(slot, Int(a)) > top.order(slot, Int(b)))
     }
 
-    private func siftUp(_ slot: Int, index: Int) {
+    /// Moves the record index at `heap[index]` up to its place (the entries it passes move down one level).
+    private func siftUp(_ slot: Int, heap: UnsafeMutablePointer<Int32>, index: Int) {
+        let entry = heap[index]
         var child = index
         while child > 0 {
             let parent = (child - 1) / 2
-            guard weaker(slot, child, parent) else { break }
-            top.swap(slot, child, parent)
+            guard weaker(slot, entry, heap[parent]) else { break }
+            heap[child] = heap[parent]
             child = parent
         }
+        heap[child] = entry
     }
 
-    private func siftDown(_ slot: Int, count: Int) {
+    /// Moves the root's record index down to its place among the first `count` entries.
+    private func siftDown(_ slot: Int, heap: UnsafeMutablePointer<Int32>, count: Int) {
+        let entry = heap[0]
         var parent = 0
         while true {
             let left = 2 * parent + 1
             guard left < count else { break }
             var weakest = left
-            if left + 1 < count, weaker(slot, left + 1, left) { weakest = left + 1 }
-            guard weaker(slot, weakest, parent) else { break }
-            top.swap(slot, weakest, parent)
+            if left + 1 < count, weaker(slot, heap[left + 1], heap[left]) { weakest = left + 1 }
+            guard weaker(slot, heap[weakest], entry) else { break }
+            heap[parent] = heap[weakest]
             parent = weakest
         }
+        heap[parent] = entry
+    }
+
+    /// Record indices of `slot`'s top heap in heap order (the root, the weakest kept window, first).
+    public func topHeapOrder(_ slot: Int) -> [Int] {
+        (0..<topCount[slot]).map { Int(topHeap[slot * top.capacity + $0]) }
     }
 
     /// A histogram's range before its first growth: the power of two at or below `peak` (at least the
@@ -611,9 +627,40 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return peak.isFinite ? max(smallestNormal, Float(sign: .plus, exponent: peak.exponent, significand: 1)) : smallestNormal
     }
 
+    /// The fine bin of `value` in a histogram whose bins are `1 / scale` wide: ⌈value·scale⌉ − 1, clamped.
     @inline(__always)
     static func bin(_ value: Float, scale: Float) -> Int {
-        min(fineBins - 1, max(0, Int((value * scale).rounded(.up)) - 1))
+        let scaled = value * scale
+        // Rounded up by hand below 2^24 (every float there truncates exactly): `rounded(.up)` is a call to
+        // libm's ceilf per firing token on baseline x86-64, which has no rounding instruction.
+        if scaled >= 0 && scaled < 16_777_216 {
+            let truncated = Int(scaled)
+            let up = Float(truncated) < scaled ? truncated + 1 : truncated
+            return min(fineBins - 1, max(0, up - 1))
+        }
+        return min(fineBins - 1, max(0, Int(scaled.rounded(.up)) - 1))
+    }
+
+    /// Calls `body` with each value of `values[0..<length]` above 0, in order. Groups of eight whose bits are all
+    /// zero are passed over with one test: in most windows a feature fires in, most of its tokens do not fire.
+    @inline(__always)
+    static func forEachPositive(_ values: UnsafePointer<Float>, _ length: Int, _ body: (Float) -> Void) {
+        let raw = UnsafeRawPointer(values)
+        var index = 0
+        while index + 8 <= length {
+            let bits = raw.loadUnaligned(fromByteOffset: index * 4, as: UInt64.self)
+                | raw.loadUnaligned(fromByteOffset: index * 4 + 8, as: UInt64.self)
+                | raw.loadUnaligned(fromByteOffset: index * 4 + 16, as: UInt64.self)
+                | raw.loadUnaligned(fromByteOffset: index * 4 + 24, as: UInt64.self)
+            if bits != 0 {
+                for lane in index..<(index + 8) where values[lane] > 0 { body(values[lane]) }
+            }
+            index += 8
+        }
+        while index < length {
+            if values[index] > 0 { body(values[index]) }
+            index += 1
+        }
     }
 
     private func growHistogram(_ slot: Int, to peak: Float) -> Float {
