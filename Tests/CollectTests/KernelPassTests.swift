@@ -108,12 +108,44 @@ import SAELabelCore
         }
     }
 
-    /// The inline horizontal max equals `SIMD8.max()` for the non-negative lanes the activation pass produces.
+    /// The vector pass of every activation rule gives, value by value, what its scalar form gives (NaN, negative,
+    /// excluded columns and every tail length included), and the window's max of them.
+    @Test func vectorActivationMatchesTheScalarRule() {
+        var generator = SplitMix64(seed: 23, feature: 0, purpose: 0)
+        let columns = 48
+        let limits = (0..<(columns + 8)).map { _ in Float(generator.unit()) - 0.3 }
+        let keep = (0..<columns).map { _ in generator.next() % 5 == 0 ? Float(0) : 1 }
+        func check<Rule: RowActivation>(_ rule: Rule, _ name: String) {
+            for start in [0, 3] {
+                for length in 0...(columns - start) {
+                    let row = (0..<columns).map { _ in generator.next() % 17 == 0 ? Float.nan : Float(generator.unit()) * 4 - 2 }
+                    var values = row
+                    let peak = values.withUnsafeMutableBufferPointer { buffer in
+                        keep.withUnsafeBufferPointer { kept in
+                            activateWindow(buffer.baseAddress! + start, column: start, length: length, keep: kept.baseAddress!, rule: rule)
+                        }
+                    }
+                    let expected = (start..<(start + length)).map { keep[$0] == 0 ? 0 : rule(row[$0], column: $0) }
+                    #expect(Array(values[start..<(start + length)]).map(\.bitPattern) == expected.map(\.bitPattern), "\(name) \(length)")
+                    #expect(peak == (expected.max() ?? 0) && !peak.isNaN, "\(name) \(length)")
+                    #expect(values[..<start].map(\.bitPattern) == row[..<start].map(\.bitPattern))
+                }
+            }
+        }
+        limits.withUnsafeBufferPointer { buffer in
+            check(ReLURow(bias: 0.1), "relu")
+            check(JumpReLURow(bias: -0.2, threshold: 0.4), "jumprelu")
+            check(GatedRow(gateBias: 0.3, scale: 1.5, magnitudeBias: -0.25), "gated")
+            check(LimitRow(bias: 0.05, scale: 2, limits: buffer.baseAddress!), "limit")
+        }
+    }
+
+    /// The inline horizontal max equals `SIMD4.max()` for the non-negative lanes the activation pass produces.
     @Test func largestLaneIsTheMaximum() {
         var generator = SplitMix64(seed: 5, feature: 0, purpose: 0)
         for _ in 0..<2_000 {
-            var lanes = SIMD8<Float>(repeating: 0)
-            for lane in 0..<8 where generator.next() % 3 == 0 { lanes[lane] = Float(generator.unit()) * 100 }
+            var lanes = SIMD4<Float>(repeating: 0)
+            for lane in 0..<4 where generator.next() % 3 == 0 { lanes[lane] = Float(generator.unit()) * 100 }
             #expect(largestLane(lanes) == lanes.max())
         }
     }
