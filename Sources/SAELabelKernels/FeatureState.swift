@@ -255,10 +255,16 @@ public final class FeatureAccumulators: @unchecked Sendable {
     private let histogramArena = SlotArena(stride: fineBins * MemoryLayout<UInt32>.stride)
     public let top: WindowSlots
     public let topCount: UnsafeMutablePointer<Int>
-    /// Per feature, `topCapacity` record indices of `top` arranged as a min-heap keyed by (max, earlier first):
-    /// the root is the weakest kept window. The heap moves these indices, never the records (152 bytes each at
-    /// 32 tokens), so a window is written once, where it lands.
-    let topHeap: UnsafeMutablePointer<Int32>
+    /// Per feature, `topCapacity` keys (max, record index in `top`) arranged as a min-heap by (max, earlier first):
+    /// the root is the weakest kept window. The heap moves these keys, never the records (152 bytes each at 32
+    /// tokens, far out of cache across a block's features), so a window is written once, where it lands, and a
+    /// sift reads records only to break a tie of maxima.
+    let topHeap: UnsafeMutablePointer<TopKey>
+
+    struct TopKey {
+        var maximum: Float
+        var record: Int32
+    }
     /// Per feature, the max of its weakest kept window once its top heap is full: a window whose peak is not
     /// above it cannot enter, which is all most firing windows need to learn about the heap.
     let topFloor: UnsafeMutablePointer<Float>
@@ -327,7 +333,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
     /// histogram and the window slots it reserved (`WindowSlots.reservation`).
     public static func stateBytes(_ parameters: SelectionParameters, activeWindows: Int) -> Int {
         let everyFeature = 4 * 8 + 3 * 4 + 2 * MemoryLayout<ReservoirState>.stride + MemoryLayout<SplitMix64>.stride + 1 + 3 * (8 + 4)
-            + parameters.topCapacity * MemoryLayout<Int32>.stride
+            + parameters.topCapacity * MemoryLayout<TopKey>.stride
         guard activeWindows > 0 else { return everyFeature }
         let window = parameters.windowLength
         let valued = WindowSlots.recordBytes(window: window, storesValues: true)
@@ -486,15 +492,17 @@ public final class FeatureAccumulators: @unchecked Sendable {
             if count < capacity {
                 top.store(slot, count, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
                 topCount[slot] = count + 1
-                heap[count] = Int32(count)
+                heap[count] = TopKey(maximum: peak, record: Int32(count))
                 siftUp(slot, heap: heap, index: count)
-                if count + 1 == capacity { topFloor[slot] = top.maximum(slot, Int(heap[0])) }
+                if count + 1 == capacity { topFloor[slot] = heap[0].maximum }
             } else if peak > topFloor[slot] {
-                // The weakest window's record takes the new one in place; only indices move.
-                top.store(slot, Int(heap[0]), sequence: sequence, start: start, length: length, maximum: peak, order: order,
+                // The weakest window's record takes the new one in place; only keys move.
+                let record = heap[0].record
+                top.store(slot, Int(record), sequence: sequence, start: start, length: length, maximum: peak, order: order,
                           values: values)
+                heap[0] = TopKey(maximum: peak, record: record)
                 siftDown(slot, heap: heap, count: capacity)
-                topFloor[slot] = top.maximum(slot, Int(heap[0]))
+                topFloor[slot] = heap[0].maximum
             }
         }
 
@@ -579,15 +587,14 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return value < Double(Int.max / 4) ? Int(value) : Int.max / 4
     }
 
-    /// Whether top record `a` of `slot` ranks below record `b`: a smaller max, or the same max and a later window.
+    /// Whether top key `a` of `slot` ranks below key `b`: a smaller max, or the same max and a later window.
     @inline(__always)
-    private func weaker(_ slot: Int, _ a: Int32, _ b: Int32) -> Bool {
-        let ma = top.maximum(slot, Int(a)), mb = top.maximum(slot, Int(b))
-        return ma < mb || (ma == mb && top.order(slot, Int(a)) > top.order(slot, Int(b)))
+    private func weaker(_ slot: Int, _ a: TopKey, _ b: TopKey) -> Bool {
+        a.maximum < b.maximum || (a.maximum == b.maximum && top.order(slot, Int(a.record)) > top.order(slot, Int(b.record)))
     }
 
-    /// Moves the record index at `heap[index]` up to its place (the entries it passes move down one level).
-    private func siftUp(_ slot: Int, heap: UnsafeMutablePointer<Int32>, index: Int) {
+    /// Moves the key at `heap[index]` up to its place (the entries it passes move down one level).
+    private func siftUp(_ slot: Int, heap: UnsafeMutablePointer<TopKey>, index: Int) {
         let entry = heap[index]
         var child = index
         while child > 0 {
@@ -599,8 +606,8 @@ public final class FeatureAccumulators: @unchecked Sendable {
         heap[child] = entry
     }
 
-    /// Moves the root's record index down to its place among the first `count` entries.
-    private func siftDown(_ slot: Int, heap: UnsafeMutablePointer<Int32>, count: Int) {
+    /// Moves the root's key down to its place among the first `count` entries.
+    private func siftDown(_ slot: Int, heap: UnsafeMutablePointer<TopKey>, count: Int) {
         let entry = heap[0]
         var parent = 0
         while true {
@@ -617,7 +624,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
 
     /// Record indices of `slot`'s top heap in heap order (the root, the weakest kept window, first).
     public func topHeapOrder(_ slot: Int) -> [Int] {
-        (0..<topCount[slot]).map { Int(topHeap[slot * top.capacity + $0]) }
+        (0..<topCount[slot]).map { Int(topHeap[slot * top.capacity + $0].record) }
     }
 
     /// A histogram's range before its first growth: the power of two at or below `peak` (at least the
