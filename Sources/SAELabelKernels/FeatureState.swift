@@ -149,16 +149,6 @@ public final class WindowSlots {
     }
 
     @inline(__always)
-    func swap(_ feature: Int, _ a: Int, _ b: Int) {
-        let first = record(feature, a), second = record(feature, b)
-        for offset in Swift.stride(from: 0, to: stride, by: 8) {
-            let saved = first.load(fromByteOffset: offset, as: UInt64.self)
-            first.storeBytes(of: second.load(fromByteOffset: offset, as: UInt64.self), toByteOffset: offset, as: UInt64.self)
-            second.storeBytes(of: saved, toByteOffset: offset, as: UInt64.self)
-        }
-    }
-
-    @inline(__always)
     public func maximum(_ feature: Int, _ index: Int) -> Float { record(feature, index).load(fromByteOffset: 20, as: Float.self) }
 
     @inline(__always)
@@ -280,6 +270,19 @@ public final class FeatureAccumulators: @unchecked Sendable {
     private let histogramArena = SlotArena(stride: fineBins * MemoryLayout<UInt32>.stride)
     public let top: WindowSlots
     public let topCount: UnsafeMutablePointer<Int>
+    /// Per feature, `topCapacity` keys (max, record index in `top`) arranged as a min-heap by (max, earlier first):
+    /// the root is the weakest kept window. The heap moves these keys, never the records (152 bytes each at 32
+    /// tokens, far out of cache across a block's features), so a window is written once, where it lands, and a
+    /// sift reads records only to break a tie of maxima.
+    let topHeap: UnsafeMutablePointer<TopKey>
+
+    struct TopKey {
+        var maximum: Float
+        var record: Int32
+    }
+    /// Per feature, the max of its weakest kept window once its top heap is full: a window whose peak is not
+    /// above it cannot enter, which is all most firing windows need to learn about the heap.
+    let topFloor: UnsafeMutablePointer<Float>
     public let reservoir: WindowSlots
     public let reservoirState: UnsafeMutablePointer<ReservoirState>
     public let random: WindowSlots
@@ -347,6 +350,8 @@ public final class FeatureAccumulators: @unchecked Sendable {
         histograms = zeroed(n)
         top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true)
         topCount = zeroed(n)
+        topHeap = zeroed(n * max(1, parameters.topCapacity))
+        topFloor = zeroed(n)
         reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
         reservoirState = zeroed(n)  // all-zero bits are `ReservoirState()`
         random = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false,
@@ -363,23 +368,18 @@ public final class FeatureAccumulators: @unchecked Sendable {
     }
 
     deinit {
-        for pointer in [UnsafeMutableRawPointer(activeTokens), UnsafeMutableRawPointer(sums), UnsafeMutableRawPointer(maxima),
-                        UnsafeMutableRawPointer(activeWindows), UnsafeMutableRawPointer(histogramRange),
-                        UnsafeMutableRawPointer(histograms), UnsafeMutableRawPointer(topCount),
-                        UnsafeMutableRawPointer(reservoirState), UnsafeMutableRawPointer(randomState),
-                        UnsafeMutableRawPointer(generators), UnsafeMutableRawPointer(started),
-                        UnsafeMutableRawPointer(randomGenerators), UnsafeMutableRawPointer(randomStarted),
-                        UnsafeMutableRawPointer(candidates), UnsafeMutableRawPointer(draws)] {
-            free(pointer)
-        }
+        // One `free` each (explicit types: a single array literal of 17 conversions is too slow to type-check).
+        free(activeTokens); free(sums); free(maxima); free(activeWindows); free(histogramRange)
+        free(histograms); free(topCount); free(topHeap); free(topFloor); free(reservoirState); free(randomState)
+        free(generators); free(started); free(randomGenerators); free(randomStarted); free(candidates); free(draws)
     }
 
     /// Bytes one feature's streaming state holds once it fired in `activeWindows` windows (and missed enough
     /// others to fill its random reservoir): the per-feature entries every feature has, plus, once it fired, its
     /// histogram and the window slots it reserved (`WindowSlots.reservation`).
     public static func stateBytes(_ parameters: SelectionParameters, activeWindows: Int) -> Int {
-        let everyFeature = 4 * 8 + 2 * 4 + 2 * MemoryLayout<ReservoirState>.stride + 2 * (MemoryLayout<SplitMix64>.stride + 1)
-            + 4 * (8 + 4) + MemoryLayout<RandomDraw>.stride
+        let everyFeature = 4 * 8 + 3 * 4 + 2 * MemoryLayout<ReservoirState>.stride + 2 * (MemoryLayout<SplitMix64>.stride + 1)
+            + 4 * (8 + 4) + MemoryLayout<RandomDraw>.stride + parameters.topCapacity * MemoryLayout<TopKey>.stride
         guard activeWindows > 0 else { return everyFeature }
         let window = parameters.windowLength
         let valued = WindowSlots.recordBytes(window: window, storesValues: true)
@@ -642,22 +642,19 @@ public final class FeatureAccumulators: @unchecked Sendable {
         var fired = 0
         var sum = 0.0
         if deferred {
-            for index in 0..<length where values[index] > 0 {
+            Self.forEachPositive(values, length) { value in
                 fired += 1
-                sum += Double(values[index])
+                sum += Double(value)
             }
         } else {
             var range = histogramRange[slot]
             if peak > range { range = growHistogram(slot, to: peak) }
             let bins = histogramBins(slot)
             let scale = Float(Self.fineBins) / range
-            for index in 0..<length {
-                let value = values[index]
-                if value > 0 {
-                    fired += 1
-                    sum += Double(value)
-                    bins[Self.bin(value, scale: scale)] &+= 1
-                }
+            Self.forEachPositive(values, length) { value in
+                fired += 1
+                sum += Double(value)
+                bins[Self.bin(value, scale: scale)] &+= 1
             }
         }
         activeTokens[slot] += fired
@@ -670,13 +667,21 @@ public final class FeatureAccumulators: @unchecked Sendable {
         let capacity = top.capacity
         if capacity > 0 {
             let count = topCount[slot]
+            let heap = topHeap + slot * capacity
             if count < capacity {
                 top.store(slot, count, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
                 topCount[slot] = count + 1
-                siftUp(slot, index: count)
-            } else if peak > top.maximum(slot, 0) {
-                top.store(slot, 0, sequence: sequence, start: start, length: length, maximum: peak, order: order, values: values)
-                siftDown(slot, count: capacity)
+                heap[count] = TopKey(maximum: peak, record: Int32(count))
+                siftUp(slot, heap: heap, index: count)
+                if count + 1 == capacity { topFloor[slot] = heap[0].maximum }
+            } else if peak > topFloor[slot] {
+                // The weakest window's record takes the new one in place; only keys move.
+                let record = heap[0].record
+                top.store(slot, Int(record), sequence: sequence, start: start, length: length, maximum: peak, order: order,
+                          values: values)
+                heap[0] = TopKey(maximum: peak, record: record)
+                siftDown(slot, heap: heap, count: capacity)
+                topFloor[slot] = heap[0].maximum
             }
         }
 
@@ -761,33 +766,44 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return value < Double(Int.max / 4) ? Int(value) : Int.max / 4
     }
 
+    /// Whether top key `a` of `slot` ranks below key `b`: a smaller max, or the same max and a later window.
     @inline(__always)
-    private func weaker(_ slot: Int, _ a: Int, _ b: Int) -> Bool {
-        let ma = top.maximum(slot, a), mb = top.maximum(slot, b)
-        return ma < mb || (ma == mb && top.order(slot, a) > top.order(slot, b))
+    private func weaker(_ slot: Int, _ a: TopKey, _ b: TopKey) -> Bool {
+        a.maximum < b.maximum || (a.maximum == b.maximum && top.order(slot, Int(a.record)) > top.order(slot, Int(b.record)))
     }
 
-    private func siftUp(_ slot: Int, index: Int) {
+    /// Moves the key at `heap[index]` up to its place (the entries it passes move down one level).
+    private func siftUp(_ slot: Int, heap: UnsafeMutablePointer<TopKey>, index: Int) {
+        let entry = heap[index]
         var child = index
         while child > 0 {
             let parent = (child - 1) / 2
-            guard weaker(slot, child, parent) else { break }
-            top.swap(slot, child, parent)
+            guard weaker(slot, entry, heap[parent]) else { break }
+            heap[child] = heap[parent]
             child = parent
         }
+        heap[child] = entry
     }
 
-    private func siftDown(_ slot: Int, count: Int) {
+    /// Moves the root's key down to its place among the first `count` entries.
+    private func siftDown(_ slot: Int, heap: UnsafeMutablePointer<TopKey>, count: Int) {
+        let entry = heap[0]
         var parent = 0
         while true {
             let left = 2 * parent + 1
             guard left < count else { break }
             var weakest = left
-            if left + 1 < count, weaker(slot, left + 1, left) { weakest = left + 1 }
-            guard weaker(slot, weakest, parent) else { break }
-            top.swap(slot, weakest, parent)
+            if left + 1 < count, weaker(slot, heap[left + 1], heap[left]) { weakest = left + 1 }
+            guard weaker(slot, heap[weakest], entry) else { break }
+            heap[parent] = heap[weakest]
             parent = weakest
         }
+        heap[parent] = entry
+    }
+
+    /// Record indices of `slot`'s top heap in heap order (the root, the weakest kept window, first).
+    public func topHeapOrder(_ slot: Int) -> [Int] {
+        (0..<topCount[slot]).map { Int(topHeap[slot * top.capacity + $0].record) }
     }
 
     /// A histogram's range before its first growth: the power of two at or below `peak` (at least the
@@ -797,9 +813,40 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return peak.isFinite ? max(smallestNormal, Float(sign: .plus, exponent: peak.exponent, significand: 1)) : smallestNormal
     }
 
+    /// The fine bin of `value` in a histogram whose bins are `1 / scale` wide: ⌈value·scale⌉ − 1, clamped.
     @inline(__always)
     static func bin(_ value: Float, scale: Float) -> Int {
-        min(fineBins - 1, max(0, Int((value * scale).rounded(.up)) - 1))
+        let scaled = value * scale
+        // Rounded up by hand below 2^24 (every float there truncates exactly): `rounded(.up)` is a call to
+        // libm's ceilf per firing token on baseline x86-64, which has no rounding instruction.
+        if scaled >= 0 && scaled < 16_777_216 {
+            let truncated = Int(scaled)
+            let up = Float(truncated) < scaled ? truncated + 1 : truncated
+            return min(fineBins - 1, max(0, up - 1))
+        }
+        return min(fineBins - 1, max(0, Int(scaled.rounded(.up)) - 1))
+    }
+
+    /// Calls `body` with each value of `values[0..<length]` above 0, in order. Groups of eight whose bits are all
+    /// zero are passed over with one test: in most windows a feature fires in, most of its tokens do not fire.
+    @inline(__always)
+    static func forEachPositive(_ values: UnsafePointer<Float>, _ length: Int, _ body: (Float) -> Void) {
+        let raw = UnsafeRawPointer(values)
+        var index = 0
+        while index + 8 <= length {
+            let bits = raw.loadUnaligned(fromByteOffset: index * 4, as: UInt64.self)
+                | raw.loadUnaligned(fromByteOffset: index * 4 + 8, as: UInt64.self)
+                | raw.loadUnaligned(fromByteOffset: index * 4 + 16, as: UInt64.self)
+                | raw.loadUnaligned(fromByteOffset: index * 4 + 24, as: UInt64.self)
+            if bits != 0 {
+                for lane in index..<(index + 8) where values[lane] > 0 { body(values[lane]) }
+            }
+            index += 8
+        }
+        while index < length {
+            if values[index] > 0 { body(values[index]) }
+            index += 1
+        }
     }
 
     private func growHistogram(_ slot: Int, to peak: Float) -> Float {
