@@ -27,7 +27,10 @@ import Testing
         }
     }
 
-    @Test func pruneDropsOnlyAnswersOfFinishedWorkAndKeepsEveryLabelAndScore() throws {
+    /// `pendingAnswers` extra answers of unfinished work: 0 drops most of the table (set aside, emptied, put back),
+    /// 200 drops under half of it (deleted key by key); both must keep exactly the same answers, byte for byte.
+    @Test(arguments: [0, 200])
+    func pruneDropsOnlyAnswersOfFinishedWorkAndKeepsEveryLabelAndScore(pendingAnswers: Int) throws {
         let dir = TempDirectory()
         let path = dir.file("job.sqlite")
         let store = try JobStore(path: path)
@@ -58,6 +61,12 @@ import Testing
         try cache(store, key: "probe", tags: ["simulate:probe"])
         try cache(store, key: "shared", tags: ["explain:0", "explain:2"])
         try store.storeLLMResponse(key: "unlogged", body: Data("?".utf8))
+        for ordinal in 0..<pendingAnswers {
+            try store.storeLLMResponse(key: "pending-\(ordinal)", body: Data("answer \(ordinal)".utf8))
+            try store.recordLLMCall(key: "pending-\(ordinal)", endpoint: "http://127.0.0.1:1/v1", model: "m",
+                                    tag: "simulate:1:\(ordinal)", promptTokens: 1, completionTokens: 1, latencySeconds: 0.1,
+                                    outcome: "ok", attempt: 1)
+        }
 
         let features = [0, 1, 2, 3]
         let before = try labelsAndScores(store, features: features)
@@ -75,7 +84,11 @@ import Testing
         for key in ["explain-0", "simulate-0-0", "simulate-0-99", "explain-1"] {
             #expect(reopened.cachedLLMResponse(key: key) == nil, "\(key) served finished work")
         }
-        #expect(summary.responsesKept == 6)
+        #expect(summary.responsesKept == 6 + pendingAnswers)
+        #expect(reopened.cachedLLMResponse(key: "unlogged") == Data("?".utf8))
+        for ordinal in [0, pendingAnswers / 2, pendingAnswers - 1] where pendingAnswers > 0 {
+            #expect(reopened.cachedLLMResponse(key: "pending-\(ordinal)") == Data("answer \(ordinal)".utf8))
+        }
         let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber).int64Value
         #expect(summary.bytesAfter < summary.bytesBefore)
         #expect(size < 1_000_000, "the 2 MB of dropped answers are gone from the file after VACUUM (\(size) bytes)")
