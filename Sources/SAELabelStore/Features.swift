@@ -69,15 +69,21 @@ extension JobStore {
     /// `pwrite` and 193k `pread` calls for 24,576 features instead of 296k and 99k (`strace -c`).
     /// `kib` caps it: collect passes a share of its memory budget, so a small budget is not exceeded by the cache.
     func withBlockSizedCache(kib: Int, _ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
-        let previous: Int
+        try withWriterPragma("cache_size", -max(2048, kib), body)
+    }
+
+    /// Runs `body` with the integer `PRAGMA name = value` on the pool's writer connection, then restores the
+    /// previous value (the writer connection is reused by later writes).
+    func withWriterPragma(_ name: String, _ value: Int, _ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
+        let previous: Int?
         do {
             previous = try pool.writeWithoutTransaction { db in
-                let previous = try Int.fetchOne(db, sql: "PRAGMA cache_size") ?? -2000
-                try db.execute(sql: "PRAGMA cache_size = -\(max(2048, kib))")
+                let previous = try Int.fetchOne(db, sql: "PRAGMA \(name)")
+                try db.execute(sql: "PRAGMA \(name) = \(value)")
                 return previous
             }
         } catch { throw Self.wrap(error) }
-        defer { try? pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA cache_size = \(previous)") } }
+        defer { if let previous { try? pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA \(name) = \(previous)") } } }
         try body()
     }
 

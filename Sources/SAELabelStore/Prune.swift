@@ -24,10 +24,11 @@ extension JobStore {
     public func prune() throws(SAELabelError) -> PruneSummary {
         let before = fileBytes()
         var result = (dropped: 0, kept: 0, cleared: 0, windows: 0)
-        // A cache that holds the pages the deletes touch, so each is written to the WAL once (as collect's commits),
-        // and freed pages left as they are: Debian builds SQLite with SECURE_DELETE, which writes zeros over every
-        // freed page; the VACUUM below rewrites the file anyway, so no deleted answer stays in it.
-        try withoutSecureDelete { () throws(SAELabelError) in
+        // A cache that holds the pages the deletes touch, so each is written to the WAL once (as collect's
+        // commits), and freed pages left as they are (secure_delete 2 = FAST): Debian builds SQLite with
+        // SECURE_DELETE, which writes zeros over every freed page; the VACUUM below rewrites the file anyway,
+        // so no deleted answer stays in it.
+        try withWriterPragma("secure_delete", 2) { () throws(SAELabelError) in
         try withBlockSizedCache(kib: Self.blockCacheKiB) { () throws(SAELabelError) in result = try write { db -> (Int, Int, Int, Int) in
             let currentPass = try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'")
             var explainedNow = Set<Int>()
@@ -75,20 +76,6 @@ extension JobStore {
                             bytesBefore: before, bytesAfter: fileBytes())
     }
 
-    /// Runs `body` with `secure_delete = FAST` on the writer connection (freed pages are not overwritten), then
-    /// restores the connection's setting.
-    private func withoutSecureDelete(_ body: () throws(SAELabelError) -> Void) throws(SAELabelError) {
-        let previous: Int
-        do {
-            previous = try pool.writeWithoutTransaction { db in
-                let previous = try Int.fetchOne(db, sql: "PRAGMA secure_delete") ?? 0
-                try db.execute(sql: "PRAGMA secure_delete = FAST")
-                return previous
-            }
-        } catch { throw Self.wrap(error) }
-        defer { try? pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA secure_delete = \(previous)") } }
-        try body()
-    }
 
     /// Deletes the cached answers under `keys`. Deleting most of the table row by row rewrites nearly every page
     /// of it (then VACUUM writes the rest again): at 16,384 features prune wrote 3.9× the store, and at 131,072 it
