@@ -29,6 +29,8 @@ struct DenseEncoder {
         let rows = plan.computed.count
         let threads = max(1, options.blasThreads)
         let chunks = ChunkGeometry(rows: rows, preferredRows: options.encodeChunkRows)
+        // The per-feature pass over whole-row outputs goes by selected slots, not by computed rows.
+        let slotChunks = ChunkGeometry(rows: selected.count, preferredRows: options.encodeChunkRows)
         let batch = BatchStream.batchSize(options)
         // Whole-row outputs only when a rule needs every row's values first (inline TopK, groupMax).
         let output = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? max(1, rows * batch) : 1)
@@ -85,7 +87,6 @@ struct DenseEncoder {
                     }
                 }
             }
-            let slotChunks = ChunkGeometry(rows: selected.count, preferredRows: options.encodeChunkRows)
             let passes = WorkCounter(limit: slotChunks.count)
             onThreads(threads) { _ in
                 while let chunk = passes.take() {

@@ -226,7 +226,6 @@ final class OutputSession {
             }
             try syncFiles(relativeFiles + [OutputTarget.markerName])
             try swapFolder()
-            try syncDirectory(parentFolder)
         }
         committed = true
     }
@@ -269,12 +268,15 @@ final class OutputSession {
         try syncDirectory(workPath)
     }
 
+    /// Moves the finished folder into place and makes the parent folder's entries durable (once, before an old
+    /// export is removed).
     private func swapFolder() throws(SAELabelError) {
         let manager = FileManager.default
         guard manager.fileExists(atPath: target.resolved) else {
             guard rename(workPath, target.resolved) == 0 else {
                 throw .badInput(location: target.path, problem: "cannot move the finished export into place (\(String(cString: strerror(errno))))")
             }
+            try syncDirectory(parentFolder)
             return
         }
         // rename(2) cannot replace a non-empty folder. Swap the two in one step where the kernel can, so a crash
@@ -294,6 +296,7 @@ final class OutputSession {
             _ = rename(aside, target.resolved)
             throw .badInput(location: target.path, problem: "cannot move the finished export into place (\(reason))")
         }
+        try syncDirectory(parentFolder)
         try? manager.removeItem(atPath: aside)
     }
 

@@ -567,11 +567,9 @@ public final class FeatureAccumulators: @unchecked Sendable {
         let wanted = parameters.heldoutRandom
         draws[slot].decided = 1
         guard wanted > 0, geometry.totalWindows > 0 else { return false }
-        var generator = SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 4)
         var chosen: [Int64] = []
         chosen.reserveCapacity(wanted)
-        for draw in 0..<Self.randomCandidates {
-            let order = Int64(generator.next() % UInt64(geometry.totalWindows))
+        for (draw, order) in candidateWindows(slot, windows: geometry.totalWindows).enumerated() {
             guard isInactive(draw, order), !chosen.contains(order) else { continue }
             chosen.append(order)
             if chosen.count == wanted { break }
@@ -586,16 +584,20 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return true
     }
 
+    /// The windows of `slot`'s `randomCandidates` draws, in draw order: the one derivation both the draw and the
+    /// dense pass's sorted copy (`prepareCandidates`) use, so they always name the same windows.
+    private func candidateWindows(_ slot: Int, windows: Int64) -> [Int64] {
+        var generator = SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 4)
+        return (0..<Self.randomCandidates).map { _ in Int64(generator.next() % UInt64(windows)) }
+    }
+
     /// The dense pass's copy of the draw's candidates, sorted by window, so runs of inactive windows can mark them
     /// as they pass (`markInactiveCandidates`).
     private func prepareCandidates(_ slot: Int, windows: Int64) {
         draws[slot].prepared = 1
         guard windows > 0, parameters.heldoutRandom > 0 else { return }
-        var generator = SplitMix64(seed: parameters.seed, feature: features[slot], purpose: 4)
         let base = candidates + slot * Self.randomCandidates
-        for draw in 0..<Self.randomCandidates {
-            base[draw] = Int64(generator.next() % UInt64(windows)) << 5 | Int64(draw)
-        }
+        for (draw, order) in candidateWindows(slot, windows: windows).enumerated() { base[draw] = order << 5 | Int64(draw) }
         var sorted = UnsafeMutableBufferPointer(start: base, count: Self.randomCandidates)
         sorted.sort()
     }

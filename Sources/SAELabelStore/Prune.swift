@@ -53,7 +53,7 @@ extension JobStore {
             let drop = finished.subtracting(needed)
             let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM llm_response") ?? 0
             try Self.deleteResponses(db, drop, total: total)
-            let kept = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM llm_response") ?? 0
+            let kept = total - drop.count  // every key in `drop` came from a row of llm_response (the join above)
             var cleared = 0
             if let currentPass {
                 try db.execute(sql: "UPDATE explanation SET raw_response = NULL WHERE pass <> ? AND raw_response IS NOT NULL",
@@ -75,7 +75,6 @@ extension JobStore {
         return PruneSummary(responsesDropped: dropped, responsesKept: kept, rawResponsesCleared: cleared, windowsDropped: windows,
                             bytesBefore: before, bytesAfter: fileBytes())
     }
-
 
     /// Deletes the cached answers under `keys`. Deleting most of the table row by row rewrites nearly every page
     /// of it (then VACUUM writes the rest again): at 16,384 features prune wrote 3.9× the store, and at 131,072 it
