@@ -100,6 +100,8 @@ public struct CollectSummary: Sendable, Equatable {
     /// CPU time the writer thread spent on the store write (the part of `writeSeconds` not spent waiting for a
     /// core or the disk), for benchmarks on a shared machine.
     public var writeCPUSeconds: Double = 0
+    /// CPU time the writer thread spent on the final selection (the part of `finishSeconds` it ran).
+    public var finishCPUSeconds: Double = 0
     /// Blocks of features streamed and committed (`Collector.blocks`).
     public var blocks = 0
     /// Filled by `streamOnly` alone: features that fired, their (feature, window) firings, and the windows their
@@ -134,12 +136,14 @@ final class BlockWriter: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private var running = false
     /// Written by the background job before it signals `done`, read after `wait` receives the signal.
-    private var outcome: Result<(collected: Int, dead: Int, sparse: Int, finish: Double, write: Double, writeCPU: Double), SAELabelError>?
+    private var outcome: Result<(collected: Int, dead: Int, sparse: Int, finish: Double, finishCPU: Double, write: Double,
+                                 writeCPU: Double), SAELabelError>?
 
     func start(_ work: BlockWork) {
         running = true
         queue.async {
             let finishStart = DispatchTime.now().uptimeNanoseconds
+            let finishCPUStart = Self.threadCPUSeconds()
             var commit = work.commit
             commit.features = Collector.records(work.accumulators, inputs: work.inputs, counted: work.counted)
             let writeStart = DispatchTime.now().uptimeNanoseconds
@@ -149,7 +153,7 @@ final class BlockWriter: @unchecked Sendable {
                 let records = commit.features
                 self.outcome = .success((records.count { $0.state == .collected }, records.count { $0.state == .dead },
                                          records.count { $0.state == .sparse }, Double(writeStart - finishStart) / 1e9,
-                                         Collector.seconds(since: writeStart), Self.threadCPUSeconds() - writeCPUStart))
+                                         writeCPUStart - finishCPUStart, Collector.seconds(since: writeStart), Self.threadCPUSeconds() - writeCPUStart))
             } catch {
                 self.outcome = .failure(error)
             }
@@ -168,6 +172,7 @@ final class BlockWriter: @unchecked Sendable {
         summary.dead += counts.dead
         summary.sparse += counts.sparse
         summary.finishSeconds += counts.finish
+        summary.finishCPUSeconds += counts.finishCPU
         summary.writeSeconds += counts.write
         summary.writeCPUSeconds += counts.writeCPU
     }

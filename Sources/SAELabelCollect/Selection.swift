@@ -61,7 +61,8 @@ extension FeatureAccumulators {
         let ranksBefore = { (a: KeptWindow, b: KeptWindow) in a.maximum > b.maximum || (a.maximum == b.maximum && a.order < b.order) }
         let topKept = (0..<topCount[slot]).map { top.kept(slot, $0) }.sorted(by: ranksBefore)
         let topSplit = Self.partition(topKept, explainQuota: p.explainTop, heldoutQuota: p.heldoutTop)
-        let topOrders = Set(topKept.map(\.order))
+        // At most `topCapacity` (15) orders: a scan costs less than building and probing a hashed set per feature.
+        let topOrders = topKept.map(\.order)
 
         // Quantile windows: the reservoir minus the top windows, ranked, partitioned into two pools, binned.
         let (reservoirSlots, reservoirKept) = reservoirWindows(slot)

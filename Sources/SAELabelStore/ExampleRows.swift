@@ -1,3 +1,4 @@
+import Foundation
 import GRDB
 import GRDBSQLite
 import SAELabelCore
@@ -6,11 +7,11 @@ import SAELabelCore
 /// writer thread spends its time on. Rows are buffered and inserted `rowsPerStatement` at a time through one
 /// multi-row INSERT, bound with raw `sqlite3_bind_*` calls: the JSON text is written as bytes into one
 /// arena and bound without a copy (SQLITE_STATIC), and SQLite runs one statement (one AUTOINCREMENT
-/// update, one statement start) per 32 rows instead of per row. The stored text is `CompactJSON`'s, byte
+/// update, one statement start and savepoint) per 128 rows instead of per row. The stored text is `CompactJSON`'s, byte
 /// for byte, whichever way it is written. A row names its window (`TextWindowWriter`), whose tokens are
 /// stored once.
 final class ExampleRowWriter {
-    static let rowsPerStatement = 32
+    static let rowsPerStatement = 128
     private static let columns = 6
 
     private let db: Database
@@ -30,6 +31,10 @@ final class ExampleRowWriter {
     /// The pending rows' activation JSON, back to back; bound in place.
     private var arena: [UInt8] = []
     private let windows: TextWindowWriter
+    /// The split and kind names as C strings that live as long as the writer, bound without a copy: bound as
+    /// SQLITE_TRANSIENT, SQLite allocated and copied them for every row (7 % of the writer thread's profile).
+    private let splitNames = CNames<ExampleSplit>()
+    private let kindNames = CNames<ExampleKind>()
 
     init(_ db: Database) throws {
         self.db = db
@@ -71,11 +76,11 @@ final class ExampleRowWriter {
             for (row, values) in pending.enumerated() {
                 let first = Int32(row * Self.columns)
                 try bound(sqlite3_bind_int64(handle, first + 1, Int64(values.feature)))
-                try bound(Self.bindCopy(handle, first + 2, values.split.rawValue))
-                try bound(Self.bindCopy(handle, first + 3, values.kind.rawValue))
+                try bound(sqlite3_bind_text(handle, first + 2, splitNames[values.split], -1, nil))
+                try bound(sqlite3_bind_text(handle, first + 3, kindNames[values.kind], -1, nil))
                 try bound(sqlite3_bind_int64(handle, first + 4, Int64(values.ordinal)))
                 try bound(sqlite3_bind_int64(handle, first + 5, values.window))
-                // SQLITE_STATIC (a nil destructor): `arena` is neither changed nor freed before the step below.
+                // SQLITE_STATIC (a nil destructor): `arena` and the names are neither changed nor freed before the step below.
                 try bound(sqlite3_bind_text(handle, first + 6, base + values.activations.lowerBound, Int32(values.activations.count), nil))
             }
             try run(statement)
@@ -95,13 +100,6 @@ final class ExampleRowWriter {
         return statement
     }
 
-    /// The split and kind names are a few ASCII bytes: copied by SQLite (SQLITE_TRANSIENT) from a C string.
-    private static func bindCopy(_ handle: SQLiteStatement, _ index: Int32, _ text: String) -> Int32 {
-        text.withCString { sqlite3_bind_text(handle, index, $0, -1, transient) }
-    }
-
-    private static let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
-
     /// Steps a statement that returns no rows, then resets it (the bindings are replaced before each use).
     private func run(_ statement: Statement) throws {
         let handle = statement.sqliteStatement
@@ -112,4 +110,19 @@ final class ExampleRowWriter {
             throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: statement.sql)
         }
     }
+}
+
+/// Each name of a closed set (split, kind) as a NUL-terminated copy owned by this object, for binding in place.
+private final class CNames<Name: RawRepresentable & CaseIterable & Equatable> where Name.RawValue == String {
+    private let names: [Name]
+    private let texts: [UnsafeMutablePointer<CChar>]
+
+    init() {
+        names = Array(Name.allCases)
+        texts = names.map { strdup($0.rawValue)! }
+    }
+
+    deinit { texts.forEach { free($0) } }
+
+    subscript(name: Name) -> UnsafePointer<CChar> { UnsafePointer(texts[names.firstIndex(of: name)!]) }
 }

@@ -47,20 +47,26 @@ extension JobStore {
     /// settings and pending rows; with every block, its features' examples and states and the job settings.
     /// Nothing of a collect run reaches the store before its first block streamed the whole corpus (which
     /// checks every included activation), so a bad input found while streaming leaves the store unchanged.
+    /// The foreign keys are off for the commit: its only child rows are examples, each written right after
+    /// its feature row is upserted in the same transaction, and checking it cost a `feature` lookup per example.
     public func commitCollect(_ commit: CollectCommit) throws(SAELabelError) {
-        try withBlockSizedCache(kib: commit.pageCacheKiB) { () throws(SAELabelError) in try write { db in
-            try Self.reconcileInputs(db, commit.inputs, acceptChanges: commit.acceptChangedInputs, record: true)
-            for (key, value) in commit.settings.sorted(by: { $0.key < $1.key }) { try Self.setSetting(db, key, value) }
-            let now = Date()
-            if commit.bumpInputVersion {
-                try Self.bumpInputVersion(db)
-                try Self.forgetCollectedExamples(db, now: now)
+        try withBlockSizedCache(kib: commit.pageCacheKiB) { () throws(SAELabelError) in
+            try withWriterPragma("foreign_keys", 0) { () throws(SAELabelError) in
+                try write { db in
+                    try Self.reconcileInputs(db, commit.inputs, acceptChanges: commit.acceptChangedInputs, record: true)
+                    for (key, value) in commit.settings.sorted(by: { $0.key < $1.key }) { try Self.setSetting(db, key, value) }
+                    let now = Date()
+                    if commit.bumpInputVersion {
+                        try Self.bumpInputVersion(db)
+                        try Self.forgetCollectedExamples(db, now: now)
+                    }
+                    for index in commit.register {
+                        try db.execute(sql: "INSERT OR IGNORE INTO feature(id, state, updated_at) VALUES (?, 'pending', ?)", arguments: [index, now])
+                    }
+                    try Self.saveCollected(db, commit.features)
+                }
             }
-            for index in commit.register {
-                try db.execute(sql: "INSERT OR IGNORE INTO feature(id, state, updated_at) VALUES (?, 'pending', ?)", arguments: [index, now])
-            }
-            try Self.saveCollected(db, commit.features)
-        } }
+        }
     }
 
     /// Runs `body` (one block's commit) with a writer page cache that holds the whole block (≈ 50 MB for 3,072

@@ -54,9 +54,16 @@ final class TextWindowWriter {
         var sequence: Int
         var start: Int
     }
-    /// Windows this writer has resolved, by place. Collect shares one tokens array per window, so comparing a
-    /// cached window's tokens is O(1) in the common case.
-    private var known: [Place: [(tokens: [String], id: Int64)]] = [:]
+    private struct Resolved {
+        var tokens: [String]
+        var id: Int64
+    }
+    /// The first window this writer resolved at each place. Collect shares one tokens array per window, so
+    /// comparing a cached window's tokens is O(1) in the common case; one entry per place (not a list) keeps
+    /// the lookup that every example row makes to a hash and a compare.
+    private var known: [Place: Resolved] = [:]
+    /// Further windows at a place of `known` with other tokens (seldom: a store that mixes corpora).
+    private var others: [Place: [Resolved]] = [:]
     private let find: Statement
     private let insert: Statement
     private let db: Database
@@ -70,7 +77,9 @@ final class TextWindowWriter {
     /// The id of `window`'s row, inserting the row when the store has none with its place and tokens.
     func id(of window: ActivationWindow) throws -> Int64 {
         let place = Place(sequence: window.sequence, start: window.start)
-        if let cached = known[place]?.first(where: { $0.tokens == window.tokens }) { return cached.id }
+        let first = known[place]
+        if let first, first.tokens == window.tokens { return first.id }
+        if first != nil, let other = others[place]?.first(where: { $0.tokens == window.tokens }) { return other.id }
         let tokens = CompactJSON.strings(window.tokens)
         let arguments: StatementArguments = [window.sequence, window.start, tokens]
         let id: Int64
@@ -80,7 +89,8 @@ final class TextWindowWriter {
             try insert.execute(arguments: arguments)
             id = db.lastInsertedRowID
         }
-        known[place, default: []].append((window.tokens, id))
+        let resolved = Resolved(tokens: window.tokens, id: id)
+        if first == nil { known[place] = resolved } else { others[place, default: []].append(resolved) }
         return id
     }
 }

@@ -100,6 +100,7 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
     print(String(format: "  collect: %d block(s), plan (validate + SHA-256 fingerprints) %.1f s, stream %.1f s, select+decode %.1f s, store write %.1f s (%.1f s CPU) (run %.1f s, collect wall %.1f s)",
                  summary.blocks, planSeconds, summary.streamSeconds, summary.finishSeconds, summary.writeSeconds, summary.writeCPUSeconds,
                  totalSeconds, summary.seconds))
+    if settings.store { print(String(format: "  writer thread CPU: select+decode %.2f s, store write %.2f s", summary.finishCPUSeconds, summary.writeCPUSeconds)) }
     if settings.store {
         print("  features: \(summary.collected) collected, \(summary.sparse) sparse, \(summary.dead) dead; \(summary.excludedTokens) tokens excluded (BOS)")
         let storeBytes = fileBytes(storePath) + fileBytes(storePath + "-wal")

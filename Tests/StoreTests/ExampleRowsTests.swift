@@ -60,9 +60,11 @@ import Testing
         let dir = TempDirectory()
         let path = dir.file("job.sqlite")
         let store = try JobStore(path: path)
-        // 45 + 30 rows cross several 32-row statements and end on a partial one; feature 3 comes twice in one
-        // call (the second replaces the first, whose rows may still be buffered).
-        let first = [feature(3, explain: 45, heldout: 30, salt: 1.5), feature(1, explain: 2, heldout: 1, salt: 0.25),
+        // Feature 3's rows cross a statement boundary (a full statement and a partial one); it comes twice in one
+        // call (the second replaces the first, whose rows may still be buffered). Its windows show a place with
+        // three different token lists (window numbers 0, 1 and 6).
+        let perStatement = ExampleRowWriter.rowsPerStatement
+        let first = [feature(3, explain: perStatement + 13, heldout: 30, salt: 1.5), feature(1, explain: 2, heldout: 1, salt: 0.25),
                      feature(3, explain: 33, heldout: 2, salt: 3.75)]
         try store.saveCollected(first)
         let afterFirst = [first[1], first[2]]
@@ -75,19 +77,51 @@ import Testing
         #expect(try storedRows(path) == expectedRows([again, first[2]]))
     }
 
-    /// A collect commit raises the writer's page cache to hold its block, and gives the memory back after.
-    @Test func aCollectCommitGivesItsPageCacheBack() throws {
+    /// A collect commit raises the writer's page cache to hold its block and turns its foreign-key checks off,
+    /// and gives both back after: later writes (which may delete features) check and cascade again.
+    @Test func aCollectCommitGivesItsPageCacheAndForeignKeysBack() throws {
         let dir = TempDirectory()
         let store = try JobStore(path: dir.file("job.sqlite"))
-        func writerCacheSize() throws -> Int? {
-            try store.pool.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA cache_size") }
+        func writerPragma(_ name: String) throws -> Int? {
+            try store.pool.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA \(name)") }
         }
-        let before = try writerCacheSize()
+        let before = try writerPragma("cache_size")
         #expect(before != -JobStore.blockCacheKiB)
+        #expect(try writerPragma("foreign_keys") == 1)
         var commit = CollectCommit()
         commit.features = [feature(2, explain: 3, heldout: 1, salt: 1)]
         try store.commitCollect(commit)
-        #expect(try writerCacheSize() == before)
+        #expect(try writerPragma("cache_size") == before)
+        #expect(try writerPragma("foreign_keys") == 1)
         #expect(try store.examples(feature: 2).count == 4)
+        // The commit left no example without its feature.
+        let orphans = try store.pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM pragma_foreign_key_check('example')") }
+        #expect(orphans == 0)
+    }
+
+    /// `appendFloats` writes exactly `Float.description` (0 for zero and non-finite values), whatever the value:
+    /// its longest forms, powers of ten, both sides of each switch between decimal and exponential form,
+    /// subnormals, and random bit patterns, in windows of several lengths.
+    @Test func floatTextIsFloatDescription() {
+        var values: [Float] = [.greatestFiniteMagnitude, .leastNormalMagnitude, .leastNormalMagnitude.nextDown, .leastNonzeroMagnitude,
+                               .ulpOfOne, 1, 16_777_216, 16_777_215, 16_777_218, 1e-4, 1e-5, 0.00012345678, 123_456.79, .nan,
+                               .infinity, -0.0]
+        for exponent in -45...38 {
+            let power = Float("1e\(exponent)")!
+            values += [power, power.nextUp, power.nextDown]
+        }
+        for bits in stride(from: UInt32(1), through: 0x007F_FFFF, by: 4099) { values.append(Float(bitPattern: bits)) }
+        var generator = SplitMix64(state: 17)
+        for _ in 0..<200_000 { values.append(Float(bitPattern: UInt32(truncatingIfNeeded: generator.next()))) }
+        values += values.map { -$0 }
+        var start = 0, length = 1
+        while start < values.count {
+            let window = Array(values[start..<min(values.count, start + length)])
+            var bytes: [UInt8] = [7]
+            CompactJSON.appendFloats(window, to: &bytes)
+            #expect(bytes == [7] + Array(expectedActivations(window).utf8), "values \(window)")
+            start += length
+            length = length % 97 + 1
+        }
     }
 }
