@@ -106,16 +106,83 @@ enum StoredJSON {
         }
     }
 
-    /// A stored array of strings, each re-escaped as JSONText writes it.
+    /// A stored array of strings, each re-escaped as JSONText writes it. Text our writers stored is
+    /// usually that already (see `isPrinted`), and is then copied whole: ~1 GB of tokens at 131k features.
     static func appendStringArray(_ text: String, to out: inout JSONBytes) -> Bool {
         var text = text
         let mark = out.bytes.count
+        let scriptSafe = out.scriptSafe
         let ok = text.withUTF8 { source in
+            if isPrinted(stringArray: source, scriptSafe: scriptSafe) {
+                out.bytes.append(contentsOf: source)
+                return true
+            }
             var scanner = Scanner(source)
             return scanner.stringArray(into: &out) && scanner.endOfText()
         }
         if !ok { out.bytes.removeSubrange(mark...) }
         return ok
+    }
+
+    /// True when `source` is a compact array of strings exactly as `Scanner.stringArray` would print it:
+    /// no spaces, every escape the one JSONText writes for its scalar, and nothing left that needs one
+    /// (a control, U+2028/2029, and with `scriptSafe` `<`, `>`, `&`). Anything else (older writers' `\/`,
+    /// spaces, uppercase hex) is false, and the caller re-escapes string by string.
+    static func isPrinted(stringArray source: UnsafeBufferPointer<UInt8>, scriptSafe: Bool) -> Bool {
+        let end = source.count - 1  // the closing bracket
+        guard end >= 1, source[0] == UInt8(ascii: "["), source[end] == UInt8(ascii: "]") else { return false }
+        if end == 1 { return true }
+        return (scriptSafe ? scriptSafeAttention : plainAttention).withUnsafeBufferPointer { attention in
+            var i = 1
+            while true {
+                guard i < end, source[i] == UInt8(ascii: "\"") else { return false }
+                i += 1
+                while true {
+                    guard i < end else { return false }
+                    let byte = source[i]
+                    if !attention[Int(byte)] {
+                        i += 1
+                        continue
+                    }
+                    if byte == UInt8(ascii: "\"") { break }
+                    if byte == UInt8(ascii: "\\") {
+                        guard i + 1 < end else { return false }
+                        switch source[i + 1] {
+                        case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                            i += 2
+                        case UInt8(ascii: "u"):
+                            guard i + 5 < end, let value = lowercaseHex4(source, at: i + 2),
+                                  case .unicode = JSONText.escape(value, scriptSafe: scriptSafe) else { return false }
+                            i += 6
+                        default:
+                            return false
+                        }
+                        continue
+                    }
+                    // 0xE2 starts U+2028/2029 (escaped when printed) and other scalars (copied).
+                    guard byte == 0xE2, !(i + 2 < end && source[i + 1] == 0x80 && (source[i + 2] == 0xA8 || source[i + 2] == 0xA9))
+                    else { return false }
+                    i += 1
+                }
+                i += 1
+                if i == end { return true }
+                guard source[i] == UInt8(ascii: ",") else { return false }
+                i += 1
+            }
+        }
+    }
+
+    /// Four lowercase hex digits, as JSONText writes a `\u` escape; nil for anything else.
+    private static func lowercaseHex4(_ source: UnsafeBufferPointer<UInt8>, at start: Int) -> UInt32? {
+        var value: UInt32 = 0
+        for byte in source[start..<start + 4] {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = value << 4 | UInt32(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = value << 4 | UInt32(byte - UInt8(ascii: "a") + 10)
+            default: return nil
+            }
+        }
+        return value
     }
 
     /// A stored array of numbers, each printed as the `kind` value it decodes to.
@@ -182,16 +249,32 @@ enum StoredJSON {
         }
 
         mutating func numberArray(kind: NumberKind, into out: inout [UInt8]) -> Bool {
+            guard consume(UInt8(ascii: "[")) else { return false }
             out.append(UInt8(ascii: "["))
-            var first = true
-            let ok = array { scanner in
-                if !first { out.append(UInt8(ascii: ",")) }
-                first = false
-                return scanner.number(kind: kind, into: &out)
+            if consume(UInt8(ascii: "]")) {
+                out.append(UInt8(ascii: "]"))
+                return true
             }
-            guard ok else { return false }
-            out.append(UInt8(ascii: "]"))
-            return true
+            while true {
+                skipSpace()
+                // A lone 0, most values of an activation window, prints as 0.0 (as `number` would print it).
+                if position + 1 < source.count, source[position] == UInt8(ascii: "0"),
+                   source[position + 1] == UInt8(ascii: ",") || source[position + 1] == UInt8(ascii: "]") {
+                    out.append(UInt8(ascii: "0"))
+                    out.append(UInt8(ascii: "."))
+                    out.append(UInt8(ascii: "0"))
+                    position += 1
+                } else {
+                    guard number(kind: kind, into: &out) else { return false }
+                }
+                if consume(UInt8(ascii: ",")) {
+                    out.append(UInt8(ascii: ","))
+                } else {
+                    guard consume(UInt8(ascii: "]")) else { return false }
+                    out.append(UInt8(ascii: "]"))
+                    return true
+                }
+            }
         }
 
         /// A string literal at the position, re-escaped into `out` as JSONText would write its value.
@@ -445,32 +528,86 @@ enum StoredJSON {
             return true
         }
 
+        /// An object key as its bytes in the source.
+        struct Key {
+            let bytes: UnsafeBufferPointer<UInt8>
+
+            static func ~= (name: StaticString, key: Key) -> Bool {
+                guard name.utf8CodeUnitCount == key.bytes.count else { return false }
+                return key.bytes.isEmpty || memcmp(name.utf8Start, key.bytes.baseAddress!, key.bytes.count) == 0
+            }
+        }
+
         /// Reads an object, calling `member` with each key (the scanner is at the value, which
-        /// `member` must consume). Duplicate keys are refused: decoders disagree about them.
-        mutating func object(_ member: (String, inout Scanner) -> Bool) -> Bool {
+        /// `member` must consume). Duplicate keys are refused: decoders disagree about them. So are keys
+        /// with escapes or non-ASCII bytes and objects of more than 32 keys, which no writer of ours
+        /// produces: the caller gives way to Foundation, so the keys compare as bytes here.
+        mutating func object(_ member: (Key, inout Scanner) -> Bool) -> Bool {
             guard consume(UInt8(ascii: "{")) else { return false }
             if consume(UInt8(ascii: "}")) { return true }
-            var seen: Set<String> = []
-            repeat {
-                skipSpace()
-                guard let key = stringValue(), seen.insert(key).inserted, consume(UInt8(ascii: ":")) else { return false }
-                skipSpace()
-                guard member(key, &self) else { return false }
-            } while consume(UInt8(ascii: ","))
-            return consume(UInt8(ascii: "}"))
+            return withUnsafeTemporaryAllocation(of: Range<Int>.self, capacity: 32) { seen in
+                var count = 0
+                repeat {
+                    skipSpace()
+                    guard count < seen.count, let range = plainKey(), consume(UInt8(ascii: ":")) else { return false }
+                    let key = Key(bytes: UnsafeBufferPointer(rebasing: source[range]))
+                    for earlier in seen[..<count] where earlier.count == range.count {
+                        if range.isEmpty || memcmp(source.baseAddress! + earlier.lowerBound, key.bytes.baseAddress!, range.count) == 0 {
+                            return false
+                        }
+                    }
+                    (seen.baseAddress! + count).initialize(to: range)
+                    count += 1
+                    skipSpace()
+                    guard member(key, &self) else { return false }
+                } while consume(UInt8(ascii: ","))
+                return consume(UInt8(ascii: "}"))
+            }
+        }
+
+        /// The content of a key literal of printable ASCII without escapes; nil for any other.
+        mutating func plainKey() -> Range<Int>? {
+            guard peek == UInt8(ascii: "\"") else { return nil }
+            let start = position + 1
+            var end = start
+            while end < source.count {
+                let byte = source[end]
+                if byte == UInt8(ascii: "\"") {
+                    position = end + 1
+                    return start..<end
+                }
+                guard byte >= 0x20, byte < 0x80, byte != UInt8(ascii: "\\") else { return nil }
+                end += 1
+            }
+            return nil
         }
 
         /// An integer literal that fits an Int.
         mutating func integer() -> Int? {
             guard let token = numberToken(), token.fraction == nil, !token.exponent else { return nil }
-            return Int(String(decoding: UnsafeBufferPointer(rebasing: source[token.range]), as: UTF8.self))
+            // Accumulated negative, so Int.min fits.
+            var value = 0
+            let negative = source[token.range.lowerBound] == UInt8(ascii: "-")
+            for byte in source[(negative ? token.range.lowerBound + 1 : token.range.lowerBound)..<token.range.upperBound] {
+                let (shifted, overflow) = value.multipliedReportingOverflow(by: 10)
+                let (next, underflow) = shifted.subtractingReportingOverflow(Int(byte - UInt8(ascii: "0")))
+                guard !overflow, !underflow else { return nil }
+                value = next
+            }
+            if negative { return value }
+            return value == .min ? nil : -value
+        }
+
+        /// A number printed as the Double it decodes to, or nil.
+        mutating func printedDouble() -> [UInt8]? {
+            var printed: [UInt8] = []
+            return number(kind: .double, into: &printed) ? printed : nil
         }
 
         /// `null` → .some(nil); a number → its printed Double; else nil.
         mutating func optionalDouble() -> [UInt8]?? {
             if peek == UInt8(ascii: "n") { return literal("null") ? .some(nil) : nil }
-            var printed: [UInt8] = []
-            return number(kind: .double, into: &printed) ? .some(printed) : nil
+            return printedDouble().map { .some($0) }
         }
 
         mutating func optionalString() -> String?? {
