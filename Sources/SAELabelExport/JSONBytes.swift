@@ -248,31 +248,53 @@ enum StoredJSON {
             return true
         }
 
+        /// A JSON array of numbers, each printed as `number` prints it, appended in one piece: per-byte
+        /// appends to the array were most of the cost of the ~5 million activation windows at 131k.
         mutating func numberArray(kind: NumberKind, into out: inout [UInt8]) -> Bool {
-            guard consume(UInt8(ascii: "[")) else { return false }
-            out.append(UInt8(ascii: "["))
+            // A number array holds no bracket or string, so its extent is up to the first "]".
+            guard let close = source[position...].firstIndex(of: UInt8(ascii: "]")) else { return false }
+            let extent = close + 1 - position
+            // Each number prints at most `printedNumberRoom` bytes beyond its own text, and is at least one byte.
+            var ok = false
+            out.append(addingCapacity: extent + (extent / 2 + 1) * Self.printedNumberRoom) { span in
+                span.withUnsafeMutableBufferPointer { buffer, count in
+                    guard let written = printNumberArray(kind: kind, to: buffer.baseAddress!) else { return }
+                    count = written
+                    ok = true
+                }
+            }
+            return ok
+        }
+
+        private mutating func printNumberArray(kind: NumberKind, to out: UnsafeMutablePointer<UInt8>) -> Int? {
+            guard consume(UInt8(ascii: "[")) else { return nil }
+            out[0] = UInt8(ascii: "[")
+            var count = 1
             if consume(UInt8(ascii: "]")) {
-                out.append(UInt8(ascii: "]"))
-                return true
+                out[count] = UInt8(ascii: "]")
+                return count + 1
             }
             while true {
                 skipSpace()
-                // A lone 0, most values of an activation window, prints as 0.0 (as `number` would print it).
+                // A lone 0, most values of an activation window, prints as 0.0 (as `printNumber` would print it).
                 if position + 1 < source.count, source[position] == UInt8(ascii: "0"),
                    source[position + 1] == UInt8(ascii: ",") || source[position + 1] == UInt8(ascii: "]") {
-                    out.append(UInt8(ascii: "0"))
-                    out.append(UInt8(ascii: "."))
-                    out.append(UInt8(ascii: "0"))
+                    out[count] = UInt8(ascii: "0")
+                    out[count + 1] = UInt8(ascii: ".")
+                    out[count + 2] = UInt8(ascii: "0")
+                    count += 3
                     position += 1
                 } else {
-                    guard number(kind: kind, into: &out) else { return false }
+                    guard let token = numberToken(), let written = printNumber(token, kind: kind, to: out + count) else { return nil }
+                    count += written
                 }
                 if consume(UInt8(ascii: ",")) {
-                    out.append(UInt8(ascii: ","))
+                    out[count] = UInt8(ascii: ",")
+                    count += 1
                 } else {
-                    guard consume(UInt8(ascii: "]")) else { return false }
-                    out.append(UInt8(ascii: "]"))
-                    return true
+                    guard consume(UInt8(ascii: "]")) else { return nil }
+                    out[count] = UInt8(ascii: "]")
+                    return count + 1
                 }
             }
         }
@@ -437,12 +459,31 @@ enum StoredJSON {
             return (start..<position, integerDigits, fraction, exponent)
         }
 
-        /// A number at the position, printed as the `kind` value it decodes to. Text that certainly is
-        /// that print is copied: an integer of at most 7 (Float) or 15 (Double) digits gains ".0", and a
-        /// decimal of at most 6 / 15 significant digits without trailing zeros, from 0.0001 up, is kept.
-        /// Anything else (longer decimals, exponents) is parsed and printed, as the decoder would.
+        /// A number at the position, printed as the `kind` value it decodes to (see `printNumber`).
         mutating func number(kind: NumberKind, into out: inout [UInt8]) -> Bool {
             guard let token = numberToken() else { return false }
+            var ok = false
+            out.append(addingCapacity: token.range.count + Self.printedNumberRoom) { span in
+                span.withUnsafeMutableBufferPointer { buffer, count in
+                    guard let written = printNumber(token, kind: kind, to: buffer.baseAddress!) else { return }
+                    count = written
+                    ok = true
+                }
+            }
+            return ok
+        }
+
+        /// Bytes a printed number may take beyond its token's length: a Double's description is at most
+        /// 24 bytes ("-2.2250738585072014e-308"), and a copied token gains at most ".0".
+        static let printedNumberRoom = 24
+
+        /// Prints `token` as the `kind` value it decodes to at `out` (room for its length plus
+        /// `printedNumberRoom`) and returns the bytes written. Text that certainly is that print is copied:
+        /// an integer of at most 7 (Float) or 15 (Double) digits gains ".0", and a decimal of at most 6 / 15
+        /// significant digits without trailing zeros, from 0.0001 up, is kept. Anything else (longer
+        /// decimals, exponents) is parsed and printed, as the decoder would; nil if it is not finite.
+        func printNumber(_ token: (range: Range<Int>, integerDigits: Int, fraction: Range<Int>?, exponent: Bool), kind: NumberKind,
+                   to out: UnsafeMutablePointer<UInt8>) -> Int? {
             let text = UnsafeBufferPointer(rebasing: source[token.range])
             if !token.exponent {
                 if let fraction = token.fraction {
@@ -457,25 +498,29 @@ enum StoredJSON {
                     let zeroValue = integerIsZero && leadingZeros == fraction.count
                     if token.integerDigits <= kind.integerDigits && noTrailingZero
                         && (zeroValue || (significant <= kind.significantDigits && leadingZeros < 4)) {
-                        out.append(contentsOf: text)
-                        return true
+                        out.update(from: text.baseAddress!, count: text.count)
+                        return text.count
                     }
                 } else if token.integerDigits <= kind.integerDigits {
-                    out.append(contentsOf: text)
-                    out.append(UInt8(ascii: "."))
-                    out.append(UInt8(ascii: "0"))
-                    return true
+                    out.update(from: text.baseAddress!, count: text.count)
+                    out[text.count] = UInt8(ascii: ".")
+                    out[text.count + 1] = UInt8(ascii: "0")
+                    return text.count + 2
                 }
             }
+            var printed: String
             switch kind {
             case .float:
-                guard let value = Self.parse(text, strtof), value.isFinite else { return false }
-                out.append(contentsOf: value.description.utf8)
+                guard let value = Self.parse(text, strtof), value.isFinite else { return nil }
+                printed = value.description
             case .double:
-                guard let value = Self.parse(text, strtod), value.isFinite else { return false }
-                out.append(contentsOf: value.description.utf8)
+                guard let value = Self.parse(text, strtod), value.isFinite else { return nil }
+                printed = value.description
             }
-            return true
+            return printed.withUTF8 { bytes in
+                out.update(from: bytes.baseAddress!, count: bytes.count)
+                return bytes.count
+            }
         }
 
         /// strtof/strtod over a NUL-terminated copy on the stack (no String per number); nil unless

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import SAELabelCore
+@testable import SAELabelStore
 @testable import SAELabelExport
 
 /// The shortcuts of StoredJSON (a stored token array copied whole, a lone 0 printed without parsing,
@@ -141,6 +142,18 @@ import SAELabelCore
                 return value
             }
             #expect(value == expected, "\(text)")
+        }
+    }
+
+    @Test func histogramsReadAsJSONDecoderReadsThem() throws {
+        let written = [[], [0], [400, 400, 200, 0, -3], [Int.max / 1000, -7]].map(CompactJSON.integers)
+        for text in written {
+            let fast = try #require(JobStore.integers(text), "\(text)")
+            #expect(fast == (try JSONDecoder().decode([Int].self, from: Data(text.utf8))), "\(text)")
+        }
+        // Anything else gives way to JSONDecoder.
+        for text in ["[ 1]", "[1,]", "[,1]", "[01]", "[-]", "[1-2]", "[1.0]", "[1e2]", "1", "[", "[--1]", "[1234567890123456789]", "[1]2]"] {
+            #expect(JobStore.integers(text) == nil, "\(text)")
         }
     }
 }
