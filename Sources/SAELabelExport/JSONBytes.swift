@@ -113,8 +113,12 @@ enum StoredJSON {
         let mark = out.bytes.count
         let scriptSafe = out.scriptSafe
         let ok = text.withUTF8 { source in
-            if isPrinted(stringArray: source, scriptSafe: scriptSafe) {
-                out.bytes.append(contentsOf: source)
+            if let unescaped = printedExceptScriptCharacters(stringArray: source, scriptSafe: scriptSafe) {
+                if unescaped == 0 {
+                    out.bytes.append(contentsOf: source)
+                } else {
+                    appendEscapingScriptCharacters(source, count: unescaped, to: &out.bytes)
+                }
                 return true
             }
             var scanner = Scanner(source)
@@ -129,10 +133,17 @@ enum StoredJSON {
     /// (a control, U+2028/2029, and with `scriptSafe` `<`, `>`, `&`). Anything else (older writers' `\/`,
     /// spaces, uppercase hex) is false, and the caller re-escapes string by string.
     static func isPrinted(stringArray source: UnsafeBufferPointer<UInt8>, scriptSafe: Bool) -> Bool {
+        printedExceptScriptCharacters(stringArray: source, scriptSafe: scriptSafe) == 0
+    }
+
+    /// As `isPrinted`, but raw `<`, `>`, `&` (which the store keeps and script-safe output escapes) are
+    /// counted rather than refused: nil when the array is not printed text, else how many there are.
+    static func printedExceptScriptCharacters(stringArray source: UnsafeBufferPointer<UInt8>, scriptSafe: Bool) -> Int? {
         let end = source.count - 1  // the closing bracket
-        guard end >= 1, source[0] == UInt8(ascii: "["), source[end] == UInt8(ascii: "]") else { return false }
-        if end == 1 { return true }
-        return (scriptSafe ? scriptSafeAttention : plainAttention).withUnsafeBufferPointer { attention in
+        guard end >= 1, source[0] == UInt8(ascii: "["), source[end] == UInt8(ascii: "]") else { return nil }
+        if end == 1 { return 0 }
+        var scriptCharacters = 0
+        let printed = (scriptSafe ? scriptSafeAttention : plainAttention).withUnsafeBufferPointer { attention -> Bool in
             var i = 1
             while true {
                 guard i < end, source[i] == UInt8(ascii: "\"") else { return false }
@@ -159,6 +170,11 @@ enum StoredJSON {
                         }
                         continue
                     }
+                    if scriptSafe && (byte == UInt8(ascii: "<") || byte == UInt8(ascii: ">") || byte == UInt8(ascii: "&")) {
+                        scriptCharacters += 1
+                        i += 1
+                        continue
+                    }
                     // 0xE2 starts U+2028/2029 (escaped when printed) and other scalars (copied).
                     guard byte == 0xE2, !(i + 2 < end && source[i + 1] == 0x80 && (source[i + 2] == 0xA8 || source[i + 2] == 0xA9))
                     else { return false }
@@ -170,6 +186,18 @@ enum StoredJSON {
                 i += 1
             }
         }
+        return printed ? scriptCharacters : nil
+    }
+
+    /// `source` with each of its `count` raw `<`, `>`, `&` written as JSONText's script-safe escape.
+    private static func appendEscapingScriptCharacters(_ source: UnsafeBufferPointer<UInt8>, count: Int, to out: inout [UInt8]) {
+        var run = 0
+        for (i, byte) in source.enumerated() where byte == UInt8(ascii: "<") || byte == UInt8(ascii: ">") || byte == UInt8(ascii: "&") {
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: source[run..<i]))
+            JSONText.appendScalar(UInt32(byte), to: &out, scriptSafe: true)
+            run = i + 1
+        }
+        out.append(contentsOf: UnsafeBufferPointer(rebasing: source[run...]))
     }
 
     /// Four lowercase hex digits, as JSONText writes a `\u` escape; nil for anything else.
