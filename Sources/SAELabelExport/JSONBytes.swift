@@ -304,10 +304,11 @@ enum StoredJSON {
             }
             while true {
                 skipSpace()
-                // A lone 0, most values of an activation window, prints as 0.0 (as `printNumber` would print it).
-                if position + 1 < source.count, source[position] == UInt8(ascii: "0"),
+                // A single digit (0: most values of an activation window; 0 to 10: what simulators predict)
+                // prints as itself and ".0", as `printNumber` would print it.
+                if position + 1 < source.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(source[position]),
                    source[position + 1] == UInt8(ascii: ",") || source[position + 1] == UInt8(ascii: "]") {
-                    out[count] = UInt8(ascii: "0")
+                    out[count] = source[position]
                     out[count + 1] = UInt8(ascii: ".")
                     out[count + 2] = UInt8(ascii: "0")
                     count += 3
