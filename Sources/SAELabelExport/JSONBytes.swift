@@ -106,16 +106,111 @@ enum StoredJSON {
         }
     }
 
-    /// A stored array of strings, each re-escaped as JSONText writes it.
+    /// A stored array of strings, each re-escaped as JSONText writes it. Text our writers stored is
+    /// usually that already (see `isPrinted`), and is then copied whole: ~1 GB of tokens at 131k features.
     static func appendStringArray(_ text: String, to out: inout JSONBytes) -> Bool {
         var text = text
         let mark = out.bytes.count
+        let scriptSafe = out.scriptSafe
         let ok = text.withUTF8 { source in
+            if let unescaped = printedExceptScriptCharacters(stringArray: source, scriptSafe: scriptSafe) {
+                if unescaped == 0 {
+                    out.bytes.append(contentsOf: source)
+                } else {
+                    appendEscapingScriptCharacters(source, count: unescaped, to: &out.bytes)
+                }
+                return true
+            }
             var scanner = Scanner(source)
             return scanner.stringArray(into: &out) && scanner.endOfText()
         }
         if !ok { out.bytes.removeSubrange(mark...) }
         return ok
+    }
+
+    /// True when `source` is a compact array of strings exactly as `Scanner.stringArray` would print it:
+    /// no spaces, every escape the one JSONText writes for its scalar, and nothing left that needs one
+    /// (a control, U+2028/2029, and with `scriptSafe` `<`, `>`, `&`). Anything else (older writers' `\/`,
+    /// spaces, uppercase hex) is false, and the caller re-escapes string by string.
+    static func isPrinted(stringArray source: UnsafeBufferPointer<UInt8>, scriptSafe: Bool) -> Bool {
+        printedExceptScriptCharacters(stringArray: source, scriptSafe: scriptSafe) == 0
+    }
+
+    /// As `isPrinted`, but raw `<`, `>`, `&` (which the store keeps and script-safe output escapes) are
+    /// counted rather than refused: nil when the array is not printed text, else how many there are.
+    static func printedExceptScriptCharacters(stringArray source: UnsafeBufferPointer<UInt8>, scriptSafe: Bool) -> Int? {
+        let end = source.count - 1  // the closing bracket
+        guard end >= 1, source[0] == UInt8(ascii: "["), source[end] == UInt8(ascii: "]") else { return nil }
+        if end == 1 { return 0 }
+        var scriptCharacters = 0
+        let printed = (scriptSafe ? scriptSafeAttention : plainAttention).withUnsafeBufferPointer { attention -> Bool in
+            var i = 1
+            while true {
+                guard i < end, source[i] == UInt8(ascii: "\"") else { return false }
+                i += 1
+                while true {
+                    guard i < end else { return false }
+                    let byte = source[i]
+                    if !attention[Int(byte)] {
+                        i += 1
+                        continue
+                    }
+                    if byte == UInt8(ascii: "\"") { break }
+                    if byte == UInt8(ascii: "\\") {
+                        guard i + 1 < end else { return false }
+                        switch source[i + 1] {
+                        case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                            i += 2
+                        case UInt8(ascii: "u"):
+                            guard i + 5 < end, let value = lowercaseHex4(source, at: i + 2),
+                                  case .unicode = JSONText.escape(value, scriptSafe: scriptSafe) else { return false }
+                            i += 6
+                        default:
+                            return false
+                        }
+                        continue
+                    }
+                    if scriptSafe && (byte == UInt8(ascii: "<") || byte == UInt8(ascii: ">") || byte == UInt8(ascii: "&")) {
+                        scriptCharacters += 1
+                        i += 1
+                        continue
+                    }
+                    // 0xE2 starts U+2028/2029 (escaped when printed) and other scalars (copied).
+                    guard byte == 0xE2, !(i + 2 < end && source[i + 1] == 0x80 && (source[i + 2] == 0xA8 || source[i + 2] == 0xA9))
+                    else { return false }
+                    i += 1
+                }
+                i += 1
+                if i == end { return true }
+                guard source[i] == UInt8(ascii: ",") else { return false }
+                i += 1
+            }
+        }
+        return printed ? scriptCharacters : nil
+    }
+
+    /// `source` with each of its `count` raw `<`, `>`, `&` written as JSONText's script-safe escape.
+    private static func appendEscapingScriptCharacters(_ source: UnsafeBufferPointer<UInt8>, count: Int, to out: inout [UInt8]) {
+        var run = 0
+        for (i, byte) in source.enumerated() where byte == UInt8(ascii: "<") || byte == UInt8(ascii: ">") || byte == UInt8(ascii: "&") {
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: source[run..<i]))
+            JSONText.appendScalar(UInt32(byte), to: &out, scriptSafe: true)
+            run = i + 1
+        }
+        out.append(contentsOf: UnsafeBufferPointer(rebasing: source[run...]))
+    }
+
+    /// Four lowercase hex digits, as JSONText writes a `\u` escape; nil for anything else.
+    private static func lowercaseHex4(_ source: UnsafeBufferPointer<UInt8>, at start: Int) -> UInt32? {
+        var value: UInt32 = 0
+        for byte in source[start..<start + 4] {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = value << 4 | UInt32(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = value << 4 | UInt32(byte - UInt8(ascii: "a") + 10)
+            default: return nil
+            }
+        }
+        return value
     }
 
     /// A stored array of numbers, each printed as the `kind` value it decodes to.
@@ -181,17 +276,56 @@ enum StoredJSON {
             return true
         }
 
+        /// A JSON array of numbers, each printed as `number` prints it, appended in one piece: per-byte
+        /// appends to the array were most of the cost of the ~5 million activation windows at 131k.
         mutating func numberArray(kind: NumberKind, into out: inout [UInt8]) -> Bool {
-            out.append(UInt8(ascii: "["))
-            var first = true
-            let ok = array { scanner in
-                if !first { out.append(UInt8(ascii: ",")) }
-                first = false
-                return scanner.number(kind: kind, into: &out)
+            // A number array holds no bracket or string, so its extent is up to the first "]".
+            guard let close = source[position...].firstIndex(of: UInt8(ascii: "]")) else { return false }
+            let extent = close + 1 - position
+            // Each number prints at most `printedNumberRoom` bytes beyond its own text, and is at least one byte.
+            var ok = false
+            out.append(addingCapacity: extent + (extent / 2 + 1) * Self.printedNumberRoom) { span in
+                span.withUnsafeMutableBufferPointer { buffer, count in
+                    guard let written = printNumberArray(kind: kind, to: buffer.baseAddress!) else { return }
+                    count = written
+                    ok = true
+                }
             }
-            guard ok else { return false }
-            out.append(UInt8(ascii: "]"))
-            return true
+            return ok
+        }
+
+        private mutating func printNumberArray(kind: NumberKind, to out: UnsafeMutablePointer<UInt8>) -> Int? {
+            guard consume(UInt8(ascii: "[")) else { return nil }
+            out[0] = UInt8(ascii: "[")
+            var count = 1
+            if consume(UInt8(ascii: "]")) {
+                out[count] = UInt8(ascii: "]")
+                return count + 1
+            }
+            while true {
+                skipSpace()
+                // A single digit (0: most values of an activation window; 0 to 10: what simulators predict)
+                // prints as itself and ".0", as `printNumber` would print it.
+                if position + 1 < source.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(source[position]),
+                   source[position + 1] == UInt8(ascii: ",") || source[position + 1] == UInt8(ascii: "]") {
+                    out[count] = source[position]
+                    out[count + 1] = UInt8(ascii: ".")
+                    out[count + 2] = UInt8(ascii: "0")
+                    count += 3
+                    position += 1
+                } else {
+                    guard let token = numberToken(), let written = printNumber(token, kind: kind, to: out + count) else { return nil }
+                    count += written
+                }
+                if consume(UInt8(ascii: ",")) {
+                    out[count] = UInt8(ascii: ",")
+                    count += 1
+                } else {
+                    guard consume(UInt8(ascii: "]")) else { return nil }
+                    out[count] = UInt8(ascii: "]")
+                    return count + 1
+                }
+            }
         }
 
         /// A string literal at the position, re-escaped into `out` as JSONText would write its value.
@@ -354,12 +488,31 @@ enum StoredJSON {
             return (start..<position, integerDigits, fraction, exponent)
         }
 
-        /// A number at the position, printed as the `kind` value it decodes to. Text that certainly is
-        /// that print is copied: an integer of at most 7 (Float) or 15 (Double) digits gains ".0", and a
-        /// decimal of at most 6 / 15 significant digits without trailing zeros, from 0.0001 up, is kept.
-        /// Anything else (longer decimals, exponents) is parsed and printed, as the decoder would.
+        /// A number at the position, printed as the `kind` value it decodes to (see `printNumber`).
         mutating func number(kind: NumberKind, into out: inout [UInt8]) -> Bool {
             guard let token = numberToken() else { return false }
+            var ok = false
+            out.append(addingCapacity: token.range.count + Self.printedNumberRoom) { span in
+                span.withUnsafeMutableBufferPointer { buffer, count in
+                    guard let written = printNumber(token, kind: kind, to: buffer.baseAddress!) else { return }
+                    count = written
+                    ok = true
+                }
+            }
+            return ok
+        }
+
+        /// Bytes a printed number may take beyond its token's length: a Double's description is at most
+        /// 24 bytes ("-2.2250738585072014e-308"), and a copied token gains at most ".0".
+        static let printedNumberRoom = 24
+
+        /// Prints `token` as the `kind` value it decodes to at `out` (room for its length plus
+        /// `printedNumberRoom`) and returns the bytes written. Text that certainly is that print is copied:
+        /// an integer of at most 7 (Float) or 15 (Double) digits gains ".0", and a decimal of at most 6 / 15
+        /// significant digits without trailing zeros, from 0.0001 up, is kept. Anything else (longer
+        /// decimals, exponents) is parsed and printed, as the decoder would; nil if it is not finite.
+        func printNumber(_ token: (range: Range<Int>, integerDigits: Int, fraction: Range<Int>?, exponent: Bool), kind: NumberKind,
+                   to out: UnsafeMutablePointer<UInt8>) -> Int? {
             let text = UnsafeBufferPointer(rebasing: source[token.range])
             if !token.exponent {
                 if let fraction = token.fraction {
@@ -374,25 +527,29 @@ enum StoredJSON {
                     let zeroValue = integerIsZero && leadingZeros == fraction.count
                     if token.integerDigits <= kind.integerDigits && noTrailingZero
                         && (zeroValue || (significant <= kind.significantDigits && leadingZeros < 4)) {
-                        out.append(contentsOf: text)
-                        return true
+                        out.update(from: text.baseAddress!, count: text.count)
+                        return text.count
                     }
                 } else if token.integerDigits <= kind.integerDigits {
-                    out.append(contentsOf: text)
-                    out.append(UInt8(ascii: "."))
-                    out.append(UInt8(ascii: "0"))
-                    return true
+                    out.update(from: text.baseAddress!, count: text.count)
+                    out[text.count] = UInt8(ascii: ".")
+                    out[text.count + 1] = UInt8(ascii: "0")
+                    return text.count + 2
                 }
             }
+            var printed: String
             switch kind {
             case .float:
-                guard let value = Self.parse(text, strtof), value.isFinite else { return false }
-                out.append(contentsOf: value.description.utf8)
+                guard let value = Self.parse(text, strtof), value.isFinite else { return nil }
+                printed = value.description
             case .double:
-                guard let value = Self.parse(text, strtod), value.isFinite else { return false }
-                out.append(contentsOf: value.description.utf8)
+                guard let value = Self.parse(text, strtod), value.isFinite else { return nil }
+                printed = value.description
             }
-            return true
+            return printed.withUTF8 { bytes in
+                out.update(from: bytes.baseAddress!, count: bytes.count)
+                return bytes.count
+            }
         }
 
         /// strtof/strtod over a NUL-terminated copy on the stack (no String per number); nil unless
@@ -445,32 +602,86 @@ enum StoredJSON {
             return true
         }
 
+        /// An object key as its bytes in the source.
+        struct Key {
+            let bytes: UnsafeBufferPointer<UInt8>
+
+            static func ~= (name: StaticString, key: Key) -> Bool {
+                guard name.utf8CodeUnitCount == key.bytes.count else { return false }
+                return key.bytes.isEmpty || memcmp(name.utf8Start, key.bytes.baseAddress!, key.bytes.count) == 0
+            }
+        }
+
         /// Reads an object, calling `member` with each key (the scanner is at the value, which
-        /// `member` must consume). Duplicate keys are refused: decoders disagree about them.
-        mutating func object(_ member: (String, inout Scanner) -> Bool) -> Bool {
+        /// `member` must consume). Duplicate keys are refused: decoders disagree about them. So are keys
+        /// with escapes or non-ASCII bytes and objects of more than 32 keys, which no writer of ours
+        /// produces: the caller gives way to Foundation, so the keys compare as bytes here.
+        mutating func object(_ member: (Key, inout Scanner) -> Bool) -> Bool {
             guard consume(UInt8(ascii: "{")) else { return false }
             if consume(UInt8(ascii: "}")) { return true }
-            var seen: Set<String> = []
-            repeat {
-                skipSpace()
-                guard let key = stringValue(), seen.insert(key).inserted, consume(UInt8(ascii: ":")) else { return false }
-                skipSpace()
-                guard member(key, &self) else { return false }
-            } while consume(UInt8(ascii: ","))
-            return consume(UInt8(ascii: "}"))
+            return withUnsafeTemporaryAllocation(of: Range<Int>.self, capacity: 32) { seen in
+                var count = 0
+                repeat {
+                    skipSpace()
+                    guard count < seen.count, let range = plainKey(), consume(UInt8(ascii: ":")) else { return false }
+                    let key = Key(bytes: UnsafeBufferPointer(rebasing: source[range]))
+                    for earlier in seen[..<count] where earlier.count == range.count {
+                        if range.isEmpty || memcmp(source.baseAddress! + earlier.lowerBound, key.bytes.baseAddress!, range.count) == 0 {
+                            return false
+                        }
+                    }
+                    (seen.baseAddress! + count).initialize(to: range)
+                    count += 1
+                    skipSpace()
+                    guard member(key, &self) else { return false }
+                } while consume(UInt8(ascii: ","))
+                return consume(UInt8(ascii: "}"))
+            }
+        }
+
+        /// The content of a key literal of printable ASCII without escapes; nil for any other.
+        mutating func plainKey() -> Range<Int>? {
+            guard peek == UInt8(ascii: "\"") else { return nil }
+            let start = position + 1
+            var end = start
+            while end < source.count {
+                let byte = source[end]
+                if byte == UInt8(ascii: "\"") {
+                    position = end + 1
+                    return start..<end
+                }
+                guard byte >= 0x20, byte < 0x80, byte != UInt8(ascii: "\\") else { return nil }
+                end += 1
+            }
+            return nil
         }
 
         /// An integer literal that fits an Int.
         mutating func integer() -> Int? {
             guard let token = numberToken(), token.fraction == nil, !token.exponent else { return nil }
-            return Int(String(decoding: UnsafeBufferPointer(rebasing: source[token.range]), as: UTF8.self))
+            // Accumulated negative, so Int.min fits.
+            var value = 0
+            let negative = source[token.range.lowerBound] == UInt8(ascii: "-")
+            for byte in source[(negative ? token.range.lowerBound + 1 : token.range.lowerBound)..<token.range.upperBound] {
+                let (shifted, overflow) = value.multipliedReportingOverflow(by: 10)
+                let (next, underflow) = shifted.subtractingReportingOverflow(Int(byte - UInt8(ascii: "0")))
+                guard !overflow, !underflow else { return nil }
+                value = next
+            }
+            if negative { return value }
+            return value == .min ? nil : -value
+        }
+
+        /// A number printed as the Double it decodes to, or nil.
+        mutating func printedDouble() -> [UInt8]? {
+            var printed: [UInt8] = []
+            return number(kind: .double, into: &printed) ? printed : nil
         }
 
         /// `null` → .some(nil); a number → its printed Double; else nil.
         mutating func optionalDouble() -> [UInt8]?? {
             if peek == UInt8(ascii: "n") { return literal("null") ? .some(nil) : nil }
-            var printed: [UInt8] = []
-            return number(kind: .double, into: &printed) ? .some(printed) : nil
+            return printedDouble().map { .some($0) }
         }
 
         mutating func optionalString() -> String?? {

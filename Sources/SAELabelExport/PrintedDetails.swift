@@ -147,27 +147,28 @@ extension PrintedClassification {
         var text = details
         let fast = text.withUTF8 { source -> PrintedClassification? in
             var scanner = StoredJSON.Scanner(source)
-            var rates: [String: [UInt8]] = [:]
-            var counts: [String: Int] = [:]
+            var balancedAccuracy: [UInt8]?, f1: [UInt8]?, precision: [UInt8]?, recall: [UInt8]?
+            var truePositives: Int?, trueNegatives: Int?, falsePositives: Int?, falseNegatives: Int?, failedPrompts: Int?
+            func read<Value>(_ value: Value?, into slot: inout Value?) -> Bool {
+                slot = value
+                return value != nil
+            }
             let ok = scanner.object { key, scanner in
                 switch key {
-                case "balancedAccuracy", "f1", "precision", "recall":
-                    var printed: [UInt8] = []
-                    guard scanner.number(kind: .double, into: &printed) else { return false }
-                    rates[key] = printed
-                case "truePositives", "trueNegatives", "falsePositives", "falseNegatives", "failedPrompts":
-                    guard let value = scanner.integer() else { return false }
-                    counts[key] = value
-                default:
-                    return scanner.skipValue()
+                case "balancedAccuracy": return read(scanner.printedDouble(), into: &balancedAccuracy)
+                case "f1": return read(scanner.printedDouble(), into: &f1)
+                case "precision": return read(scanner.printedDouble(), into: &precision)
+                case "recall": return read(scanner.printedDouble(), into: &recall)
+                case "truePositives": return read(scanner.integer(), into: &truePositives)
+                case "trueNegatives": return read(scanner.integer(), into: &trueNegatives)
+                case "falsePositives": return read(scanner.integer(), into: &falsePositives)
+                case "falseNegatives": return read(scanner.integer(), into: &falseNegatives)
+                case "failedPrompts": return read(scanner.integer(), into: &failedPrompts)
+                default: return scanner.skipValue()
                 }
-                return true
             }
-            guard ok, scanner.endOfText(),
-                  let balancedAccuracy = rates["balancedAccuracy"], let f1 = rates["f1"], let precision = rates["precision"],
-                  let recall = rates["recall"], let truePositives = counts["truePositives"], let trueNegatives = counts["trueNegatives"],
-                  let falsePositives = counts["falsePositives"], let falseNegatives = counts["falseNegatives"],
-                  let failedPrompts = counts["failedPrompts"] else { return nil }
+            guard ok, scanner.endOfText(), let balancedAccuracy, let f1, let precision, let recall, let truePositives,
+                  let trueNegatives, let falsePositives, let falseNegatives, let failedPrompts else { return nil }
             return PrintedClassification(balancedAccuracy: balancedAccuracy, f1: f1, precision: precision, recall: recall,
                                          truePositives: truePositives, trueNegatives: trueNegatives, falsePositives: falsePositives,
                                          falseNegatives: falseNegatives, failedPrompts: failedPrompts)
