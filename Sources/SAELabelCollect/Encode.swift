@@ -425,8 +425,13 @@ struct LatentReader {
             let count = shard.locations.shape[0]
             let span = shard.last - shard.first + 1
             // Bucket the entries of the selected latents (counting sort), keeping (flat token index, value).
-            var slotOfLatent = [Int](repeating: -1, count: span)
-            for slot in lower..<upper { slotOfLatent[selected[slot] - shard.first] = slot - lower }
+            // Latent (offset in the file) → bucket + 1, 0 for latents without state: calloc's zero pages are
+            // written only at the selected latents, so a wide file costs pages for those, not for its width.
+            guard let bucketOfLatent = calloc(span, MemoryLayout<Int32>.stride)?.bindMemory(to: Int32.self, capacity: span) else {
+                fatalError("out of memory mapping \(span) latents")
+            }
+            defer { free(bucketOfLatent) }
+            for slot in lower..<upper { bucketOfLatent[selected[slot] - shard.first] = Int32(slot - lower + 1) }
             let values = shard.file.readFloats(shard.activations)
             var flats = [Int](repeating: 0, count: count)
             var buckets = [Int](repeating: -1, count: count)
@@ -436,7 +441,7 @@ struct LatentReader {
                 let (flat, latent) = try shard.entry(entry, locations: locations, values: values, tokens: tokenShard.tokens.shape,
                                                      excluded: excludedTokens)
                 flats[entry] = flat
-                let bucket = slotOfLatent[latent]
+                let bucket = Int(bucketOfLatent[latent]) - 1
                 if bucket >= 0 {
                     buckets[entry] = bucket
                     bucketCounts[bucket] += 1
@@ -452,7 +457,8 @@ struct LatentReader {
             }
             // Per latent, only the windows holding one of its entries are visited, and its held-out random
             // windows are drawn against the windows it fired in once they are all known (`finishInactive`), so
-            // the time is O(entries), not O(latents × windows), and a latent with no entries is never touched.
+            // the time is O(entries), not O(latents × windows); latents without entries have no slot here at all
+            // (`Collector.stream`), so nothing below grows with the cache's width.
             for bucket in 0..<(upper - lower) {
                 let slot = lower + bucket
                 // In place: a sorted slice per latent would be one allocation per latent.
