@@ -294,28 +294,11 @@ import SAELabelStore
     /// A latent cache is cut into blocks by what each latent's entries can need, so rarely firing latents share
     /// a block the full per-feature state would split; any cut stores the same bytes as one block.
     @Test func latentCacheBlocksFollowTheEntriesAndStoreWhatOneBlockStores() throws {
-        let directory = temporaryDirectory()
-        let tokenizer = (directory as NSString).appendingPathComponent("tokenizer.json")
-        try writeTokenizer(tokenizer)
-        let cache = (directory as NSString).appendingPathComponent("latents/blocks.1")
-        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        let (sequences, context, width) = (12, 20, 64)
-        var random = TestRandom(61)
-        let tokens = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + random.int(fixtureVocabulary.count - 1) }
-        for first in stride(from: 0, to: width, by: 16) {
-            var locations: [Int] = [], values: [Float] = []
-            for sequence in 0..<sequences {
-                for position in 0..<context {
-                    for latent in 0..<16 where random.int(latent < 4 ? 3 : 40) == 0 {  // latents 0–3 of each file fire often
-                        locations += [sequence, position, latent]
-                        values.append(random.uniform() * 4 + 0.01)
-                    }
-                }
+        let width = 64
+        let (directory, cache, tokenizer) = try writeLatentFixture(seed: 61, sequences: 12, context: 20, width: width, span: 16) { _, _, _, random in
+            (0..<16).compactMap { latent in  // latents 0–3 of each file fire often
+                random.int(latent < 4 ? 3 : 40) == 0 ? (latent, random.uniform() * 4 + 0.01) : nil
             }
-            try writeSafetensors((cache as NSString).appendingPathComponent("\(first)_\(first + 15).safetensors"), [
-                .integers("locations", locations, shape: [values.count, 3]), .floats("activations", values, shape: [values.count]),
-                .integers("tokens", tokens, shape: [sequences, context]),
-            ])
         }
         var options = CollectOptions(latentsDirectory: cache, tokenizerPath: tokenizer)
         options.windowSelection.windowLength = 4
@@ -345,33 +328,15 @@ import SAELabelStore
     /// for the whole cache and for a block cut across its files. Latent 50's only entries lie on BOS tokens
     /// (excluded): it has state and is dead, the same record as a latent without entries.
     @Test func latentsWithoutEntriesHaveNoStateAndTheRecordsAFullStateGives() throws {
-        let directory = temporaryDirectory()
-        let tokenizer = (directory as NSString).appendingPathComponent("tokenizer.json")
-        try writeTokenizer(tokenizer)
-        let cache = (directory as NSString).appendingPathComponent("latents/blocks.1")
-        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        let (sequences, context, width) = (8, 20, 64)
+        let width = 64
         let firing = [3, 17, 40, 41]
-        var random = TestRandom(71)
-        let tokens = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + random.int(fixtureVocabulary.count - 1) }
-        for first in stride(from: 0, to: width, by: 32) {
-            var locations: [Int] = [], values: [Float] = []
-            for sequence in 0..<sequences {
-                for position in 0..<context {
-                    for latent in firing where latent >= first && latent < first + 32 && random.int(latent == 17 ? 30 : 4) == 0 {
-                        locations += [sequence, position, latent - first]
-                        values.append(random.uniform() * 4 + 0.01)
-                    }
-                    if first == 32 && position == 0 {
-                        locations += [sequence, position, 50 - first]
-                        values.append(2)
-                    }
-                }
+        let (_, cache, tokenizer) = try writeLatentFixture(seed: 71, sequences: 8, context: 20, width: width, span: 32) { first, _, position, random in
+            var entries: [(Int, Float)] = []
+            for latent in firing where latent >= first && latent < first + 32 && random.int(latent == 17 ? 30 : 4) == 0 {
+                entries.append((latent - first, random.uniform() * 4 + 0.01))
             }
-            try writeSafetensors((cache as NSString).appendingPathComponent("\(first)_\(first + 31).safetensors"), [
-                .integers("locations", locations, shape: [values.count, 3]), .floats("activations", values, shape: [values.count]),
-                .integers("tokens", tokens, shape: [sequences, context]),
-            ])
+            if first == 32 && position == 0 { entries.append((50 - first, 2)) }
+            return entries
         }
         var options = CollectOptions(latentsDirectory: cache, tokenizerPath: tokenizer)
         options.windowSelection.windowLength = 4
@@ -525,4 +490,34 @@ import SAELabelStore
         }
         if firing == 18 { #expect(drawn > 100 && drawn < runs - 100, "both the draw and the reservoir chose: \(drawn)") }
     }
+}
+
+/// A delphi latent cache of `width` latents in files of `span` over `sequences × context` tokens (token 0, BOS, at
+/// each sequence's start), in a new directory with the fixture tokenizer. `entries(first, sequence, position, &random)`
+/// gives the (latent offset in the file, value) pairs of the file starting at latent `first` at that token.
+func writeLatentFixture(seed: UInt64, sequences: Int, context: Int, width: Int, span: Int,
+                        entries: (Int, Int, Int, inout TestRandom) -> [(Int, Float)]) throws -> (directory: String, cache: String, tokenizer: String) {
+    let directory = temporaryDirectory()
+    let tokenizer = (directory as NSString).appendingPathComponent("tokenizer.json")
+    try writeTokenizer(tokenizer)
+    let cache = (directory as NSString).appendingPathComponent("latents/blocks.1")
+    try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+    var random = TestRandom(seed)
+    let tokens = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + random.int(fixtureVocabulary.count - 1) }
+    for first in stride(from: 0, to: width, by: span) {
+        var locations: [Int] = [], values: [Float] = []
+        for sequence in 0..<sequences {
+            for position in 0..<context {
+                for (latent, value) in entries(first, sequence, position, &random) {
+                    locations += [sequence, position, latent]
+                    values.append(value)
+                }
+            }
+        }
+        try writeSafetensors((cache as NSString).appendingPathComponent("\(first)_\(first + span - 1).safetensors"), [
+            .integers("locations", locations, shape: [values.count, 3]), .floats("activations", values, shape: [values.count]),
+            .integers("tokens", tokens, shape: [sequences, context]),
+        ])
+    }
+    return (directory, cache, tokenizer)
 }
