@@ -123,6 +123,8 @@ struct WindowPlace: Hashable {
 /// One streamed block's final selection and commit, done off the streaming thread.
 struct BlockWork: @unchecked Sendable {  // the inputs are this block's own (opened for it) and only read
     var inputs: CollectInputs
+    /// The block's features, ascending; `accumulators` holds state for all of them or (a latent cache) a subset.
+    var block: [Int]
     var accumulators: FeatureAccumulators
     var counted: Int
     var commit: CollectCommit
@@ -145,7 +147,7 @@ final class BlockWriter: @unchecked Sendable {
             let finishStart = DispatchTime.now().uptimeNanoseconds
             let finishCPUStart = Self.threadCPUSeconds()
             var commit = work.commit
-            commit.features = Collector.records(work.accumulators, inputs: work.inputs, counted: work.counted)
+            commit.features = Collector.records(work.accumulators, block: work.block, inputs: work.inputs, counted: work.counted)
             let writeStart = DispatchTime.now().uptimeNanoseconds
             let writeCPUStart = Self.threadCPUSeconds()
             do throws(SAELabelError) {
@@ -436,12 +438,17 @@ public enum Collector {
 
     /// Estimated bytes one latent of a latent cache with `entries` entries holds at once: it fires in at most
     /// `entries` windows, so its state (twice, as in `bytesPerFeature`) and finished record are bounded by them,
-    /// plus its entries as read (value, location, token index, bucket, order: 40 bytes each).
+    /// plus its entries as read (value, location, token index, bucket, order: 40 bytes each). A latent without
+    /// entries has no streaming state (`stream`), only its never-fired record.
     public static func latentBytes(_ options: CollectOptions, entries: Int) -> Int {
         let p = options.windowSelection
-        return 2 * FeatureAccumulators.stateBytes(p, activeWindows: entries)
-            + (entries > 0 ? recordBytes(options, storedWindows: entries + p.heldoutRandom) : 0) + entries * 40
+        guard entries > 0 else { return neverFiredRecordBytes }
+        return 2 * FeatureAccumulators.stateBytes(p, activeWindows: entries) + recordBytes(options, storedWindows: entries + p.heldoutRandom)
+            + entries * 40
     }
+
+    /// A never-fired record (`FeatureAccumulators.neverFired`): the record, its histogram's 20 counts and the note.
+    static let neverFiredRecordBytes = MemoryLayout<CollectedFeature>.stride + 32 + FeatureAccumulators.histogramBins * 8 + 64
 
     /// A finished record's example windows (values and ~24-byte token strings), at most `storedWindows` of them.
     static func recordBytes(_ options: CollectOptions, storedWindows: Int) -> Int {
@@ -507,7 +514,8 @@ public enum Collector {
                 let streamStart = DispatchTime.now().uptimeNanoseconds
                 let total = featureBlocks.count * plan.totalTokens
                 let inputs = try openChecked(options, plan: plan)
-                let (accumulators, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { done, _ in
+                let (accumulators, excluded) = try stream(inputs, options: options, plan: plan, features: block, kthByToken: kthByToken,
+                                                          progress: { done, _ in
                     progress(index * plan.totalTokens + done, total)
                 })
                 summary.streamSeconds += seconds(since: streamStart)
@@ -527,7 +535,8 @@ public enum Collector {
                 summary.tokens = counted
                 summary.excludedTokens = excluded
                 summary.blocks += 1
-                writer.start(BlockWork(inputs: inputs, accumulators: accumulators, counted: counted, commit: commit, store: store))
+                writer.start(BlockWork(inputs: inputs, block: block, accumulators: accumulators, counted: counted, commit: commit,
+                                       store: store))
             }
         } catch {
             // A failed stream never leaves a commit running behind the caller's back (it may close the store).
@@ -550,11 +559,18 @@ public enum Collector {
         return inputs
     }
 
-    /// The stored records of every slot; a window chosen by several features is decoded once.
-    static func records(_ accumulators: FeatureAccumulators, inputs: CollectInputs, counted: Int) -> [CollectedFeature] {
+    /// The stored records of every feature of `block` (ascending), in its order; a window chosen by several
+    /// features is decoded once. A feature `accumulators` holds no state for (a latent without entries) never fired.
+    static func records(_ accumulators: FeatureAccumulators, block: [Int], inputs: CollectInputs, counted: Int) -> [CollectedFeature] {
         var decoded: [WindowPlace: [String]] = [:]
-        return accumulators.features.indices.map { slot in
-            accumulators.finish(slot, countedTokens: counted) { sequence, start, length in
+        let tracked = accumulators.features
+        var slot = 0
+        return block.map { feature in
+            guard slot < tracked.count, tracked[slot] == feature else {
+                return FeatureAccumulators.neverFired(feature, countedTokens: counted)
+            }
+            defer { slot += 1 }
+            return accumulators.finish(slot, countedTokens: counted) { sequence, start, length in
                 let place = WindowPlace(sequence: sequence, start: start, length: length)
                 if let tokens = decoded[place] { return tokens }
                 let tokens = inputs.windowTokens(sequence: sequence, start: start, length: length)
@@ -574,10 +590,11 @@ public enum Collector {
         let kthByToken = try topKThresholds(options, plan: plan, blocks: featureBlocks)
         for block in featureBlocks {
             let inputs = try openChecked(options, plan: plan)
-            let (accumulators, excluded) = try stream(inputs, options: options, features: block, kthByToken: kthByToken, progress: { _, _ in })
-            // The census reads every slot (O(width)); it is not part of the streaming time.
+            let (accumulators, excluded) = try stream(inputs, options: options, plan: plan, features: block, kthByToken: kthByToken,
+                                                      progress: { _, _ in })
+            // The census reads every slot (O(features with state)); it is not part of the streaming time.
             let censusStart = DispatchTime.now().uptimeNanoseconds
-            for slot in block.indices where accumulators.activeWindows[slot] > 0 {
+            for slot in accumulators.features.indices where accumulators.activeWindows[slot] > 0 {
                 summary.firingFeatures += 1
                 summary.activatingWindows += accumulators.activeWindows[slot]
                 summary.keptWindows += accumulators.keptWindowCount(slot)
@@ -596,22 +613,27 @@ public enum Collector {
                         progress: @Sendable (Int, Int) -> Void) throws(SAELabelError) -> ([CollectedFeature], Int, Int) {
         let kthByToken = try topKThresholds(options, plan: plan, blocks: [plan.features])
         let inputs = try openChecked(options, plan: plan)
-        let (accumulators, excluded) = try stream(inputs, options: options, features: plan.features, kthByToken: kthByToken, progress: progress)
+        let (accumulators, excluded) = try stream(inputs, options: options, plan: plan, features: plan.features, kthByToken: kthByToken,
+                                                  progress: progress)
         let counted = inputs.totalTokens - excluded
-        return (records(accumulators, inputs: inputs, counted: counted), counted, excluded)
+        return (records(accumulators, block: plan.features, inputs: inputs, counted: counted), counted, excluded)
     }
 
     /// One pass over the inputs filling `features`' streaming state; returns it with the number of excluded tokens.
-    static func stream(_ inputs: CollectInputs, options: CollectOptions, features: [Int], kthByToken: [Float]?,
+    /// A latent cache's state covers only the latents with entries (`plan.latentEntries`): a wide cache's silent
+    /// latents cost nothing while streaming, not even a zero page, and `records` stores them as never fired.
+    static func stream(_ inputs: CollectInputs, options: CollectOptions, plan: CollectPlan, features: [Int], kthByToken: [Float]?,
                        progress: (Int, Int) -> Void) throws(SAELabelError) -> (FeatureAccumulators, Int) {
-        let accumulators = FeatureAccumulators(features: features, parameters: options.windowSelection)
-        if inputs.sae != nil {
-            let excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
-                .run(progress: progress)
-            accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowSelection.windowLength))
-            return (accumulators, excluded)
+        if inputs.sae == nil {
+            let withEntries = plan.latentEntries.isEmpty ? features : features.filter { plan.latentEntries[$0] > 0 }
+            let accumulators = FeatureAccumulators(features: withEntries, parameters: options.windowSelection)
+            return (accumulators, try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress))
         }
-        return (accumulators, try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress))
+        let accumulators = FeatureAccumulators(features: features, parameters: options.windowSelection)
+        let excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
+            .run(progress: progress)
+        accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowSelection.windowLength))
+        return (accumulators, excluded)
     }
 
     /// A TopK SAE whose blocks do not each hold every feature needs each token's k-th largest activation

@@ -410,6 +410,9 @@ struct LatentReader {
         guard let tokenShard = inputs.latents.first else { return 0 }
         let context = tokenShard.tokens.shape[1]
         let excludedTokens = inputs.excludedLatentTokens(TokenExclusion(options: options, decoder: inputs.decoder))
+        // Looked up once per entry: an array by token, not a hash.
+        var excludedMask = [Bool](repeating: false, count: inputs.totalTokens)
+        for token in excludedTokens { excludedMask[token] = true }
         let window = options.windowSelection.windowLength
         let selected = accumulators.features
         let pointer = UnsafeMutablePointer<Float>.allocate(capacity: window)
@@ -425,21 +428,33 @@ struct LatentReader {
             let count = shard.locations.shape[0]
             let span = shard.last - shard.first + 1
             // Bucket the entries of the selected latents (counting sort), keeping (flat token index, value).
-            var slotOfLatent = [Int](repeating: -1, count: span)
-            for slot in lower..<upper { slotOfLatent[selected[slot] - shard.first] = slot - lower }
+            // Latent (offset in the file) → bucket + 1, 0 for latents without state: calloc's zero pages are
+            // written only at the selected latents, so a wide file costs pages for those, not for its width.
+            guard let bucketOfLatent = calloc(span, MemoryLayout<Int32>.stride)?.bindMemory(to: Int32.self, capacity: span) else {
+                fatalError("out of memory mapping \(span) latents")
+            }
+            defer { free(bucketOfLatent) }
+            for slot in lower..<upper { bucketOfLatent[selected[slot] - shard.first] = Int32(slot - lower + 1) }
             let values = shard.file.readFloats(shard.activations)
-            var flats = [Int](repeating: 0, count: count)
-            var buckets = [Int](repeating: -1, count: count)
-            var bucketCounts = [Int](repeating: 0, count: upper - lower)
             let locations = shard.file.readIntegers(shard.locations, start: 0, count: count * 3)
+            // Each entry's sort key: its flat token index above, its entry index below, so sorting a latent's keys
+            // orders its entries by token (entry order on ties) with plain integer compares.
+            let entryBits = Int.bitWidth - max(1, count).leadingZeroBitCount
+            guard inputs.totalTokens < Int.max >> entryBits else {
+                throw .badInput(location: shard.file.path, problem: "\(count) entries over \(inputs.totalTokens) tokens is more than collect can index; split the cache into smaller files")
+            }
+            let entryMask = (1 << entryBits) - 1
+            var keys = [Int](repeating: 0, count: count)
+            var buckets = [Int32](repeating: -1, count: count)
+            var bucketCounts = [Int](repeating: 0, count: upper - lower)
             for entry in 0..<count {
                 let (flat, latent) = try shard.entry(entry, locations: locations, values: values, tokens: tokenShard.tokens.shape,
                                                      excluded: excludedTokens)
-                flats[entry] = flat
-                let bucket = slotOfLatent[latent]
+                keys[entry] = flat << entryBits | entry
+                let bucket = bucketOfLatent[latent] - 1
                 if bucket >= 0 {
                     buckets[entry] = bucket
-                    bucketCounts[bucket] += 1
+                    bucketCounts[Int(bucket)] += 1
                 }
             }
             var bucketStart = [Int](repeating: 0, count: upper - lower + 1)
@@ -447,38 +462,39 @@ struct LatentReader {
             var cursor = bucketStart
             var sorted = [Int](repeating: 0, count: bucketStart.last ?? 0)
             for entry in 0..<count where buckets[entry] >= 0 {
-                sorted[cursor[buckets[entry]]] = entry
-                cursor[buckets[entry]] += 1
+                let bucket = Int(buckets[entry])
+                sorted[cursor[bucket]] = keys[entry]
+                cursor[bucket] += 1
             }
             // Per latent, only the windows holding one of its entries are visited, and its held-out random
             // windows are drawn against the windows it fired in once they are all known (`finishInactive`), so
-            // the time is O(entries), not O(latents × windows), and a latent with no entries is never touched.
+            // the time is O(entries), not O(latents × windows); latents without entries have no slot here at all
+            // (`Collector.stream`), so nothing below grows with the cache's width.
             for bucket in 0..<(upper - lower) {
                 let slot = lower + bucket
-                // In place: a sorted slice per latent would be one allocation per latent.
-                sorted[bucketStart[bucket]..<bucketStart[bucket + 1]].sort { flats[$0] < flats[$1] || (flats[$0] == flats[$1] && $0 < $1) }
                 var next = bucketStart[bucket]
                 let end = bucketStart[bucket + 1]
                 guard next < end else { continue }
+                sorted[next..<end].sort()  // in place: a sorted slice per latent would be one allocation per latent
                 firingOrders.removeAll(keepingCapacity: true)
                 // Its top heap gets room for the windows its entries lie in (at most those fire), not a run of 4.
                 var windows = 0, lastWindow = -1
                 for index in next..<end {
-                    let flat = flats[sorted[index]]
+                    let flat = sorted[index] >> entryBits
                     let windowIndex = flat / context * windowsPerSequence + (flat % context) / window
                     if windowIndex != lastWindow { windows += 1; lastWindow = windowIndex }
                 }
                 accumulators.top.reserve(slot, slots: windows)
                 while next < end {
-                    let flat = flats[sorted[next]]
+                    let flat = sorted[next] >> entryBits
                     let sequence = flat / context, start = (flat % context) / window * window
                     let order = sequence * windowsPerSequence + start / window
                     let length = min(window, context - start)
                     let first = sequence * context + start
                     for index in 0..<length { pointer[index] = 0 }
-                    while next < end, flats[sorted[next]] < first + length {
-                        let entry = sorted[next]
-                        if !excludedTokens.contains(flats[entry]) { pointer[flats[entry] - first] = max(0, values[entry]) }
+                    while next < end, sorted[next] >> entryBits < first + length {
+                        let token = sorted[next] >> entryBits
+                        if !excludedMask[token] { pointer[token - first] = max(0, values[sorted[next] & entryMask]) }
                         next += 1
                     }
                     let peak = peakValue(pointer, length)

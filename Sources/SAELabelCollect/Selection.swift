@@ -32,13 +32,23 @@ extension FeatureAccumulators {
         return picked
     }
 
+    /// The stored record of a feature that never fired: all statistics zero, no examples. Also what a latent
+    /// without entries in a latent cache gets, which has no streaming state at all (`Collector.stream`).
+    static func neverFired(_ feature: Int, countedTokens: Int) -> CollectedFeature {
+        let statistics = FeatureStatistics(frequency: 0, maxActivation: 0, meanActivation: 0, activatingTokens: 0,
+                                           activatingWindows: 0, histogram: [Int](repeating: 0, count: histogramBins))
+        return CollectedFeature(index: feature, state: .dead, statistics: statistics, explain: [], heldout: [],
+                                note: "never fired on \(countedTokens) counted tokens")
+    }
+
     /// The stored record of feature `slot`. `tokens(sequence, start, length)` decodes a window's token strings.
     func finish(_ slot: Int, countedTokens: Int, tokens: (Int, Int, Int) -> [String]) -> CollectedFeature {
         let feature = features[slot]
         let fired = activeTokens[slot]
+        guard fired > 0 else { return Self.neverFired(feature, countedTokens: countedTokens) }
         let peak = maxima[slot]
         var coarse = [Int](repeating: 0, count: Self.histogramBins)
-        if fired > 0, let (range, histogram) = histogramCounts(slot) {
+        if let (range, histogram) = histogramCounts(slot) {
             for bin in 0..<Self.fineBins {
                 let count = Int(histogram[bin])
                 guard count > 0 else { continue }
@@ -49,12 +59,8 @@ extension FeatureAccumulators {
         }
         let statistics = FeatureStatistics(
             frequency: countedTokens > 0 ? Double(fired) / Double(countedTokens) : 0, maxActivation: peak,
-            meanActivation: fired > 0 ? Float(sums[slot] / Double(fired)) : 0, activatingTokens: fired,
+            meanActivation: Float(sums[slot] / Double(fired)), activatingTokens: fired,
             activatingWindows: activeWindows[slot], histogram: coarse)
-        guard fired > 0 else {
-            return CollectedFeature(index: feature, state: .dead, statistics: statistics, explain: [], heldout: [],
-                                    note: "never fired on \(countedTokens) counted tokens")
-        }
         let p = parameters
 
         // Top windows, ranked by max (earlier first on ties), split between the sets by rank.

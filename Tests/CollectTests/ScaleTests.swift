@@ -224,7 +224,8 @@ import SAELabelStore
         options.windowSelection.heldoutRandom = 3
         let plan = try Collector.plan(options)
         let inputs = try Collector.openChecked(options, plan: plan)
-        let (accumulators, _) = try Collector.stream(inputs, options: options, features: plan.features, kthByToken: nil, progress: { _, _ in })
+        let (accumulators, _) = try Collector.stream(inputs, options: options, plan: plan, features: plan.features, kthByToken: nil,
+                                                     progress: { _, _ in })
         #expect(!accumulators.hasState(7))
         #expect((0..<20).filter { accumulators.hasState($0) }.count == 19, "every other feature fires on this corpus")
         let store = try collectIntoStore(options, directory: directory, name: "dead.sqlite")
@@ -293,28 +294,11 @@ import SAELabelStore
     /// A latent cache is cut into blocks by what each latent's entries can need, so rarely firing latents share
     /// a block the full per-feature state would split; any cut stores the same bytes as one block.
     @Test func latentCacheBlocksFollowTheEntriesAndStoreWhatOneBlockStores() throws {
-        let directory = temporaryDirectory()
-        let tokenizer = (directory as NSString).appendingPathComponent("tokenizer.json")
-        try writeTokenizer(tokenizer)
-        let cache = (directory as NSString).appendingPathComponent("latents/blocks.1")
-        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        let (sequences, context, width) = (12, 20, 64)
-        var random = TestRandom(61)
-        let tokens = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + random.int(fixtureVocabulary.count - 1) }
-        for first in stride(from: 0, to: width, by: 16) {
-            var locations: [Int] = [], values: [Float] = []
-            for sequence in 0..<sequences {
-                for position in 0..<context {
-                    for latent in 0..<16 where random.int(latent < 4 ? 3 : 40) == 0 {  // latents 0–3 of each file fire often
-                        locations += [sequence, position, latent]
-                        values.append(random.uniform() * 4 + 0.01)
-                    }
-                }
+        let width = 64
+        let (directory, cache, tokenizer) = try writeLatentFixture(seed: 61, sequences: 12, context: 20, width: width, span: 16) { _, _, _, random in
+            (0..<16).compactMap { latent in  // latents 0–3 of each file fire often
+                random.int(latent < 4 ? 3 : 40) == 0 ? (latent, random.uniform() * 4 + 0.01) : nil
             }
-            try writeSafetensors((cache as NSString).appendingPathComponent("\(first)_\(first + 15).safetensors"), [
-                .integers("locations", locations, shape: [values.count, 3]), .floats("activations", values, shape: [values.count]),
-                .integers("tokens", tokens, shape: [sequences, context]),
-            ])
         }
         var options = CollectOptions(latentsDirectory: cache, tokenizerPath: tokenizer)
         options.windowSelection.windowLength = 4
@@ -337,6 +321,42 @@ import SAELabelStore
         let expected = try storedContents(whole, features: width)
         #expect(expected.count > width * 5, "the fixture must store examples")
         #expect(try storedContents(split, features: width) == expected)
+    }
+
+    /// A latent cache's state covers only the latents with entries, so its silent latents cost nothing while
+    /// streaming; every latent still gets the record a state for every latent gives (silent ones: never fired),
+    /// for the whole cache and for a block cut across its files. Latent 50's only entries lie on BOS tokens
+    /// (excluded): it has state and is dead, the same record as a latent without entries.
+    @Test func latentsWithoutEntriesHaveNoStateAndTheRecordsAFullStateGives() throws {
+        let width = 64
+        let firing = [3, 17, 40, 41]
+        let (_, cache, tokenizer) = try writeLatentFixture(seed: 71, sequences: 8, context: 20, width: width, span: 32) { first, _, position, random in
+            var entries: [(Int, Float)] = []
+            for latent in firing where latent >= first && latent < first + 32 && random.int(latent == 17 ? 30 : 4) == 0 {
+                entries.append((latent - first, random.uniform() * 4 + 0.01))
+            }
+            if first == 32 && position == 0 { entries.append((50 - first, 2)) }
+            return entries
+        }
+        var options = CollectOptions(latentsDirectory: cache, tokenizerPath: tokenizer)
+        options.windowSelection.windowLength = 4
+        options.windowSelection.minActivatingWindows = 12
+        let plan = try Collector.plan(options)
+        #expect(plan.featureCount == width)
+        for block in [plan.features, Array(plan.features[10..<45])] {
+            let inputs = try Collector.openChecked(options, plan: plan)
+            let (tracked, excluded) = try Collector.stream(inputs, options: options, plan: plan, features: block, kthByToken: nil,
+                                                           progress: { _, _ in })
+            #expect(tracked.features == (firing + [50]).filter(block.contains))
+            let full = FeatureAccumulators(features: block, parameters: options.windowSelection)
+            #expect(try LatentReader(inputs: inputs, options: options, accumulators: full).run(progress: { _, _ in }) == excluded)
+            let counted = inputs.totalTokens - excluded
+            let expected = Collector.records(full, block: block, inputs: inputs, counted: counted)
+            #expect(expected.map(\.index) == block)
+            #expect(expected.filter { $0.state != .dead }.map(\.index) == firing.filter(block.contains), "latent 17 is sparse, the rest collected")
+            #expect(expected.contains { $0.state == .sparse } == block.contains(17))
+            #expect(Collector.records(tracked, block: block, inputs: inputs, counted: counted) == expected)
+        }
     }
 
     /// Deferring a feature's reservoir and histogram to its top heap (while the heap holds every window it fired
@@ -470,4 +490,34 @@ import SAELabelStore
         }
         if firing == 18 { #expect(drawn > 100 && drawn < runs - 100, "both the draw and the reservoir chose: \(drawn)") }
     }
+}
+
+/// A delphi latent cache of `width` latents in files of `span` over `sequences × context` tokens (token 0, BOS, at
+/// each sequence's start), in a new directory with the fixture tokenizer. `entries(first, sequence, position, &random)`
+/// gives the (latent offset in the file, value) pairs of the file starting at latent `first` at that token.
+func writeLatentFixture(seed: UInt64, sequences: Int, context: Int, width: Int, span: Int,
+                        entries: (Int, Int, Int, inout TestRandom) -> [(Int, Float)]) throws -> (directory: String, cache: String, tokenizer: String) {
+    let directory = temporaryDirectory()
+    let tokenizer = (directory as NSString).appendingPathComponent("tokenizer.json")
+    try writeTokenizer(tokenizer)
+    let cache = (directory as NSString).appendingPathComponent("latents/blocks.1")
+    try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+    var random = TestRandom(seed)
+    let tokens = (0..<(sequences * context)).map { $0 % context == 0 ? 0 : 1 + random.int(fixtureVocabulary.count - 1) }
+    for first in stride(from: 0, to: width, by: span) {
+        var locations: [Int] = [], values: [Float] = []
+        for sequence in 0..<sequences {
+            for position in 0..<context {
+                for (latent, value) in entries(first, sequence, position, &random) {
+                    locations += [sequence, position, latent]
+                    values.append(value)
+                }
+            }
+        }
+        try writeSafetensors((cache as NSString).appendingPathComponent("\(first)_\(first + span - 1).safetensors"), [
+            .integers("locations", locations, shape: [values.count, 3]), .floats("activations", values, shape: [values.count]),
+            .integers("tokens", tokens, shape: [sequences, context]),
+        ])
+    }
+    return (directory, cache, tokenizer)
 }
