@@ -40,7 +40,7 @@ struct DenseEncoder {
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
         let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
 
-        return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
+        return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded, prepareNext in
             let fill = encoded.fill
             guard rows > 0 else { return }
             let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: limits, stride: batch,
@@ -51,6 +51,7 @@ struct DenseEncoder {
                 }
                 let next = WorkCounter(limit: chunks.count)
                 onThreads(threads) { worker in
+                    if worker == 0 { prepareNext() }  // the other workers start on the chunks meanwhile
                     let buffer = chunkBuffers + worker * chunks.largest * batch
                     while let chunk = next.take() {
                         let range = chunks.rows(of: chunk)
@@ -63,7 +64,8 @@ struct DenseEncoder {
                 return
             }
             let gemms = WorkCounter(limit: chunks.count)
-            onThreads(threads) { _ in
+            onThreads(threads) { worker in
+                if worker == 0 { prepareNext() }
                 while let chunk = gemms.take() {
                     let range = chunks.rows(of: chunk)
                     plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn,
@@ -208,11 +210,12 @@ enum TopKThresholds {
         let merged = UnsafeMutablePointer<Float>.allocate(capacity: threads * k)
         defer { buffers.deallocate(); merged.deallocate() }
         var table = [Float](repeating: -.infinity, count: inputs.totalTokens)
-        _ = try BatchStream(inputs: inputs, options: options).run(progress: { _, _ in }) { encoded in
+        _ = try BatchStream(inputs: inputs, options: options).run(progress: { _, _ in }) { encoded, prepareNext in
             let fill = encoded.fill
             for heap in heaps { heap.reset() }
             let next = WorkCounter(limit: chunks.count)
             onThreads(threads) { worker in
+                if worker == 0 { prepareNext() }
                 let buffer = buffers + worker * chunks.largest * batch
                 while let chunk = next.take() {
                     let range = chunks.rows(of: chunk)
@@ -274,8 +277,33 @@ struct InputBatch {
     var firstToken: Int
 }
 
+/// Where one batch is prepared: its rows, their keep flags and its windows.
+struct BatchBuffers {
+    let input: UnsafeMutablePointer<Float>
+    let keep: UnsafeMutablePointer<Float>
+    /// A window holds at least one token, so a batch holds at most `batch` windows.
+    let windows: UnsafeMutablePointer<BatchWindow>
+
+    init(batch: Int, dIn: Int) {
+        input = .allocate(capacity: max(1, batch * dIn))
+        keep = .allocate(capacity: max(1, batch))
+        windows = .allocate(capacity: max(1, batch))
+    }
+
+    func deallocate() {
+        input.deallocate()
+        keep.deallocate()
+        windows.deallocate()
+    }
+}
+
 /// Reads the dense shards in corpus order into batches of whole windows, checks and prepares every row
 /// (exclusions, non-finite values, normalization, b_dec), and hands each batch to `encode`.
+///
+/// Two batches are in flight: while `encode` works on one, the next is prepared into the other buffers by
+/// whichever worker calls the `prepareNext` it is given (one worker, once, typically before its share of the
+/// GEMM chunks), so at 2 threads the preparation no longer leaves a core idle once per batch. An `encode` that
+/// does not call it gets the next batch prepared after it returns. Either way every batch holds the same rows.
 struct BatchStream {
     let inputs: CollectInputs
     let options: CollectOptions
@@ -284,91 +312,126 @@ struct BatchStream {
         max(options.windowSelection.windowLength, options.batchTokens / options.windowSelection.windowLength * options.windowSelection.windowLength)
     }
 
-    /// Returns the number of excluded tokens.
-    func run(progress: (Int, Int) -> Void, encode: (InputBatch) -> Void) throws(SAELabelError) -> Int {
-        guard let sae = inputs.sae else { return 0 }
-        let dIn = inputs.dIn
-        var decoderBias: [Float]?
-        if sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() }
-        let normalization = sae.config.normalization
-        let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
-        let window = options.windowSelection.windowLength
+    /// Returns the number of excluded tokens. An input error found while preparing a batch is thrown after the
+    /// batch before it was encoded (nothing is stored while streaming, so the outcome is the same).
+    func run(progress: (Int, Int) -> Void,
+             encode: (_ batch: InputBatch, _ prepareNext: () -> Void) -> Void) throws(SAELabelError) -> Int {
+        guard inputs.sae != nil else { return 0 }
+        let reader = try BatchReader(inputs: inputs, options: options)
         let batch = Self.batchSize(options)
-        let input = UnsafeMutablePointer<Float>.allocate(capacity: batch * dIn)
-        let keep = UnsafeMutablePointer<Float>.allocate(capacity: batch)
-        let windows = UnsafeMutablePointer<BatchWindow>.allocate(capacity: batch)  // a window holds at least one token
-        defer { input.deallocate(); keep.deallocate(); windows.deallocate() }
-        var windowCount = 0
+        let buffers = [BatchBuffers(batch: batch, dIn: inputs.dIn), BatchBuffers(batch: batch, dIn: inputs.dIn)]
+        defer { for buffer in buffers { buffer.deallocate() } }
+        var current = try reader.next(into: buffers[0])
+        var filling = 1
+        while let batch = current {
+            var upcoming: Result<InputBatch?, SAELabelError> = .success(nil)
+            var prepared = false
+            let prepare = {
+                prepared = true
+                upcoming = Result { () throws(SAELabelError) in try reader.next(into: buffers[filling]) }
+            }
+            encode(batch) { if !prepared { prepare() } }
+            if !prepared { prepare() }
+            progress(batch.firstToken + batch.fill, inputs.totalTokens)
+            current = try upcoming.get()
+            filling = 1 - filling
+        }
+        progress(inputs.totalTokens, inputs.totalTokens)
+        return reader.excludedTokens
+    }
+}
+
+/// Prepares the corpus batch by batch, resuming where the previous batch ended (shard, sequence, window).
+final class BatchReader {
+    private let inputs: CollectInputs
+    private let decoderBias: [Float]?
+    private let normalization: InputNormalization
+    private let exclusion: TokenExclusion
+    private let window: Int
+    private let batch: Int
+    private var shardIndex = 0
+    private var sequence = 0
+    private var start = 0
+    private var order: Int64 = 0
+    /// Tokens handed out in batches so far.
+    private var done = 0
+    private(set) var excludedTokens = 0
+
+    init(inputs: CollectInputs, options: CollectOptions) throws(SAELabelError) {
+        self.inputs = inputs
+        if let sae = inputs.sae, sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() } else { decoderBias = nil }
+        normalization = inputs.sae?.config.normalization ?? .none
+        exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
+        window = options.windowSelection.windowLength
+        batch = BatchStream.batchSize(options)
+    }
+
+    /// Fills `buffers` with the next batch of whole windows; nil once the corpus is done.
+    func next(into buffers: BatchBuffers) throws(SAELabelError) -> InputBatch? {
+        let dIn = inputs.dIn
         var fill = 0
-        var excludedTotal = 0
-        var done = 0
-        var order: Int64 = 0
-
-        func flush() {
-            defer {
-                done += fill
-                fill = 0
-                windowCount = 0
-                progress(done, inputs.totalTokens)
+        var windowCount = 0
+        while shardIndex < inputs.dense.count {
+            let shard = inputs.dense[shardIndex]
+            guard sequence < shard.sequences else {
+                shardIndex += 1
+                sequence = 0
+                start = 0
+                continue
             }
-            guard fill > 0 else { return }
-            encode(InputBatch(input: input, fill: fill, windows: UnsafeBufferPointer(start: windows, count: windowCount),
-                              keep: keep, firstToken: done))
-        }
-
-        for shard in inputs.dense {
-            let context = shard.context
-            let elementBytes = shard.activations.dtype.byteCount
-            for sequence in 0..<shard.sequences {
-                var start = 0
-                while start < context {
-                    let length = min(window, context - start)
-                    if fill + length > batch { flush() }
-                    let firstToken = sequence * context + start
-                    let rowsPointer = input + fill * dIn
-                    shard.file.readFloats(shard.activations, start: firstToken * dIn, count: length * dIn, into: rowsPointer)
-                    for offset in 0..<length {
-                        let row = rowsPointer + offset * dIn
-                        keep[fill + offset] = 1
-                        let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
-                        if exclusion.excludes(token: token, position: start + offset) {
-                            // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
-                            row.update(repeating: 0, count: dIn)
-                            keep[fill + offset] = 0
-                            excludedTotal += 1
-                            continue
-                        }
-                        var squares: Float = 0
-                        for d in 0..<dIn { squares += row[d] * row[d] }
-                        if !squares.isFinite {
-                            for d in 0..<dIn where !row[d].isFinite {
-                                let global = shard.firstSequence + sequence
-                                throw .badInput(location: shard.file.location("activations"),
-                                                problem: "non-finite value (\(row[d])) at sequence \(sequence)\(global != sequence ? " (corpus sequence \(global))" : ""), position \(start + offset), dimension \(d); fix the activations before collecting")
-                            }
-                        }
-                        if let limit = exclusion.normAbove, squares.squareRoot() > limit {
-                            keep[fill + offset] = 0
-                            excludedTotal += 1
-                        }
-                        normalize(row, dIn: dIn, squares: squares, normalization)
-                        if let decoderBias {
-                            for d in 0..<dIn { row[d] -= decoderBias[d] }
-                        }
-                    }
-                    windows[windowCount] = BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
-                                                       start: start, order: order)
-                    windowCount += 1
-                    order += 1
-                    fill += length
-                    start += length
-                }
+            guard start < shard.context else {
                 // The rows are copied out; let the kernel drop their pages so a huge shard never stays resident.
-                shard.file.file.releaseBefore(shard.activations.byteOffset + (sequence + 1) * context * dIn * elementBytes)
+                let elementBytes = shard.activations.dtype.byteCount
+                shard.file.file.releaseBefore(shard.activations.byteOffset + (sequence + 1) * shard.context * dIn * elementBytes)
+                sequence += 1
+                start = 0
+                continue
             }
+            let length = min(window, shard.context - start)
+            if fill + length > batch { break }
+            let firstToken = sequence * shard.context + start
+            let rowsPointer = buffers.input + fill * dIn
+            shard.file.readFloats(shard.activations, start: firstToken * dIn, count: length * dIn, into: rowsPointer)
+            for offset in 0..<length {
+                let row = rowsPointer + offset * dIn
+                buffers.keep[fill + offset] = 1
+                let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
+                if exclusion.excludes(token: token, position: start + offset) {
+                    // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
+                    row.update(repeating: 0, count: dIn)
+                    buffers.keep[fill + offset] = 0
+                    excludedTokens += 1
+                    continue
+                }
+                var squares: Float = 0
+                for d in 0..<dIn { squares += row[d] * row[d] }
+                if !squares.isFinite {
+                    for d in 0..<dIn where !row[d].isFinite {
+                        let global = shard.firstSequence + sequence
+                        throw .badInput(location: shard.file.location("activations"),
+                                        problem: "non-finite value (\(row[d])) at sequence \(sequence)\(global != sequence ? " (corpus sequence \(global))" : ""), position \(start + offset), dimension \(d); fix the activations before collecting")
+                    }
+                }
+                if let limit = exclusion.normAbove, squares.squareRoot() > limit {
+                    buffers.keep[fill + offset] = 0
+                    excludedTokens += 1
+                }
+                normalize(row, dIn: dIn, squares: squares, normalization)
+                if let decoderBias {
+                    for d in 0..<dIn { row[d] -= decoderBias[d] }
+                }
+            }
+            buffers.windows[windowCount] = BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
+                                                       start: start, order: order)
+            windowCount += 1
+            order += 1
+            fill += length
+            start += length
         }
-        flush()
-        return excludedTotal
+        guard fill > 0 else { return nil }
+        defer { done += fill }
+        return InputBatch(input: buffers.input, fill: fill, windows: UnsafeBufferPointer(start: buffers.windows, count: windowCount),
+                          keep: buffers.keep, firstToken: done)
     }
 }
 
