@@ -51,7 +51,7 @@ struct DenseEncoder {
                 }
                 let next = WorkCounter(limit: chunks.count)
                 onThreads(threads) { worker in
-                    if worker == 0 { prepareNext() }  // the other workers start on the chunks meanwhile
+                    prepareNext(worker)  // this worker's share of the next batch's rows
                     let buffer = chunkBuffers + worker * chunks.largest * batch
                     while let chunk = next.take() {
                         let range = chunks.rows(of: chunk)
@@ -65,7 +65,7 @@ struct DenseEncoder {
             }
             let gemms = WorkCounter(limit: chunks.count)
             onThreads(threads) { worker in
-                if worker == 0 { prepareNext() }
+                prepareNext(worker)
                 while let chunk = gemms.take() {
                     let range = chunks.rows(of: chunk)
                     plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn,
@@ -215,7 +215,7 @@ enum TopKThresholds {
             for heap in heaps { heap.reset() }
             let next = WorkCounter(limit: chunks.count)
             onThreads(threads) { worker in
-                if worker == 0 { prepareNext() }
+                prepareNext(worker)
                 let buffer = buffers + worker * chunks.largest * batch
                 while let chunk = next.take() {
                     let range = chunks.rows(of: chunk)
@@ -300,10 +300,11 @@ struct BatchBuffers {
 /// Reads the dense shards in corpus order into batches of whole windows, checks and prepares every row
 /// (exclusions, non-finite values, normalization, b_dec), and hands each batch to `encode`.
 ///
-/// Two batches are in flight: while `encode` works on one, the next is prepared into the other buffers by
-/// whichever worker calls the `prepareNext` it is given (one worker, once, typically before its share of the
-/// GEMM chunks), so at 2 threads the preparation no longer leaves a core idle once per batch. An `encode` that
-/// does not call it gets the next batch prepared after it returns. Either way every batch holds the same rows.
+/// Two batches are in flight: while `encode` works on one, the next one's windows are already chosen and its
+/// rows are prepared in equal parts, one per worker: `encode` calls `prepareNext(worker)` once from each of its
+/// `blasThreads` workers (before its share of the GEMM chunks), so at 2 threads the preparation is split over
+/// both cores instead of running on one while the other waits. Parts no worker prepared are prepared after
+/// `encode` returns. Either way every batch holds the same rows.
 struct BatchStream {
     let inputs: CollectInputs
     let options: CollectOptions
@@ -315,25 +316,19 @@ struct BatchStream {
     /// Returns the number of excluded tokens. An input error found while preparing a batch is thrown after the
     /// batch before it was encoded (nothing is stored while streaming, so the outcome is the same).
     func run(progress: (Int, Int) -> Void,
-             encode: (_ batch: InputBatch, _ prepareNext: () -> Void) -> Void) throws(SAELabelError) -> Int {
+             encode: (_ batch: InputBatch, _ prepareNext: (_ worker: Int) -> Void) -> Void) throws(SAELabelError) -> Int {
         guard inputs.sae != nil else { return 0 }
         let reader = try BatchReader(inputs: inputs, options: options)
         let batch = Self.batchSize(options)
         let buffers = [BatchBuffers(batch: batch, dIn: inputs.dIn), BatchBuffers(batch: batch, dIn: inputs.dIn)]
         defer { for buffer in buffers { buffer.deallocate() } }
-        var current = try reader.next(into: buffers[0])
+        var current = try reader.plan(into: buffers[0], parts: 1).map { planned throws(SAELabelError) in try reader.finish(planned) }
         var filling = 1
         while let batch = current {
-            var upcoming: Result<InputBatch?, SAELabelError> = .success(nil)
-            var prepared = false
-            let prepare = {
-                prepared = true
-                upcoming = Result { () throws(SAELabelError) in try reader.next(into: buffers[filling]) }
-            }
-            encode(batch) { if !prepared { prepare() } }
-            if !prepared { prepare() }
+            let upcoming = reader.plan(into: buffers[filling], parts: max(1, options.blasThreads))
+            encode(batch) { worker in upcoming?.prepare(part: worker) }
             progress(batch.firstToken + batch.fill, inputs.totalTokens)
-            current = try upcoming.get()
+            current = try upcoming.map { planned throws(SAELabelError) in try reader.finish(planned) }
             filling = 1 - filling
         }
         progress(inputs.totalTokens, inputs.totalTokens)
@@ -341,8 +336,74 @@ struct BatchStream {
     }
 }
 
+/// One window of a planned batch: where its rows come from and where they go.
+struct PlannedWindow {
+    var shard: DenseShard
+    /// Sequence within the shard.
+    var sequence: Int
+    var start: Int
+    var length: Int
+    /// Its first row in the batch.
+    var offset: Int
+}
+
+/// A batch whose windows are chosen (`BatchReader.plan`) and whose rows are prepared in `parts` parts of nearly
+/// equal token counts, each by one worker (`prepare(part:)`); `BatchReader.finish` prepares any part left and
+/// reports the first bad row. Each part writes only its own rows and its own entries of the per-part results.
+final class PlannedBatch: @unchecked Sendable {
+    let batch: InputBatch
+    let windows: [PlannedWindow]
+    let parts: Int
+    private let reader: BatchReader
+    private let prepared: UnsafeMutablePointer<Bool>
+    private let excluded: UnsafeMutablePointer<Int>
+    /// Per part, the error of its first bad row.
+    private let failures: UnsafeMutablePointer<SAELabelError?>
+
+    fileprivate init(batch: InputBatch, windows: [PlannedWindow], parts: Int, reader: BatchReader) {
+        self.batch = batch
+        self.windows = windows
+        self.parts = parts
+        self.reader = reader
+        prepared = .allocate(capacity: parts)
+        prepared.initialize(repeating: false, count: parts)
+        excluded = .allocate(capacity: parts)
+        excluded.initialize(repeating: 0, count: parts)
+        failures = .allocate(capacity: parts)
+        failures.initialize(repeating: nil, count: parts)
+    }
+
+    deinit {
+        prepared.deallocate()
+        excluded.deallocate()
+        failures.deinitialize(count: parts)
+        failures.deallocate()
+    }
+
+    /// Prepares the rows of the windows starting in tokens `part · fill / parts ..< (part + 1) · fill / parts`.
+    func prepare(part: Int) {
+        guard part < parts, !prepared[part] else { return }
+        prepared[part] = true
+        let low = part * batch.fill / parts, high = (part + 1) * batch.fill / parts
+        do throws(SAELabelError) {
+            for window in windows where window.offset >= low && window.offset < high {
+                excluded[part] += try reader.prepareRows(of: window, into: batch)
+            }
+        } catch {
+            failures[part] = error
+        }
+    }
+
+    /// Prepares the parts no worker took; returns the excluded tokens, or throws the first bad row's error.
+    fileprivate func complete() throws(SAELabelError) -> Int {
+        for part in 0..<parts { prepare(part: part) }
+        for part in 0..<parts { if let failure = failures[part] { throw failure } }
+        return (0..<parts).reduce(0) { $0 + excluded[$1] }
+    }
+}
+
 /// Prepares the corpus batch by batch, resuming where the previous batch ended (shard, sequence, window).
-final class BatchReader {
+final class BatchReader: @unchecked Sendable {  // `prepareRows` only reads its stored properties
     private let inputs: CollectInputs
     private let decoderBias: [Float]?
     private let normalization: InputNormalization
@@ -355,6 +416,9 @@ final class BatchReader {
     private var order: Int64 = 0
     /// Tokens handed out in batches so far.
     private var done = 0
+    /// Pages of finished sequences, dropped once the batch that read them is prepared (the next `plan`).
+    private var releases: [(file: MappedFile, offset: Int)] = []
+    private var releasesAfterThisBatch: [(file: MappedFile, offset: Int)] = []
     private(set) var excludedTokens = 0
 
     init(inputs: CollectInputs, options: CollectOptions) throws(SAELabelError) {
@@ -366,11 +430,15 @@ final class BatchReader {
         batch = BatchStream.batchSize(options)
     }
 
-    /// Fills `buffers` with the next batch of whole windows; nil once the corpus is done.
-    func next(into buffers: BatchBuffers) throws(SAELabelError) -> InputBatch? {
-        let dIn = inputs.dIn
+    /// Chooses the next batch's whole windows (their rows go to `buffers`, prepared by `PlannedBatch.prepare`);
+    /// nil once the corpus is done.
+    func plan(into buffers: BatchBuffers, parts: Int) -> PlannedBatch? {
+        // The previous batch is prepared: the sequences it finished may leave memory.
+        for release in releases { release.file.releaseBefore(release.offset) }
+        releases = releasesAfterThisBatch
+        releasesAfterThisBatch = []
         var fill = 0
-        var windowCount = 0
+        var planned: [PlannedWindow] = []
         while shardIndex < inputs.dense.count {
             let shard = inputs.dense[shardIndex]
             guard sequence < shard.sequences else {
@@ -382,56 +450,77 @@ final class BatchReader {
             guard start < shard.context else {
                 // The rows are copied out; let the kernel drop their pages so a huge shard never stays resident.
                 let elementBytes = shard.activations.dtype.byteCount
-                shard.file.file.releaseBefore(shard.activations.byteOffset + (sequence + 1) * shard.context * dIn * elementBytes)
+                releasesAfterThisBatch.append((shard.file.file, shard.activations.byteOffset + (sequence + 1) * shard.context * inputs.dIn * elementBytes))
                 sequence += 1
                 start = 0
                 continue
             }
             let length = min(window, shard.context - start)
             if fill + length > batch { break }
-            let firstToken = sequence * shard.context + start
-            let rowsPointer = buffers.input + fill * dIn
-            shard.file.readFloats(shard.activations, start: firstToken * dIn, count: length * dIn, into: rowsPointer)
-            for offset in 0..<length {
-                let row = rowsPointer + offset * dIn
-                buffers.keep[fill + offset] = 1
-                let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
-                if exclusion.excludes(token: token, position: start + offset) {
-                    // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
-                    row.update(repeating: 0, count: dIn)
-                    buffers.keep[fill + offset] = 0
-                    excludedTokens += 1
-                    continue
-                }
-                var squares: Float = 0
-                for d in 0..<dIn { squares += row[d] * row[d] }
-                if !squares.isFinite {
-                    for d in 0..<dIn where !row[d].isFinite {
-                        let global = shard.firstSequence + sequence
-                        throw .badInput(location: shard.file.location("activations"),
-                                        problem: "non-finite value (\(row[d])) at sequence \(sequence)\(global != sequence ? " (corpus sequence \(global))" : ""), position \(start + offset), dimension \(d); fix the activations before collecting")
-                    }
-                }
-                if let limit = exclusion.normAbove, squares.squareRoot() > limit {
-                    buffers.keep[fill + offset] = 0
-                    excludedTokens += 1
-                }
-                normalize(row, dIn: dIn, squares: squares, normalization)
-                if let decoderBias {
-                    for d in 0..<dIn { row[d] -= decoderBias[d] }
-                }
-            }
-            buffers.windows[windowCount] = BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
-                                                       start: start, order: order)
-            windowCount += 1
+            buffers.windows[planned.count] = BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
+                                                         start: start, order: order)
+            planned.append(PlannedWindow(shard: shard, sequence: sequence, start: start, length: length, offset: fill))
             order += 1
             fill += length
             start += length
         }
-        guard fill > 0 else { return nil }
+        guard fill > 0 else {
+            for release in releases + releasesAfterThisBatch { release.file.releaseBefore(release.offset) }
+            releases = []
+            releasesAfterThisBatch = []
+            return nil
+        }
         defer { done += fill }
-        return InputBatch(input: buffers.input, fill: fill, windows: UnsafeBufferPointer(start: buffers.windows, count: windowCount),
-                          keep: buffers.keep, firstToken: done)
+        let batch = InputBatch(input: buffers.input, fill: fill, windows: UnsafeBufferPointer(start: buffers.windows, count: planned.count),
+                               keep: buffers.keep, firstToken: done)
+        return PlannedBatch(batch: batch, windows: planned, parts: max(1, parts), reader: self)
+    }
+
+    /// The planned batch, every part prepared; counts its excluded tokens, or throws its first bad row's error.
+    func finish(_ planned: PlannedBatch) throws(SAELabelError) -> InputBatch {
+        excludedTokens += try planned.complete()
+        return planned.batch
+    }
+
+    /// Copies one window's rows into the batch and prepares them; returns how many of its tokens are excluded.
+    func prepareRows(of window: PlannedWindow, into batch: InputBatch) throws(SAELabelError) -> Int {
+        let dIn = inputs.dIn
+        let shard = window.shard
+        let firstToken = window.sequence * shard.context + window.start
+        let rowsPointer = batch.input + window.offset * dIn
+        let keep = UnsafeMutablePointer(mutating: batch.keep)
+        var excluded = 0
+        shard.file.readFloats(shard.activations, start: firstToken * dIn, count: window.length * dIn, into: rowsPointer)
+        for offset in 0..<window.length {
+            let row = rowsPointer + offset * dIn
+            keep[window.offset + offset] = 1
+            let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
+            if exclusion.excludes(token: token, position: window.start + offset) {
+                // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
+                row.update(repeating: 0, count: dIn)
+                keep[window.offset + offset] = 0
+                excluded += 1
+                continue
+            }
+            var squares: Float = 0
+            for d in 0..<dIn { squares += row[d] * row[d] }
+            if !squares.isFinite {
+                for d in 0..<dIn where !row[d].isFinite {
+                    let global = shard.firstSequence + window.sequence
+                    throw .badInput(location: shard.file.location("activations"),
+                                    problem: "non-finite value (\(row[d])) at sequence \(window.sequence)\(global != window.sequence ? " (corpus sequence \(global))" : ""), position \(window.start + offset), dimension \(d); fix the activations before collecting")
+                }
+            }
+            if let limit = exclusion.normAbove, squares.squareRoot() > limit {
+                keep[window.offset + offset] = 0
+                excluded += 1
+            }
+            normalize(row, dIn: dIn, squares: squares, normalization)
+            if let decoderBias {
+                for d in 0..<dIn { row[d] -= decoderBias[d] }
+            }
+        }
+        return excluded
     }
 }
 
