@@ -40,7 +40,7 @@ struct DenseEncoder {
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
         let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
 
-        return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded, prepareNext in
+        return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
             let fill = encoded.fill
             guard rows > 0 else { return }
             let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: limits, stride: batch,
@@ -51,7 +51,6 @@ struct DenseEncoder {
                 }
                 let next = WorkCounter(limit: chunks.count)
                 onThreads(threads) { worker in
-                    prepareNext(worker)  // this worker's share of the next batch's rows
                     let buffer = chunkBuffers + worker * chunks.largest * batch
                     while let chunk = next.take() {
                         let range = chunks.rows(of: chunk)
@@ -64,8 +63,7 @@ struct DenseEncoder {
                 return
             }
             let gemms = WorkCounter(limit: chunks.count)
-            onThreads(threads) { worker in
-                prepareNext(worker)
+            onThreads(threads) { _ in
                 while let chunk = gemms.take() {
                     let range = chunks.rows(of: chunk)
                     plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn,
@@ -210,12 +208,11 @@ enum TopKThresholds {
         let merged = UnsafeMutablePointer<Float>.allocate(capacity: threads * k)
         defer { buffers.deallocate(); merged.deallocate() }
         var table = [Float](repeating: -.infinity, count: inputs.totalTokens)
-        _ = try BatchStream(inputs: inputs, options: options).run(progress: { _, _ in }) { encoded, prepareNext in
+        _ = try BatchStream(inputs: inputs, options: options).run(progress: { _, _ in }) { encoded in
             let fill = encoded.fill
             for heap in heaps { heap.reset() }
             let next = WorkCounter(limit: chunks.count)
             onThreads(threads) { worker in
-                prepareNext(worker)
                 let buffer = buffers + worker * chunks.largest * batch
                 while let chunk = next.take() {
                     let range = chunks.rows(of: chunk)
@@ -277,34 +274,8 @@ struct InputBatch {
     var firstToken: Int
 }
 
-/// Where one batch is prepared: its rows, their keep flags and its windows.
-struct BatchBuffers {
-    let input: UnsafeMutablePointer<Float>
-    let keep: UnsafeMutablePointer<Float>
-    /// A window holds at least one token, so a batch holds at most `batch` windows.
-    let windows: UnsafeMutablePointer<BatchWindow>
-
-    init(batch: Int, dIn: Int) {
-        input = .allocate(capacity: max(1, batch * dIn))
-        keep = .allocate(capacity: max(1, batch))
-        windows = .allocate(capacity: max(1, batch))
-    }
-
-    func deallocate() {
-        input.deallocate()
-        keep.deallocate()
-        windows.deallocate()
-    }
-}
-
 /// Reads the dense shards in corpus order into batches of whole windows, checks and prepares every row
 /// (exclusions, non-finite values, normalization, b_dec), and hands each batch to `encode`.
-///
-/// Two batches are in flight: while `encode` works on one, the next one's windows are already chosen and its
-/// rows are prepared in equal parts, one per worker: `encode` calls `prepareNext(worker)` once from each of its
-/// `blasThreads` workers (before its share of the GEMM chunks), so at 2 threads the preparation is split over
-/// both cores instead of running on one while the other waits. Parts no worker prepared are prepared after
-/// `encode` returns. Either way every batch holds the same rows.
 struct BatchStream {
     let inputs: CollectInputs
     let options: CollectOptions
@@ -313,214 +284,91 @@ struct BatchStream {
         max(options.windowSelection.windowLength, options.batchTokens / options.windowSelection.windowLength * options.windowSelection.windowLength)
     }
 
-    /// Returns the number of excluded tokens. An input error found while preparing a batch is thrown after the
-    /// batch before it was encoded (nothing is stored while streaming, so the outcome is the same).
-    func run(progress: (Int, Int) -> Void,
-             encode: (_ batch: InputBatch, _ prepareNext: (_ worker: Int) -> Void) -> Void) throws(SAELabelError) -> Int {
-        guard inputs.sae != nil else { return 0 }
-        let reader = try BatchReader(inputs: inputs, options: options)
-        let batch = Self.batchSize(options)
-        let buffers = [BatchBuffers(batch: batch, dIn: inputs.dIn), BatchBuffers(batch: batch, dIn: inputs.dIn)]
-        defer { for buffer in buffers { buffer.deallocate() } }
-        var current = try reader.plan(into: buffers[0], parts: 1).map { planned throws(SAELabelError) in try reader.finish(planned) }
-        var filling = 1
-        while let batch = current {
-            let upcoming = reader.plan(into: buffers[filling], parts: max(1, options.blasThreads))
-            encode(batch) { worker in upcoming?.prepare(part: worker) }
-            progress(batch.firstToken + batch.fill, inputs.totalTokens)
-            current = try upcoming.map { planned throws(SAELabelError) in try reader.finish(planned) }
-            filling = 1 - filling
-        }
-        progress(inputs.totalTokens, inputs.totalTokens)
-        return reader.excludedTokens
-    }
-}
-
-/// One window of a planned batch: where its rows come from and where they go.
-struct PlannedWindow {
-    var shard: DenseShard
-    /// Sequence within the shard.
-    var sequence: Int
-    var start: Int
-    var length: Int
-    /// Its first row in the batch.
-    var offset: Int
-}
-
-/// A batch whose windows are chosen (`BatchReader.plan`) and whose rows are prepared in `parts` parts of nearly
-/// equal token counts, each by one worker (`prepare(part:)`); `BatchReader.finish` prepares any part left and
-/// reports the first bad row. Each part writes only its own rows and its own entries of the per-part results.
-final class PlannedBatch: @unchecked Sendable {
-    let batch: InputBatch
-    let windows: [PlannedWindow]
-    let parts: Int
-    private let reader: BatchReader
-    private let prepared: UnsafeMutablePointer<Bool>
-    private let excluded: UnsafeMutablePointer<Int>
-    /// Per part, the error of its first bad row.
-    private let failures: UnsafeMutablePointer<SAELabelError?>
-
-    fileprivate init(batch: InputBatch, windows: [PlannedWindow], parts: Int, reader: BatchReader) {
-        self.batch = batch
-        self.windows = windows
-        self.parts = parts
-        self.reader = reader
-        prepared = .allocate(capacity: parts)
-        prepared.initialize(repeating: false, count: parts)
-        excluded = .allocate(capacity: parts)
-        excluded.initialize(repeating: 0, count: parts)
-        failures = .allocate(capacity: parts)
-        failures.initialize(repeating: nil, count: parts)
-    }
-
-    deinit {
-        prepared.deallocate()
-        excluded.deallocate()
-        failures.deinitialize(count: parts)
-        failures.deallocate()
-    }
-
-    /// Prepares the rows of the windows starting in tokens `part · fill / parts ..< (part + 1) · fill / parts`.
-    func prepare(part: Int) {
-        guard part < parts, !prepared[part] else { return }
-        prepared[part] = true
-        let low = part * batch.fill / parts, high = (part + 1) * batch.fill / parts
-        do throws(SAELabelError) {
-            for window in windows where window.offset >= low && window.offset < high {
-                excluded[part] += try reader.prepareRows(of: window, into: batch)
-            }
-        } catch {
-            failures[part] = error
-        }
-    }
-
-    /// Prepares the parts no worker took; returns the excluded tokens, or throws the first bad row's error.
-    fileprivate func complete() throws(SAELabelError) -> Int {
-        for part in 0..<parts { prepare(part: part) }
-        for part in 0..<parts { if let failure = failures[part] { throw failure } }
-        return (0..<parts).reduce(0) { $0 + excluded[$1] }
-    }
-}
-
-/// Prepares the corpus batch by batch, resuming where the previous batch ended (shard, sequence, window).
-final class BatchReader: @unchecked Sendable {  // `prepareRows` only reads its stored properties
-    private let inputs: CollectInputs
-    private let decoderBias: [Float]?
-    private let normalization: InputNormalization
-    private let exclusion: TokenExclusion
-    private let window: Int
-    private let batch: Int
-    private var shardIndex = 0
-    private var sequence = 0
-    private var start = 0
-    private var order: Int64 = 0
-    /// Tokens handed out in batches so far.
-    private var done = 0
-    /// Pages of finished sequences, dropped once the batch that read them is prepared (the next `plan`).
-    private var releases: [(file: MappedFile, offset: Int)] = []
-    private var releasesAfterThisBatch: [(file: MappedFile, offset: Int)] = []
-    private(set) var excludedTokens = 0
-
-    init(inputs: CollectInputs, options: CollectOptions) throws(SAELabelError) {
-        self.inputs = inputs
-        if let sae = inputs.sae, sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() } else { decoderBias = nil }
-        normalization = inputs.sae?.config.normalization ?? .none
-        exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
-        window = options.windowSelection.windowLength
-        batch = BatchStream.batchSize(options)
-    }
-
-    /// Chooses the next batch's whole windows (their rows go to `buffers`, prepared by `PlannedBatch.prepare`);
-    /// nil once the corpus is done.
-    func plan(into buffers: BatchBuffers, parts: Int) -> PlannedBatch? {
-        // The previous batch is prepared: the sequences it finished may leave memory.
-        for release in releases { release.file.releaseBefore(release.offset) }
-        releases = releasesAfterThisBatch
-        releasesAfterThisBatch = []
-        var fill = 0
-        var planned: [PlannedWindow] = []
-        while shardIndex < inputs.dense.count {
-            let shard = inputs.dense[shardIndex]
-            guard sequence < shard.sequences else {
-                shardIndex += 1
-                sequence = 0
-                start = 0
-                continue
-            }
-            guard start < shard.context else {
-                // The rows are copied out; let the kernel drop their pages so a huge shard never stays resident.
-                let elementBytes = shard.activations.dtype.byteCount
-                releasesAfterThisBatch.append((shard.file.file, shard.activations.byteOffset + (sequence + 1) * shard.context * inputs.dIn * elementBytes))
-                sequence += 1
-                start = 0
-                continue
-            }
-            let length = min(window, shard.context - start)
-            if fill + length > batch { break }
-            buffers.windows[planned.count] = BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
-                                                         start: start, order: order)
-            planned.append(PlannedWindow(shard: shard, sequence: sequence, start: start, length: length, offset: fill))
-            order += 1
-            fill += length
-            start += length
-        }
-        guard fill > 0 else {
-            for release in releases + releasesAfterThisBatch { release.file.releaseBefore(release.offset) }
-            releases = []
-            releasesAfterThisBatch = []
-            return nil
-        }
-        defer { done += fill }
-        let batch = InputBatch(input: buffers.input, fill: fill, windows: UnsafeBufferPointer(start: buffers.windows, count: planned.count),
-                               keep: buffers.keep, firstToken: done)
-        return PlannedBatch(batch: batch, windows: planned, parts: max(1, parts), reader: self)
-    }
-
-    /// The planned batch, every part prepared; counts its excluded tokens, or throws its first bad row's error.
-    func finish(_ planned: PlannedBatch) throws(SAELabelError) -> InputBatch {
-        excludedTokens += try planned.complete()
-        return planned.batch
-    }
-
-    /// Copies one window's rows into the batch and prepares them; returns how many of its tokens are excluded.
-    func prepareRows(of window: PlannedWindow, into batch: InputBatch) throws(SAELabelError) -> Int {
+    /// Returns the number of excluded tokens.
+    func run(progress: (Int, Int) -> Void, encode: (InputBatch) -> Void) throws(SAELabelError) -> Int {
+        guard let sae = inputs.sae else { return 0 }
         let dIn = inputs.dIn
-        let shard = window.shard
-        let firstToken = window.sequence * shard.context + window.start
-        let rowsPointer = batch.input + window.offset * dIn
-        let keep = UnsafeMutablePointer(mutating: batch.keep)
-        var excluded = 0
-        shard.file.readFloats(shard.activations, start: firstToken * dIn, count: window.length * dIn, into: rowsPointer)
-        for offset in 0..<window.length {
-            let row = rowsPointer + offset * dIn
-            keep[window.offset + offset] = 1
-            let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
-            if exclusion.excludes(token: token, position: window.start + offset) {
-                // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
-                row.update(repeating: 0, count: dIn)
-                keep[window.offset + offset] = 0
-                excluded += 1
-                continue
+        var decoderBias: [Float]?
+        if sae.config.applyBDecToInput, let bDec = sae.bDec { decoderBias = try bDec.readFloats() }
+        let normalization = sae.config.normalization
+        let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
+        let window = options.windowSelection.windowLength
+        let batch = Self.batchSize(options)
+        let input = UnsafeMutablePointer<Float>.allocate(capacity: batch * dIn)
+        let keep = UnsafeMutablePointer<Float>.allocate(capacity: batch)
+        let windows = UnsafeMutablePointer<BatchWindow>.allocate(capacity: batch)  // a window holds at least one token
+        defer { input.deallocate(); keep.deallocate(); windows.deallocate() }
+        var windowCount = 0
+        var fill = 0
+        var excludedTotal = 0
+        var done = 0
+        var order: Int64 = 0
+
+        func flush() {
+            defer {
+                done += fill
+                fill = 0
+                windowCount = 0
+                progress(done, inputs.totalTokens)
             }
-            var squares: Float = 0
-            for d in 0..<dIn { squares += row[d] * row[d] }
-            if !squares.isFinite {
-                for d in 0..<dIn where !row[d].isFinite {
-                    let global = shard.firstSequence + window.sequence
-                    throw .badInput(location: shard.file.location("activations"),
-                                    problem: "non-finite value (\(row[d])) at sequence \(window.sequence)\(global != window.sequence ? " (corpus sequence \(global))" : ""), position \(window.start + offset), dimension \(d); fix the activations before collecting")
+            guard fill > 0 else { return }
+            encode(InputBatch(input: input, fill: fill, windows: UnsafeBufferPointer(start: windows, count: windowCount),
+                              keep: keep, firstToken: done))
+        }
+
+        for shard in inputs.dense {
+            let context = shard.context
+            let elementBytes = shard.activations.dtype.byteCount
+            for sequence in 0..<shard.sequences {
+                var start = 0
+                while start < context {
+                    let length = min(window, context - start)
+                    if fill + length > batch { flush() }
+                    let firstToken = sequence * context + start
+                    let rowsPointer = input + fill * dIn
+                    shard.file.readFloats(shard.activations, start: firstToken * dIn, count: length * dIn, into: rowsPointer)
+                    for offset in 0..<length {
+                        let row = rowsPointer + offset * dIn
+                        keep[fill + offset] = 1
+                        let token = shard.file.readInteger(shard.tokens, at: firstToken + offset)
+                        if exclusion.excludes(token: token, position: start + offset) {
+                            // Never counted, so whatever the row holds (e.g. an Inf on a BOS attention sink) is ignored.
+                            row.update(repeating: 0, count: dIn)
+                            keep[fill + offset] = 0
+                            excludedTotal += 1
+                            continue
+                        }
+                        var squares: Float = 0
+                        for d in 0..<dIn { squares += row[d] * row[d] }
+                        if !squares.isFinite {
+                            for d in 0..<dIn where !row[d].isFinite {
+                                let global = shard.firstSequence + sequence
+                                throw .badInput(location: shard.file.location("activations"),
+                                                problem: "non-finite value (\(row[d])) at sequence \(sequence)\(global != sequence ? " (corpus sequence \(global))" : ""), position \(start + offset), dimension \(d); fix the activations before collecting")
+                            }
+                        }
+                        if let limit = exclusion.normAbove, squares.squareRoot() > limit {
+                            keep[fill + offset] = 0
+                            excludedTotal += 1
+                        }
+                        normalize(row, dIn: dIn, squares: squares, normalization)
+                        if let decoderBias {
+                            for d in 0..<dIn { row[d] -= decoderBias[d] }
+                        }
+                    }
+                    windows[windowCount] = BatchWindow(offset: fill, length: length, sequence: shard.firstSequence + sequence,
+                                                       start: start, order: order)
+                    windowCount += 1
+                    order += 1
+                    fill += length
+                    start += length
                 }
-            }
-            if let limit = exclusion.normAbove, squares.squareRoot() > limit {
-                keep[window.offset + offset] = 0
-                excluded += 1
-            }
-            normalize(row, dIn: dIn, squares: squares, normalization)
-            if let decoderBias {
-                for d in 0..<dIn { row[d] -= decoderBias[d] }
+                // The rows are copied out; let the kernel drop their pages so a huge shard never stays resident.
+                shard.file.file.releaseBefore(shard.activations.byteOffset + (sequence + 1) * context * dIn * elementBytes)
             }
         }
-        return excluded
+        flush()
+        return excludedTotal
     }
 }
 
