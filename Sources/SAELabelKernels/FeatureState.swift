@@ -294,12 +294,14 @@ public final class FeatureStateMemory: @unchecked Sendable {
         histograms = SlotArena(stride: FeatureAccumulators.fineBins * MemoryLayout<UInt32>.stride)
     }
 
+    private var arenas: [SlotArena] { [top, reservoir, random, drawn, histograms] }
+
     func rewind() {
-        for arena in [top, reservoir, random, drawn, histograms] { arena.rewind() }
+        for arena in arenas { arena.rewind() }
     }
 
     /// Bytes of chunks held by every arena (for tests and benchmarks).
-    public var heldBytes: Int { [top, reservoir, random, drawn, histograms].reduce(0) { $0 + $1.heldBytes } }
+    public var heldBytes: Int { arenas.reduce(0) { $0 + $1.heldBytes } }
 }
 
 /// `count` zeroed elements from calloc (free with `free`): zero pages the kernel maps only when first written.
