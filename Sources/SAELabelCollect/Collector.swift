@@ -509,17 +509,23 @@ public enum Collector {
         // Block i's final selection and commit run on another thread while block i+1 streams (two blocks'
         // window state at once, which `bytesPerFeature` counts); commits stay in block order.
         let writer = BlockWriter()
+        // Two sets of state memory alternate: block i streams into the memory of block i − 2, whose commit
+        // finished before block i − 1's started (`writer.wait`).
+        var previous: FeatureAccumulators?
+        var spare: FeatureStateMemory?
         do throws(SAELabelError) {
             for (index, block) in featureBlocks.enumerated() {
                 let streamStart = DispatchTime.now().uptimeNanoseconds
                 let total = featureBlocks.count * plan.totalTokens
                 let inputs = try openChecked(options, plan: plan)
                 let (accumulators, excluded) = try stream(inputs, options: options, plan: plan, features: block, kthByToken: kthByToken,
-                                                          progress: { done, _ in
+                                                          reusing: spare, progress: { done, _ in
                     progress(index * plan.totalTokens + done, total)
                 })
                 summary.streamSeconds += seconds(since: streamStart)
                 try writer.wait(into: &summary)
+                spare = previous?.memory
+                previous = accumulators
                 let counted = inputs.totalTokens - excluded
                 var commit = index == 0 ? first : CollectCommit()
                 // The commit's page cache comes out of the budget's last quarter (see `blocks`): an eighth of it.
@@ -588,10 +594,12 @@ public enum Collector {
         let start = DispatchTime.now().uptimeNanoseconds
         var censusNanoseconds: UInt64 = 0
         let kthByToken = try topKThresholds(options, plan: plan, blocks: featureBlocks)
+        var spare: FeatureStateMemory?
         for block in featureBlocks {
             let inputs = try openChecked(options, plan: plan)
             let (accumulators, excluded) = try stream(inputs, options: options, plan: plan, features: block, kthByToken: kthByToken,
-                                                      progress: { _, _ in })
+                                                      reusing: spare, progress: { _, _ in })
+            defer { spare = accumulators.memory }  // nothing reads this block's state after the census
             // The census reads every slot (O(features with state)); it is not part of the streaming time.
             let censusStart = DispatchTime.now().uptimeNanoseconds
             for slot in accumulators.features.indices where accumulators.activeWindows[slot] > 0 {
@@ -622,17 +630,25 @@ public enum Collector {
     /// One pass over the inputs filling `features`' streaming state; returns it with the number of excluded tokens.
     /// A latent cache's state covers only the latents with entries (`plan.latentEntries`): a wide cache's silent
     /// latents cost nothing while streaming, not even a zero page, and `records` stores them as never fired.
+    /// `reusing`: the state memory of a finished block (see `FeatureAccumulators.init`).
     static func stream(_ inputs: CollectInputs, options: CollectOptions, plan: CollectPlan, features: [Int], kthByToken: [Float]?,
+                       reusing: FeatureStateMemory? = nil,
                        progress: (Int, Int) -> Void) throws(SAELabelError) -> (FeatureAccumulators, Int) {
         if inputs.sae == nil {
             let withEntries = plan.latentEntries.isEmpty ? features : features.filter { plan.latentEntries[$0] > 0 }
-            let accumulators = FeatureAccumulators(features: withEntries, parameters: options.windowSelection)
+            let accumulators = FeatureAccumulators(features: withEntries, parameters: options.windowSelection, reusing: reusing)
             return (accumulators, try LatentReader(inputs: inputs, options: options, accumulators: accumulators).run(progress: progress))
         }
-        let accumulators = FeatureAccumulators(features: features, parameters: options.windowSelection)
+        let accumulators = FeatureAccumulators(features: features, parameters: options.windowSelection, reusing: reusing)
         let excluded = try DenseEncoder(inputs: inputs, options: options, accumulators: accumulators, kthByToken: kthByToken)
             .run(progress: progress)
-        accumulators.completeInactive(slots: features.indices, geometry: inputs.windowGeometry(window: options.windowSelection.windowLength))
+        // Slots are independent: the encode's workers split the last catch-up too.
+        let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
+        let threads = max(1, options.blasThreads)
+        onThreads(threads) { worker in
+            let slots = (worker * features.count / threads)..<((worker + 1) * features.count / threads)
+            accumulators.completeInactive(slots: slots, geometry: geometry)
+        }
         return (accumulators, excluded)
     }
 

@@ -71,7 +71,8 @@ public final class WindowSlots {
     /// Slots a feature's first allocation holds.
     public static let firstReservation = 4
 
-    init(features: Int, capacity: Int, window: Int, storesValues: Bool, reservesCapacity: Bool = false) {
+    /// `arena` (of this record size) is where the records are cut from; a fresh one by default.
+    init(features: Int, capacity: Int, window: Int, storesValues: Bool, reservesCapacity: Bool = false, arena: SlotArena? = nil) {
         self.capacity = capacity
         self.window = window
         self.storesValues = storesValues
@@ -80,7 +81,9 @@ public final class WindowSlots {
         stride = Self.recordBytes(window: window, storesValues: storesValues)
         records = zeroed(self.features)
         reserved = zeroed(self.features)
-        arena = SlotArena(stride: stride)
+        let recordBytes = stride
+        precondition(arena.map { $0.stride == recordBytes } ?? true, "window slots need an arena of their record size")
+        self.arena = arena ?? SlotArena(stride: recordBytes)
     }
 
     deinit {
@@ -194,11 +197,15 @@ public final class WindowSlots {
 /// doubling cost no malloc (per-feature mallocs from worker threads spent much of a wide latent cache's time
 /// growing glibc's thread heaps). A run given back when its feature outgrows it is reused by the next feature
 /// that needs that many slots, so the doubling wastes at most one run per size in use. Thread-safe: features
-/// of one `WindowSlots` grow on several threads at once (`FeaturePass`).
+/// of one `WindowSlots` grow on several threads at once (`FeaturePass`). `rewind` hands the same chunks out
+/// again for the next block of features, so its records land on pages already mapped instead of fresh ones
+/// the kernel must fault in and clear.
 final class SlotArena: @unchecked Sendable {
-    private let stride: Int
+    let stride: Int
     private let lock = NSLock()
-    private var chunks: [UnsafeMutableRawPointer] = []
+    private var chunks: [(start: UnsafeMutableRawPointer, bytes: Int)] = []
+    /// Index in `chunks` of the chunk runs are cut from (-1 before the first).
+    private var current = -1
     private var cursor: UnsafeMutableRawPointer?
     private var remaining = 0
     /// Runs given back, by slot count: each run's first 8 bytes link to the next.
@@ -207,7 +214,7 @@ final class SlotArena: @unchecked Sendable {
 
     init(stride: Int) { self.stride = stride }
 
-    deinit { for chunk in chunks { free(chunk) } }
+    deinit { for chunk in chunks { free(chunk.start) } }
 
     /// A run of `slots` records (uninitialized).
     func take(slots: Int) -> UnsafeMutableRawPointer {
@@ -219,11 +226,17 @@ final class SlotArena: @unchecked Sendable {
             return run
         }
         if bytes > remaining {
-            let size = max(Self.chunkBytes, bytes)
-            guard let chunk = malloc(size) else { fatalError("out of memory reserving \(slots) window slots") }
-            chunks.append(chunk)
-            cursor = chunk
-            remaining = size
+            // The next chunk a rewound arena already holds, if large enough, else a new one at the end.
+            current += 1
+            while current < chunks.count && chunks[current].bytes < bytes { current += 1 }
+            if current >= chunks.count {
+                let size = max(Self.chunkBytes, bytes)
+                guard let chunk = malloc(size) else { fatalError("out of memory reserving \(slots) window slots") }
+                chunks.append((chunk, size))
+                current = chunks.count - 1
+            }
+            cursor = chunks[current].start
+            remaining = chunks[current].bytes
         }
         let run = cursor.unsafelyUnwrapped
         cursor = run + bytes
@@ -238,6 +251,57 @@ final class SlotArena: @unchecked Sendable {
         run.storeBytes(of: released[slots], as: UnsafeMutableRawPointer?.self)
         released[slots] = run
     }
+
+    /// Forgets every run handed out: the chunks are cut again from the first, keeping their pages. Only when
+    /// nothing reads or writes a run any more (the block that used them is finished and stored).
+    func rewind() {
+        lock.lock()
+        defer { lock.unlock() }
+        released.removeAll(keepingCapacity: true)
+        current = -1
+        cursor = nil
+        remaining = 0
+    }
+
+    /// Bytes of chunks held (for tests).
+    var heldBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return chunks.reduce(0) { $0 + $1.bytes }
+    }
+}
+
+/// The arenas one block's window slots and histograms are cut from, passed from a finished block's
+/// `FeatureAccumulators` to a later block's (`init(features:parameters:defersToTop:reusing:)`): collect's
+/// pipeline alternates two of them, so after the first two blocks a block's state costs no new pages.
+public final class FeatureStateMemory: @unchecked Sendable {
+    let top: SlotArena
+    let reservoir: SlotArena
+    let random: SlotArena
+    let drawn: SlotArena
+    let histograms: SlotArena
+    /// The window length the record strides were sized for.
+    let windowLength: Int
+
+    init(windowLength: Int) {
+        self.windowLength = windowLength
+        let valued = WindowSlots.recordBytes(window: windowLength, storesValues: true)
+        let plain = WindowSlots.recordBytes(window: windowLength, storesValues: false)
+        top = SlotArena(stride: valued)
+        reservoir = SlotArena(stride: valued)
+        random = SlotArena(stride: plain)
+        drawn = SlotArena(stride: plain)
+        histograms = SlotArena(stride: FeatureAccumulators.fineBins * MemoryLayout<UInt32>.stride)
+    }
+
+    private var arenas: [SlotArena] { [top, reservoir, random, drawn, histograms] }
+
+    func rewind() {
+        for arena in arenas { arena.rewind() }
+    }
+
+    /// Bytes of chunks held by every arena (for tests and benchmarks).
+    public var heldBytes: Int { arenas.reduce(0) { $0 + $1.heldBytes } }
 }
 
 /// `count` zeroed elements from calloc (free with `free`): zero pages the kernel maps only when first written.
@@ -267,7 +331,10 @@ public final class FeatureAccumulators: @unchecked Sendable {
     /// Its bins (`fineBins` counts), nil until the feature first fires: taken from an arena then, so only
     /// firing features pay the 1 KiB, and it is written before it is read (one page fault per page, not two).
     private let histograms: UnsafeMutablePointer<UnsafeMutablePointer<UInt32>?>
-    private let histogramArena = SlotArena(stride: fineBins * MemoryLayout<UInt32>.stride)
+    private var histogramArena: SlotArena { memory.histograms }
+    /// The arenas this block's slots and histograms are cut from; a later block may take them over once this
+    /// one is finished (`init(features:parameters:defersToTop:reusing:)`).
+    public let memory: FeatureStateMemory
     public let top: WindowSlots
     public let topCount: UnsafeMutablePointer<Int>
     /// Per feature, `topCapacity` keys (max, record index in `top`) arranged as a min-heap by (max, earlier first):
@@ -334,11 +401,19 @@ public final class FeatureAccumulators: @unchecked Sendable {
     }
 
     /// `defersToTop: false` writes every window to the reservoir and histogram as it comes (the reference the
-    /// deferral is tested against).
-    public init(features: [Int], parameters: SelectionParameters, defersToTop: Bool = true) {
+    /// deferral is tested against). `reusing` is the memory of a finished block's accumulators (nothing reads
+    /// them any more): its arenas are rewound and cut again, so this block's window slots land on pages already
+    /// mapped. Every record and histogram is written before it is read, so the reused bytes never show.
+    public init(features: [Int], parameters: SelectionParameters, defersToTop: Bool = true, reusing: FeatureStateMemory? = nil) {
         self.features = features
         self.parameters = parameters
         self.defersToTop = defersToTop && Self.topStandsInForReservoir(parameters)
+        if let reusing, reusing.windowLength == parameters.windowLength {
+            reusing.rewind()
+            memory = reusing
+        } else {
+            memory = FeatureStateMemory(windowLength: parameters.windowLength)
+        }
         let n = max(1, features.count)
         // Zeroed by calloc: large arrays come as untouched zero pages, so a feature that never fires costs no
         // memory and no time (its state is first written when it first fires, `catchUp`).
@@ -348,21 +423,23 @@ public final class FeatureAccumulators: @unchecked Sendable {
         activeWindows = zeroed(n)
         histogramRange = zeroed(n)
         histograms = zeroed(n)
-        top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true)
+        top = WindowSlots(features: n, capacity: parameters.topCapacity, window: parameters.windowLength, storesValues: true,
+                          arena: memory.top)
         topCount = zeroed(n)
         topHeap = zeroed(n * max(1, parameters.topCapacity))
         topFloor = zeroed(n)
-        reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true)
+        reservoir = WindowSlots(features: n, capacity: parameters.reservoirCapacity, window: parameters.windowLength, storesValues: true,
+                                arena: memory.reservoir)
         reservoirState = zeroed(n)  // all-zero bits are `ReservoirState()`
         random = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false,
-                             reservesCapacity: true)
+                             reservesCapacity: true, arena: memory.random)
         randomState = zeroed(n)
         generators = zeroed(n)
         started = zeroed(n)
         randomGenerators = zeroed(n)
         randomStarted = zeroed(n)
         drawn = WindowSlots(features: n, capacity: parameters.heldoutRandom, window: parameters.windowLength, storesValues: false,
-                            reservesCapacity: true)
+                            reservesCapacity: true, arena: memory.drawn)
         candidates = zeroed(n * Self.randomCandidates)
         draws = zeroed(n)
     }

@@ -89,6 +89,20 @@ import SAELabelStore
         try expectBadInput(options, directory: directory, file: options.activationFiles[0], mentions: ["sequence 2", "position 7"])
     }
 
+    /// Batches after the first are prepared in one part per thread; with a bad row in each part of a batch, the
+    /// first in corpus order is reported, whichever part finished first, as with one thread.
+    @Test(arguments: [1, 2])
+    func firstOfTwoNonFiniteRowsIsReportedWithPartsPreparedByThreads(threads: Int) throws {
+        var (directory, options, _, _) = try fixture()
+        options.batchTokens = 32  // two 16-token sequences a batch: sequences 2 and 3 are the second batch's two parts
+        options.blasThreads = threads
+        var corpus = TestCorpus.random(nSeq: 4, ctx: 16, dIn: 8, seed: 1, dtype: "F32")
+        corpus.activations[(2 * 16 + 7) * 8 + 3] = .nan
+        corpus.activations[(3 * 16 + 2) * 8 + 1] = .infinity
+        try corpus.write(options.activationFiles[0])
+        try expectBadInput(options, directory: directory, file: options.activationFiles[0], mentions: ["sequence 2", "position 7", "dimension 3"])
+    }
+
     @Test func unknownArchitecture() throws {
         let (directory, options, sae, _) = try fixture()
         try sae.write(to: options.saeDirectory!, cfg: ["d_in": 8, "d_sae": 6, "architecture": "matryoshka-gated"])

@@ -392,6 +392,70 @@ import SAELabelStore
         #expect(deferring.histogramCounts(0) == nil, "slot 0 never fired")
     }
 
+    /// Everything a block's state would give the store for `slot`: statistics, histogram, top windows (heap order,
+    /// with values), reservoir windows (with values) and held-out random windows.
+    static func snapshot(_ accumulators: FeatureAccumulators, _ slot: Int) -> String {
+        func bits(_ values: [Float]) -> String { values.map { String($0.bitPattern, radix: 16) }.joined(separator: ",") }
+        var lines = ["\(accumulators.activeTokens[slot]) \(accumulators.sums[slot]) \(accumulators.maxima[slot]) \(accumulators.activeWindows[slot])",
+                     String(describing: accumulators.histogramCounts(slot))]
+        for record in accumulators.topHeapOrder(slot) {
+            lines.append("top \(accumulators.top.kept(slot, record)) [\(bits(accumulators.top.values(slot, record)))]")
+        }
+        let (reservoirSlots, reservoirWindows) = accumulators.reservoirWindows(slot)
+        for window in reservoirWindows { lines.append("reservoir \(window) [\(bits(reservoirSlots.values(slot, window.index)))]") }
+        let (_, randomWindows) = accumulators.randomWindows(slot)
+        for window in randomWindows { lines.append("random \(window)") }
+        return lines.joined(separator: "\n")
+    }
+
+    /// A block streamed into the state memory of a finished block (arenas rewound, so its window records and
+    /// histograms are cut from chunks that still hold the earlier block's bytes) keeps exactly what the same
+    /// block keeps on fresh memory, and after a block of the same shape the memory has not grown.
+    @Test func aBlockOnReusedStateMemoryKeepsWhatAFreshBlockKeeps() {
+        let parameters = SelectionParameters(windowLength: 4, explainTop: 3, explainQuantile: 3, heldoutTop: 2, heldoutQuantile: 2,
+                                             heldoutRandom: 3, minActivatingWindows: 1, seed: 41)
+        let geometry = WindowGeometry(window: 4, parts: [(sequences: 40, context: 14)])
+        var random = TestRandom(42)
+        // Per slot, the windows it fires in (a few, or far more than its top heap holds) and each window's values.
+        func block(features: [Int]) -> (FeatureAccumulators?) -> FeatureAccumulators {
+            let fires = features.indices.map { slot in
+                (0..<geometry.totalWindows).filter { _ in random.int(slot % 3 == 0 ? 12 : 2) == 0 }
+            }
+            // Token 1 always fires (every window, even the 2-token last one of a sequence, has a peak above 0).
+            let values = fires.map { orders in
+                orders.map { _ in (0..<4).map { token in token != 1 && random.int(3) == 0 ? 0 : random.uniform() * 8 + 1e-3 } }
+            }
+            return { earlier in
+                let accumulators = FeatureAccumulators(features: features, parameters: parameters, reusing: earlier?.memory)
+                for order in 0..<geometry.totalWindows {
+                    for slot in features.indices {
+                        guard let index = fires[slot].firstIndex(of: order) else { continue }
+                        let window = geometry.place(order)
+                        let windowValues = values[slot][index]
+                        accumulators.catchUp(slot, to: order, geometry: geometry)
+                        accumulators.observeActive(slot, values: windowValues, length: window.length,
+                                                   peak: windowValues.prefix(window.length).max()!,
+                                                   sequence: window.sequence, start: window.start, order: order)
+                    }
+                }
+                accumulators.completeInactive(slots: features.indices, geometry: geometry)
+                return accumulators
+            }
+        }
+        let first = block(features: Array(0..<9))(nil)
+        let held = first.memory.heldBytes
+        let second = block(features: Array(9..<18))
+        let fresh = second(nil)
+        let reused = second(first)
+        #expect(reused.memory === first.memory && fresh.memory !== first.memory)
+        #expect(reused.memory.heldBytes == held, "the second block's records fit in the first block's chunks")
+        for slot in 0..<9 {
+            #expect(Self.snapshot(reused, slot) == Self.snapshot(fresh, slot), "slot \(slot)")
+            #expect(reused.activeWindows[slot] > 0)
+        }
+        #expect((0..<9).contains { reused.activeWindows[$0] > parameters.topCapacity + 4 }, "some slot settles and keeps a reservoir")
+    }
+
     /// Feeds `fires` (window orders per slot, ascending) as the dense pass does (`catchUp` before each firing
     /// window, `completeInactive`) or as the latent reader does (each latent's windows, then `finishInactive`).
     static func fed(_ fires: [[Int64]], parameters: SelectionParameters, geometry: WindowGeometry, dense: Bool) -> FeatureAccumulators {
