@@ -115,3 +115,30 @@ extension JobStore {
         }
     }
 }
+
+extension JobStore {
+    /// The migrations a store file has had applied, read without opening it as a job store (which would apply
+    /// the rest), for `saelabel-bench migrate`.
+    public static func benchAppliedMigrations(store path: String) throws(SAELabelError) -> [String] {
+        do {
+            let queue = try DatabaseQueue(path: path)
+            defer { try? queue.close() }
+            return try queue.read { db in try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") }
+        } catch {
+            throw wrap(error)
+        }
+    }
+
+    /// `VACUUM INTO copy` of a store file without opening it as a job store, then an fsync of the copy: a plain
+    /// rewrite of every used page, the yardstick `saelabel-bench migrate` times the migration against.
+    public static func benchVacuumCopy(store path: String, to copy: String) throws(SAELabelError) {
+        do {
+            let queue = try DatabaseQueue(path: path)
+            defer { try? queue.close() }
+            try queue.writeWithoutTransaction { db in try db.execute(sql: "VACUUM INTO ?", arguments: [copy]) }
+        } catch {
+            throw wrap(error)
+        }
+        try syncFile(copy)
+    }
+}

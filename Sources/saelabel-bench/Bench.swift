@@ -8,7 +8,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "saelabel-bench",
         abstract: "Benchmarks: collect throughput against sgemm and numpy, delphi-cache collect against width, LLM client throughput against the mock server, store and exports, cost per feature against the anchors.",
-        subcommands: [CollectBench.self, LatentBench.self, LLMBench.self, StoreBench.self, CostBench.self])
+        subcommands: [CollectBench.self, LatentBench.self, LLMBench.self, StoreBench.self, MigrationBench.self, CostBench.self])
 }
 
 struct CollectBench: ParsableCommand {
@@ -132,6 +132,17 @@ struct LLMBench: AsyncParsableCommand {
     }
 }
 
+struct MigrationBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Time the schema migrations of a store written by an older build, against a VACUUM INTO copy of it.")
+
+    @Option(help: ArgumentHelp("A store at an older schema; it is migrated in place (use a copy).", valueName: "PATH"))
+    var store: String
+
+    func run() { runMigrationBenchmark(path: store) }
+}
+
 struct StoreBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store",
@@ -158,6 +169,9 @@ struct StoreBench: ParsableCommand {
     @Flag(name: .customLong("no-prune"), help: "Leave the store as it is: no prune and no catalog export after it.")
     var noPrune = false
 
+    @Flag(name: .customLong("prune-in-place"), help: "Compact the pruned store with SQLite's in-place VACUUM instead of replacing the file.")
+    var pruneInPlace = false
+
     func validate() throws {
         if let bad = formats.first(where: { ExportFormat(rawValue: $0) == nil }) {
             throw ValidationError("--formats \(bad): expected catalog, csv, neuronpedia or html")
@@ -167,6 +181,6 @@ struct StoreBench: ParsableCommand {
     func run() {
         runStoreBenchmark(StoreBenchSettings(features: max(1, features), storePath: store, keep: keep, screenshot: screenshot,
                                              writeOnly: writeOnly, formats: formats.compactMap(ExportFormat.init(rawValue:)),
-                                             prune: !noPrune))
+                                             prune: !noPrune, pruneInPlace: pruneInPlace))
     }
 }

@@ -9,11 +9,12 @@ import SAELabelStore
 /// detection and two fuzzing calls per feature).
 ///
 ///     saelabel-bench store [--features 131072] [--store PATH] [--screenshot PNG]
-///                          [--write-only] [--formats catalog csv neuronpedia html] [--no-prune]
+///                          [--write-only] [--formats catalog csv neuronpedia html] [--no-prune | --prune-in-place]
 ///
 /// Each export's time is reported against a budget (60 s at 131,072 features) and as a ratio to a
 /// plain read of the same rows (every example and score row fetched, nothing written) in the same run.
-/// Then `prune` runs on the store and the catalog is exported again, which must give the same bytes.
+/// Then `prune` runs on the store and the catalog is exported again, which must give the same bytes
+/// (`--prune-in-place` compacts with SQLite's in-place VACUUM instead of replacing the file, to compare the two).
 /// With `--store PATH` the store is kept there and reused by later runs (when it holds the features),
 /// so a store written once with `--write-only` (minutes at 131k) can have its exports timed alone
 /// (`--no-prune` keeps it as written for the next run).
@@ -25,6 +26,7 @@ struct StoreBenchSettings {
     var writeOnly = false
     var formats: [ExportFormat] = ExportFormat.allCases
     var prune = true
+    var pruneInPlace = false
 }
 
 func runStoreBenchmark(_ settings: StoreBenchSettings) {
@@ -37,7 +39,7 @@ func runStoreBenchmark(_ settings: StoreBenchSettings) {
     func mib(_ bytes: Int64) -> String { f(Double(bytes) / 1_048_576) + " MiB" }
     do {
         let started = ContinuousClock.now
-        let store = try JobStore(path: path)
+        var store = try JobStore(path: path)
         let existing = try store.features(in: [.scored]).count
         if existing != features {
             guard existing == 0 else {
@@ -112,13 +114,21 @@ func runStoreBenchmark(_ settings: StoreBenchSettings) {
         // The catalog to compare with is exported before prune (when it was not among the timed formats).
         if !settings.formats.contains(.catalog) { _ = try export(.catalog, to: output(.catalog)) }
         let kept = try store.benchLabelsAndScores()
+        // Prune replaces the store's file: this process keeps no other connection to it meanwhile.
+        store.close()
         let pruneStart = ContinuousClock.now
         let pruneCost = StepCost.now()
-        let pruned = try JobStore(path: path, exclusive: true).prune()
+        let pruned = try JobStore.prune(path: path, inPlace: settings.pruneInPlace)
         let pruneSeconds = seconds(since: pruneStart)
+        store = try JobStore(path: path)
+        let compaction = switch pruned.compaction {
+        case .replaced: "compacted copy replaced the store"
+        case .inPlace(let reason): "compacted in place (\(reason))"
+        }
         report("  prune               \(f(pruneSeconds, 1)) s: dropped \(pruned.responsesDropped) cached answers "
               + "(\(pruned.responsesKept) kept), cleared \(pruned.rawResponsesCleared) raw answers of old passes, "
-              + "\(mib(pruned.bytesBefore)) → \(mib(pruned.bytesAfter)) = \(f(Double(pruned.bytesAfter) / Double(features), 0)) bytes/feature")
+              + "\(mib(pruned.bytesBefore)) → \(mib(pruned.bytesAfter)) = \(f(Double(pruned.bytesAfter) / Double(features), 0)) bytes/feature; "
+              + compaction)
         report("         \(StepCost.now().since(pruneCost, wall: pruneSeconds))")
         let after = try store.benchLabelsAndScores()
         report("  labels and scores   \(after == kept ? "all kept" : "CHANGED"): \(after.labels) labels, \(after.scores) scores after prune "
@@ -217,7 +227,7 @@ private func fillSyntheticStore(_ store: JobStore, features: Int) throws {
 /// read and write (/proc/self/io), and the machine's steal and I/O-wait time over all cores
 /// (/proc/stat), so a slow run can be told apart: own work, waiting for the disk, or a busy host.
 private struct StepCost {
-    var user = 0.0, system = 0.0, readBytes: Int64 = 0, writeBytes: Int64 = 0, steal = 0.0, ioWait = 0.0
+    var user = 0.0, system = 0.0, readBytes: Int64 = 0, writeBytes: Int64 = 0, cancelledWriteBytes: Int64 = 0, steal = 0.0, ioWait = 0.0
 
     static func now() -> StepCost {
         var cost = StepCost()
@@ -231,6 +241,7 @@ private struct StepCost {
             guard parts.count == 2, let value = Int64(parts[1].trimmingCharacters(in: .whitespaces)) else { continue }
             if parts[0] == "read_bytes" { cost.readBytes = value }
             if parts[0] == "write_bytes" { cost.writeBytes = value }
+            if parts[0] == "cancelled_write_bytes" { cost.cancelledWriteBytes = value }
         }
         // cpu  user nice system idle iowait irq softirq steal …, in clock ticks.
         let stat = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(separator: "\n").first ?? ""
@@ -248,7 +259,8 @@ private struct StepCost {
         func mib(_ x: Int64) -> String { String(format: "%.0f", Double(x) / 1_048_576) }
         let cpu = user - start.user + system - start.system
         return "CPU \(f(cpu)) s (user \(f(user - start.user)), system \(f(system - start.system))) in \(f(wall)) s of wall; "
-            + "disk read \(mib(readBytes - start.readBytes)) MiB, written \(mib(writeBytes - start.writeBytes)) MiB; "
+            + "disk read \(mib(readBytes - start.readBytes)) MiB, written \(mib(writeBytes - start.writeBytes)) MiB "
+            + "(\(mib(cancelledWriteBytes - start.cancelledWriteBytes)) MiB of it cancelled: files deleted before they reached the disk); "
             + "machine: steal \(f(steal - start.steal)) s, I/O wait \(f(ioWait - start.ioWait)) s (all cores)"
     }
 }
@@ -347,4 +359,38 @@ private func measureCatalogInChromium(_ catalog: String, screenshot: String?) {
 private func report(_ line: String) {
     print(line)
     fflush(nil)
+}
+
+/// The time a store at an older schema takes to migrate when the current build opens it, against a plain
+/// `VACUUM INTO` copy of the same file (every used page read and written once, then synced) in the same run.
+/// The store at `path` is migrated in place: run it on a copy.
+func runMigrationBenchmark(path: String) {
+    func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+    func mib(_ bytes: Int64) -> String { f(Double(bytes) / 1_048_576) + " MiB" }
+    do {
+        let applied = try JobStore.benchAppliedMigrations(store: path)
+        let before = fileBytes(path) + fileBytes(path + "-wal")
+        report("Migration of \(path) (\(mib(before)); migrations applied: \(applied.last ?? "none"), \(applied.count) in all)")
+        let copy = path + ".bench-copy"
+        _ = unlink(copy)
+        let copyStart = ContinuousClock.now
+        let copyCost = StepCost.now()
+        try JobStore.benchVacuumCopy(store: path, to: copy)
+        let copySeconds = seconds(since: copyStart)
+        report("  VACUUM INTO copy    \(f(copySeconds, 2)) s, \(mib(fileBytes(copy)))")
+        report("         \(StepCost.now().since(copyCost, wall: copySeconds))")
+        _ = unlink(copy)
+        let start = ContinuousClock.now
+        let cost = StepCost.now()
+        let store = try JobStore(path: path)
+        let now = try store.appliedMigrations()
+        store.close()
+        let migrateSeconds = seconds(since: start)
+        let after = fileBytes(path) + fileBytes(path + "-wal")
+        report("  open + migrate      \(f(migrateSeconds, 2)) s = \(f(migrateSeconds / copySeconds, 2))× the copy; "
+              + "\(mib(before)) → \(mib(after)); applied \(now.filter { !applied.contains($0) }.joined(separator: ", "))")
+        report("         \(StepCost.now().since(cost, wall: migrateSeconds))")
+    } catch {
+        FileHandle.standardError.write(Data("migrate bench: \(error)\n".utf8))
+    }
 }

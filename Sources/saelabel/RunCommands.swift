@@ -406,8 +406,12 @@ enum BatchStage: String, ExpressibleByArgument, CaseIterable {
 
 struct Prune: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Drop cached LLM answers that finished work no longer needs and old passes' raw answers, then VACUUM.",
-        discussion: "Every label and score is kept; answers for unfinished work stay, so a resumed run pays nothing twice.")
+        abstract: "Drop cached LLM answers that finished work no longer needs and old passes' raw answers, then compact the store.",
+        discussion: """
+            Every label and score is kept; answers for unfinished work stay, so a resumed run pays nothing twice. \
+            The compacted store is written once beside the store (DB.prune-tmp, needing about the pruned size free there) \
+            and replaces it; while another process has the store open it is compacted in place instead.
+            """)
 
     @Option(help: ArgumentHelp("The job store.", valueName: "DB"))
     var db: String
@@ -416,10 +420,12 @@ struct Prune: AsyncParsableCommand {
         guard FileManager.default.fileExists(atPath: db) else {
             throw SAELabelError.badInput(location: db, problem: "no job store here")
         }
-        let summary = try JobStore(path: db, exclusive: true).prune()
+        let summary = try JobStore.prune(path: db)
         func mib(_ bytes: Int64) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+        var compaction = ""
+        if case .inPlace(let reason) = summary.compaction { compaction = " (compacted in place: \(reason))" }
         print("dropped \(summary.responsesDropped) cached LLM answers (\(summary.responsesKept) kept for unfinished work), "
               + "cleared \(summary.rawResponsesCleared) raw answers of old passes, dropped \(summary.windowsDropped) text windows no example shows; "
-              + "\(mib(summary.bytesBefore)) → \(mib(summary.bytesAfter))")
+              + "\(mib(summary.bytesBefore)) → \(mib(summary.bytesAfter))\(compaction)")
     }
 }

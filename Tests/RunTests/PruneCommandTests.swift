@@ -29,7 +29,15 @@ struct PruneCommandTests {
         return files
     }
 
-    @Test func pruneFreesFinishedAnswersAndChangesNoExport() async throws {
+    /// The inode number of a file: prune replaces the store's file by a new one (a rename), so it changes.
+    func inode(_ path: String) throws -> UInt64 {
+        try #require(try FileManager.default.attributesOfItem(atPath: path)[.systemFileNumber] as? NSNumber).uint64Value
+    }
+
+    /// `leftover`: a prune killed while writing its compacted copy left part of one beside the store
+    /// (the store's first bytes: a valid header over a cut-off file); the next prune must remove it.
+    @Test(arguments: [false, true])
+    func pruneFreesFinishedAnswersAndChangesNoExport(leftover: Bool) async throws {
         let mock = try await MockLLMServer.start()
         defer { mock.stop() }
         let dir = TempDirectory()
@@ -37,14 +45,27 @@ struct PruneCommandTests {
         let db = dir.file("job.sqlite")
         let run = try await runSAELabel(["run", "--config", job, "--quiet"])
         #expect(run.status == 0, "\(run.stderr)")
+        let temporary = db + ".prune-tmp"
+        if leftover {
+            let data = try Data(contentsOf: URL(fileURLWithPath: db))
+            try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: temporary))
+        }
+        // Exports read the store as it is; a leftover copy beside it changes nothing they write.
         let before = try await exportBytes(db, dir, "before")
         #expect(before.keys.contains("catalog:") && before.keys.contains("html:/data/features-0000.js"))
+        let fileBefore = try inode(db)
 
         let pruned = try await runSAELabel(["prune", "--db", db])
         #expect(pruned.status == 0, "\(pruned.stderr)")
         // "dropped N cached LLM answers (K kept for unfinished work), …; A MiB → B MiB"
         let dropped = pruned.stdout.split(separator: " ").dropFirst().first.flatMap { Int($0) }
         #expect((dropped ?? 0) > 0, "prune freed nothing: \(pruned.stdout)")
+        // The compacted copy replaced the store (nothing else had it open), and nothing is left beside it.
+        #expect(!pruned.stdout.contains("in place"), "\(pruned.stdout)")
+        #expect(try inode(db) != fileBefore)
+        for name in [temporary, temporary + "-journal", db + "-wal", db + "-shm", db + "-journal"] {
+            #expect(!FileManager.default.fileExists(atPath: name), "\(name) was left beside the store")
+        }
 
         let after = try await exportBytes(db, dir, "after")
         #expect(after.keys.sorted() == before.keys.sorted())

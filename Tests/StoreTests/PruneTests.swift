@@ -71,7 +71,9 @@ import Testing
         let features = [0, 1, 2, 3]
         let before = try labelsAndScores(store, features: features)
         let states = try features.map { try store.feature($0)?.state }
-        let summary = try store.prune()
+        store.close()
+        let summary = try JobStore.prune(path: path)
+        #expect(summary.compaction == .replaced)
 
         let reopened = try JobStore(path: path)
         #expect(try labelsAndScores(reopened, features: features) == before)
@@ -92,5 +94,30 @@ import Testing
         let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber).int64Value
         #expect(summary.bytesAfter < summary.bytesBefore)
         #expect(size < 1_000_000, "the 2 MB of dropped answers are gone from the file after VACUUM (\(size) bytes)")
+    }
+
+    /// Replacing the file under another connection would leave that connection on the old file (and SQLite's
+    /// log files shared by name between the two), so prune compacts in place while one is open. Here the other
+    /// connection is this process's own store; SQLite tells connections of one process apart as it does processes.
+    @Test func aStoreOpenElsewhereIsCompactedInPlaceAndStaysReadable() throws {
+        let dir = TempDirectory()
+        let path = dir.file("job.sqlite")
+        let store = try JobStore(path: path)
+        try store.saveCollected([collected(0), collected(1)])
+        try store.beginPass("now")
+        let e0 = try store.saveExplanation(feature: 0, text: "label 0", explainerModel: "m", promptHash: "h", rawResponse: "r0")
+        try store.saveScore(explanation: e0, score: StoredScore(scorer: "simulation", value: 0.7, model: "m", promptHash: "s",
+                                                                details: "{}"), completesFeature: true)
+        for ordinal in 0..<50 { try cache(store, key: "simulate-0-\(ordinal)", tags: ["simulate:0:\(ordinal)"], bytes: 20_000) }
+        let before = try labelsAndScores(store, features: [0, 1])
+
+        let summary = try JobStore.prune(path: path)
+        #expect(summary.compaction == .inPlace(reason: "another process has the store open"))
+        #expect(summary.responsesDropped == 50)
+        #expect(summary.bytesAfter < summary.bytesBefore)
+        // The connection that stayed open reads the compacted store, and so does a new one.
+        #expect(try labelsAndScores(store, features: [0, 1]) == before)
+        #expect(try labelsAndScores(try JobStore(path: path), features: [0, 1]) == before)
+        #expect(!FileManager.default.fileExists(atPath: JobStore.compactionPath(store: path)))
     }
 }

@@ -80,11 +80,12 @@ import Testing
         try store.saveCollected([feature(0, [c])])
         #expect(try windowCount(path) == 3)
         let before = try examples(store, [0, 1])
-        let summary = try store.prune()
+        store.close()
+        let summary = try JobStore.prune(path: path)
         #expect(summary.windowsDropped == 1)
         #expect(try windowCount(path) == 2)
-        #expect(try examples(store, [0, 1]) == before)
-        #expect(try store.prune().windowsDropped == 0)
+        #expect(try examples(try JobStore(path: path), [0, 1]) == before)
+        #expect(try JobStore.prune(path: path).windowsDropped == 0)
     }
 
     @Test func aNewInputVersionDropsEveryWindowWithTheExamples() throws {
