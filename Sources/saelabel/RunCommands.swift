@@ -394,7 +394,8 @@ struct BatchImport: AsyncParsableCommand {
 
     func run() async throws {
         try Explain.requireStore(db)
-        let store = try JobStore(path: db)
+        // It writes answers into the cache a run reads: with the run lock a run cannot be sending the same requests meanwhile.
+        let store = try JobStore(path: db, exclusive: true)
         let (answered, failed, unknown) = try BatchMode.importResults(store: store, from: results)
         print("imported \(answered) answers; \(failed) failed lines (sent synchronously by the next run); \(unknown) lines matched no queued request")
     }

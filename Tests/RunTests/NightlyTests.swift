@@ -61,6 +61,8 @@ struct NightlyTests {
             ["explain", "--db", storePath, "--endpoint", mock.baseURL, "--model", "mock"],
             ["score", "--db", storePath, "--endpoint", mock.baseURL, "--model", "mock"],
             ["merge", "--into", storePath, storePath],
+            ["batch", "import", "--db", storePath, dir.file("results.jsonl")],
+            ["prune", "--db", storePath],
         ]
         for arguments in mutating {
             let result = try await runSAELabel(arguments)
