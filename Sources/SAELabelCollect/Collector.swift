@@ -211,7 +211,7 @@ extension LatentShard {
     /// or the file's latent range, and a non-finite value on an included token; excluded tokens are never
     /// counted, so their values are not looked at.
     func entry(_ entry: Int, locations: [Int], values: [Float], tokens shape: [Int],
-               excluded: Set<Int>) throws(SAELabelError) -> (flat: Int, latent: Int) {
+               excluded: ExcludedTokens) throws(SAELabelError) -> (flat: Int, latent: Int) {
         let sequences = shape[0], context = shape[1], span = last - first + 1
         let sequence = locations[entry * 3], position = locations[entry * 3 + 1], latent = locations[entry * 3 + 2]
         guard sequence >= 0, sequence < sequences, position >= 0, position < context, latent >= 0, latent < span else {
@@ -225,6 +225,23 @@ extension LatentShard {
         }
         return (flat, latent)
     }
+}
+
+/// The flat token indices of a latent cache's corpus left out of collect, as a mask by token: the reader looks one
+/// up per cache entry, where a hashed set cost more than the rest of the entry's work.
+struct ExcludedTokens {
+    private var mask: [Bool]
+    /// How many tokens are left out.
+    private(set) var count = 0
+
+    init(tokens: Int) { mask = [Bool](repeating: false, count: tokens) }
+
+    mutating func insert(_ flat: Int) {
+        if !mask[flat] { count += 1 }
+        mask[flat] = true
+    }
+
+    func contains(_ flat: Int) -> Bool { mask[flat] }
 }
 
 /// The opened, validated inputs.
@@ -349,11 +366,11 @@ struct CollectInputs {
         }
     }
 
-    /// Flat indices of the tokens the exclusion leaves out of a latent cache's corpus.
-    func excludedLatentTokens(_ exclusion: TokenExclusion) -> Set<Int> {
-        guard let shard = latents.first else { return [] }
+    /// The tokens the exclusion leaves out of a latent cache's corpus.
+    func excludedLatentTokens(_ exclusion: TokenExclusion) -> ExcludedTokens {
+        guard let shard = latents.first else { return ExcludedTokens(tokens: 0) }
         let context = max(1, shard.tokens.shape[1])
-        var excluded = Set<Int>()
+        var excluded = ExcludedTokens(tokens: shard.tokens.elementCount)
         for flat in 0..<shard.tokens.elementCount where exclusion.excludes(token: shard.file.readInteger(shard.tokens, at: flat),
                                                                             position: flat % context) {
             excluded.insert(flat)

@@ -410,9 +410,6 @@ struct LatentReader {
         guard let tokenShard = inputs.latents.first else { return 0 }
         let context = tokenShard.tokens.shape[1]
         let excludedTokens = inputs.excludedLatentTokens(TokenExclusion(options: options, decoder: inputs.decoder))
-        // Looked up once per entry: an array by token, not a hash.
-        var excludedMask = [Bool](repeating: false, count: inputs.totalTokens)
-        for token in excludedTokens { excludedMask[token] = true }
         let window = options.windowSelection.windowLength
         let selected = accumulators.features
         let pointer = UnsafeMutablePointer<Float>.allocate(capacity: window)
@@ -494,7 +491,7 @@ struct LatentReader {
                     for index in 0..<length { pointer[index] = 0 }
                     while next < end, sorted[next] >> entryBits < first + length {
                         let token = sorted[next] >> entryBits
-                        if !excludedMask[token] { pointer[token - first] = max(0, values[sorted[next] & entryMask]) }
+                        if !excludedTokens.contains(token) { pointer[token - first] = max(0, values[sorted[next] & entryMask]) }
                         next += 1
                     }
                     let peak = peakValue(pointer, length)
@@ -509,17 +506,5 @@ struct LatentReader {
             accumulators.completeInactive(slots: lower..<upper, geometry: geometry)
         }
         return excludedTokens.count
-    }
-}
-
-private extension Array where Element == Int {
-    /// First index whose element satisfies `predicate` (the array is sorted and `predicate` monotone).
-    func partitionIndex(where predicate: (Int) -> Bool) -> Int {
-        var low = 0, high = count
-        while low < high {
-            let middle = (low + high) / 2
-            if predicate(self[middle]) { high = middle } else { low = middle + 1 }
-        }
-        return low
     }
 }

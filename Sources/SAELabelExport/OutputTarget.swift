@@ -235,27 +235,18 @@ final class OutputSession {
     /// Makes a folder's entries durable: a file's own fsync does not cover its name in the folder, so without
     /// this a power cut right after the rename could bring back the old export or lose the new one's files.
     private func syncDirectory(_ folder: String) throws(SAELabelError) {
-        let descriptor = open(folder, O_RDONLY | O_DIRECTORY)
-        guard descriptor >= 0, fsync(descriptor) == 0 else {
-            let reason = String(cString: strerror(errno))
-            if descriptor >= 0 { _ = close(descriptor) }
+        if let reason = FileSync.sync(folder) {
             throw .badInput(location: target.path, problem: "cannot finish writing the folder \(folder) (\(reason)); check the disk")
         }
-        _ = close(descriptor)
     }
 
     /// Makes every file written into the folder, and the folder's own entries (subfolders first), durable
     /// before the folder is moved into place.
     private func syncFiles(_ files: [String]) throws(SAELabelError) {
         for relative in files {
-            let path = (workPath as NSString).appendingPathComponent(relative)
-            let descriptor = open(path, O_RDONLY)
-            guard descriptor >= 0, fsync(descriptor) == 0 else {
-                let reason = String(cString: strerror(errno))
-                if descriptor >= 0 { _ = close(descriptor) }
+            if let reason = FileSync.sync((workPath as NSString).appendingPathComponent(relative)) {
                 throw .badInput(location: target.path, problem: "cannot finish writing \(relative) (\(reason)); check the disk")
             }
-            _ = close(descriptor)
         }
         var subfolders = Set<String>()
         for relative in files {

@@ -612,12 +612,8 @@ public final class FeatureAccumulators: @unchecked Sendable {
     public func finishInactive(_ slot: Int, firingOrders: UnsafeBufferPointer<Int64>, geometry: WindowGeometry) {
         guard !firingOrders.isEmpty, draws[slot].decided == 0 else { return }
         let found = drawRandomWindows(slot, geometry: geometry) { _, order in
-            var low = 0, high = firingOrders.count
-            while low < high {
-                let middle = (low + high) / 2
-                if firingOrders[middle] < order { low = middle + 1 } else { high = middle }
-            }
-            return low == firingOrders.count || firingOrders[low] != order
+            let index = firingOrders.partitionIndex { $0 >= order }
+            return index == firingOrders.count || firingOrders[index] != order
         }
         if found {
             // The reservoir is not read; only its count, so `observedWindows` says the stream is complete.

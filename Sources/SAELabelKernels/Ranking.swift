@@ -137,3 +137,17 @@ extension RunningTopK {
         return count
     }
 }
+
+extension RandomAccessCollection where Index == Int {
+    /// First index whose element satisfies `predicate` (the collection is sorted and `predicate` monotone:
+    /// false, then true), by binary search; `endIndex` when none does.
+    @inlinable
+    public func partitionIndex(where predicate: (Element) -> Bool) -> Int {
+        var low = startIndex, high = endIndex
+        while low < high {
+            let middle = low + (high - low) / 2
+            if predicate(self[middle]) { high = middle } else { low = middle + 1 }
+        }
+        return low
+    }
+}

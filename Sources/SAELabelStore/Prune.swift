@@ -177,7 +177,7 @@ extension JobStore {
         let available = Self.freeBytes(folder)
         // A little room over the copy itself for the file system's own blocks.
         guard available >= needed + needed / 50 + (16 << 20) else {
-            throw .store("compacting \(path) needs about \(Self.mebibytes(needed)) free in \(folder), and \(Self.mebibytes(available)) are; "
+            throw .store("compacting \(path) needs about \(FileSync.mebibytes(needed)) free in \(folder), and \(FileSync.mebibytes(available)) are; "
                          + "the answers prune dropped are already gone from the store (every label and score is kept), so free some "
                          + "space there and run `saelabel prune --db \(path)` again to give the freed pages back to the disk")
         }
@@ -251,16 +251,8 @@ extension JobStore {
         return Int64(status.f_bavail) * Int64(status.f_frsize)
     }
 
-    static func mebibytes(_ bytes: Int64) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
-
     /// fsync of a file or folder (a folder's fsync makes a rename in it durable).
     static func syncFile(_ path: String) throws(SAELabelError) {
-        let descriptor = open(path, O_RDONLY)
-        guard descriptor >= 0 else { throw .store("cannot open \(path) to sync it: \(String(cString: strerror(errno)))") }
-        defer { closeDescriptor(descriptor) }
-        guard fsync(descriptor) == 0 else { throw .store("cannot sync \(path) to the disk: \(String(cString: strerror(errno))); check the disk") }
+        if let reason = FileSync.sync(path) { throw .store("cannot sync \(path) to the disk: \(reason); check the disk") }
     }
 }
-
-/// close(2): inside JobStore, `close` names the store's own method.
-private func closeDescriptor(_ descriptor: Int32) { _ = close(descriptor) }

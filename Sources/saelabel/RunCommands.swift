@@ -422,11 +422,10 @@ struct Prune: AsyncParsableCommand {
             throw SAELabelError.badInput(location: db, problem: "no job store here")
         }
         let summary = try JobStore.prune(path: db)
-        func mib(_ bytes: Int64) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
         var compaction = ""
         if case .inPlace(let reason) = summary.compaction { compaction = " (compacted in place: \(reason))" }
         print("dropped \(summary.responsesDropped) cached LLM answers (\(summary.responsesKept) kept for unfinished work), "
               + "cleared \(summary.rawResponsesCleared) raw answers of old passes, dropped \(summary.windowsDropped) text windows no example shows; "
-              + "\(mib(summary.bytesBefore)) → \(mib(summary.bytesAfter))\(compaction)")
+              + "\(FileSync.mebibytes(summary.bytesBefore)) → \(FileSync.mebibytes(summary.bytesAfter))\(compaction)")
     }
 }
