@@ -675,7 +675,7 @@ public enum Collector {
         guard options.latentsDirectory == nil, !(blocks.count == 1 && blocks[0].count == plan.featureCount) else { return nil }
         let inputs = try CollectInputs.open(options)
         guard case .topk = inputs.sae?.config.architecture else { return nil }
-        return try TopKThresholds.compute(inputs: inputs, options: options)
+        return try TopKThresholds.compute(inputs: inputs, options: options, blocks: blocks)
     }
 }
 

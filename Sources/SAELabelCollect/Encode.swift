@@ -192,32 +192,60 @@ struct EncodePlan {
 /// The k-th largest activation of every corpus token over all features of a TopK SAE, for blocks that multiply
 /// only their own features: one extra pass over the corpus, GEMMs of `ChunkGeometry` chunks of features
 /// feeding a running top-k per token (one per worker, merged per token), so no full-width output is ever held.
+///
+/// Each block's features are multiplied exactly as `DenseEncoder` multiplies that block (the block's own operand
+/// and chunks), so a feature's value here and in its block is bit for bit the same: OpenBLAS kernels give a row
+/// different last bits depending on the GEMM's row count (the Haswell and Prescott kernels do; SkylakeX does not),
+/// and a block's value one ulp below the k-th value computed here would drop the token's k-th feature.
 enum TopKThresholds {
-    static func compute(inputs: CollectInputs, options: CollectOptions) throws(SAELabelError) -> [Float]? {
+    /// Features multiplied with one operand, cut into chunks as a block of them would be.
+    private struct Segment {
+        let operand: EncoderOperand
+        let chunks: ChunkGeometry
+        let bias: [Float]
+        let scale: [Float]?
+    }
+
+    static func compute(inputs: CollectInputs, options: CollectOptions, blocks: [[Int]]) throws(SAELabelError) -> [Float]? {
         guard let sae = inputs.sae, case .topk(let k) = sae.config.architecture else { return nil }
         openblas_set_num_threads(1)
         let all = Array(0..<inputs.featureCount)
-        let encoder = try sae.encoderOperand(features: all)
         let bias = try sae.vector(sae.bEnc, features: all)
         let scale: [Float]? = sae.config.rescaleByDecoderNorm ? try sae.decoderNorms(features: all) : nil
+        // The blocks as they will be encoded, then every feature no block holds, in runs of consecutive features
+        // (each read in place when the file allows it); their values count toward the k-th value alone.
+        var inBlock = [Bool](repeating: false, count: all.count)
+        for block in blocks { for feature in block { inBlock[feature] = true } }
+        var groups = blocks.filter { !$0.isEmpty }
+        for feature in all where !inBlock[feature] {
+            if let last = groups.last?.last, last == feature - 1, !inBlock[last] { groups[groups.count - 1].append(feature) } else { groups.append([feature]) }
+        }
+        let segments = try groups.map { features throws(SAELabelError) in
+            Segment(operand: try sae.encoderOperand(features: features),
+                    chunks: ChunkGeometry(rows: features.count, preferredRows: options.encodeChunkRows),
+                    bias: features.map { bias[$0] }, scale: scale.map { scale in features.map { scale[$0] } })
+        }
+        let work = segments.indices.flatMap { segment in (0..<segments[segment].chunks.count).map { (segment, $0) } }
+        let largest = segments.map(\.chunks.largest).max() ?? 0
         let threads = max(1, options.blasThreads)
-        let chunks = ChunkGeometry(rows: all.count, preferredRows: options.encodeChunkRows)
         let batch = BatchStream.batchSize(options)
         let heaps = (0..<threads).map { _ in RunningTopK(k: k, columns: batch) }
-        let buffers = UnsafeMutablePointer<Float>.allocate(capacity: max(1, threads * chunks.largest * batch))
+        let buffers = UnsafeMutablePointer<Float>.allocate(capacity: max(1, threads * largest * batch))
         let merged = UnsafeMutablePointer<Float>.allocate(capacity: threads * k)
         defer { buffers.deallocate(); merged.deallocate() }
         var table = [Float](repeating: -.infinity, count: inputs.totalTokens)
         _ = try BatchStream(inputs: inputs, options: options).run(progress: { _, _ in }) { encoded in
             let fill = encoded.fill
             for heap in heaps { heap.reset() }
-            let next = WorkCounter(limit: chunks.count)
+            let next = WorkCounter(limit: work.count)
             onThreads(threads) { worker in
-                let buffer = buffers + worker * chunks.largest * batch
-                while let chunk = next.take() {
-                    let range = chunks.rows(of: chunk)
-                    encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
-                    heaps[worker].offer(output: buffer, rows: range, stride: batch, columnRange: 0..<fill, bias: bias, scale: scale)
+                let buffer = buffers + worker * largest * batch
+                while let item = next.take() {
+                    let segment = segments[work[item].0]
+                    let range = segment.chunks.rows(of: work[item].1)
+                    segment.operand.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
+                    heaps[worker].offer(output: buffer, rows: range, stride: batch, columnRange: 0..<fill, bias: segment.bias,
+                                        scale: segment.scale)
                 }
             }
             // The k largest of the union of every worker's k largest are the column's k largest.
