@@ -1,4 +1,5 @@
 import ArgumentParser
+import SAELabelCollect
 import SAELabelExport
 
 /// `saelabel-bench`: the benchmarks of BENCHMARKS.md. They report ratios measured within one run;
@@ -9,6 +10,20 @@ struct Bench: AsyncParsableCommand {
         commandName: "saelabel-bench",
         abstract: "Benchmarks: collect throughput against sgemm and numpy, delphi-cache collect against width, LLM client throughput against the mock server, store and exports, cost per feature against the anchors.",
         subcommands: [CollectBench.self, LatentBench.self, LLMBench.self, StoreBench.self, MigrationBench.self, CostBench.self])
+
+    static func main() async {
+        BLASKernels.relaunchOnFasterKernelsIfNeeded()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 struct CollectBench: ParsableCommand {

@@ -53,6 +53,7 @@ func runCollectBenchmark(_ settings: CollectBenchSettings) {
     for name in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
         print("  \(name)=\(ProcessInfo.processInfo.environment[name] ?? "(unset)")")
     }
+    print("  \(BLASKernels.description)")
     print("  load average: \(loadAverage())")
     var clock = BenchClock()
     let saeDirectory = (directory as NSString).appendingPathComponent("bench-sae")

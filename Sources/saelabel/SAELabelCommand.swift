@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LLMClient
+import SAELabelCollect
 import SAELabelCore
 import SAELabelRun
 import SAELabelStore
@@ -22,6 +23,7 @@ struct SAELabelCommand: AsyncParsableCommand {
 
     /// Parses and runs, mapping every failure to CONTRACT.md's exit status and one line on stderr.
     static func main() async {
+        BLASKernels.relaunchOnFasterKernelsIfNeeded()
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? AsyncParsableCommand {
