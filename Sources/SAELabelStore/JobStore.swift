@@ -22,6 +22,11 @@ public final class JobStore: Sendable {
             configuration.prepareDatabase { db in
                 try db.execute(sql: "PRAGMA foreign_keys = ON")
                 try db.execute(sql: "PRAGMA synchronous = NORMAL")
+                // Debian builds SQLite with SECURE_DELETE, which overwrites every page a delete frees (FAST mode
+                // too, measured): emptying a table wrote it again to the WAL and once more at the checkpoint
+                // (prune at 16,384 features: 407 MiB for a 134 MiB answer table, 33 MiB without). Nothing in a
+                // store is secret, and prune's compaction writes a new file without the freed pages.
+                try db.execute(sql: "PRAGMA secure_delete = OFF")
             }
             pool = try DatabasePool(path: path, configuration: configuration)
             try Schema.migrator.migrate(pool)

@@ -44,11 +44,7 @@ extension JobStore {
     /// resumed run still pays nothing twice. Returns (answers dropped, kept, raw answers cleared, windows dropped).
     func dropFinishedWork() throws(SAELabelError) -> (Int, Int, Int, Int) {
         var result = (dropped: 0, kept: 0, cleared: 0, windows: 0)
-        // A cache that holds the pages the deletes touch, so each is written to the WAL once (as collect's
-        // commits), and freed pages left as they are (secure_delete 2 = FAST): Debian builds SQLite with
-        // SECURE_DELETE, which writes zeros over every freed page; compaction rewrites the file anyway,
-        // so no deleted answer stays in it.
-        try withWriterPragma("secure_delete", 2) { () throws(SAELabelError) in
+        // A cache that holds the pages the deletes touch, so each is written to the WAL once (as collect's commits).
         try withBlockSizedCache(kib: Self.blockCacheKiB) { () throws(SAELabelError) in result = try write { db -> (Int, Int, Int, Int) in
             let currentPass = try String.fetchOne(db, sql: "SELECT value FROM job_setting WHERE key = 'current_pass'")
             var explainedNow = Set<Int>()
@@ -82,7 +78,6 @@ extension JobStore {
             }
             return (drop.count, kept, cleared, try TextWindows.dropUnreferenced(db))
         } }
-        }
         return result
     }
 
