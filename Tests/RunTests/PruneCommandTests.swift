@@ -79,4 +79,50 @@ struct PruneCommandTests {
         #expect(again.status == 0, "\(again.stderr)")
         #expect(try await mock.requestCount() == 0)
     }
+
+    /// Whether this process may mount a file system (a tmpfs of a given size is the only way to make a real disk
+    /// too small for the compacted copy). CI runs as root; elsewhere the test is skipped and says why.
+    static let canMount = geteuid() == 0
+
+    /// A store on a file system without room for its compacted copy: prune drops the finished answers, says how
+    /// much room the copy needs, exits 1 and leaves the store whole (every label and score, every export byte)
+    /// with nothing beside it; once there is room, the next prune compacts it.
+    @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"))
+    func pruneWithoutRoomForTheCopyKeepsTheStoreAndSaysWhatItNeeds() async throws {
+        let mock = try await MockLLMServer.start()
+        defer { mock.stop() }
+        let dir = TempDirectory()
+        let job = try Demo.job(dir, endpoint: mock.baseURL, features: "0..6", scorers: "[\"simulation\", \"detection\"]")
+        let run = try await runSAELabel(["run", "--config", job, "--quiet"])
+        #expect(run.status == 0, "\(run.stderr)")
+
+        // A 12 MiB tmpfs holds the store (about 1 MiB) but not the copy's margin (16 MiB over its size).
+        let small = dir.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        let mount = try await runProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=12m", "tmpfs", small])
+        try #require(mount.status == 0, "mount: \(mount.stderr)")
+        defer { _ = try? Process.run(URL(fileURLWithPath: "/bin/umount"), arguments: ["-l", small]).waitUntilExit() }
+        let db = small + "/job.sqlite"
+        try FileManager.default.copyItem(atPath: dir.file("job.sqlite"), toPath: db)
+        let before = try await exportBytes(db, dir, "before")
+
+        let refused = try await runSAELabel(["prune", "--db", db])
+        #expect(refused.status == 1, "\(refused.stdout) \(refused.stderr)")
+        #expect(refused.stderr.contains("needs about") && refused.stderr.contains("free in \(small)")
+                && refused.stderr.contains("every label and score is kept"), "\(refused.stderr)")
+        let leftBeside = try FileManager.default.contentsOfDirectory(atPath: small).filter { $0 != "job.sqlite" && $0 != "job.sqlite.lock" }
+        #expect(leftBeside.isEmpty, "left beside the store: \(leftBeside)")
+        let after = try await exportBytes(db, dir, "after")
+        #expect(after.keys.sorted() == before.keys.sorted())
+        for (name, data) in before { #expect(after[name] == data, "\(name) changed after the refused prune") }
+
+        // With room, prune compacts: the answers are already gone (none dropped now), the file is replaced.
+        let grow = try await runProcess("/bin/mount", ["-o", "remount,size=64m", small])
+        try #require(grow.status == 0, "remount: \(grow.stderr)")
+        let compacted = try await runSAELabel(["prune", "--db", db])
+        #expect(compacted.status == 0, "\(compacted.stderr)")
+        #expect(compacted.stdout.hasPrefix("dropped 0 cached LLM answers") && !compacted.stdout.contains("in place"), "\(compacted.stdout)")
+        let final = try await exportBytes(db, dir, "final")
+        for (name, data) in before { #expect(final[name] == data, "\(name) changed after the prune that compacted") }
+    }
 }
