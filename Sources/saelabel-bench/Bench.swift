@@ -10,20 +10,6 @@ struct Bench: AsyncParsableCommand {
         commandName: "saelabel-bench",
         abstract: "Benchmarks: collect throughput against sgemm and numpy, delphi-cache collect against width, LLM client throughput against the mock server, store and exports, cost per feature against the anchors.",
         subcommands: [CollectBench.self, LatentBench.self, LLMBench.self, StoreBench.self, MigrationBench.self, CostBench.self])
-
-    static func main() async {
-        BLASKernels.relaunchOnFasterKernelsIfNeeded()
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
-    }
 }
 
 struct CollectBench: ParsableCommand {
@@ -88,6 +74,8 @@ struct CollectBench: ParsableCommand {
     }
 
     func run() {
+        // The same kernels `saelabel` would run on (its `main` relaunches the same way).
+        BLASKernels.relaunchOnFasterKernelsIfNeeded()
         var settings = CollectBenchSettings(tokens: tokens, features: features, dIn: dIn, batch: batch, blasThreads: blasThreads,
                                             baselines: baselines, keep: keep, numpyScript: numpy, memoryGB: memoryGB,
                                             store: !noStore, numpy: !skipNumpy, chunkRows: chunkRows, directory: directory)
