@@ -198,12 +198,29 @@ struct EncodePlan {
 /// different last bits depending on the GEMM's row count (the Haswell and Prescott kernels do; SkylakeX does not),
 /// and a block's value one ulp below the k-th value computed here would drop the token's k-th feature.
 enum TopKThresholds {
-    /// Features multiplied with one operand, cut into chunks as a block of them would be.
+    /// Features multiplied with one operand, cut into chunks as a block of them would be; `blocked` marks the rows
+    /// not offered to the heaps (the whole width's rows that a block multiplies itself).
     private struct Segment {
         let operand: EncoderOperand
         let chunks: ChunkGeometry
         let bias: [Float]
         let scale: [Float]?
+        var blocked: [Bool]? = nil
+
+        /// The chunk's rows to offer, as runs of consecutive rows.
+        func offered(_ range: Range<Int>) -> [Range<Int>] {
+            guard let blocked else { return [range] }
+            var runs: [Range<Int>] = [], start: Int? = nil
+            for row in range {
+                if blocked[row] {
+                    if let first = start { runs.append(first..<row); start = nil }
+                } else if start == nil {
+                    start = row
+                }
+            }
+            if let first = start { runs.append(first..<range.upperBound) }
+            return runs
+        }
     }
 
     static func compute(inputs: CollectInputs, options: CollectOptions, blocks: [[Int]]) throws(SAELabelError) -> [Float]? {
@@ -212,20 +229,24 @@ enum TopKThresholds {
         let all = Array(0..<inputs.featureCount)
         let bias = try sae.vector(sae.bEnc, features: all)
         let scale: [Float]? = sae.config.rescaleByDecoderNorm ? try sae.decoderNorms(features: all) : nil
-        // The blocks as they will be encoded, then every feature no block holds, in runs of consecutive features
-        // (each read in place when the file allows it); their values count toward the k-th value alone.
-        var inBlock = [Bool](repeating: false, count: all.count)
-        for block in blocks { for feature in block { inBlock[feature] = true } }
-        var groups = blocks.filter { !$0.isEmpty }
-        for feature in all where !inBlock[feature] {
-            if let last = groups.last?.last, last == feature - 1, !inBlock[last] { groups[groups.count - 1].append(feature) } else { groups.append([feature]) }
-        }
-        let segments = try groups.map { features throws(SAELabelError) in
+        var segments = try blocks.filter { !$0.isEmpty }.map { features throws(SAELabelError) in
             Segment(operand: try sae.encoderOperand(features: features),
                     chunks: ChunkGeometry(rows: features.count, preferredRows: options.encodeChunkRows),
                     bias: features.map { bias[$0] }, scale: scale.map { scale in features.map { scale[$0] } })
         }
-        let work = segments.indices.flatMap { segment in (0..<segments[segment].chunks.count).map { (segment, $0) } }
+        var work = segments.indices.flatMap { segment in (0..<segments[segment].chunks.count).map { (segment, $0) } }
+        // Features no block holds count toward the k-th value alone, so any GEMM shape will do: chunks of the whole
+        // width (read in place when the file allows), those holding at least one such feature, offering only those.
+        // (Runs of their own would be GEMMs of a few rows each when a shard takes every n-th feature.)
+        var blocked = [Bool](repeating: false, count: all.count)
+        for block in blocks { for feature in block { blocked[feature] = true } }
+        if blocked.contains(false) {
+            let rest = Segment(operand: try sae.encoderOperand(features: all),
+                               chunks: ChunkGeometry(rows: all.count, preferredRows: options.encodeChunkRows),
+                               bias: bias, scale: scale, blocked: blocked)
+            segments.append(rest)
+            work += (0..<rest.chunks.count).filter { rest.chunks.rows(of: $0).contains { !blocked[$0] } }.map { (segments.count - 1, $0) }
+        }
         let largest = segments.map(\.chunks.largest).max() ?? 0
         let threads = max(1, options.blasThreads)
         let batch = BatchStream.batchSize(options)
@@ -244,8 +265,10 @@ enum TopKThresholds {
                     let segment = segments[work[item].0]
                     let range = segment.chunks.rows(of: work[item].1)
                     segment.operand.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
-                    heaps[worker].offer(output: buffer, rows: range, stride: batch, columnRange: 0..<fill, bias: segment.bias,
-                                        scale: segment.scale)
+                    for rows in segment.offered(range) {
+                        heaps[worker].offer(output: buffer + (rows.lowerBound - range.lowerBound) * batch, rows: rows, stride: batch,
+                                            columnRange: 0..<fill, bias: segment.bias, scale: segment.scale)
+                    }
                 }
             }
             // The k largest of the union of every worker's k largest are the column's k largest.
