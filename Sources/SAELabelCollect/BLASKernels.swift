@@ -8,7 +8,7 @@ import Glibc
 ///
 /// OpenBLAS picks its kernels when it loads, from the CPU's model number. A release older than the CPU does not
 /// know the model and falls back to its generic SSE3 kernels ("Prescott"): Debian 12's OpenBLAS 0.3.21 does so on
-/// Intel's Sapphire and Emerald Rapids, where sgemm then runs at about a fifth of the AVX-512 kernels' rate. The
+/// Intel's Emerald Rapids (model 207), where sgemm then runs at about a fifth of the AVX-512 kernels' rate. The
 /// kernels can only be chosen before the library loads (`OPENBLAS_CORETYPE`), so the command-line tools start
 /// themselves again with it set when the CPU has the instructions and OpenBLAS chose the fallback.
 public enum BLASKernels {
