@@ -26,9 +26,10 @@ public enum BLASKernels {
 
     /// The kernels to ask for instead of `chosen`, given the CPU's feature flags (as /proc/cpuinfo spells them):
     /// nil unless OpenBLAS chose a generic core on a CPU with AVX2 and FMA. AVX-512 kernels need the five
-    /// subsets SkylakeX's kernels use.
-    public static func better(than chosen: String, cpuFlags: Set<String>) -> String? {
+    /// subsets SkylakeX's kernels use. The flags are read only for a generic core: every command starts here.
+    public static func better(than chosen: String, cpuFlags readFlags: @autoclosure () -> Set<String>) -> String? {
         guard generic.contains(chosen.lowercased()) else { return nil }
+        let cpuFlags = readFlags()
         if cpuFlags.isSuperset(of: ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"]) { return "SkylakeX" }
         if cpuFlags.isSuperset(of: ["avx2", "fma"]) { return "Haswell" }
         return nil
