@@ -40,26 +40,35 @@ struct DenseEncoder {
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
         let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
 
+        /// One chunk of one batch: its GEMM into the worker's buffer, then its features' pass while it is in cache.
+        func encodeChunk(_ chunk: Int, of encoded: InputBatch, columnLimits: UnsafeMutablePointer<Float>, worker: Int) {
+            let buffer = chunkBuffers + worker * chunks.largest * batch
+            let range = chunks.rows(of: chunk)
+            plan.encoder.multiply(rows: range, input: encoded.input, tokens: encoded.fill, dIn: inputs.dIn, into: buffer, stride: batch)
+            let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: columnLimits, stride: batch,
+                                         geometry: geometry)
+            accumulators.observe(slots: range, batch: batchView, activation: plan.activation) { slot in
+                (buffer + (slot - range.lowerBound) * batch, slot)
+            }
+        }
+        /// TopK in blocks: the batch's tokens' k-th values, which every chunk of the batch reads.
+        func stageLimits(of encoded: InputBatch, into columnLimits: UnsafeMutablePointer<Float>) {
+            guard let table = plan.kthByToken else { return }
+            table.withUnsafeBufferPointer { columnLimits.update(from: $0.baseAddress! + encoded.firstToken, count: encoded.fill) }
+        }
+        if !plan.needsAllRows && rows > 0 && threads > 1 {
+            return try encodePipelined(threads: threads, chunks: chunks.count, progress: progress, stageLimits: stageLimits,
+                                       encodeChunk: encodeChunk)
+        }
+
         return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
             let fill = encoded.fill
             guard rows > 0 else { return }
             let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: limits, stride: batch,
                                          geometry: geometry)
             if !plan.needsAllRows {
-                if let table = plan.kthByToken {
-                    table.withUnsafeBufferPointer { limits.update(from: $0.baseAddress! + encoded.firstToken, count: fill) }
-                }
-                let next = WorkCounter(limit: chunks.count)
-                onThreads(threads) { worker in
-                    let buffer = chunkBuffers + worker * chunks.largest * batch
-                    while let chunk = next.take() {
-                        let range = chunks.rows(of: chunk)
-                        plan.encoder.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
-                        accumulators.observe(slots: range, batch: batchView, activation: plan.activation) { slot in
-                            (buffer + (slot - range.lowerBound) * batch, slot)
-                        }
-                    }
-                }
+                stageLimits(of: encoded, into: limits)
+                for chunk in 0..<chunks.count { encodeChunk(chunk, of: encoded, columnLimits: limits, worker: 0) }
                 return
             }
             let gemms = WorkCounter(limit: chunks.count)
@@ -98,6 +107,181 @@ struct DenseEncoder {
                 }
             }
         }
+    }
+}
+
+extension DenseEncoder {
+    /// The chunk path on `threads` workers without a barrier per batch: the reader (this thread) prepares batches
+    /// up to `slots` ahead while the workers take (batch, chunk) items from a `ChunkSchedule`. With a barrier after
+    /// every batch, a worker done with its chunks waited for the other's last chunk and both waited while the reader
+    /// prepared the next batch alone (≈ 7.5 % of two cores idle, BENCHMARKS.md).
+    private func encodePipelined(threads: Int, chunks: Int, progress: (Int, Int) -> Void,
+                                 stageLimits: (InputBatch, UnsafeMutablePointer<Float>) -> Void,
+                                 encodeChunk: (Int, InputBatch, UnsafeMutablePointer<Float>, Int) -> Void) throws(SAELabelError) -> Int {
+        let slots = 2 * threads
+        let batch = BatchStream.batchSize(options)
+        let schedule = ChunkSchedule(chunks: chunks, slots: slots)
+        // Written by the reader before `submit` and read by workers after `take`: the schedule's lock orders them.
+        let staged = UnsafeMutablePointer<InputBatch?>.allocate(capacity: slots)
+        staged.initialize(repeating: nil, count: slots)
+        let limits = UnsafeMutablePointer<Float>.allocate(capacity: slots * batch)
+        defer { staged.deinitialize(count: slots); staged.deallocate(); limits.deallocate() }
+        let excluded = try onWorkerThreads(threads, { worker in
+            while let (number, chunk) = schedule.take() {
+                let slot = number % slots
+                encodeChunk(chunk, staged[slot]!, limits + slot * batch, worker)
+                schedule.finish(batch: number, chunk: chunk)
+            }
+        }, caller: { () throws(SAELabelError) -> Int in
+            // Batches handed over before a failure are finished first (`awaitIdle`): their buffers stay valid.
+            defer { schedule.close() }
+            return try BatchStream(inputs: inputs, options: options)
+                .run(slots: slots, awaitSlot: schedule.awaitSlot(for:), awaitIdle: schedule.awaitIdle, progress: progress) { encoded in
+                    staged[encoded.slot] = encoded
+                    stageLimits(encoded, limits + encoded.slot * batch)
+                    schedule.submit()
+                }
+        })
+        guard let excluded else {
+            // No thread could be started: the same chunks on this thread, one batch after another.
+            return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
+                stageLimits(encoded, limits)
+                for chunk in 0..<chunks { encodeChunk(chunk, encoded, limits, 0) }
+            }
+        }
+        return excluded
+    }
+}
+
+/// Which (batch, chunk) item a worker does next when batches are pipelined (`DenseEncoder.encodePipelined`).
+/// A chunk's features see the batches in corpus order, one at a time, with the same GEMM shapes as without
+/// the pipeline, so every value and every kept window is the same; within that, the earliest batch goes first,
+/// so slots free up in order.
+final class ChunkSchedule: @unchecked Sendable {  // every field is read and written under `condition`
+    private let condition = NSCondition()
+    private let slots: Int
+    private let chunks: Int
+    /// Per chunk, the batch it does next, and whether a worker holds it.
+    private var nextBatch: [Int]
+    private var working: [Bool]
+    /// Per slot, the chunks that have not yet finished the batch it holds.
+    private var unfinished: [Int]
+    private var submitted = 0
+    private var closed = false
+
+    init(chunks: Int, slots: Int) {
+        self.chunks = chunks
+        self.slots = slots
+        nextBatch = [Int](repeating: 0, count: chunks)
+        working = [Bool](repeating: false, count: chunks)
+        unfinished = [Int](repeating: 0, count: slots)
+    }
+
+    /// Returns once batch `number`'s slot no longer holds an unfinished batch.
+    func awaitSlot(for number: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        while unfinished[number % slots] > 0 { condition.wait() }
+    }
+
+    /// Returns once every batch submitted so far is finished.
+    func awaitIdle() {
+        condition.lock()
+        defer { condition.unlock() }
+        while unfinished.contains(where: { $0 > 0 }) { condition.wait() }
+    }
+
+    /// The next batch (number `submitted`) is staged in its slot.
+    func submit() {
+        condition.lock()
+        unfinished[submitted % slots] = chunks
+        submitted += 1
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// No batch follows: workers return once every chunk has done every batch.
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The next item, earliest batch first; nil once `close` was called and none is left.
+    func take() -> (batch: Int, chunk: Int)? {
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            var best = -1, remaining = false
+            for chunk in 0..<chunks {
+                let next = nextBatch[chunk]
+                if working[chunk] {
+                    remaining = remaining || next + 1 < submitted
+                } else if next < submitted {
+                    remaining = true
+                    if best < 0 || next < nextBatch[best] { best = chunk }
+                }
+            }
+            if best >= 0 {
+                working[best] = true
+                return (nextBatch[best], best)
+            }
+            if closed && !remaining { return nil }
+            condition.wait()
+        }
+    }
+
+    func finish(batch number: Int, chunk: Int) {
+        condition.lock()
+        working[chunk] = false
+        nextBatch[chunk] = number + 1
+        unfinished[number % slots] -= 1
+        condition.broadcast()
+        condition.unlock()
+    }
+}
+
+/// Runs `body(worker)` for workers 0..<threads on threads of their own while `caller` runs on this one, and
+/// joins the workers before returning (`caller` must make them return, e.g. by `ChunkSchedule.close`).
+/// Not `concurrentPerform`: it may run fewer iterations at once than asked, and these wait on each other.
+/// Joined pthreads, not `Thread`: a `Thread` keeps its closure after the body returns, past this call.
+/// Returns nil, without running `caller`, when not even one thread could be started.
+func onWorkerThreads<Result>(_ threads: Int, _ body: (Int) -> Void,
+                             caller: () throws(SAELabelError) -> Result) throws(SAELabelError) -> Result? {
+    let outcome: Swift.Result<Result, SAELabelError>? = withoutActuallyEscaping(body) { escapable in
+        var started: [pthread_t] = []
+        for worker in 0..<threads {
+            let start = Unmanaged.passRetained(WorkerStart(body: escapable, worker: worker)).toOpaque()
+            var thread = pthread_t()
+            let status = pthread_create(&thread, nil, { raw in
+                guard let raw else { return nil }
+                let start = Unmanaged<WorkerStart>.fromOpaque(raw).takeRetainedValue()
+                start.body(start.worker)
+                return nil
+            }, start)
+            guard status == 0 else {
+                Unmanaged<WorkerStart>.fromOpaque(start).release()
+                break  // fewer workers: the schedule hands their share to the others
+            }
+            started.append(thread)
+        }
+        guard !started.isEmpty else { return nil }
+        let outcome: Swift.Result<Result, SAELabelError>
+        do throws(SAELabelError) { outcome = .success(try caller()) } catch { outcome = .failure(error) }
+        for thread in started { pthread_join(thread, nil) }
+        return outcome
+    }
+    return try outcome?.get()
+}
+
+private final class WorkerStart {
+    let body: (Int) -> Void
+    let worker: Int
+
+    init(body: @escaping (Int) -> Void, worker: Int) {
+        self.body = body
+        self.worker = worker
     }
 }
 
@@ -323,6 +507,9 @@ struct InputBatch {
     var keep: UnsafePointer<Float>
     /// Flat corpus index of the batch's first token (batches cover the corpus in order).
     var firstToken: Int
+    /// The batch's number (0, 1, …) and the buffers it lies in (`number % slots`).
+    var number: Int
+    var slot: Int
 }
 
 /// Reads the dense shards in corpus order into batches of whole windows, checks and prepares every row
@@ -335,8 +522,13 @@ struct BatchStream {
         max(options.windowSelection.windowLength, options.batchTokens / options.windowSelection.windowLength * options.windowSelection.windowLength)
     }
 
-    /// Returns the number of excluded tokens.
-    func run(progress: (Int, Int) -> Void, encode: (InputBatch) -> Void) throws(SAELabelError) -> Int {
+    /// Returns the number of excluded tokens. `encode` gets each batch in order. With `slots` > 1 the batches
+    /// rotate through that many sets of buffers, so `encode` may hand a batch to other threads and return at
+    /// once: before batch n is written into slot n % slots, `awaitSlot(n)` must return only when batch
+    /// n − slots is no longer read, and before the buffers are freed (on return or throw) `awaitIdle()` must
+    /// return only when no batch is read any more.
+    func run(slots: Int = 1, awaitSlot: (Int) -> Void = { _ in }, awaitIdle: () -> Void = {}, progress: (Int, Int) -> Void,
+             encode: (InputBatch) -> Void) throws(SAELabelError) -> Int {
         guard let sae = inputs.sae else { return 0 }
         let dIn = inputs.dIn
         var decoderBias: [Float]?
@@ -345,10 +537,17 @@ struct BatchStream {
         let exclusion = TokenExclusion(options: options, decoder: inputs.decoder)
         let window = options.windowSelection.windowLength
         let batch = Self.batchSize(options)
-        let input = UnsafeMutablePointer<Float>.allocate(capacity: batch * dIn)
-        let keep = UnsafeMutablePointer<Float>.allocate(capacity: batch)
-        let windows = UnsafeMutablePointer<BatchWindow>.allocate(capacity: batch)  // a window holds at least one token
-        defer { input.deallocate(); keep.deallocate(); windows.deallocate() }
+        let slots = max(1, slots)
+        let inputBuffers = UnsafeMutablePointer<Float>.allocate(capacity: slots * batch * dIn)
+        let keepBuffers = UnsafeMutablePointer<Float>.allocate(capacity: slots * batch)
+        let windowBuffers = UnsafeMutablePointer<BatchWindow>.allocate(capacity: slots * batch)  // a window holds at least one token
+        defer {
+            awaitIdle()
+            inputBuffers.deallocate(); keepBuffers.deallocate(); windowBuffers.deallocate()
+        }
+        var number = 0
+        var input = inputBuffers, keep = keepBuffers, windows = windowBuffers
+        var slotReady = false
         var windowCount = 0
         var fill = 0
         var excludedTotal = 0
@@ -364,7 +563,13 @@ struct BatchStream {
             }
             guard fill > 0 else { return }
             encode(InputBatch(input: input, fill: fill, windows: UnsafeBufferPointer(start: windows, count: windowCount),
-                              keep: keep, firstToken: done))
+                              keep: keep, firstToken: done, number: number, slot: number % slots))
+            number += 1
+            let slot = number % slots
+            input = inputBuffers + slot * batch * dIn
+            keep = keepBuffers + slot * batch
+            windows = windowBuffers + slot * batch
+            slotReady = false
         }
 
         for shard in inputs.dense {
@@ -375,6 +580,10 @@ struct BatchStream {
                 while start < context {
                     let length = min(window, context - start)
                     if fill + length > batch { flush() }
+                    if !slotReady {
+                        awaitSlot(number)
+                        slotReady = true
+                    }
                     let firstToken = sequence * context + start
                     let rowsPointer = input + fill * dIn
                     shard.file.readFloats(shard.activations, start: firstToken * dIn, count: length * dIn, into: rowsPointer)

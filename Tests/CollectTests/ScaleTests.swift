@@ -61,14 +61,16 @@ import SAELabelStore
 
     /// A TopK SAE collected in blocks of a few features (each block multiplying only its own rows, the k-th value
     /// per token coming from the extra thresholds pass) matches the plain-loop reference like a single block does;
-    /// also for a shard (every third feature), whose other features count toward the k-th value alone.
-    @Test(arguments: [nil, FeatureSelection.Shard(index: 1, count: 3)])
-    func topKInBlocksMatchesTheReference(shard: FeatureSelection.Shard?) throws {
+    /// also for a shard (every third feature), whose other features count toward the k-th value alone; and with
+    /// two threads, whose pipelined batches each carry their own tokens' k-th values.
+    @Test(arguments: [nil, FeatureSelection.Shard(index: 1, count: 3)], [1, 2])
+    func topKInBlocksMatchesTheReference(shard: FeatureSelection.Shard?, threads: Int) throws {
         let sae = TestSAE.random(dIn: 12, dSAE: 30, architecture: "topk", seed: 31, dtype: "F32")
         let corpus = TestCorpus.random(nSeq: 10, ctx: 24, dIn: 12, seed: 32, dtype: "F32")
         var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 48, chunkRows: 7)
         options.memoryBudgetMiB = Double(Collector.bytesPerFeature(options, dIn: 12) * 8) / 1_048_576  // 6 features a block
         options.selection.shard = shard
+        options.blasThreads = threads
         let plan = try Collector.plan(options)
         #expect(Collector.blocks(of: plan.features, options: options, plan: plan).count == (shard == nil ? 5 : 2))
         let store = try collectIntoStore(options, directory: directory, name: "blocks.sqlite")
