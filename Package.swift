@@ -26,6 +26,7 @@ let package = Package(
         // C shims
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
         .target(name: "CFileSystem"),
+        .target(name: "CPrefetch"),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
 
         // Core types shared by every stage
@@ -44,7 +45,7 @@ let package = Package(
         // the per-window loops, worth 10–30 % of collect's streaming; BENCHMARKS.md). Release builds only: debug
         // builds and tests keep every check.
         .target(name: "SAELabelKernels",
-                dependencies: ["SAELabelCore"],
+                dependencies: ["SAELabelCore", "CPrefetch"],
                 swiftSettings: strict + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
 
         // Pipeline stages

@@ -158,50 +158,80 @@ extension FeatureAccumulators {
                         row: (Int) -> (values: UnsafeMutablePointer<Float>, parameter: Int)) {
         switch activation {
         case .relu(let bias):
-            for slot in slots {
-                let (values, p) = row(slot)
-                observeRow(slot, values: values, batch: batch, rule: ReLURow(bias: bias[p]))
-            }
+            observeRows(slots, batch: batch, row: row) { ReLURow(bias: bias[$0]) }
         case .jumpReLU(let bias, let threshold):
-            for slot in slots {
-                let (values, p) = row(slot)
-                observeRow(slot, values: values, batch: batch, rule: JumpReLURow(bias: bias[p], threshold: threshold[p]))
-            }
+            observeRows(slots, batch: batch, row: row) { JumpReLURow(bias: bias[$0], threshold: threshold[$0]) }
         case .gated(let gateBias, let scale, let magnitudeBias):
-            for slot in slots {
-                let (values, p) = row(slot)
-                observeRow(slot, values: values, batch: batch,
-                           rule: GatedRow(gateBias: gateBias[p], scale: scale[p], magnitudeBias: magnitudeBias[p]))
+            observeRows(slots, batch: batch, row: row) {
+                GatedRow(gateBias: gateBias[$0], scale: scale[$0], magnitudeBias: magnitudeBias[$0])
             }
         case .topK(let bias, let scale):
             guard let limits = batch.columnLimits else { preconditionFailure("topK needs the k-th value per column") }
-            for slot in slots {
-                let (values, p) = row(slot)
-                observeRow(slot, values: values, batch: batch, rule: LimitRow(bias: bias[p], scale: scale?[p] ?? 1, limits: limits))
-            }
+            observeRows(slots, batch: batch, row: row) { LimitRow(bias: bias[$0], scale: scale?[$0] ?? 1, limits: limits) }
         case .groupMax(let bias, let groupSize):
             guard let limits = batch.columnLimits else { preconditionFailure("groupMax needs each group's maxima") }
-            for slot in slots {
-                let (values, p) = row(slot)
-                let maxima = limits + (p / max(1, groupSize)) * batch.stride
-                observeRow(slot, values: values, batch: batch, rule: LimitRow(bias: bias[p], scale: 1, limits: maxima))
+            observeRows(slots, batch: batch, row: row) {
+                LimitRow(bias: bias[$0], scale: 1, limits: limits + ($0 / max(1, groupSize)) * batch.stride)
             }
         }
     }
 
+    /// Activates each slot's row window by window and feeds its firing windows to the slot's state one slot
+    /// later: the state lines a firing window writes (histogram bin, top record) are scattered and rarely cached,
+    /// so they are asked for (`prefetchActive`) when the window is found and written after the next row's
+    /// activation, which hides most of their misses. Each slot still gets its windows in order.
     @inline(__always)
-    private func observeRow<Rule: RowActivation>(_ slot: Int, values: UnsafeMutablePointer<Float>, batch: EncodedBatch, rule: Rule) {
-        for window in batch.windows {
-            let pointer = values + window.offset
-            let peak = activateWindow(pointer, column: window.offset, length: window.length, keep: batch.keep, rule: rule)
-            // Inactive windows are fed in runs when the feature next fires (or at the end): nothing to do here.
-            if peak > 0 {
-                catchUp(slot, to: window.order, geometry: batch.geometry)
-                observeActive(slot, values: pointer, length: window.length, peak: peak,
-                              sequence: window.sequence, start: window.start, order: window.order)
+    private func observeRows<Rule: RowActivation>(_ slots: Range<Int>, batch: EncodedBatch,
+                                                  row: (Int) -> (values: UnsafeMutablePointer<Float>, parameter: Int),
+                                                  rule: (Int) -> Rule) {
+        let windows = batch.windows
+        guard !windows.isEmpty else { return }
+        // Not withUnsafeTemporaryAllocation: in its closure the window loop was no longer inlined.
+        let lists = UnsafeMutablePointer<FiringWindow>.allocate(capacity: 2 * windows.count)
+        defer { lists.deallocate() }
+        do {
+            var pending: (slot: Int, values: UnsafeMutablePointer<Float>, firing: UnsafeMutablePointer<FiringWindow>, count: Int)?
+            var half = 0
+            for slot in slots {
+                let (values, parameter) = row(slot)
+                let slotRule = rule(parameter)
+                let firing = lists + half * windows.count
+                var count = 0
+                for index in windows.indices {
+                    let window = windows[index]
+                    let peak = activateWindow(values + window.offset, column: window.offset, length: window.length, keep: batch.keep,
+                                              rule: slotRule)
+                    // Inactive windows are fed in runs when the feature next fires (or at the end): nothing to do here.
+                    if peak > 0 {
+                        firing[count] = FiringWindow(index: Int32(index), peak: peak)
+                        count += 1
+                        prefetchActive(slot, peak: peak)
+                    }
+                }
+                if let pending { feedFiring(pending.slot, values: pending.values, firing: pending.firing, count: pending.count, batch: batch) }
+                pending = (slot, values, firing, count)
+                half ^= 1
             }
+            if let pending { feedFiring(pending.slot, values: pending.values, firing: pending.firing, count: pending.count, batch: batch) }
         }
     }
+
+    @inline(__always)
+    private func feedFiring(_ slot: Int, values: UnsafeMutablePointer<Float>, firing: UnsafeMutablePointer<FiringWindow>, count: Int,
+                            batch: EncodedBatch) {
+        for position in 0..<count {
+            let window = batch.windows[Int(firing[position].index)]
+            catchUp(slot, to: window.order, geometry: batch.geometry)
+            observeActive(slot, values: values + window.offset, length: window.length, peak: firing[position].peak,
+                          sequence: window.sequence, start: window.start, order: window.order)
+        }
+    }
+}
+
+/// A window of the batch on which a slot fired, and its peak.
+struct FiringWindow {
+    var index: Int32
+    var peak: Float
 }
 
 /// Applies `rule` in place to one window's `length` values (batch columns `column`…), zeroing excluded

@@ -1,3 +1,4 @@
+import CPrefetch
 import Foundation
 import SAELabelCore
 
@@ -111,6 +112,18 @@ public final class WindowSlots {
     @inline(__always)
     fileprivate func record(_ feature: Int, _ index: Int) -> UnsafeMutableRawPointer {
         records[feature].unsafelyUnwrapped + index * stride
+    }
+
+    /// Asks for the cache lines of record `index` of `feature` ahead of a write, when it exists.
+    @inline(__always)
+    func prefetch(_ feature: Int, _ index: Int) {
+        guard index < Int(reserved[feature]) else { return }
+        let start = record(feature, index)
+        var offset = 0
+        while offset < stride {
+            saelabel_prefetch_for_write(start + offset)
+            offset += 64
+        }
     }
 
     private func grow(_ feature: Int, toHold count: Int) {
@@ -480,6 +493,24 @@ public final class FeatureAccumulators: @unchecked Sendable {
         return bins
     }
 
+    /// Asks for the lines `observeActive` will write for a window of `slot` peaking at `peak` (its peak's histogram
+    /// bin, the top-heap record it would take), so the misses on these scattered lines overlap other work.
+    @inline(__always)
+    func prefetchActive(_ slot: Int, peak: Float) {
+        if let bins = histograms[slot] {
+            let range = histogramRange[slot]
+            if peak <= range { saelabel_prefetch_for_write(bins + Self.bin(peak, scale: Float(Self.fineBins) / range)) }
+        }
+        let capacity = top.capacity
+        guard capacity > 0 else { return }
+        let count = topCount[slot]
+        if count < capacity {
+            top.prefetch(slot, count)
+        } else if peak > topFloor[slot] {
+            top.prefetch(slot, Int(topHeap[slot * capacity].record))
+        }
+    }
+
     /// Whether `slot` fired and its reservoir and histogram are still deferred to its top heap.
     @inline(__always)
     func isDeferred(_ slot: Int) -> Bool { defersToTop && histograms[slot] == nil }
@@ -589,7 +620,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         let observed = observedWindows(slot)
         if order > observed {
             markInactiveCandidates(slot, from: observed, to: order)
-            observeInactiveRun(slot, firstOrder: observed, count: Int(order - observed), place: geometry.place)
+            observeInactiveRun(slot, firstOrder: observed, count: Int(order - observed), place: { geometry.place($0) })
         }
     }
 
@@ -622,7 +653,7 @@ public final class FeatureAccumulators: @unchecked Sendable {
         }
         var next: Int64 = 0
         for order in firingOrders + [geometry.totalWindows] {
-            if order > next { observeInactiveRun(slot, firstOrder: next, count: Int(order - next), place: geometry.place) }
+            if order > next { observeInactiveRun(slot, firstOrder: next, count: Int(order - next), place: { geometry.place($0) }) }
             next = order + 1
         }
     }
