@@ -1,5 +1,6 @@
 import Testing
 import SAELabelCore
+@testable import SAELabelCollect
 @testable import SAELabelKernels
 
 /// The per-feature pass's cheaper pieces give exactly what the plain versions gave.
@@ -141,6 +142,27 @@ import SAELabelCore
     }
 
     /// The inline horizontal max equals `SIMD4.max()` for the non-negative lanes the activation pass produces.
+    /// The batch preparation's ‖row‖² (four running sums) is the squared norm to float precision at every length
+    /// (whole steps of 16 and the tail), and a NaN or an infinity anywhere in the row makes it non-finite, which is
+    /// what sends the row to the non-finite check.
+    @Test func squaredNormIsTheSumOfSquaresAndCarriesNonFiniteValues() {
+        var generator = SplitMix64(seed: 17, feature: 0, purpose: 0)
+        for count in Array(0...40) + [768, 2304, 4099] {
+            var row = (0..<count).map { _ in Float(generator.unit()) * 8 - 4 }
+            let expected = row.reduce(0.0) { $0 + Double($1) * Double($1) }
+            let norm = squaredNorm(row, count: count)
+            #expect(abs(Double(norm) - expected) <= 1e-6 * max(1, expected), "length \(count)")
+            guard count > 0 else { continue }
+            for bad in [Float.nan, .infinity, -.infinity] {
+                let position = Int(generator.next() % UInt64(count))
+                let kept = row[position]
+                row[position] = bad
+                #expect(!squaredNorm(row, count: count).isFinite, "length \(count), \(bad) at \(position)")
+                row[position] = kept
+            }
+        }
+    }
+
     @Test func largestLaneIsTheMaximum() {
         var generator = SplitMix64(seed: 5, feature: 0, purpose: 0)
         for _ in 0..<2_000 {
