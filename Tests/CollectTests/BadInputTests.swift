@@ -89,8 +89,8 @@ import SAELabelStore
         try expectBadInput(options, directory: directory, file: options.activationFiles[0], mentions: ["sequence 2", "position 7"])
     }
 
-    /// Batches after the first are prepared in one part per thread; with a bad row in each part of a batch, the
-    /// first in corpus order is reported, whichever part finished first, as with one thread.
+    /// Two bad rows in the second batch: the first in corpus order is reported, with one thread and with two,
+    /// where the reader prepares that batch while the workers still encode the first.
     @Test(arguments: [1, 2])
     func firstOfTwoNonFiniteRowsIsReportedWithPartsPreparedByThreads(threads: Int) throws {
         var (directory, options, _, _) = try fixture()
