@@ -112,13 +112,15 @@ struct DenseEncoder {
 
 extension DenseEncoder {
     /// The chunk path on `threads` workers without a barrier per batch: the reader (this thread) prepares batches
-    /// up to `slots` ahead while the workers take (batch, chunk) items from a `ChunkSchedule`. With a barrier after
-    /// every batch, a worker done with its chunks waited for the other's last chunk and both waited while the reader
-    /// prepared the next batch alone (≈ 7.5 % of two cores idle, BENCHMARKS.md).
+    /// ahead into rotating buffers while the workers take (batch, chunk) items from a `ChunkSchedule`. With a
+    /// barrier after every batch, a worker done with its chunks waited for the other's last chunk and both waited
+    /// while the reader prepared the next batch alone (≈ 7.5 % of two cores idle, BENCHMARKS.md).
     private func encodePipelined(threads: Int, chunks: Int, progress: (Int, Int) -> Void,
                                  stageLimits: (InputBatch, UnsafeMutablePointer<Float>) -> Void,
                                  encodeChunk: (Int, InputBatch, UnsafeMutablePointer<Float>, Int) -> Void) throws(SAELabelError) -> Int {
-        let slots = 2 * threads
+        // Batches in memory (4 at two threads, as measured): room for the workers to run ahead of a slow chunk while
+        // the reader fills the next; more would only hold more input.
+        let slots = threads + 2
         let batch = BatchStream.batchSize(options)
         let schedule = ChunkSchedule(chunks: chunks, slots: slots)
         // Written by the reader before `submit` and read by workers after `take`: the schedule's lock orders them.
