@@ -9,8 +9,9 @@ import SAELabelKernels
 /// NaN/Inf; then the features' rows are encoded in chunks (`ChunkGeometry`: one `cblas_sgemm` each into
 /// `pre[row, token]`, row-major, so each feature's activations over the batch are contiguous and a chunk stays
 /// in cache for the per-feature pass that follows it). With `blasThreads` T > 1, T workers take chunks in turn,
-/// each running a single-threaded GEMM and then the per-feature pass of its chunk: chunk boundaries never depend
-/// on T and every feature's state is its own, so results are identical for any T.
+/// each running a single-threaded GEMM and then the per-feature pass of its chunk, while the calling thread reads
+/// the next batches (`encodePipelined`): chunk boundaries never depend on T, every feature's state is its own and
+/// each chunk sees the batches in order, so results are identical for any T.
 /// Only the selected features' rows are multiplied; TopK needs the k-th value over all features per token,
 /// computed inline when the block is every feature and otherwise taken from `kthByToken` (`TopKThresholds`).
 struct DenseEncoder {

@@ -651,10 +651,14 @@ public final class FeatureAccumulators: @unchecked Sendable {
             randomState[slot].seen = Int(geometry.totalWindows) - activeWindows[slot]
             return
         }
+        // The runs between firing windows, then the run after the last one (no array of firing orders + [total]).
         var next: Int64 = 0
-        for order in firingOrders + [geometry.totalWindows] {
+        for order in firingOrders {
             if order > next { observeInactiveRun(slot, firstOrder: next, count: Int(order - next), place: { geometry.place($0) }) }
             next = order + 1
+        }
+        if geometry.totalWindows > next {
+            observeInactiveRun(slot, firstOrder: next, count: Int(geometry.totalWindows - next), place: { geometry.place($0) })
         }
     }
 
