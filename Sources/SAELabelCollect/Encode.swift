@@ -57,9 +57,11 @@ struct DenseEncoder {
             guard let table = plan.kthByToken else { return }
             table.withUnsafeBufferPointer { columnLimits.update(from: $0.baseAddress! + encoded.firstToken, count: encoded.fill) }
         }
-        if !plan.needsAllRows && rows > 0 && threads > 1 {
-            return try encodePipelined(threads: threads, chunks: chunks.count, progress: progress, stageLimits: stageLimits,
-                                       encodeChunk: encodeChunk)
+        // Nil when no worker thread could be started: then the same chunks on this thread, below.
+        if !plan.needsAllRows && rows > 0 && threads > 1,
+           let excluded = try encodePipelined(threads: threads, chunks: chunks.count, progress: progress, stageLimits: stageLimits,
+                                              encodeChunk: encodeChunk) {
+            return excluded
         }
 
         return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
@@ -116,9 +118,10 @@ extension DenseEncoder {
     /// ahead into rotating buffers while the workers take (batch, chunk) items from a `ChunkSchedule`. With a
     /// barrier after every batch, a worker done with its chunks waited for the other's last chunk and both waited
     /// while the reader prepared the next batch alone (≈ 7.5 % of two cores idle, BENCHMARKS.md).
+    /// Returns the number of excluded tokens, or nil, having read nothing, when no worker thread could be started.
     private func encodePipelined(threads: Int, chunks: Int, progress: (Int, Int) -> Void,
                                  stageLimits: (InputBatch, UnsafeMutablePointer<Float>) -> Void,
-                                 encodeChunk: (Int, InputBatch, UnsafeMutablePointer<Float>, Int) -> Void) throws(SAELabelError) -> Int {
+                                 encodeChunk: (Int, InputBatch, UnsafeMutablePointer<Float>, Int) -> Void) throws(SAELabelError) -> Int? {
         // Batches in memory (4 at two threads, as measured): room for the workers to run ahead of a slow chunk while
         // the reader fills the next; more would only hold more input.
         let slots = threads + 2
@@ -129,7 +132,7 @@ extension DenseEncoder {
         staged.initialize(repeating: nil, count: slots)
         let limits = UnsafeMutablePointer<Float>.allocate(capacity: slots * batch)
         defer { staged.deinitialize(count: slots); staged.deallocate(); limits.deallocate() }
-        let excluded = try onWorkerThreads(threads, { worker in
+        return try onWorkerThreads(threads, { worker in
             while let (number, chunk) = schedule.take() {
                 let slot = number % slots
                 encodeChunk(chunk, staged[slot]!, limits + slot * batch, worker)
@@ -145,14 +148,6 @@ extension DenseEncoder {
                     schedule.submit()
                 }
         })
-        guard let excluded else {
-            // No thread could be started: the same chunks on this thread, one batch after another.
-            return try BatchStream(inputs: inputs, options: options).run(progress: progress) { encoded in
-                stageLimits(encoded, limits)
-                for chunk in 0..<chunks { encodeChunk(chunk, encoded, limits, 0) }
-            }
-        }
-        return excluded
     }
 }
 
@@ -421,7 +416,14 @@ enum TopKThresholds {
                     chunks: ChunkGeometry(rows: features.count, preferredRows: options.encodeChunkRows),
                     bias: features.map { bias[$0] }, scale: scale.map { scale in features.map { scale[$0] } })
         }
-        var work = segments.indices.flatMap { segment in (0..<segments[segment].chunks.count).map { (segment, $0) } }
+        // Each chunk's GEMM and the runs of its rows offered to the heaps (the same for every batch).
+        func items(of segment: Int) -> [(segment: Int, rows: Range<Int>, offered: [Range<Int>])] {
+            (0..<segments[segment].chunks.count).map { chunk in
+                let rows = segments[segment].chunks.rows(of: chunk)
+                return (segment, rows, segments[segment].offered(rows))
+            }
+        }
+        var work = segments.indices.flatMap(items(of:))
         // Features no block holds count toward the k-th value alone, so any GEMM shape will do: chunks of the whole
         // width (read in place when the file allows), those holding at least one such feature, offering only those.
         // (Runs of their own would be GEMMs of a few rows each when a shard takes every n-th feature.)
@@ -432,7 +434,7 @@ enum TopKThresholds {
                                chunks: ChunkGeometry(rows: all.count, preferredRows: options.encodeChunkRows),
                                bias: bias, scale: scale, blocked: blocked)
             segments.append(rest)
-            work += (0..<rest.chunks.count).filter { rest.chunks.rows(of: $0).contains { !blocked[$0] } }.map { (segments.count - 1, $0) }
+            work += items(of: segments.count - 1).filter { !$0.offered.isEmpty }
         }
         let largest = segments.map(\.chunks.largest).max() ?? 0
         let threads = max(1, options.blasThreads)
@@ -449,10 +451,9 @@ enum TopKThresholds {
             onThreads(threads) { worker in
                 let buffer = buffers + worker * largest * batch
                 while let item = next.take() {
-                    let segment = segments[work[item].0]
-                    let range = segment.chunks.rows(of: work[item].1)
+                    let segment = segments[work[item].segment], range = work[item].rows
                     segment.operand.multiply(rows: range, input: encoded.input, tokens: fill, dIn: inputs.dIn, into: buffer, stride: batch)
-                    for rows in segment.offered(range) {
+                    for rows in work[item].offered {
                         heaps[worker].offer(output: buffer + (rows.lowerBound - range.lowerBound) * batch, rows: rows, stride: batch,
                                             columnRange: 0..<fill, bias: segment.bias, scale: segment.scale)
                     }

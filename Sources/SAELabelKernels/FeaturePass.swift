@@ -189,31 +189,29 @@ extension FeatureAccumulators {
         // Not withUnsafeTemporaryAllocation: in its closure the window loop was no longer inlined.
         let lists = UnsafeMutablePointer<FiringWindow>.allocate(capacity: 2 * windows.count)
         defer { lists.deallocate() }
-        do {
-            var pending: (slot: Int, values: UnsafeMutablePointer<Float>, firing: UnsafeMutablePointer<FiringWindow>, count: Int)?
-            var half = 0
-            for slot in slots {
-                let (values, parameter) = row(slot)
-                let slotRule = rule(parameter)
-                let firing = lists + half * windows.count
-                var count = 0
-                for index in windows.indices {
-                    let window = windows[index]
-                    let peak = activateWindow(values + window.offset, column: window.offset, length: window.length, keep: batch.keep,
-                                              rule: slotRule)
-                    // Inactive windows are fed in runs when the feature next fires (or at the end): nothing to do here.
-                    if peak > 0 {
-                        firing[count] = FiringWindow(index: Int32(index), peak: peak)
-                        count += 1
-                        prefetchActive(slot, peak: peak)
-                    }
+        var pending: (slot: Int, values: UnsafeMutablePointer<Float>, firing: UnsafeMutablePointer<FiringWindow>, count: Int)?
+        var half = 0
+        for slot in slots {
+            let (values, parameter) = row(slot)
+            let slotRule = rule(parameter)
+            let firing = lists + half * windows.count
+            var count = 0
+            for index in windows.indices {
+                let window = windows[index]
+                let peak = activateWindow(values + window.offset, column: window.offset, length: window.length, keep: batch.keep,
+                                          rule: slotRule)
+                // Inactive windows are fed in runs when the feature next fires (or at the end): nothing to do here.
+                if peak > 0 {
+                    firing[count] = FiringWindow(index: Int32(index), peak: peak)
+                    count += 1
+                    prefetchActive(slot, peak: peak)
                 }
-                if let pending { feedFiring(pending.slot, values: pending.values, firing: pending.firing, count: pending.count, batch: batch) }
-                pending = (slot, values, firing, count)
-                half ^= 1
             }
             if let pending { feedFiring(pending.slot, values: pending.values, firing: pending.firing, count: pending.count, batch: batch) }
+            pending = (slot, values, firing, count)
+            half ^= 1
         }
+        if let pending { feedFiring(pending.slot, values: pending.values, firing: pending.firing, count: pending.count, batch: batch) }
     }
 
     @inline(__always)
