@@ -148,7 +148,8 @@ final class BlockWriter: @unchecked Sendable {
             let finishStart = DispatchTime.now().uptimeNanoseconds
             let finishCPUStart = Self.threadCPUSeconds()
             var commit = work.commit
-            commit.features = Collector.records(work.accumulators, block: work.block, inputs: work.inputs, counted: work.counted)
+            commit.features = Collector.records(work.accumulators, block: work.block, inputs: work.inputs, counted: work.counted,
+                                                stored: commit.storedWindows)
             let writeStart = DispatchTime.now().uptimeNanoseconds
             let writeCPUStart = Self.threadCPUSeconds()
             do throws(SAELabelError) {
@@ -478,7 +479,7 @@ public enum Collector {
     /// `features` cut into the blocks collect streams and commits one at a time: at most
     /// `¾ · memoryBudgetMiB / bytesPerFeature` features each (at least one); the last quarter is left for what
     /// does not grow with the block (code, tokenizer, batch buffers, SQLite's cache, at most an eighth of the budget while
-    /// a block commits, the TopK thresholds).
+    /// a block commits, the TopK thresholds, the stored windows' memo: at most a sixteenth).
     /// Where splitting is cheap, a large selection is cut into at least `pipelineBlocks` blocks of at least
     /// `pipelineBlockMinimum` features, so the writer overlaps the stream.
     /// A latent cache is cut by what each latent's entries can need (`latentBytes`), so a wide cache of rarely
@@ -527,6 +528,7 @@ public enum Collector {
         // Block i's final selection and commit run on another thread while block i+1 streams (two blocks'
         // window state at once, which `bytesPerFeature` counts); commits stay in block order.
         let writer = BlockWriter()
+        let storedWindows = StoredWindows(capacityTokens: storedWindowTokens(options))
         // Two sets of state memory alternate: block i streams into the memory of block i − 2, whose commit
         // finished before block i − 1's started (`writer.wait`).
         var previous: FeatureAccumulators?
@@ -548,6 +550,7 @@ public enum Collector {
                 var commit = index == 0 ? first : CollectCommit()
                 // The commit's page cache comes out of the budget's last quarter (see `blocks`): an eighth of it.
                 commit.pageCacheKiB = min(JobStore.blockCacheKiB, Int(options.memoryBudgetMiB * 1024 / 8))
+                commit.storedWindows = storedWindows
                 commit.settings[JobSettingKey.saeName] = plan.saeName
                 commit.settings[JobSettingKey.hookName] = plan.hookName
                 commit.settings[JobSettingKey.modelName] = plan.modelName
@@ -583,9 +586,17 @@ public enum Collector {
         return inputs
     }
 
+    /// The run's window memo (`StoredWindows`) holds at most a sixteenth of the memory budget, at ~32 bytes per
+    /// token (its string, the array slot, the entry's share); it comes out of the budget's last quarter (`blocks`).
+    static func storedWindowTokens(_ options: CollectOptions) -> Int {
+        Int(options.memoryBudgetMiB * 1_048_576 / 16 / 32)
+    }
+
     /// The stored records of every feature of `block` (ascending), in its order; a window chosen by several
-    /// features is decoded once. A feature `accumulators` holds no state for (a latent without entries) never fired.
-    static func records(_ accumulators: FeatureAccumulators, block: [Int], inputs: CollectInputs, counted: Int) -> [CollectedFeature] {
+    /// features is decoded once, and a window an earlier block stored (`stored`) not at all. A feature
+    /// `accumulators` holds no state for (a latent without entries) never fired.
+    static func records(_ accumulators: FeatureAccumulators, block: [Int], inputs: CollectInputs, counted: Int,
+                        stored: StoredWindows? = nil) -> [CollectedFeature] {
         var decoded: [WindowPlace: [String]] = [:]
         let tracked = accumulators.features
         var slot = 0
@@ -595,6 +606,7 @@ public enum Collector {
             }
             defer { slot += 1 }
             return accumulators.finish(slot, countedTokens: counted) { sequence, start, length in
+                if let tokens = stored?.tokens(sequence: sequence, start: start, length: length) { return tokens }
                 let place = WindowPlace(sequence: sequence, start: start, length: length)
                 if let tokens = decoded[place] { return tokens }
                 let tokens = inputs.windowTokens(sequence: sequence, start: start, length: length)

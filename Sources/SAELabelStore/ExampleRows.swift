@@ -36,12 +36,15 @@ final class ExampleRowWriter {
     private let splitNames = CNames<ExampleSplit>()
     private let kindNames = CNames<ExampleKind>()
 
-    init(_ db: Database) throws {
+    init(_ db: Database, knownWindows: [TextWindowPlace: ResolvedWindow] = [:]) throws {
         self.db = db
         clear = try db.makeStatement(sql: "DELETE FROM example WHERE feature = ?")
-        windows = try TextWindowWriter(db)
+        windows = try TextWindowWriter(db, known: knownWindows)
         pending.reserveCapacity(Self.rowsPerStatement)
     }
+
+    /// The windows the rows named: those known at the start and those found or inserted since.
+    var resolvedWindows: [TextWindowPlace: ResolvedWindow] { windows.known }
 
     /// Drops `feature`'s stored examples (re-collecting replaces them). Call before `append`ing its rows.
     func removeExamples(of feature: Int) throws {

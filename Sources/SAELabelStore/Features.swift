@@ -40,7 +40,7 @@ extension JobStore {
 
     /// Stores several features in one transaction.
     public func saveCollected(_ features: [CollectedFeature]) throws(SAELabelError) {
-        try write { db in try Self.saveCollected(db, features) }
+        try write { db in _ = try Self.saveCollected(db, features) }
     }
 
     /// Writes one block of collect in one transaction: with the first block, the run's input fingerprints,
@@ -49,7 +49,9 @@ extension JobStore {
     /// checks every included activation), so a bad input found while streaming leaves the store unchanged.
     /// The foreign keys are off for the commit: its only child rows are examples, each written right after
     /// its feature row is upserted in the same transaction, and checking it cost a `feature` lookup per example.
+    /// With `commit.storedWindows`, the windows this commit stored are added to it once the transaction committed.
     public func commitCollect(_ commit: CollectCommit) throws(SAELabelError) {
+        var resolved: [TextWindowPlace: ResolvedWindow] = [:]
         try withBlockSizedCache(kib: commit.pageCacheKiB) { () throws(SAELabelError) in
             try withWriterPragma("foreign_keys", 0) { () throws(SAELabelError) in
                 try write { db in
@@ -63,10 +65,13 @@ extension JobStore {
                     for index in commit.register {
                         try db.execute(sql: "INSERT OR IGNORE INTO feature(id, state, updated_at) VALUES (?, 'pending', ?)", arguments: [index, now])
                     }
-                    try Self.saveCollected(db, commit.features)
+                    // A new version's commit has just deleted every window row: none is known any more.
+                    let known = commit.bumpInputVersion ? [:] : commit.storedWindows?.known ?? [:]
+                    resolved = try Self.saveCollected(db, commit.features, knownWindows: known)
                 }
             }
         }
+        commit.storedWindows?.adopt(resolved)
     }
 
     /// Runs `body` (one block's commit) with a writer page cache that holds the whole block (≈ 50 MB for 3,072
@@ -111,7 +116,11 @@ extension JobStore {
 
     /// The feature rows go through one prepared upsert; the example rows, ~35 per feature, through
     /// `ExampleRowWriter`'s multi-row inserts (see there for why).
-    static func saveCollected(_ db: Database, _ features: [CollectedFeature]) throws {
+    /// `knownWindows` are windows already stored (their rows are not looked up again); returns them with the
+    /// windows this call stored or found.
+    @discardableResult
+    static func saveCollected(_ db: Database, _ features: [CollectedFeature],
+                              knownWindows: [TextWindowPlace: ResolvedWindow] = [:]) throws -> [TextWindowPlace: ResolvedWindow] {
         // Formatted once: converting a Date per row was most of the upsert's argument cost.
         let now = Date().databaseValue
         let upsert = try db.cachedStatement(sql: """
@@ -124,7 +133,7 @@ extension JobStore {
                 activating_windows = excluded.activating_windows, histogram = excluded.histogram,
                 updated_at = excluded.updated_at, failed_stage = NULL, failure_reason = NULL
             """)
-        let examples = try ExampleRowWriter(db)
+        let examples = try ExampleRowWriter(db, knownWindows: knownWindows)
         for feature in features {
             let stats = feature.statistics
             try upsert.execute(arguments: [feature.index, feature.state.rawValue, feature.note, stats.frequency,
@@ -138,6 +147,7 @@ extension JobStore {
             }
         }
         try examples.flush()
+        return examples.resolvedWindows
     }
 
     public func examples(feature: Int, split: ExampleSplit? = nil) throws(SAELabelError) -> [StoredExample] {
@@ -285,6 +295,8 @@ public struct CollectCommit: Sendable {
     public var features: [CollectedFeature] = []
     /// The most page cache (KiB) the commit may hold the block in (`JobStore.withBlockSizedCache`).
     public var pageCacheKiB = JobStore.blockCacheKiB
+    /// The windows the run's earlier commits stored; this commit reuses their rows and adds its own.
+    public var storedWindows: StoredWindows?
 
     public init() {}
 }

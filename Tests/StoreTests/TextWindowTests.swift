@@ -100,4 +100,77 @@ import Testing
         #expect(try store.examples(feature: 0).isEmpty)
         #expect(try windowCount(path) == 1)
     }
+
+    func commit(_ store: JobStore, _ features: [CollectedFeature], windows: StoredWindows, bump: Bool = false) throws(SAELabelError) {
+        var commit = CollectCommit()
+        commit.features = features
+        commit.storedWindows = windows
+        commit.bumpInputVersion = bump
+        try store.commitCollect(commit)
+    }
+
+    /// A later block reuses the rows of windows earlier blocks committed; a commit that rolls back adds none of
+    /// its windows to the memo, so no later example names a row that was never stored.
+    @Test func laterCommitsReuseCommittedWindowsAndNeverARolledBackOne() throws {
+        let dir = TempDirectory()
+        let path = dir.file("job.sqlite")
+        let store = try JobStore(path: path)
+        let windows = StoredWindows(capacityTokens: 100)
+        let a = textWindow(["a", " b"], sequence: 0), b = textWindow(["c"], sequence: 1, start: 4)
+        try commit(store, [feature(0, [a, b])], windows: windows)
+        #expect(windows.count == 2 && windows.tokenCount == 3)
+        #expect(windows.tokens(sequence: 1, start: 4, length: 1) == ["c"])
+        #expect(windows.tokens(sequence: 1, start: 4, length: 2) == nil, "another length is another window")
+
+        // Feature 99's example rows are refused, after feature 1's new window row was inserted: all rolls back.
+        try DatabaseQueue(path: path).write { db in
+            try db.execute(sql: """
+                CREATE TRIGGER refuse_99 BEFORE INSERT ON example WHEN NEW.feature = 99
+                BEGIN SELECT RAISE(ABORT, 'injected fault'); END
+                """)
+        }
+        let fresh = textWindow(["new"], sequence: 2, start: 8)
+        #expect(throws: SAELabelError.self) { try commit(store, [feature(1, [fresh, a]), feature(99, [b])], windows: windows) }
+        #expect(windows.count == 2 && windows.tokens(sequence: 2, start: 8, length: 1) == nil)
+        #expect(try windowCount(path) == 2)
+
+        try commit(store, [feature(2, [fresh, a]), feature(3, [b, a])], windows: windows)
+        #expect(try store.examples(feature: 2).map(\.window) == [fresh, a])
+        #expect(try store.examples(feature: 3).map(\.window) == [b, a])
+        #expect(try windowCount(path) == 3)
+        #expect(windows.count == 3)
+    }
+
+    /// A new version's commit deletes every window row: windows the memo knew are stored again, not named by a
+    /// deleted id.
+    @Test func aNewVersionsCommitStoresKnownWindowsAgain() throws {
+        let dir = TempDirectory()
+        let path = dir.file("job.sqlite")
+        let store = try JobStore(path: path)
+        let windows = StoredWindows(capacityTokens: 100)
+        let a = textWindow(["a"], sequence: 0)
+        try commit(store, [feature(0, [a])], windows: windows)
+        try commit(store, [feature(1, [a])], windows: windows, bump: true)
+        #expect(try store.examples(feature: 1).map(\.window) == [a])
+        #expect(try windowCount(path) == 1)
+        try commit(store, [feature(2, [a])], windows: windows)
+        #expect(try store.examples(feature: 2).map(\.window) == [a])
+        #expect(try windowCount(path) == 1)
+    }
+
+    /// Past its capacity (in tokens) the memo empties; later commits look windows up again and store the same.
+    @Test func aFullMemoEmptiesAndLaterCommitsStillFindTheirWindows() throws {
+        let dir = TempDirectory()
+        let path = dir.file("job.sqlite")
+        let store = try JobStore(path: path)
+        let windows = StoredWindows(capacityTokens: 3)
+        let a = textWindow(["a", " b"], sequence: 0), b = textWindow(["c"], sequence: 1), c = textWindow(["d"], sequence: 2)
+        try commit(store, [feature(0, [a, b])], windows: windows)
+        #expect(windows.count == 2 && windows.tokenCount == 3)
+        try commit(store, [feature(1, [c, a])], windows: windows)
+        #expect(windows.count == 0 && windows.tokenCount == 0)
+        try commit(store, [feature(2, [b, c, a])], windows: windows)
+        #expect(try store.examples(feature: 2).map(\.window) == [b, c, a])
+        #expect(try windowCount(path) == 3)
+    }
 }
