@@ -28,9 +28,14 @@ public struct CollectOptions: Sendable {
     public var batchTokens = 512
     /// Threads for the encode (`[collect] blas_threads`): each runs single-threaded GEMMs over chunks of features
     /// and the per-feature pass of its chunks; with more than one, a reader thread prepares batches ahead
-    /// (`DenseEncoder.encodePipelined`). 1 by default, which leaves a core to the block writer and to whatever
-    /// else shares the machine; two threads streamed 1.65× as fast as one on a 2-core VM (BENCHMARKS.md).
+    /// (`DenseEncoder.encodePipelined`). 1 by default: one thread runs the GEMMs and, on a machine with another
+    /// core, a second runs the per-feature pass beside them (≈ a tenth of a core), which leaves most of a core to
+    /// the block writer and to whatever else shares the machine; two threads streamed 1.65× as fast as one on a
+    /// 2-core VM (BENCHMARKS.md).
     public var blasThreads = 1
+    /// At one BLAS thread, run the per-feature pass on a thread of its own beside the GEMMs (when the machine has
+    /// another core): `DenseEncoder.encodeWithPassThread`. Off only to compare the two paths.
+    var passOnOwnThread = true
     /// Collect's memory budget (MiB): features are streamed and committed in blocks sized so the process stays
     /// within it however many features are selected (see `Collector.blocks`).
     public var memoryBudgetMiB: Double = MemoryBudget.defaultMiB

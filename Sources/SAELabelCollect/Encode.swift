@@ -35,22 +35,34 @@ struct DenseEncoder {
         let batch = BatchStream.batchSize(options)
         // Whole-row outputs only when a rule needs every row's values first (inline TopK, groupMax).
         let output = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? max(1, rows * batch) : 1)
-        let chunkBuffers = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? 1 : threads * chunks.largest * batch)
+        // One buffer per worker; with a pass thread, the ring of chunks the GEMM made and the pass has not yet read.
+        let passThread = threads == 1 && options.passOnOwnThread && ProcessInfo.processInfo.activeProcessorCount > 1
+        let chunkBufferCount = passThread ? PassPipeline.depth : threads
+        let chunkBuffers = UnsafeMutablePointer<Float>.allocate(capacity: plan.needsAllRows ? 1 : chunkBufferCount * chunks.largest * batch)
         let limits = UnsafeMutablePointer<Float>.allocate(capacity: max(1, plan.limitRows * batch))
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: plan.inlineK == nil ? 1 : threads * rows * 8)
         defer { output.deallocate(); chunkBuffers.deallocate(); limits.deallocate(); scratch.deallocate() }
         let geometry = inputs.windowGeometry(window: options.windowSelection.windowLength)
 
-        /// One chunk of one batch: its GEMM into the worker's buffer, then its features' pass while it is in cache.
-        func encodeChunk(_ chunk: Int, of encoded: InputBatch, columnLimits: UnsafeMutablePointer<Float>, worker: Int) {
-            let buffer = chunkBuffers + worker * chunks.largest * batch
+        /// One chunk of one batch: its GEMM into chunk buffer `buffer`.
+        func multiplyChunk(_ chunk: Int, of encoded: InputBatch, buffer: Int) {
+            plan.encoder.multiply(rows: chunks.rows(of: chunk), input: encoded.input, tokens: encoded.fill, dIn: inputs.dIn,
+                                  into: chunkBuffers + buffer * chunks.largest * batch, stride: batch)
+        }
+        /// The per-feature pass over one chunk's GEMM output in chunk buffer `buffer`.
+        func passChunk(_ chunk: Int, of encoded: InputBatch, columnLimits: UnsafeMutablePointer<Float>, buffer: Int) {
+            let output = chunkBuffers + buffer * chunks.largest * batch
             let range = chunks.rows(of: chunk)
-            plan.encoder.multiply(rows: range, input: encoded.input, tokens: encoded.fill, dIn: inputs.dIn, into: buffer, stride: batch)
             let batchView = EncodedBatch(windows: encoded.windows, keep: encoded.keep, columnLimits: columnLimits, stride: batch,
                                          geometry: geometry)
             accumulators.observe(slots: range, batch: batchView, activation: plan.activation) { slot in
-                (buffer + (slot - range.lowerBound) * batch, slot)
+                (output + (slot - range.lowerBound) * batch, slot)
             }
+        }
+        /// One chunk of one batch: its GEMM into the worker's buffer, then its features' pass while it is in cache.
+        func encodeChunk(_ chunk: Int, of encoded: InputBatch, columnLimits: UnsafeMutablePointer<Float>, worker: Int) {
+            multiplyChunk(chunk, of: encoded, buffer: worker)
+            passChunk(chunk, of: encoded, columnLimits: columnLimits, buffer: worker)
         }
         /// TopK in blocks: the batch's tokens' k-th values, which every chunk of the batch reads.
         func stageLimits(of encoded: InputBatch, into columnLimits: UnsafeMutablePointer<Float>) {
@@ -58,6 +70,11 @@ struct DenseEncoder {
             table.withUnsafeBufferPointer { columnLimits.update(from: $0.baseAddress! + encoded.firstToken, count: encoded.fill) }
         }
         // Nil when no worker thread could be started: then the same chunks on this thread, below.
+        if !plan.needsAllRows && rows > 0 && passThread,
+           let excluded = try encodeWithPassThread(chunks: chunks.count, progress: progress, stageLimits: stageLimits,
+                                                   multiplyChunk: multiplyChunk, passChunk: passChunk) {
+            return excluded
+        }
         if !plan.needsAllRows && rows > 0 && threads > 1,
            let excluded = try encodePipelined(threads: threads, chunks: chunks.count, progress: progress, stageLimits: stageLimits,
                                               encodeChunk: encodeChunk) {
@@ -148,6 +165,127 @@ extension DenseEncoder {
                     schedule.submit()
                 }
         })
+    }
+}
+
+extension DenseEncoder {
+    /// One BLAS thread: this thread reads the batches and runs every chunk's GEMM, and a thread of its own runs the
+    /// per-feature pass over each chunk's output, in the order the GEMMs made them, while the next GEMM runs. The
+    /// pass was ≈ 10 % of one thread's stream, done between GEMMs on a machine whose other core mostly waited for
+    /// the block writer. Same chunks, same order, same values as doing both on one thread.
+    /// Returns the number of excluded tokens, or nil, having read nothing, when the pass thread could not be started.
+    private func encodeWithPassThread(chunks: Int, progress: (Int, Int) -> Void,
+                                      stageLimits: (InputBatch, UnsafeMutablePointer<Float>) -> Void,
+                                      multiplyChunk: (Int, InputBatch, Int) -> Void,
+                                      passChunk: (Int, InputBatch, UnsafeMutablePointer<Float>, Int) -> Void) throws(SAELabelError) -> Int? {
+        let batch = BatchStream.batchSize(options)
+        let pipeline = PassPipeline(chunks: chunks, slots: PassPipeline.batchSlots)
+        let slots = PassPipeline.batchSlots
+        // Written by this thread before `submit` and read by the pass thread after `take`: the pipeline's lock orders them.
+        let staged = UnsafeMutablePointer<InputBatch?>.allocate(capacity: slots)
+        staged.initialize(repeating: nil, count: slots)
+        let limits = UnsafeMutablePointer<Float>.allocate(capacity: slots * batch)
+        defer { staged.deinitialize(count: slots); staged.deallocate(); limits.deallocate() }
+        return try onWorkerThreads(1, { _ in
+            while let item = pipeline.take() {
+                let slot = item.batch % slots
+                passChunk(item.chunk, staged[slot]!, limits + slot * batch, item.buffer)
+                pipeline.finish()
+            }
+        }, caller: { () throws(SAELabelError) -> Int in
+            defer { pipeline.close() }
+            return try BatchStream(inputs: inputs, options: options)
+                .run(slots: slots, awaitSlot: pipeline.awaitSlot(for:), awaitIdle: pipeline.awaitIdle, progress: progress) { encoded in
+                    staged[encoded.slot] = encoded
+                    stageLimits(encoded, limits + encoded.slot * batch)
+                    for chunk in 0..<chunks {
+                        multiplyChunk(chunk, encoded, pipeline.awaitBuffer())
+                        pipeline.submit()
+                    }
+                }
+        })
+    }
+}
+
+/// The hand-over from the GEMM thread to the pass thread (`DenseEncoder.encodeWithPassThread`): items (a batch's
+/// chunk) are made and passed in one order, batch by batch and chunk by chunk, so counters say everything: item i
+/// is batch i / chunks, chunk i % chunks, in chunk buffer i % depth; a buffer is free once the item before it in
+/// the ring is passed, and a batch slot once every chunk of the batch that held it is.
+final class PassPipeline: @unchecked Sendable {  // every field is read and written under `condition`
+    /// Chunk buffers in the ring: room for the GEMM to run ahead of a slow pass (a firing-heavy chunk).
+    static let depth = 4
+    /// Batches in memory: the one read, the one multiplied, the one passed.
+    static let batchSlots = 3
+
+    private let condition = NSCondition()
+    private let chunks: Int
+    private let slots: Int
+    private var made = 0
+    private var taken = 0
+    private var passed = 0
+    private var closed = false
+
+    init(chunks: Int, slots: Int) {
+        self.chunks = chunks
+        self.slots = slots
+    }
+
+    /// The chunk buffer for the next item, once the item that last used it is passed.
+    func awaitBuffer() -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        while made - passed >= Self.depth { condition.wait() }
+        return made % Self.depth
+    }
+
+    /// The next item's GEMM is done.
+    func submit() {
+        condition.lock()
+        made += 1
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Returns once batch `number`'s slot no longer holds a batch the pass still reads.
+    func awaitSlot(for number: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        while passed < (number - slots + 1) * chunks { condition.wait() }
+    }
+
+    /// Returns once every item made so far is passed.
+    func awaitIdle() {
+        condition.lock()
+        defer { condition.unlock() }
+        while passed < made { condition.wait() }
+    }
+
+    /// No item follows: `take` returns nil once every item is taken.
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The next item for the (one) pass thread, in the order they were made; nil once closed and none is left.
+    func take() -> (batch: Int, chunk: Int, buffer: Int)? {
+        condition.lock()
+        defer { condition.unlock() }
+        while taken == made {
+            if closed { return nil }
+            condition.wait()
+        }
+        let item = taken
+        taken += 1
+        return (item / chunks, item % chunks, item % Self.depth)
+    }
+
+    func finish() {
+        condition.lock()
+        passed += 1
+        condition.broadcast()
+        condition.unlock()
     }
 }
 

@@ -49,6 +49,25 @@ import SAELabelStore
         #expect(try storedContents(double, features: features) == expected)
     }
 
+    /// At one BLAS thread the per-feature pass runs on a thread of its own beside the GEMMs; it stores the bytes
+    /// the GEMM-then-pass loop on one thread stores, for a whole block and for TopK in blocks (whose batches carry
+    /// their tokens' k-th values to the pass thread).
+    @Test(arguments: ["jumprelu", "topk"])
+    func thePassOnItsOwnThreadStoresWhatOneThreadStores(architecture: String) throws {
+        let sae = TestSAE.random(dIn: 16, dSAE: 48, architecture: architecture, seed: 23, dtype: "F32")
+        let corpus = TestCorpus.random(nSeq: 24, ctx: 40, dIn: 16, seed: 24, dtype: "F32")
+        var (directory, options) = try smallWindowFixture(sae: sae, corpus: corpus, batchTokens: 64, chunkRows: 5)
+        if architecture == "topk" { options.memoryBudgetMiB = Double(Collector.bytesPerFeature(options, dIn: 16) * 16) / 1_048_576 }
+        options.blasThreads = 1
+        options.passOnOwnThread = false
+        let serial = try collectIntoStore(options, directory: directory, name: "serial.sqlite")
+        options.passOnOwnThread = true
+        let passThread = try collectIntoStore(options, directory: directory, name: "pass-thread.sqlite")
+        let expected = try storedContents(serial, features: 48)
+        #expect(expected.count > 48 * 5, "the fixture must store examples")
+        #expect(try storedContents(passThread, features: 48) == expected)
+    }
+
     /// One and two threads (chunks of 5 features, so both threads take several) store the same bytes, for a
     /// per-row activation and for inline TopK (all rows first, k-th value per token split over threads).
     @Test(arguments: ["jumprelu", "topk"])
